@@ -1,0 +1,162 @@
+"""Load a topology file: YAML → ``${ENV}`` expansion → pydantic validation.
+
+Every error names the file, the line, the YAML path of the key, what was expected
+and what was found, so a user can fix a topology without reading mlexec's code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from topologies.errors import TopologyError
+from topologies.schema import Topology
+
+__all__ = ["expand_env", "load_topology", "parse_topology"]
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PATH_IN_MESSAGE = re.compile(r"^([A-Za-z0-9_.-]+): (.*)$", re.DOTALL)
+
+
+def expand_env(value: Any, path: tuple[str | int, ...] = ()) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree.
+
+    Expansion runs on parsed scalars (not on the raw text) so a secret holding YAML
+    syntax cannot change the document's structure.
+    """
+    if isinstance(value, dict):
+        return {k: expand_env(v, (*path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, (*path, i)) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        msg = f"environment variable {name} is not set (write ${{{name}:-default}} for a default)"
+        raise _EnvError(path, msg)
+
+    return _ENV.sub(substitute, value)
+
+
+class _EnvError(Exception):
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read and validate the topology at ``path``; raise :class:`TopologyError` if bad."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        msg = f"{file}: cannot read the topology: {exc.strerror or exc}"
+        raise TopologyError(msg) from exc
+    return parse_topology(text, source=str(file), base_dir=file.parent)
+
+
+def parse_topology(text: str, source: str = "<string>", base_dir: Path | None = None) -> Topology:
+    """Validate topology YAML ``text``; ``source`` names it in errors.
+
+    Relative model paths are resolved against ``base_dir`` (the topology's folder).
+    """
+    try:
+        root = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        msg = f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}"
+        raise TopologyError(msg) from exc
+    if not isinstance(raw, dict):
+        msg = f"{source}: expected a mapping with sites and usecases, found {type(raw).__name__}"
+        raise TopologyError(msg)
+    try:
+        raw = expand_env(raw)
+    except _EnvError as exc:
+        raise TopologyError(_describe(source, root, exc.path, exc.message)) from exc
+    if base_dir is not None:
+        raw = _resolve_model_paths(raw, base_dir)
+    try:
+        return Topology.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe_pydantic(source, root, err) for err in exc.errors()]
+        raise TopologyError("\n".join(lines)) from exc
+
+
+def _resolve_model_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    usecases = raw.get("usecases")
+    if not isinstance(usecases, dict):
+        return raw
+    for uc in usecases.values():
+        model = uc.get("model") if isinstance(uc, dict) else None
+        if isinstance(model, dict) and isinstance(model.get("path"), str):
+            path = Path(model["path"])
+            if not path.is_absolute():
+                model["path"] = str((base_dir / path).resolve())
+    return raw
+
+
+def _describe_pydantic(source: str, root: yaml.Node | None, err: Any) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if (match := _PATH_IN_MESSAGE.match(message)) is not None:
+        loc = (*loc, *_split_path(match.group(1)))
+        message = match.group(2)
+    if err["type"] == "missing":
+        return _describe(source, root, loc, "a value is required, found nothing")
+    if err["type"] == "extra_forbidden":
+        return _describe(source, root, loc, "found an unknown key (misspelt or misplaced?)")
+    if err["type"] in {"value_error", "assertion_error"}:
+        return _describe(source, root, loc, f"expected {message}")
+    found = err.get("input")
+    return _describe(source, root, loc, f"expected: {message.lower()}; found {found!r}")
+
+
+#: Tags pydantic inserts into ``loc`` for discriminated unions; not YAML keys.
+_UNION_TAGS = {"microbatch", "tumbling", "identity", "aggregate", "kafka"}
+
+
+def _split_path(text: str) -> tuple[str | int, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in text.split("."))
+
+
+def _describe(source: str, root: yaml.Node | None, loc: tuple[Any, ...], message: str) -> str:
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    line = _line_of(root, loc)
+    where = f"{source}:{line}" if line is not None else source
+    return f"{where}: {path}: {message}"
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node along ``loc``."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if str(key.value) == str(part):
+                    line = key.start_mark.line + 1
+                    child = value
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if 0 <= part < len(node.value):
+                child = node.value[part]
+                line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line

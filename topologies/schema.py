@@ -1,0 +1,352 @@
+"""The topology schema: sites, transfer links and use cases, as frozen pydantic models.
+
+A topology is the one declaration a user writes. Every section is validated here,
+before anything starts; cross-references (a stage placed on a site that does not
+exist, a model input that no stage produces) are checked by :class:`Topology` so a
+config error always names the YAML path it comes from.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "AGGREGATIONS",
+    "Aggregate",
+    "Dispatch",
+    "FieldType",
+    "Identity",
+    "Input",
+    "KafkaOutput",
+    "KafkaSettings",
+    "MicroBatch",
+    "Model",
+    "Output",
+    "Placement",
+    "Reduction",
+    "Sampling",
+    "Sasl",
+    "Security",
+    "Site",
+    "Topology",
+    "TransferLink",
+    "Tumbling",
+    "UseCase",
+    "parse_duration",
+]
+
+_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> object:
+    """Read ``"250ms"``, ``"10s"``, ``"5m"``, ``"2h"``, ``"30d"`` or a number of seconds.
+
+    Anything else is handed on to pydantic's own timedelta parsing (ISO 8601), so its
+    error message names what was expected.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        number, unit = match.groups()
+        return timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=_NAME)]
+
+FieldType = Literal["float", "int", "bool", "str", "timestamp"]
+
+#: Aggregations a reduction may declare per field; the polars expression for each
+#: lives in ``operators.reduce``.
+AGGREGATIONS = ("mean", "std", "min", "max", "sum", "count", "first", "last", "rms", "ptp")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- sites
+
+
+class Sasl(_Model):
+    """SASL login for a Kafka client; the password comes from the environment."""
+
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    username: str
+    password: SecretStr
+
+
+class Security(_Model):
+    """Transport security of a site's Kafka clients."""
+
+    protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = "plaintext"
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    sasl: Sasl | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Security:
+        if self.protocol.startswith("sasl") and self.sasl is None:
+            msg = f"protocol {self.protocol!r} needs a 'sasl' section (mechanism, username, password)"
+            raise ValueError(msg)
+        if not self.protocol.startswith("sasl") and self.sasl is not None:
+            msg = f"a 'sasl' section needs protocol sasl_ssl or sasl_plaintext, not {self.protocol!r}"
+            raise ValueError(msg)
+        if (self.cert is None) != (self.key is None):
+            msg = "mutual TLS needs both 'cert' and 'key'"
+            raise ValueError(msg)
+        return self
+
+
+class KafkaSettings(_Model):
+    """How a site's processes reach its Kafka cluster."""
+
+    bootstrap: str = Field(min_length=1)
+    security: Security = Security()
+    #: Extra librdkafka settings passed to every client, e.g. ``{"linger.ms": 5}``.
+    client: dict[str, str | int | float | bool] = {}
+
+
+class Site(_Model):
+    """One place that runs stages: its broker, sample store and local state."""
+
+    kafka: KafkaSettings
+    #: ``chdb:///path/to/dir`` (embedded) or ``clickhouse://user:pass@host:port/db``.
+    sample_store: str
+    #: Where the site keeps recovery snapshots and other local state.
+    state_dir: str = ".mlexec/state"
+
+    @field_validator("sample_store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if not re.match(r"^(chdb://.+|clickhouse(s)?://.+)$", value):
+            msg = (
+                "a sample-store URL 'chdb:///dir' or 'clickhouse://user:pass@host:port/db', "
+                f"found {value!r}"
+            )
+            raise ValueError(msg)
+        return value
+
+
+class TransferLink(_Model):
+    """Data moving between two sites' brokers (MirrorMaker 2 in production)."""
+
+    source: Name
+    target: Name
+    secure: bool = True
+
+
+# --------------------------------------------------------------------- use cases
+
+
+class Input(_Model):
+    """The raw topic a use case reads and the shape of its JSON records."""
+
+    topic: str | None = None
+    partitions: int = Field(default=2, ge=1, le=1024)
+    schema_: dict[str, FieldType] = Field(alias="schema", min_length=1)
+    key: str
+    time: str
+
+    @model_validator(mode="after")
+    def _key_and_time_declared(self) -> Input:
+        for role, name in (("key", self.key), ("time", self.time)):
+            if name not in self.schema_:
+                msg = f"{role} field {name!r} is not in the schema (fields: {sorted(self.schema_)})"
+                raise ValueError(msg)
+        if self.schema_[self.time] != "timestamp":
+            msg = f"time field {self.time!r} must have type 'timestamp', found {self.schema_[self.time]!r}"
+            raise ValueError(msg)
+        return self
+
+
+class Placement(_Model):
+    """Which site runs each stage; ``None`` means the topology's only site."""
+
+    connectors: Name | None = None
+    dispatch: Name | None = None
+    infer: Name | None = None
+    store: Name | None = None
+
+
+class MicroBatch(_Model):
+    """Run the model on at most ``max_records`` records, waiting at most ``max_wait``."""
+
+    kind: Literal["microbatch"]
+    max_records: int = Field(default=256, ge=1, le=1_000_000)
+    max_wait: Duration = timedelta(milliseconds=50)
+
+
+class Tumbling(_Model):
+    """Run the model once per key and fixed event-time window."""
+
+    kind: Literal["tumbling"]
+    size: Duration
+    #: How far event time may run behind the newest record before a window closes.
+    lateness: Duration = timedelta(0)
+    #: Records for a window already closed: to the dead-letter topic with the reason.
+    late: Literal["deadletter"] = "deadletter"
+    #: Close windows by wall clock too when no new data arrives (bytewax EventClock).
+    idle_close: Duration = timedelta(seconds=5)
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            msg = f"a window size above zero, found {value}"
+            raise ValueError(msg)
+        return value
+
+
+Dispatch = Annotated[MicroBatch | Tumbling, Field(discriminator="kind")]
+
+
+class Identity(_Model):
+    """The model sees each record's fields as they are (per-record models)."""
+
+    kind: Literal["identity"]
+
+
+class Aggregate(_Model):
+    """Per dispatch and key, aggregate fields with polars: ``{field: [mean, max, ...]}``.
+
+    Reduced columns are named ``<field>_<aggregation>`` in the declared order.
+    """
+
+    kind: Literal["aggregate"]
+    fields: dict[str, list[Literal[AGGREGATIONS]]] = Field(min_length=1)  # type: ignore[valid-type]
+
+    @field_validator("fields")
+    @classmethod
+    def _non_empty(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, aggs in value.items():
+            if not aggs:
+                msg = f"field {name!r} needs at least one aggregation of {list(AGGREGATIONS)}"
+                raise ValueError(msg)
+        return value
+
+
+Reduction = Annotated[Identity | Aggregate, Field(discriminator="kind")]
+
+
+class Model(_Model):
+    """An ONNX model: where it is, which version, which columns feed it."""
+
+    name: Name
+    version: str = Field(min_length=1)
+    path: str
+    #: Feature columns in the model's input order; default: every numeric column.
+    inputs: list[str] | None = None
+    #: ONNX input name; default: the model's first input.
+    input_name: str | None = None
+    #: ONNX output names to publish; default: all.
+    outputs: list[str] | None = None
+
+
+class Sampling(_Model):
+    """What the sampling branch keeps for the sample store."""
+
+    rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    #: A SQL condition on outputs and features, e.g. ``"score > 0.9"``: always kept.
+    keep_when: str | None = None
+
+
+class KafkaOutput(_Model):
+    """Predictions also go to another topic."""
+
+    kind: Literal["kafka"]
+    topic: str
+
+
+Output = Annotated[KafkaOutput, Field(discriminator="kind")]
+
+
+class UseCase(_Model):
+    """One model's whole use case, from raw topic to sample store."""
+
+    input: Input
+    placement: Placement = Placement()
+    dispatch: Dispatch
+    reduction: Reduction = Identity(kind="identity")
+    model: Model
+    sampling: Sampling = Sampling()
+    retention: Duration = timedelta(days=30)
+    outputs: list[Output] = []
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_positive(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            msg = f"a retention of at least 1s, found {value}"
+            raise ValueError(msg)
+        return value
+
+    @model_validator(mode="after")
+    def _reduction_fits_schema(self) -> UseCase:
+        if isinstance(self.reduction, Aggregate):
+            numeric = {"float", "int", "bool"}
+            for name in self.reduction.fields:
+                found = self.input.schema_.get(name)
+                if found not in numeric:
+                    msg = (
+                        f"reduction.fields.{name}: a numeric input field (float, int, bool), "
+                        f"found {found or 'no such field'!r}"
+                    )
+                    raise ValueError(msg)
+        return self
+
+
+# ---------------------------------------------------------------------- topology
+
+
+class Topology(_Model):
+    """Sites, the links between them, and the use cases they run."""
+
+    name: Name
+    sites: dict[Name, Site] = Field(min_length=1)
+    links: list[TransferLink] = []
+    usecases: dict[Name, UseCase] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> Topology:
+        sites = set(self.sites)
+        for i, link in enumerate(self.links):
+            for end in ("source", "target"):
+                if getattr(link, end) not in sites:
+                    msg = f"links.{i}.{end}: a site of {sorted(sites)}, found {getattr(link, end)!r}"
+                    raise ValueError(msg)
+        for uc_name, uc in self.usecases.items():
+            for stage, site in uc.placement.model_dump().items():
+                if site is None and len(sites) > 1:
+                    msg = (
+                        f"usecases.{uc_name}.placement.{stage}: with several sites each stage "
+                        f"needs a site of {sorted(sites)}, found none"
+                    )
+                    raise ValueError(msg)
+                if site is not None and site not in sites:
+                    msg = f"usecases.{uc_name}.placement.{stage}: a site of {sorted(sites)}, found {site!r}"
+                    raise ValueError(msg)
+        return self
+
+    def site_of(self, usecase: str, stage: str) -> str:
+        """The site that runs ``stage`` of ``usecase``."""
+        placed: str | None = getattr(self.usecases[usecase].placement, stage)
+        return placed if placed is not None else next(iter(self.sites))
