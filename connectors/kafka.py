@@ -1,0 +1,364 @@
+"""Kafka for the dataflows: client settings from a site, topics, a batch source and sink.
+
+The hot path moves whole consumed batches: the source emits one :class:`RawBatch` per
+poll of a partition and snapshots the next offset; the sink hands whole lists to
+``produce_batch`` and flushes only at snapshot and close. Nothing is dropped: queue
+full means poll and retry, and the first delivery error is raised at the next write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from topologies.errors import MlexecError
+from topologies.plan import TopicSpec
+from topologies.schema import KafkaSettings
+
+__all__ = [
+    "CONSUMER_TUNING",
+    "KafkaBatchSink",
+    "KafkaBatchSource",
+    "KafkaDeliveryError",
+    "Outgoing",
+    "RawBatch",
+    "client_config",
+    "ensure_topics",
+    "read_topic",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Consumer settings that matter on the local Tansu broker (it does not wake a waiting
+#: fetch when data arrives) and cost nothing on Apache Kafka.
+CONSUMER_TUNING: dict[str, Any] = {"fetch.wait.max.ms": 5, "fetch.queue.backoff.ms": 10}
+
+
+class KafkaDeliveryError(MlexecError):
+    """A message could not be delivered to the broker."""
+
+
+def client_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """librdkafka settings for a site: bootstrap, security and the site's extras."""
+    sec = kafka.security
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap, "security.protocol": sec.protocol}
+    if sec.ca:
+        conf["ssl.ca.location"] = sec.ca
+    if sec.cert and sec.key:
+        conf["ssl.certificate.location"] = sec.cert
+        conf["ssl.key.location"] = sec.key
+    if sec.sasl is not None:
+        conf["sasl.mechanism"] = sec.sasl.mechanism
+        conf["sasl.username"] = sec.sasl.username
+        conf["sasl.password"] = sec.sasl.password.get_secret_value()
+    conf.update(kafka.client)
+    return conf
+
+
+def ensure_topics(conf: dict[str, Any], topics: Iterable[TopicSpec], timeout: float = 30.0) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    admin = AdminClient(conf)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    new = [
+        NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, config=dict(t.config))
+        for t in topics
+        if t.name not in existing
+    ]
+    if not new:
+        return
+    for name, future in admin.create_topics(new, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                msg = f"cannot create topic {name!r}: {exc}"
+                raise MlexecError(msg) from exc
+
+
+# ------------------------------------------------------------------------ source
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """Messages consumed from one partition in one poll, as parallel lists."""
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        topic: str,
+        partition: int,
+        start: int,
+        batch_size: int,
+        poll_timeout: float,
+        until_end: bool,
+    ) -> None:
+        self._consumer = Consumer(conf)
+        self._consumer.assign([TopicPartition(topic, partition, start)])
+        self._topic = topic
+        self._partition = partition
+        self._next = start
+        self._batch_size = batch_size
+        self._poll_timeout = poll_timeout
+        self._until_end = until_end
+        self._done = False
+
+    def next_batch(self) -> list[RawBatch]:
+        if self._done:
+            raise StopIteration
+        msgs = self._consumer.consume(self._batch_size, self._poll_timeout)
+        good: list[Message] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                good.append(msg)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self._done = self._until_end
+            elif err.fatal() or not err.retriable():
+                msg_ = f"consuming {self._topic}[{self._partition}] failed: {err}"
+                raise KafkaDeliveryError(msg_)
+            else:
+                _log.warning("consuming %s[%d]: %s", self._topic, self._partition, err)
+        if not good:
+            return []
+        self._next = good[-1].offset() + 1
+        return [
+            RawBatch(
+                topic=self._topic,
+                partition=self._partition,
+                offsets=[m.offset() for m in good],
+                keys=[m.key() for m in good],
+                values=[m.value() for m in good],
+            )
+        ]
+
+    def next_awake(self) -> datetime | None:
+        return None
+
+    def snapshot(self) -> int:
+        return self._next
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
+    """Every partition of ``topic``, one :class:`RawBatch` per poll.
+
+    ``until_end`` stops each partition at the end it finds (partition EOF from the
+    fetch high watermark — Tansu's ListOffsets answer cannot be trusted). Offsets
+    resume from bytewax recovery, not from consumer groups.
+    """
+
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        topic: str,
+        *,
+        batch_size: int = 1000,
+        poll_timeout: float = 0.005,
+        until_end: bool = False,
+        group: str = "mlexec",
+    ) -> None:
+        self._conf = {
+            **conf,
+            **CONSUMER_TUNING,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+        self._topic = topic
+        self._batch_size = batch_size
+        self._poll_timeout = poll_timeout
+        self._until_end = until_end
+
+    def list_parts(self) -> list[str]:
+        admin = AdminClient({k: v for k, v in self._conf.items() if not k.startswith(("fetch.", "group.", "enable."))})
+        meta = admin.list_topics(self._topic, timeout=30.0).topics.get(self._topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            msg = f"topic {self._topic!r} does not exist on {self._conf['bootstrap.servers']}"
+            raise MlexecError(msg)
+        return [str(p) for p in sorted(meta.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _BatchPartition:
+        start = resume_state if resume_state is not None else OFFSET_BEGINNING
+        return _BatchPartition(
+            self._conf,
+            self._topic,
+            int(for_part),
+            start,
+            self._batch_size,
+            self._poll_timeout,
+            self._until_end,
+        )
+
+
+# -------------------------------------------------------------------------- sink
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """Messages for one topic. With ``headers``, each message is produced on its own."""
+
+    topic: str
+    values: Sequence[bytes]
+    keys: Sequence[bytes | str | None] | None = None
+    headers: Sequence[list[tuple[str, bytes]]] | None = None
+
+
+class _Delivery:
+    """Keeps the first delivery error, to raise it at the next write or flush."""
+
+    def __init__(self) -> None:
+        self.error: KafkaError | None = None
+
+    def __call__(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None and self.error is None:
+            self.error = err
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            msg = f"delivery to Kafka failed: {err}"
+            raise KafkaDeliveryError(msg)
+
+
+class _ProducerPart(StatelessSinkPartition[Outgoing]):
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self._producer = Producer(conf)
+        self._delivery = _Delivery()
+
+    def write_batch(self, items: list[Outgoing]) -> None:
+        self._delivery.raise_if_failed()
+        for out in items:
+            if out.headers is not None:
+                self._produce_each(out)
+            else:
+                self._produce_batch(out)
+        self._producer.poll(0)
+
+    def _produce_batch(self, out: Outgoing) -> None:
+        if out.keys is None:
+            pending = [{"value": v} for v in out.values]
+        else:
+            pending = [{"value": v, "key": k} for v, k in zip(out.values, out.keys, strict=True)]
+        while pending:
+            try:
+                self._producer.produce_batch(out.topic, pending, on_delivery=self._delivery)
+            except BufferError:
+                self._producer.poll(0.05)
+                continue
+            failed = [m for m in pending if "_error" in m]
+            for m in failed:
+                err = m.pop("_error")
+                if err.code() != KafkaError._QUEUE_FULL:
+                    msg = f"producing to {out.topic!r} failed: {err}"
+                    raise KafkaDeliveryError(msg)
+            if failed:
+                self._producer.poll(0.05)
+            pending = failed
+
+    def _produce_each(self, out: Outgoing) -> None:
+        keys = out.keys if out.keys is not None else [None] * len(out.values)
+        headers = out.headers or []
+        for value, key, hdrs in zip(out.values, keys, headers, strict=True):
+            while True:
+                try:
+                    self._producer.produce(
+                        out.topic, value=value, key=key, headers=hdrs, on_delivery=self._delivery
+                    )
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
+
+    def close(self) -> None:
+        remaining = self._producer.flush(60.0)
+        self._delivery.raise_if_failed()
+        if remaining:
+            msg = f"{remaining} messages were still undelivered after 60 s"
+            raise KafkaDeliveryError(msg)
+
+
+class KafkaBatchSink(DynamicSink[Outgoing]):
+    """One idempotent producer per worker for every :class:`Outgoing` it is handed."""
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self._conf = {
+            **conf,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": conf.get("linger.ms", 5),
+        }
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPart:
+        return _ProducerPart(self._conf)
+
+
+def read_topic(
+    conf: dict[str, Any], topic: str, *, timeout: float = 30.0
+) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int]]:
+    """Every message of ``topic`` from the beginning to its end: (key, value, headers, partition, offset).
+
+    For reports and tests; stops at partition EOF on every partition.
+    """
+    consumer = Consumer(
+        {
+            **conf,
+            **CONSUMER_TUNING,
+            "group.id": "mlexec-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        parts = sorted(meta.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        out: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int]] = []
+        at_end: set[int] = set()
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(at_end) < len(parts):
+            if time.monotonic() > deadline:
+                msg = f"reading {topic!r} did not reach the end within {timeout}s"
+                raise MlexecError(msg)
+            for msg_ in consumer.consume(1000, 0.1):
+                err = msg_.error()
+                if err is None:
+                    out.append(
+                        (msg_.key(), msg_.value(), msg_.headers() or [], msg_.partition(), msg_.offset())
+                    )
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg_.partition())
+                else:
+                    raise KafkaDeliveryError(str(err))
+        return out
+    finally:
+        consumer.close()

@@ -1,0 +1,284 @@
+"""The sample store: sampled reduced inputs and predictions in ClickHouse, with TTL.
+
+One interface, two backends chosen by URL, running the same DDL and SQL:
+
+- ``chdb:///path/to/dir`` — the ClickHouse engine embedded in this process (chDB), in
+  a persistent directory. chDB is single-process and deadlocks on the GIL when driven
+  from bytewax worker threads, so one ordinary thread owns the session and every call
+  is handed to it through a queue.
+- ``clickhouse://user:pass@host:port/db`` — a ClickHouse server via clickhouse-connect.
+
+Tables are ``ReplacingMergeTree`` ordered by ``record_id`` (a replay de-duplicates at
+merge time; read with ``FINAL``) with a per-use-case TTL on event time.
+"""
+
+from __future__ import annotations
+
+import io
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlparse
+
+import polars as pl
+import pyarrow as pa
+
+from topologies.errors import MlexecError
+
+__all__ = [
+    "RESERVED_COLUMNS",
+    "ChdbStore",
+    "ClickHouseServerStore",
+    "SampleStore",
+    "SampleStoreError",
+    "SamplesTable",
+    "open_store",
+]
+
+T = TypeVar("T")
+
+#: Columns every samples table has; feature and output names may not reuse them.
+RESERVED_COLUMNS: dict[str, str] = {
+    "record_id": "String",
+    "key": "String",
+    "event_time": "DateTime64(3, 'UTC')",
+    "model": "LowCardinality(String)",
+    "model_version": "LowCardinality(String)",
+    "variant": "LowCardinality(String)",
+    "sample_reason": "LowCardinality(String)",
+    "inference_ms": "Float32",
+    "sampled_at": "DateTime64(3, 'UTC')",
+}
+
+
+class SampleStoreError(MlexecError):
+    """The sample store refused a statement or could not be reached."""
+
+
+@dataclass(frozen=True)
+class SamplesTable:
+    """A use case's samples table: its feature and output columns and retention."""
+
+    name: str
+    #: (column, ClickHouse type) for reduced inputs, then model outputs.
+    columns: tuple[tuple[str, str], ...]
+    retention_seconds: int
+
+    def all_columns(self) -> list[tuple[str, str]]:
+        """Fixed columns, then the use case's own."""
+        return [*RESERVED_COLUMNS.items(), *self.columns]
+
+    def ttl(self) -> str:
+        """The TTL clause: rows leave ``retention_seconds`` after their event time."""
+        return f"toDateTime(event_time) + INTERVAL {int(self.retention_seconds)} SECOND"
+
+    def ddl(self, database: str) -> str:
+        """``CREATE TABLE IF NOT EXISTS`` for this table."""
+        cols = ",\n  ".join(f"`{name}` {kind}" for name, kind in self.all_columns())
+        return (
+            f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.name}` (\n  {cols}\n)\n"
+            "ENGINE = ReplacingMergeTree(sampled_at)\n"
+            "PARTITION BY toYYYYMM(event_time)\n"
+            "ORDER BY record_id\n"
+            f"TTL {self.ttl()}"
+        )
+
+    def arrow_schema(self) -> pa.Schema:
+        """The Arrow schema rows are inserted with."""
+        return pa.schema([(name, _arrow_type(kind)) for name, kind in self.all_columns()])
+
+
+def _arrow_type(kind: str) -> pa.DataType:
+    if kind.startswith("DateTime64"):
+        return pa.timestamp("ms", tz="UTC")
+    if kind.startswith("Array("):
+        return pa.list_(_arrow_type(kind[len("Array(") : -1]))
+    return {
+        "String": pa.string(),
+        "LowCardinality(String)": pa.string(),
+        "Float32": pa.float32(),
+        "Float64": pa.float64(),
+        "Int64": pa.int64(),
+        "UInt8": pa.uint8(),
+    }[kind]
+
+
+class SampleStore(ABC):
+    """What the store dataflow, ``mlexec query`` and the demo need from ClickHouse."""
+
+    database: str
+
+    def ensure_table(self, table: SamplesTable) -> None:
+        """Create the database and table if missing and apply the current retention."""
+        self.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+        self.command(table.ddl(self.database))
+        self.command(f"ALTER TABLE `{self.database}`.`{table.name}` MODIFY TTL {table.ttl()}")
+
+    @abstractmethod
+    def command(self, sql: str) -> None:
+        """Run a statement that returns nothing."""
+
+    @abstractmethod
+    def query(self, sql: str) -> pl.DataFrame:
+        """Run a query and return its result."""
+
+    @abstractmethod
+    def insert(self, table: SamplesTable, rows: pa.Table) -> None:
+        """Insert ``rows`` (Arrow, in ``table.arrow_schema()``) in one statement."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the connection."""
+
+    def __enter__(self) -> SampleStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------- chDB
+
+
+class ChdbStore(SampleStore):
+    """The embedded ClickHouse engine in a persistent directory, owned by one thread."""
+
+    def __init__(self, path: str | Path, database: str = "mlexec") -> None:
+        self.path = Path(path)
+        self.database = database
+        self._calls: queue.Queue[tuple[Callable[[Any], Any], Future[Any]] | None] = queue.Queue()
+        started: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=self._own_session, args=(started,), name="mlexec-chdb", daemon=True
+        )
+        self._thread.start()
+        started.result()
+
+    def _own_session(self, started: Future[None]) -> None:
+        try:
+            from chdb import session as chdb_session
+
+            self.path.mkdir(parents=True, exist_ok=True)
+            sess = chdb_session.Session(str(self.path))
+        except Exception as exc:  # noqa: BLE001 - reported to the opener
+            started.set_exception(
+                SampleStoreError(f"cannot open the chDB store at {self.path}: {exc}")
+            )
+            return
+        started.set_result(None)
+        try:
+            while (call := self._calls.get()) is not None:
+                fn, result = call
+                try:
+                    result.set_result(fn(sess))
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    result.set_exception(exc)
+        finally:
+            sess.close()
+
+    def _call(self, fn: Callable[[Any], T]) -> T:
+        if not self._thread.is_alive():
+            msg = f"the chDB store at {self.path} is closed"
+            raise SampleStoreError(msg)
+        result: Future[T] = Future()
+        self._calls.put((fn, result))
+        try:
+            return result.result()
+        except SampleStoreError:
+            raise
+        except Exception as exc:
+            msg = f"chDB at {self.path}: {exc}"
+            raise SampleStoreError(msg) from exc
+
+    def command(self, sql: str) -> None:
+        self._call(lambda sess: sess.query(sql))
+
+    def query(self, sql: str) -> pl.DataFrame:
+        def run(sess: Any) -> pl.DataFrame:
+            raw = sess.query(sql, "ArrowStream").bytes()
+            if not raw:
+                return pl.DataFrame()
+            return pl.from_arrow(pa.ipc.open_stream(io.BytesIO(raw)).read_all())  # type: ignore[return-value]
+
+        return self._call(run)
+
+    def insert(self, table: SamplesTable, rows: pa.Table) -> None:
+        cols = ", ".join(f"`{name}`" for name in rows.column_names)
+        sql = f"INSERT INTO `{self.database}`.`{table.name}` ({cols}) SELECT {cols} FROM Python(data)"
+
+        def run(sess: Any) -> None:
+            data = rows  # noqa: F841 - chDB's Python() finds ``data`` among this frame's locals
+            sess.query(sql)
+
+        self._call(run)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._calls.put(None)
+            self._thread.join(30.0)
+
+
+# ----------------------------------------------------------------- ClickHouse server
+
+
+class ClickHouseServerStore(SampleStore):
+    """A ClickHouse server through clickhouse-connect (HTTP interface)."""
+
+    def __init__(self, url: str) -> None:
+        import clickhouse_connect
+
+        parsed = urlparse(url)
+        self.database = parsed.path.strip("/") or "mlexec"
+        try:
+            self._client = clickhouse_connect.get_client(
+                host=parsed.hostname or "127.0.0.1",
+                port=parsed.port or 8123,
+                username=unquote(parsed.username or "default"),
+                password=unquote(parsed.password or ""),
+                secure=parsed.scheme == "clickhouses",
+            )
+        except Exception as exc:
+            msg = f"cannot reach the ClickHouse server at {parsed.hostname}:{parsed.port}: {exc}"
+            raise SampleStoreError(msg) from exc
+
+    def command(self, sql: str) -> None:
+        try:
+            self._client.command(sql)
+        except Exception as exc:
+            msg = f"ClickHouse refused: {exc}"
+            raise SampleStoreError(msg) from exc
+
+    def query(self, sql: str) -> pl.DataFrame:
+        try:
+            return pl.from_arrow(self._client.query_arrow(sql))  # type: ignore[return-value]
+        except Exception as exc:
+            msg = f"ClickHouse refused the query: {exc}"
+            raise SampleStoreError(msg) from exc
+
+    def insert(self, table: SamplesTable, rows: pa.Table) -> None:
+        try:
+            self._client.insert_arrow(table.name, rows, database=self.database)
+        except Exception as exc:
+            msg = f"inserting {rows.num_rows} rows into {table.name} failed: {exc}"
+            raise SampleStoreError(msg) from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_store(url: str) -> SampleStore:
+    """The backend for a sample-store URL."""
+    if url.startswith("chdb://"):
+        path = url[len("chdb://") :]
+        if not path:
+            msg = f"a chDB store URL needs a directory: chdb:///path/to/dir, found {url!r}"
+            raise SampleStoreError(msg)
+        return ChdbStore(path)
+    if url.startswith(("clickhouse://", "clickhouses://")):
+        return ClickHouseServerStore(url)
+    msg = f"a sample-store URL chdb:///dir or clickhouse://user:pass@host:port/db, found {url!r}"
+    raise SampleStoreError(msg)
