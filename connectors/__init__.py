@@ -1,0 +1,18 @@
+"""Connectors: everything that touches the outside — Kafka, the sample store, the broker."""
+
+from connectors.broker import LocalBroker, local_broker
+from connectors.kafka import KafkaBatchSink, KafkaBatchSource, Outgoing, client_config, ensure_topics
+from connectors.samplestore import SampleStore, SamplesTable, open_store
+
+__all__ = [
+    "KafkaBatchSink",
+    "KafkaBatchSource",
+    "LocalBroker",
+    "Outgoing",
+    "SampleStore",
+    "SamplesTable",
+    "client_config",
+    "ensure_topics",
+    "local_broker",
+    "open_store",
+]

@@ -1,0 +1,254 @@
+"""``mlexec demo``: the whole spine from nothing, on embedded defaults.
+
+It starts a local broker, makes synthetic sensor data (a CSV with a few broken rows)
+and two models trained on it (scikit-learn → ONNX), feeds the CSV to the raw topic,
+runs the demo topology's site to the end and reports what happened, using SQL on
+the sample store for the monitoring numbers. It stops the broker before it returns.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+from confluent_kafka import Producer
+
+from topologies.errors import MlexecError
+
+__all__ = ["DemoReport", "make_models", "make_sensor_csv", "run_demo", "sensor_frame"]
+
+FEATURES = ["temperature", "vibration", "current", "rpm", "pressure"]
+WINDOW_FIELDS = {
+    "temperature": ["mean", "max"],
+    "vibration": ["mean", "std", "max", "rms"],
+    "current": ["mean", "std"],
+    "rpm": ["mean", "min"],
+}
+
+
+def sensor_frame(
+    machines: int = 20, seconds: int = 1000, seed: int = 7, end_ms: int | None = None
+) -> pl.DataFrame:
+    """Synthetic readings, one per machine and second, ending now; ~4 % anomalous."""
+    rng = np.random.default_rng(seed)
+    n = machines * seconds
+    machine = np.repeat([f"m-{i:02d}" for i in range(machines)], seconds)
+    end = end_ms if end_ms is not None else int(time.time()) // 60 * 60_000
+    start = end - seconds * 1000
+    ts = start + np.tile(np.arange(seconds) * 1000, machines)
+    anomaly = np.zeros(n, dtype=bool)
+    for _ in range(machines * 2):  # episodes of 10-40 s
+        at = rng.integers(0, n - 40)
+        anomaly[at : at + rng.integers(10, 40)] = True
+    temperature = rng.normal(65.0, 2.0, n) + anomaly * rng.normal(12.0, 3.0, n)
+    vibration = np.abs(rng.normal(1.0, 0.15, n) + anomaly * rng.normal(1.5, 0.5, n))
+    current = rng.normal(12.0, 0.8, n) + anomaly * rng.normal(3.0, 1.0, n)
+    rpm = rng.normal(1480.0, 15.0, n) - anomaly * rng.normal(120.0, 30.0, n)
+    pressure = rng.normal(4.0, 0.2, n)
+    frame = pl.DataFrame(
+        {
+            "machine": machine,
+            "ts": ts,
+            "temperature": temperature.round(3),
+            "vibration": vibration.round(4),
+            "current": current.round(3),
+            "rpm": rpm.round(1),
+            "pressure": pressure.round(3),
+            "anomaly": anomaly,
+        }
+    )
+    return frame.sort(["ts", "machine"])  # a live stream: readings in time order
+
+
+def make_sensor_csv(frame: pl.DataFrame, path: Path, broken_every: int = 997) -> int:
+    """Write the readings as CSV, every ``broken_every``-th with an unreadable value."""
+    rows = frame.drop("anomaly").rows()
+    broken = 0
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(frame.drop("anomaly").columns)
+        for i, row in enumerate(rows):
+            if broken_every and i % broken_every == broken_every - 1:
+                row = (*row[:2], "n/a", *row[3:])
+                broken += 1
+            writer.writerow(row)
+    return broken
+
+
+def _csv_records(path: Path) -> list[tuple[bytes, bytes]]:
+    """(key, JSON value) per CSV row: numbers where the text is a number."""
+    out = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            record: dict[str, Any] = {"machine": row["machine"], "ts": int(row["ts"])}
+            for name in FEATURES:
+                try:
+                    record[name] = float(row[name])
+                except ValueError:
+                    record[name] = row[name]  # left for the dataflow to dead-letter
+            out.append((row["machine"].encode(), orjson.dumps(record)))
+    return out
+
+
+def window_frame(frame: pl.DataFrame, size_ms: int = 10_000) -> pl.DataFrame:
+    """Per machine and tumbling window, the demo's declared aggregations (polars)."""
+    from operators.reduce import AGGREGATION_EXPRESSIONS
+
+    exprs = [
+        AGGREGATION_EXPRESSIONS[a](pl.col(f)).alias(f"{f}_{a}")
+        for f, aggs in WINDOW_FIELDS.items()
+        for a in aggs
+    ]
+    return (
+        frame.with_columns(window=pl.col("ts") - pl.col("ts") % size_ms)
+        .sort(["machine", "window", "ts"])
+        .group_by(["machine", "window"], maintain_order=True)
+        .agg(*exprs, pl.col("anomaly").any())
+    )
+
+
+def make_models(frame: pl.DataFrame, out_dir: Path) -> dict[str, Path]:
+    """Train the reading and window models and export them to ONNX."""
+    try:
+        from skl2onnx import to_onnx
+        from sklearn.ensemble import IsolationForest
+        from sklearn.neural_network import MLPClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError as exc:
+        msg = "the demo trains its models with scikit-learn: pip install 'mlexec[demo]'"
+        raise MlexecError(msg) from exc
+    x = frame.select(FEATURES).to_numpy().astype(np.float32)
+    y = frame["anomaly"].to_numpy().astype(np.int64)
+    clf = make_pipeline(
+        StandardScaler(), MLPClassifier(hidden_layer_sizes=(32, 16), max_iter=60, random_state=0)
+    )
+    clf.fit(x, y)
+    reading = to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}, target_opset=17)
+    windows = window_frame(frame)
+    columns = [f"{f}_{a}" for f, aggs in WINDOW_FIELDS.items() for a in aggs]
+    xw = windows.select(columns).to_numpy().astype(np.float32)
+    forest = IsolationForest(n_estimators=50, contamination=0.05, random_state=0).fit(xw)
+    window = to_onnx(forest, xw[:1], target_opset={"": 17, "ai.onnx.ml": 3})
+    paths = {"reading-anomaly": out_dir / "reading-anomaly.onnx", "window-anomaly": out_dir / "window-anomaly.onnx"}
+    paths["reading-anomaly"].write_bytes(reading.SerializeToString())
+    paths["window-anomaly"].write_bytes(window.SerializeToString())
+    return paths
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    """Produce ``(key, value)`` records, idempotently; raise on any delivery error."""
+    errors: list[Any] = []
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    left = producer.flush(60)
+    if errors or left:
+        msg = f"producing to {topic} failed: {errors[:3]} ({left} undelivered)"
+        raise MlexecError(msg)
+
+
+@dataclass
+class DemoReport:
+    """Figures the demo prints; also what its test checks."""
+
+    records_in: int
+    broken_in: int
+    predictions: dict[str, int]
+    deadletters: dict[str, int]
+    samples: dict[str, int]
+    retention: dict[str, str]
+    monitoring: dict[str, pl.DataFrame]
+
+
+def demo_topology_path() -> Path:
+    """The embedded demo topology shipped in the ``topologies`` package."""
+    return Path(str(resources.files("topologies").joinpath("demo.yaml")))
+
+
+def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoReport:
+    """Run the demo in ``work_dir`` (wiped first) and return its report."""
+    from connectors.broker import LocalBroker
+    from connectors.kafka import client_config, read_topic
+    from connectors.samplestore import open_store
+    from dataflows.run import prepare_site, run_site
+    from topologies import load_topology, plan_topology
+
+    work_dir = work_dir.resolve()
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    frame = sensor_frame(machines, seconds)
+    csv_path = work_dir / "sensors.csv"
+    broken = make_sensor_csv(frame, csv_path)
+    make_models(frame, work_dir)
+
+    with LocalBroker() as broker:
+        os.environ["MLEXEC_BOOTSTRAP"] = broker.bootstrap
+        os.environ["MLEXEC_DEMO_DIR"] = str(work_dir)
+        path = demo_topology_path()
+        topology = load_topology(path)
+        plan = plan_topology(topology, str(path))
+        site = prepare_site(plan, "edge", source=str(path))
+        conf = client_config(topology.sites["edge"].kafka)
+        from connectors.kafka import ensure_topics
+
+        ensure_topics(conf, plan.topics_at("edge"))
+        records = _csv_records(csv_path)
+        produce(broker.bootstrap, plan.usecases["readings"].raw_topic, records)
+        run_site(site, until_end=True)
+
+        predictions = {n: len(read_topic(conf, uc.predictions_topic)) for n, uc in plan.usecases.items()}
+        dead = {n: len(read_topic(conf, uc.deadletter_topic)) for n, uc in plan.usecases.items()}
+
+    with open_store(topology.sites["edge"].sample_store) as store:
+        db = store.database
+        samples, retention, monitoring = {}, {}, {}
+        for n, uc in plan.usecases.items():
+            table = f"`{db}`.`{uc.table}`"
+            samples[n] = int(store.query(f"SELECT count() AS n FROM {table} FINAL")["n"][0])
+            retention[n] = f"{uc.usecase.retention.total_seconds() / 86400:g} days"
+        monitoring["readings by machine"] = store.query(
+            f"""
+            SELECT key AS machine, count() AS samples,
+                   countIf(label = 1) AS anomalies_kept,
+                   round(avg(probabilities[2]), 3) AS mean_p_anomaly,
+                   round(quantile(0.99)(inference_ms), 3) AS p99_batch_ms
+            FROM `{db}`.`{plan.usecases['readings'].table}` FINAL
+            GROUP BY key ORDER BY anomalies_kept DESC, machine LIMIT 5"""
+        )
+        monitoring["windows flagged by the forest"] = store.query(
+            f"""
+            SELECT count() AS windows, countIf(label = -1) AS flagged,
+                   round(avg(vibration_rms), 3) AS mean_vibration_rms,
+                   round(avgIf(vibration_rms, label = -1), 3) AS flagged_vibration_rms
+            FROM `{db}`.`{plan.usecases['windows'].table}` FINAL"""
+        )
+    return DemoReport(
+        records_in=len(records),
+        broken_in=broken,
+        predictions=predictions,
+        deadletters=dead,
+        samples=samples,
+        retention=retention,
+        monitoring=monitoring,
+    )

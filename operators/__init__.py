@@ -1,0 +1,24 @@
+"""Operators: bytewax steps of a use case — pure logic and declared state, no clients."""
+
+from operators.dispatch import Dispatched, MicroBatchLogic, TumblingLogic
+from operators.infer import ModelError, OnnxModel, Predictions, describe_model
+from operators.parse import ParseResult, RecordParser
+from operators.records import DeadLetter, Records
+from operators.reduce import Reducer
+from operators.sample import Sampler
+
+__all__ = [
+    "DeadLetter",
+    "Dispatched",
+    "MicroBatchLogic",
+    "ModelError",
+    "OnnxModel",
+    "ParseResult",
+    "Predictions",
+    "RecordParser",
+    "Records",
+    "Reducer",
+    "Sampler",
+    "TumblingLogic",
+    "describe_model",
+]
