@@ -1,0 +1,36 @@
+# Two commands do everything: `make demo` and `make test`. Both create .venv and install.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mlexec demo
+
+# System packages the tests use, installed when missing (Debian; we are root here).
+system-deps:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "installing docker-compose (validates docker-compose.yml; no engine needed)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
+	  || echo "warning: could not install docker-compose; its test will be skipped"; }
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.e2e
+
+clean:
+	rm -rf $(VENV) .mlexec .pytest_cache

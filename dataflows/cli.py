@@ -1,0 +1,235 @@
+"""The ``mlexec`` command line: validate, run, query, broker, demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from topologies.errors import MlexecError, TopologyError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="mlexec",
+    help="A machine-learning execution environment for streams: one topology, every site.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+TopologyArg = Annotated[Path, typer.Argument(help="The topology YAML file.", show_default=False)]
+SiteOpt = Annotated[str, typer.Option("--site", "-s", help="The site to act for.")]
+
+
+def _fail(exc: Exception, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _load(path: Path):  # type: ignore[no-untyped-def]
+    from topologies import load_topology, plan_topology
+
+    topology = load_topology(path)
+    return topology, plan_topology(topology, str(path))
+
+
+@app.command()
+def validate(topology: TopologyArg) -> None:
+    """Check a topology (and its models) without side effects; print the plan."""
+    from dataflows.run import prepare_site
+
+    try:
+        topo, plan = _load(topology)
+        runs = {site: prepare_site(plan, site, source=str(topology)) for site in topo.sites}
+    except MlexecError as exc:
+        raise _fail(exc) from exc
+
+    console.print(f"[bold green]ok[/] topology [bold]{topo.name}[/] ({topology})")
+    sites = Table(title="sites", title_justify="left")
+    for col in ("site", "kafka", "security", "sample store", "state"):
+        sites.add_column(col)
+    for name, site in topo.sites.items():
+        sites.add_row(name, site.kafka.bootstrap, site.kafka.security.protocol, site.sample_store, site.state_dir)
+    console.print(sites)
+    stages = Table(title="use cases", title_justify="left")
+    for col in ("use case", "connectors", "dispatch", "infer", "store", "rule", "reduction", "model"):
+        stages.add_column(col)
+    for uc in plan.usecases.values():
+        u = uc.usecase
+        stages.add_row(
+            uc.name,
+            *(uc.site(s) for s in ("connectors", "dispatch", "infer", "store")),
+            u.dispatch.kind,
+            f"{u.reduction.kind} → {len(uc.features)} columns",
+            f"{u.model.name} v{u.model.version}",
+        )
+    console.print(stages)
+    topics = Table(title="topics", title_justify="left")
+    for col in ("site", "topic", "partitions"):
+        topics.add_column(col)
+    for site in topo.sites:
+        for t in plan.topics_at(site):
+            topics.add_row(site, t.name, str(t.partitions))
+    console.print(topics)
+    tables = Table(title="sample-store tables", title_justify="left")
+    for col in ("site", "table", "retention", "columns"):
+        tables.add_column(col)
+    for site, run in runs.items():
+        for rt in run.store:
+            cols = ", ".join(f"{n} {k}" for n, k in rt.table.columns)
+            days = rt.table.retention_seconds / 86400
+            tables.add_row(site, rt.table.name, f"{days:g} d", cols)
+    console.print(tables)
+
+
+@app.command()
+def run(
+    topology: TopologyArg,
+    site: SiteOpt,
+    usecase: Annotated[str | None, typer.Option("--usecase", "-u", help="Run only this use case.")] = None,
+    until_end: Annotated[
+        bool, typer.Option("--until-end", help="Stop once everything present at start is processed.")
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="bytewax worker threads.")] = 1,
+    no_recovery: Annotated[
+        bool, typer.Option("--no-recovery", help="Start from the beginning; keep no snapshots.")
+    ] = False,
+) -> None:
+    """Run a site's dataflows: pipelines of the use cases placed there and their store."""
+    from dataflows.run import prepare_site, run_site
+
+    try:
+        _, plan = _load(topology)
+        prepared = prepare_site(plan, site, usecase, source=str(topology))
+        if not prepared.process and not prepared.store:
+            msg = f"site {site!r} runs no dispatch, infer or store stage of {usecase or 'any use case'}"
+            raise TopologyError(msg)
+        run_site(prepared, until_end=until_end, workers=workers, recovery=not no_recovery)
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+
+
+@app.command()
+def query(
+    topology: TopologyArg,
+    sql: Annotated[str, typer.Argument(help="SQL for the site's sample store.")],
+    site: SiteOpt,
+    json_lines: Annotated[bool, typer.Option("--json", help="Print JSON lines, not a table.")] = False,
+) -> None:
+    """Run SQL on a site's sample store (the database is named ``mlexec``)."""
+    from connectors.samplestore import open_store
+
+    try:
+        topo, plan = _load(topology)
+        plan.require_site(site)
+        with open_store(topo.sites[site].sample_store) as store:
+            frame = store.query(sql)
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+    if json_lines:
+        for row in frame.iter_rows(named=True):
+            sys.stdout.write(orjson.dumps(row, default=str).decode() + "\n")
+        return
+    table = Table(show_lines=False)
+    for name in frame.columns:
+        table.add_column(name)
+    for row in frame.iter_rows():
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: a free one).")] = 9092,
+    storage: Annotated[
+        str, typer.Option(help="memory://tansu/ or postgres://user:pass@host/db for durability.")
+    ] = "memory://tansu/",
+) -> None:
+    """Run a local Kafka-wire broker (Tansu) in the foreground until Ctrl-C."""
+    from connectors.broker import LocalBroker
+
+    local = LocalBroker(port=port, storage=storage)
+    try:
+        local.start()
+        console.print(f"broker listening on [bold]{local.bootstrap}[/] ({storage}); Ctrl-C stops it")
+        local.wait()
+    except KeyboardInterrupt:
+        pass
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+    finally:
+        local.stop()
+
+
+@app.command()
+def demo(
+    work_dir: Annotated[Path, typer.Option(help="Where the demo keeps its data (wiped first).")] = Path(
+        ".mlexec/demo"
+    ),
+    machines: Annotated[int, typer.Option(min=1, help="Machines in the synthetic park.")] = 20,
+    seconds: Annotated[int, typer.Option(min=20, help="Seconds of readings per machine.")] = 1000,
+) -> None:
+    """From nothing: local broker, models, data, the site dataflow to the end, a report."""
+    from dataflows.demo import run_demo
+
+    console.rule("[bold]mlexec demo")
+    console.print("local broker, synthetic sensor park, two models (scikit-learn → ONNX) …")
+    try:
+        with console.status("running the demo topology to the end"):
+            report = run_demo(work_dir, machines=machines, seconds=seconds)
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+
+    console.print(
+        f"fed [bold]{report.records_in:,}[/] readings to the raw topic, "
+        f"{report.broken_in} of them with an unreadable value"
+    )
+    summary = Table(title="what happened", title_justify="left")
+    for col in ("use case", "predictions", "dead letters", "samples", "retention"):
+        summary.add_column(col, justify="right")
+    for name in report.predictions:
+        summary.add_row(
+            name,
+            f"{report.predictions[name]:,}",
+            f"{report.deadletters[name]:,}",
+            f"{report.samples[name]:,}",
+            report.retention[name],
+        )
+    console.print(summary)
+    for title, frame in report.monitoring.items():
+        table = Table(title=f"monitoring (SQL on the sample store): {title}", title_justify="left")
+        for col in frame.columns:
+            table.add_column(col, justify="right")
+        for row in frame.iter_rows():
+            table.add_row(*(str(v) for v in row))
+        console.print(table)
+    console.print(
+        f"data, models and the chDB store are in [bold]{work_dir}[/]; the broker is stopped. "
+        "Query the samples again with:"
+    )
+    console.print(
+        f"  MLEXEC_DEMO_DIR={work_dir.resolve()} mlexec query topologies/demo.yaml --site edge "
+        "'SELECT count() FROM mlexec.samples_readings FINAL'",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=os.environ.get("MLEXEC_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()
