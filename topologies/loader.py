@@ -91,7 +91,7 @@ def parse_topology(text: str, source: str = "<string>", base_dir: Path | None = 
     try:
         return Topology.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe_pydantic(source, root, err) for err in exc.errors()]
+        lines = [_describe_pydantic(source, root, raw, err) for err in exc.errors()]
         raise TopologyError("\n".join(lines)) from exc
 
 
@@ -108,8 +108,8 @@ def _resolve_model_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     return raw
 
 
-def _describe_pydantic(source: str, root: yaml.Node | None, err: Any) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+def _describe_pydantic(source: str, root: yaml.Node | None, raw: Any, err: Any) -> str:
+    loc = _yaml_loc(raw, tuple(err["loc"]))
     message = str(err["msg"]).removeprefix("Value error, ")
     if (match := _PATH_IN_MESSAGE.match(message)) is not None:
         loc = (*loc, *_split_path(match.group(1)))
@@ -124,8 +124,36 @@ def _describe_pydantic(source: str, root: yaml.Node | None, err: Any) -> str:
     return _describe(source, root, loc, f"expected: {message.lower()}; found {found!r}")
 
 
-#: Tags pydantic inserts into ``loc`` for discriminated unions; not YAML keys.
-_UNION_TAGS = {"microbatch", "tumbling", "identity", "aggregate", "kafka"}
+def _yaml_loc(raw: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop what pydantic adds to ``loc`` that is not a YAML key (union tags like
+    ``microbatch``), by walking the document along the path."""
+    out: list[Any] = []
+    node = raw
+    for part in loc:
+        if isinstance(node, dict):
+            if part in node:
+                out.append(part)
+                node = node[part]
+            elif part == "schema_" and "schema" in node:
+                out.append("schema")
+                node = node["schema"]
+            elif isinstance(part, str) and out and not _is_field_of(node, part):
+                continue  # a discriminated-union tag
+            else:
+                out.append(part)
+                node = None
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        else:
+            out.append(part)
+            node = None
+    return tuple(out)
+
+
+def _is_field_of(node: dict[str, Any], part: str) -> bool:
+    """Whether ``part`` names a key that could live in ``node`` (not a union tag)."""
+    return node.get("kind") != part
 
 
 def _split_path(text: str) -> tuple[str | int, ...]:

@@ -65,6 +65,9 @@ def parse_duration(value: object) -> object:
     if isinstance(value, str) and (match := _DURATION.match(value)):
         number, unit = match.groups()
         return timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
+    if isinstance(value, str) and not value.strip().upper().startswith("P"):
+        msg = f"a duration like 250ms, 10s, 5m, 2h, 30d or ISO 8601 (PT10S), found {value!r}"
+        raise ValueError(msg)
     return value
 
 
@@ -105,13 +108,16 @@ class Security(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> Security:
         if self.protocol.startswith("sasl") and self.sasl is None:
-            msg = f"protocol {self.protocol!r} needs a 'sasl' section (mechanism, username, password)"
+            msg = (
+                f"a 'sasl' section (mechanism, username, password) with protocol "
+                f"{self.protocol!r}, found none"
+            )
             raise ValueError(msg)
         if not self.protocol.startswith("sasl") and self.sasl is not None:
-            msg = f"a 'sasl' section needs protocol sasl_ssl or sasl_plaintext, not {self.protocol!r}"
+            msg = f"protocol sasl_ssl or sasl_plaintext with a 'sasl' section, found {self.protocol!r}"
             raise ValueError(msg)
         if (self.cert is None) != (self.key is None):
-            msg = "mutual TLS needs both 'cert' and 'key'"
+            msg = "both 'cert' and 'key' for mutual TLS, found only one"
             raise ValueError(msg)
         return self
 

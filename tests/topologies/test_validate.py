@@ -1,0 +1,202 @@
+"""Broken topologies are refused before anything starts, naming file, path, expected, found."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from dataflows.cli import app
+from operators.testing import make_mlp
+from topologies import TopologyError, load_topology, parse_topology
+
+GOOD = """\
+name: plant
+sites:
+  edge:
+    kafka:
+      bootstrap: ${TEST_BOOTSTRAP:-127.0.0.1:9092}
+    sample_store: chdb:///tmp/never-opened
+usecases:
+  vib:
+    input:
+      partitions: 2
+      key: machine
+      time: ts
+      schema:
+        machine: str
+        ts: timestamp
+        a: float
+        b: float
+    dispatch:
+      kind: microbatch
+      max_records: 64
+      max_wait: 20ms
+    model:
+      name: m
+      version: "1"
+      path: model.onnx
+    sampling:
+      rate: 0.1
+      keep_when: "y > 0.5"
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    make_mlp(tmp_path / "model.onnx", inputs=2, hidden=(4,))
+    return tmp_path
+
+
+def _validate(folder: Path, text: str) -> tuple[int, str, Path]:
+    path = folder / "topology.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(app, ["validate", str(path)], env={"COLUMNS": "250"})
+    return result.exit_code, result.output, path
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+def test_the_good_topology_validates_and_prints_the_plan(folder):
+    code, out, _ = _validate(folder, GOOD)
+    assert code == 0, out
+    flat = _flat(out)
+    for expected in ("vib.raw", "vib.predictions", "vib.deadletter", "samples_vib", "microbatch"):
+        assert expected in flat
+
+
+def test_the_embedded_demo_topology_loads():
+    from dataflows.demo import demo_topology_path
+    from topologies import plan_topology
+
+    topo = load_topology(demo_topology_path())
+    plan = plan_topology(topo)
+    assert set(plan.usecases) == {"readings", "windows"}
+    assert plan.usecases["windows"].features[:2] == ("temperature_mean", "temperature_max")
+
+
+# Each mistake: (how to break the good topology, YAML path named, words the message has)
+MISTAKES = {
+    "misspelt key": (
+        lambda d: d["usecases"]["vib"]["dispatch"].update(max_record=5),
+        "usecases.vib.dispatch.max_record",
+        ["unknown key"],
+    ),
+    "wrong type": (
+        lambda d: d["usecases"]["vib"]["dispatch"].update(max_records="many"),
+        "usecases.vib.dispatch.max_records",
+        ["integer", "'many'"],
+    ),
+    "out of range": (
+        lambda d: d["usecases"]["vib"]["sampling"].update(rate=1.5),
+        "usecases.vib.sampling.rate",
+        ["less than or equal to 1", "1.5"],
+    ),
+    "missing required": (
+        lambda d: d["usecases"]["vib"]["model"].pop("version"),
+        "usecases.vib.model.version",
+        ["required", "found nothing"],
+    ),
+    "unknown dispatch kind": (
+        lambda d: d["usecases"]["vib"]["dispatch"].update(kind="hourly"),
+        "usecases.vib.dispatch",
+        ["microbatch", "tumbling", "hourly"],
+    ),
+    "key not in schema": (
+        lambda d: d["usecases"]["vib"]["input"].update(key="device"),
+        "usecases.vib.input",
+        ["'device'", "not in the schema"],
+    ),
+    "bad duration": (
+        lambda d: d["usecases"]["vib"]["dispatch"].update(max_wait="soon"),
+        "usecases.vib.dispatch.max_wait",
+        ["duration", "'soon'"],
+    ),
+    "bad store url": (
+        lambda d: d["sites"]["edge"].update(sample_store="mysql://x"),
+        "sites.edge.sample_store",
+        ["chdb:///dir", "mysql://x"],
+    ),
+    "placement on unknown site": (
+        lambda d: d["usecases"]["vib"].update(placement={"infer": "cloud"}),
+        "usecases.vib.placement.infer",
+        ["['edge']", "'cloud'"],
+    ),
+    "model input no stage makes": (
+        lambda d: d["usecases"]["vib"]["model"].update(inputs=["a", "c"]),
+        "usecases.vib.model.inputs.1",
+        ["['a', 'b']", "'c'"],
+    ),
+    "model width does not fit": (
+        lambda d: d["usecases"]["vib"]["input"]["schema"].update(c="float"),
+        "usecases.vib.model",
+        ["takes 2 features", "gives 3"],
+    ),
+    "condition on a column that is not there": (
+        lambda d: d["usecases"]["vib"]["sampling"].update(keep_when="score > 0.5"),
+        "usecases.vib.sampling.keep_when",
+        ["score"],
+    ),
+    "missing model file": (
+        lambda d: d["usecases"]["vib"]["model"].update(path="nowhere.onnx"),
+        "usecases.vib.model.path",
+        ["does not exist"],
+    ),
+    "sasl without credentials": (
+        lambda d: d["sites"]["edge"]["kafka"].update(security={"protocol": "sasl_ssl"}),
+        "sites.edge.kafka.security",
+        ["sasl"],
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_validate_refuses_mistakes_naming_file_path_expected_and_found(folder, mistake):
+    breaker, yaml_path, words = MISTAKES[mistake]
+    doc = yaml.safe_load(GOOD)
+    breaker(doc)
+    code, out, path = _validate(folder, yaml.safe_dump(doc, sort_keys=False))
+    flat = _flat(out)
+    assert code != 0, out
+    assert str(path) in flat.replace(" ", "") or str(path) in flat
+    assert f"{yaml_path}:" in flat, flat
+    for word in words:
+        assert word in flat, (word, flat)
+
+
+def test_errors_carry_the_line_of_the_offending_key(folder):
+    text = GOOD.replace("max_records: 64", "max_records: -3")
+    with pytest.raises(TopologyError) as info:
+        parse_topology(text, source="plant.yaml", base_dir=folder)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "max_records" in t)
+    assert f"plant.yaml:{line}: usecases.vib.dispatch.max_records" in str(info.value)
+
+
+def test_environment_variables_expand_and_a_missing_one_is_named(folder, monkeypatch):
+    monkeypatch.setenv("TEST_BOOTSTRAP", "127.0.0.1:19999")
+    topo = parse_topology(GOOD, base_dir=folder)
+    assert topo.sites["edge"].kafka.bootstrap == "127.0.0.1:19999"
+    with pytest.raises(TopologyError, match=r"sites\.edge\.sample_store: environment variable STORE_DIR"):
+        parse_topology(GOOD.replace("chdb:///tmp/never-opened", "chdb://${STORE_DIR}"), base_dir=folder)
+
+
+def test_invalid_yaml_names_the_line():
+    with pytest.raises(TopologyError, match=r"x\.yaml:\d+: not valid YAML"):
+        parse_topology("name: a\nsites: [\n", source="x.yaml")
+
+
+def test_several_sites_need_every_stage_placed(folder):
+    doc = yaml.safe_load(GOOD)
+    doc["sites"]["cloud"] = dict(doc["sites"]["edge"])
+    doc["usecases"]["vib"]["placement"] = {"connectors": "edge", "dispatch": "edge", "infer": "cloud"}
+    with pytest.raises(TopologyError, match=r"usecases\.vib\.placement\.store: .*found none"):
+        parse_topology(yaml.safe_dump(doc), base_dir=folder)
+    doc["usecases"]["vib"]["placement"]["store"] = "cloud"
+    doc["links"] = [{"source": "edge", "target": "cloud"}]
+    topo = parse_topology(yaml.safe_dump(doc), base_dir=folder)  # multi-site is expressible
+    assert topo.site_of("vib", "infer") == "cloud"
