@@ -49,6 +49,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @dataclass
 class LocalBroker:
     """One Tansu process on 127.0.0.1; ``bootstrap`` is its address for clients."""
@@ -69,6 +78,9 @@ class LocalBroker:
             return self
         if not self.port:
             self.port = free_port()
+        elif not _port_free(self.port):
+            msg = f"port {self.port} on 127.0.0.1 is in use; choose another or --port 0 for a free one"
+            raise BrokerError(msg)
         url = f"tcp://127.0.0.1:{self.port}"
         argv = [
             str(tansu_binary()),

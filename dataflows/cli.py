@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -159,6 +160,7 @@ def broker(
     from connectors.broker import LocalBroker
 
     local = LocalBroker(port=port, storage=storage)
+    _interrupt_on(signal.SIGINT, signal.SIGTERM)
     try:
         local.start()
         console.print(f"broker listening on [bold]{local.bootstrap}[/] ({storage}); Ctrl-C stops it")
@@ -223,6 +225,17 @@ def demo(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _interrupt_on(*signals: signal.Signals) -> None:
+    """Turn these signals into KeyboardInterrupt (SIGINT may arrive ignored, SIGTERM is
+    what supervisors send), so foreground commands stop cleanly."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in signals:
+        signal.signal(sig, handler)
 
 
 def main() -> None:

@@ -1,0 +1,98 @@
+"""The commands as a user runs them: demo, query, run, broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from connectors.broker import free_port
+
+MLEXEC = [sys.executable, "-m", "dataflows.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tansu_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "tansu"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+@pytest.mark.integration
+def test_demo_reports_and_leaves_nothing_running_then_query_reads_its_store(tmp_path):
+    before = _tansu_pids()
+    work = tmp_path / "demo"
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run(
+        [*MLEXEC, "demo", "--work-dir", str(work), "--machines", "6", "--seconds", "300"],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = done.stdout
+    for words in ("1,800", "readings", "windows", "dead letters", "samples", "30 days", "7 days", "monitoring"):
+        assert words in out, (words, out)
+    assert _tansu_pids() <= before, "the demo left a broker running"
+
+    env["MLEXEC_DEMO_DIR"] = str(work)
+    query = subprocess.run(
+        [*MLEXEC, "query", str(ROOT / "topologies/demo.yaml"), "--site", "edge", "--json",
+         "SELECT count() AS windows, uniqExact(key) AS machines FROM mlexec.samples_windows FINAL"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert query.returncode == 0, query.stderr
+    row = orjson.loads(query.stdout.splitlines()[0])
+    assert row == {"windows": 6 * 30, "machines": 6}  # rate 1.0: every 10 s window of every machine
+
+
+def test_query_with_bad_sql_fails_cleanly(tmp_path):
+    env = {**os.environ, "MLEXEC_DEMO_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [*MLEXEC, "query", str(ROOT / "topologies/demo.yaml"), "--site", "edge", "SELEC 1"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert done.returncode == 1
+    assert "error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unknown_site_is_named():
+    done = subprocess.run(
+        [*MLEXEC, "query", str(ROOT / "topologies/demo.yaml"), "--site", "moon", "SELECT 1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1
+    assert "no site 'moon'" in done.stderr and "['edge']" in done.stderr
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_broker_command_serves_until_interrupted(stop):
+    port = free_port()
+    proc = subprocess.Popen([*MLEXEC, "broker", "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"127.0.0.1:{port}" in line
+        from confluent_kafka.admin import AdminClient
+
+        assert AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10) is not None
+    finally:
+        proc.send_signal(stop)
+        assert proc.wait(30) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _port_free(port):
+        time.sleep(0.1)
+    assert _port_free(port)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
