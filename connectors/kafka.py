@@ -9,13 +9,14 @@ full means poll and retry, and the first delivery error is raised at the next wr
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -249,7 +250,7 @@ class _Delivery:
             raise KafkaDeliveryError(msg)
 
 
-class _ProducerPart(StatelessSinkPartition[Outgoing]):
+class _ProducerPart(StatefulSinkPartition[Outgoing, None]):
     def __init__(self, conf: dict[str, Any]) -> None:
         self._producer = Producer(conf)
         self._delivery = _Delivery()
@@ -297,18 +298,32 @@ class _ProducerPart(StatelessSinkPartition[Outgoing]):
                 except BufferError:
                     self._producer.poll(0.05)
 
-    def close(self) -> None:
+    def snapshot(self) -> None:
+        """Everything written so far is delivered before bytewax commits the epoch."""
+        self._flush()
+
+    def _flush(self) -> None:
         remaining = self._producer.flush(60.0)
         self._delivery.raise_if_failed()
         if remaining:
             msg = f"{remaining} messages were still undelivered after 60 s"
             raise KafkaDeliveryError(msg)
 
+    def close(self) -> None:
+        self._flush()
 
-class KafkaBatchSink(DynamicSink[Outgoing]):
-    """One idempotent producer per worker for every :class:`Outgoing` it is handed."""
 
-    def __init__(self, conf: dict[str, Any]) -> None:
+class KafkaBatchSink(FixedPartitionedSink[Outgoing, None]):
+    """Idempotent producers for every :class:`Outgoing` handed to it as ``(key, item)``.
+
+    A stateful sink so that its snapshot — taken at each epoch's end, before bytewax
+    commits the input offsets of that epoch — flushes the producer: a crash can then
+    repeat messages (removed downstream by id) but never lose one. ``parts`` producers
+    share the load; an item goes to the part its key hashes to.
+    """
+
+    def __init__(self, conf: dict[str, Any], parts: int = 1) -> None:
+        self._parts = parts
         self._conf = {
             **conf,
             "enable.idempotence": True,
@@ -316,7 +331,13 @@ class KafkaBatchSink(DynamicSink[Outgoing]):
             "linger.ms": conf.get("linger.ms", 5),
         }
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPart:
+    def list_parts(self) -> list[str]:
+        return [str(i) for i in range(self._parts)]
+
+    def part_fn(self, item_key: str) -> int:
+        return zlib.crc32(item_key.encode())
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ProducerPart:
         return _ProducerPart(self._conf)
 
 

@@ -103,12 +103,25 @@ def run_site(
     name = f"{run.plan.topology.name}-{run.site}"
     if not until_end:
         flow = build_flow(
-            name, conf, process=run.process, store=run.store, store_url=site.sample_store, batch_size=batch_size
+            name,
+            conf,
+            process=run.process,
+            store=run.store,
+            store_url=site.sample_store,
+            batch_size=batch_size,
+            producers=workers,
         )
         _execute(flow, state_dir, workers, epoch)
         return
     if run.process:
-        flow = build_flow(f"{name}-process", conf, process=run.process, until_end=True, batch_size=batch_size)
+        flow = build_flow(
+            f"{name}-process",
+            conf,
+            process=run.process,
+            until_end=True,
+            batch_size=batch_size,
+            producers=workers,
+        )
         _execute(flow, state_dir, workers, epoch)
     if run.store:
         flow = build_flow(

@@ -154,6 +154,7 @@ def build_flow(
     store_url: str | None = None,
     until_end: bool = False,
     batch_size: int = 1000,
+    producers: int = 1,
 ) -> Dataflow:
     """One dataflow running ``process`` use cases' pipelines and ``store`` use cases' sinks."""
     flow = Dataflow(name)
@@ -174,5 +175,6 @@ def build_flow(
         tables = {rt.table.name: rt.table for rt in stored}
         op.output("store_sink", all_rows, SampleStoreSink(store_url, tables))
     if outgoing:
-        op.output("kafka_out", op.merge("kafka_all", *outgoing), KafkaBatchSink(conf))
+        keyed = op.key_on("kafka_route", op.merge("kafka_all", *outgoing), lambda out: out.topic)
+        op.output("kafka_out", keyed, KafkaBatchSink(conf, parts=producers))
     return flow
