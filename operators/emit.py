@@ -27,30 +27,33 @@ def _output_lists(pred: Predictions) -> dict[str, list[object]]:
 def prediction_values(
     pred: Predictions, model: str, version: str, variant: str = "production"
 ) -> list[bytes]:
-    """One JSON prediction per record of ``pred``."""
+    """One JSON prediction per record of ``pred``.
+
+    The fields shared by the whole batch are serialised once and spliced onto each
+    record's own part: per-record dict building is the cost of this step.
+    """
     recs = pred.records
+    shared = orjson.dumps(
+        {
+            "model": model,
+            "version": version,
+            "variant": variant,
+            "latency_ms": round(pred.latency_ms, 4),
+            "batch": len(recs),
+        }
+    )
+    tail = b"," + shared[1:]
     outputs = _output_lists(pred)
-    names = list(outputs)
-    columns = [outputs[n] for n in names]
-    latency = round(pred.latency_ms, 4)
-    size = len(recs)
-    times = recs.times.tolist()
+    if len(outputs) == 1:
+        ((name, column),) = outputs.items()
+        per_record = [{name: v} for v in column]
+    else:
+        names = list(outputs)
+        per_record = [dict(zip(names, vals, strict=True)) for vals in zip(*outputs.values(), strict=True)]
     dumps = orjson.dumps
     return [
-        dumps(
-            {
-                "id": rid,
-                "key": key,
-                "time": t,
-                "model": model,
-                "version": version,
-                "variant": variant,
-                "outputs": dict(zip(names, [c[i] for c in columns], strict=True)),
-                "latency_ms": latency,
-                "batch": size,
-            }
-        )
-        for i, (rid, key, t) in enumerate(zip(recs.record_ids, recs.keys, times, strict=True))
+        dumps({"id": rid, "key": key, "time": t, "outputs": out})[:-1] + tail
+        for rid, key, t, out in zip(recs.record_ids, recs.keys, recs.times.tolist(), per_record, strict=True)
     ]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from itertools import chain
+from operator import itemgetter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +29,13 @@ _NUMERIC_TYPES: dict[str, frozenset[type]] = {
     "bool": frozenset({bool}),
 }
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_KEY_TYPES: dict[str, set[type]] = {
+    "str": {str},
+    "int": {int},
+    "float": {float},
+    "bool": {bool},
+    "timestamp": {str},
+}
 
 
 @dataclass(frozen=True)
@@ -55,13 +64,25 @@ class RecordParser:
             for name, kind in self.schema.items()
             if kind in _NUMERIC_TYPES and name not in (key, time)
         ]
+        self._key_of = itemgetter(key)
+        self._time_of = itemgetter(time)
+        self._groups = []
+        for kind in _NUMERIC_TYPES:
+            names = [n for n in self.numeric if self.schema[n] == kind]
+            if names:
+                self._groups.append((kind, names, itemgetter(*names)))
+        self._block_names = tuple(n for _, names, _ in self._groups for n in names)
+        self._text_getters = [
+            itemgetter(n) for n, k in self.schema.items() if k == "str" and n != key
+        ]
 
     # The batch is anything with topic, partition, offsets, keys and values (RawBatch).
     def __call__(self, batch: Any) -> ParseResult:
         source = f"{batch.topic}:{batch.partition}"
         rows = self._parse_all(batch.values)
-        if rows is not None and self._columns_ok(rows):
-            return ParseResult(source, self._records(batch, rows, range(len(rows))), [])
+        columns = self._columnar(rows) if rows is not None else None
+        if columns is not None:
+            return ParseResult(source, self._records(batch, columns, range(len(batch.values))), [])
         return self._parse_each(batch, source)
 
     # -------------------------------------------------------------- fast path
@@ -74,22 +95,53 @@ class RecordParser:
             return None
         return rows if len(rows) == len(values) else None
 
-    def _columns_ok(self, rows: list[Any]) -> bool:
-        if set(map(type, rows)) != {dict}:
-            return False
-        for name, kind in self.schema.items():
-            found = set(map(type, [r.get(name) for r in rows]))
-            if kind in _NUMERIC_TYPES:
-                if not found <= _NUMERIC_TYPES[kind]:
-                    return False
-                if kind == "float" and not _all_finite_float32([r[name] for r in rows]):
-                    return False
-            elif kind == "str":
-                if found != {str}:
-                    return False
-            elif not (found <= {int, float} or found == {str}):  # timestamp
-                return False
-        return True
+    def _columnar(self, rows: list[Any]) -> _Columns | None:
+        """Extract and type-check every column in C-level passes; ``None`` if any record is bad.
+
+        ``itemgetter`` raises KeyError for a missing field and TypeError for a record
+        that is not an object; ``set(map(type, …))`` checks types without a Python loop.
+        """
+        n = len(rows)
+        try:
+            keys = list(map(self._key_of, rows))
+            times_raw = list(map(self._time_of, rows))
+            blocks = []
+            for kind, names, getter in self._groups:
+                values = list(map(getter, rows))
+                if len(names) > 1:
+                    if not set(map(type, chain.from_iterable(values))) <= _NUMERIC_TYPES[kind]:
+                        return None
+                    flat = np.fromiter(chain.from_iterable(values), np.float64, n * len(names))
+                else:
+                    if not set(map(type, values)) <= _NUMERIC_TYPES[kind]:
+                        return None
+                    flat = np.fromiter(values, np.float64, n)
+                block = flat.reshape(n, len(names))
+                if kind == "float" and not bool((np.abs(block) <= _FLOAT32_MAX).all()):
+                    return None
+                blocks.append(block)
+            for getter in self._text_getters:
+                if set(map(type, map(getter, rows))) != {str}:
+                    return None
+        except (KeyError, TypeError):
+            return None
+        key_types = set(map(type, keys))
+        if key_types != _KEY_TYPES[self.schema[self.key]]:
+            return None
+        if self.schema[self.key] != "str":
+            keys = list(map(str, keys))
+        time_types = set(map(type, times_raw))
+        if time_types <= {int, float}:
+            times = np.array(times_raw, dtype=np.float64).astype(np.int64)
+        elif time_types == {str}:
+            try:
+                times = np.array([_epoch_ms(t) for t in times_raw], dtype=np.int64)
+            except ValueError:
+                return None
+        else:
+            return None
+        block = blocks[0] if len(blocks) == 1 else np.hstack(blocks) if blocks else np.empty((n, 0))
+        return _Columns(keys, times, block)
 
     # -------------------------------------------------------------- slow path
 
@@ -113,7 +165,13 @@ class RecordParser:
             else:
                 good_rows.append(row)
                 good_at.append(i)
-        records = self._records(batch, good_rows, good_at) if good_rows else None
+        records = None
+        if good_rows:
+            columns = self._columnar(good_rows)
+            if columns is None:  # pragma: no cover - every row passed _check_one
+                msg = "records that pass one by one failed as a batch"
+                raise RuntimeError(msg)
+            records = self._records(batch, columns, good_at)
         return ParseResult(source, records, dead)
 
     def _check_one(self, value: bytes | None) -> tuple[dict[str, Any] | None, str]:
@@ -135,33 +193,26 @@ class RecordParser:
 
     # ------------------------------------------------------------- columns
 
-    def _records(self, batch: Any, rows: list[dict[str, Any]], at: Any) -> Records:
+    def _records(self, batch: Any, columns: _Columns, at: Any) -> Records:
         offsets = batch.offsets
         idx = [offsets[i] for i in at]
         prefix = f"{batch.topic}:{batch.partition}:"
-        times_raw = [r[self.time] for r in rows]
-        if isinstance(times_raw[0], str) or not set(map(type, times_raw)) <= {int, float}:
-            times = np.array([_epoch_ms(t) for t in times_raw], dtype=np.int64)
-        else:
-            times = np.asarray(times_raw, dtype=np.float64).astype(np.int64)
-        key_kind = self.schema[self.key]
-        keys = [r[self.key] for r in rows]
-        if key_kind != "str":
-            keys = [str(k) for k in keys]
         return Records(
             record_ids=[prefix + str(o) for o in idx],
             ids=(np.uint64(batch.partition) << np.uint64(48)) | np.asarray(idx, dtype=np.uint64),
-            keys=keys,
-            times=times,
-            columns={
-                name: np.asarray([r[name] for r in rows], dtype=np.float64) for name in self.numeric
-            },
+            keys=columns.keys,
+            times=columns.times,
+            columns={name: columns.block[:, j] for j, name in enumerate(self._block_names)},
+            block=columns.block,
+            block_names=self._block_names,
         )
 
 
-def _all_finite_float32(values: list[float | int]) -> bool:
-    arr = np.asarray(values, dtype=np.float64)
-    return bool(np.all(np.abs(arr) <= _FLOAT32_MAX))
+@dataclass(frozen=True)
+class _Columns:
+    keys: list[str]
+    times: np.ndarray
+    block: np.ndarray
 
 
 def _field_problem(kind: str, value: Any) -> str:

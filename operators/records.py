@@ -7,7 +7,7 @@ arrays. :class:`DeadLetter` is a record that could not go on, with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +46,10 @@ class Records:
     keys: list[str]
     times: np.ndarray
     columns: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The numeric columns as one ``[rows, len(block_names)]`` array when the parser
+    #: made them so: the model input without a copy per column.
+    block: np.ndarray | None = None
+    block_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -54,17 +58,19 @@ class Records:
         """The columns ``names`` as one ``[rows, len(names)]`` array (model input)."""
         if not names:
             return np.empty((len(self), 0), dtype=dtype)
+        if self.block is not None and tuple(names) == self.block_names:
+            return self.block.astype(dtype, copy=False)
         return np.column_stack([self.columns[n] for n in names]).astype(dtype, copy=False)
 
     def take(self, index: np.ndarray) -> Records:
         """The rows at ``index`` (an integer or boolean array)."""
         positions = np.flatnonzero(index) if index.dtype == bool else index
-        return Records(
-            record_ids=[self.record_ids[i] for i in positions],
-            ids=self.ids[positions],
-            keys=[self.keys[i] for i in positions],
-            times=self.times[positions],
-            columns={k: v[positions] for k, v in self.columns.items()},
+        return self._derive(
+            [self.record_ids[i] for i in positions],
+            self.ids[positions],
+            [self.keys[i] for i in positions],
+            self.times[positions],
+            lambda a: a[positions],
         )
 
     def slices(self, size: int) -> list[Records]:
@@ -72,29 +78,73 @@ class Records:
         if len(self) <= size:
             return [self]
         return [
-            Records(
-                record_ids=self.record_ids[i : i + size],
-                ids=self.ids[i : i + size],
-                keys=self.keys[i : i + size],
-                times=self.times[i : i + size],
-                columns={k: v[i : i + size] for k, v in self.columns.items()},
+            self._derive(
+                self.record_ids[i : i + size],
+                self.ids[i : i + size],
+                self.keys[i : i + size],
+                self.times[i : i + size],
+                lambda a, i=i: a[i : i + size],  # type: ignore[misc]
             )
             for i in range(0, len(self), size)
         ]
+
+    def _derive(
+        self,
+        record_ids: list[str],
+        ids: np.ndarray,
+        keys: list[str],
+        times: np.ndarray,
+        rows: Callable[[np.ndarray], np.ndarray],
+    ) -> Records:
+        """A batch of some of these rows; ``rows`` selects them from any array."""
+        block = None if self.block is None else rows(self.block)
+        return Records(
+            record_ids=record_ids,
+            ids=ids,
+            keys=keys,
+            times=times,
+            columns=_columns(block, self.block_names, self.columns, rows),
+            block=block,
+            block_names=self.block_names,
+        )
 
     @staticmethod
     def concat(parts: Sequence[Records]) -> Records:
         """One batch of all ``parts`` in order (they share their column names)."""
         if len(parts) == 1:
             return parts[0]
-        names = parts[0].columns.keys()
+        first = parts[0]
+        same = all(p.block is not None and p.block_names == first.block_names for p in parts)
+        block = np.concatenate([p.block for p in parts]) if same else None  # type: ignore[misc]
+        names = first.block_names if same else ()
+        loose = {
+            n: np.concatenate([p.columns[n] for p in parts])
+            for n in first.columns
+            if n not in names
+        }
         return Records(
             record_ids=[r for p in parts for r in p.record_ids],
             ids=np.concatenate([p.ids for p in parts]),
             keys=[k for p in parts for k in p.keys],
             times=np.concatenate([p.times for p in parts]),
-            columns={n: np.concatenate([p.columns[n] for p in parts]) for n in names},
+            columns=_columns(block, names, loose, lambda a: a),
+            block=block,
+            block_names=names,
         )
+
+
+def _columns(
+    block: np.ndarray | None,
+    names: tuple[str, ...],
+    others: dict[str, np.ndarray],
+    rows: Callable[[np.ndarray], np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Column views into ``block`` plus the selected rows of any other columns."""
+    cols = {} if block is None else {n: block[:, j] for j, n in enumerate(names)}
+    for n, v in others.items():
+        if n not in cols:
+            cols[n] = rows(v)
+    return cols
 
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
