@@ -23,6 +23,8 @@ system-deps:
 	  || echo "warning: could not install docker-compose; its test will be skipped"; }
 
 test: $(STAMP) system-deps
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -63,7 +63,9 @@ def make_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
 
 def fill(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
     ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(topic, PARTITIONS)])
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000}
+    )
     for key, value in records:
         while True:
             try:
@@ -101,8 +103,13 @@ def handwritten(bootstrap: str, topic: str, model: Path, n: int) -> float:
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False,
-         "enable.partition.eof": True, **CONSUMER_TUNING}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            **CONSUMER_TUNING,
+        }
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
@@ -124,7 +131,9 @@ def handwritten(bootstrap: str, topic: str, model: Path, n: int) -> float:
         x = np.array([[r[f] for f in FIELDS] for r in rows], dtype=np.float32)
         (y,) = session.run(None, {"x": x})
         for m, r, score in zip(good, rows, y[:, 0].tolist(), strict=True):
-            value = orjson.dumps({"id": f"{m.partition()}:{m.offset()}", "key": r["sensor"], "score": score})
+            value = orjson.dumps(
+                {"id": f"{m.partition()}:{m.offset()}", "key": r["sensor"], "score": score}
+            )
             while True:
                 try:
                     producer.produce(out_topic, value=value, key=m.key())
@@ -157,11 +166,18 @@ def mlexec_site(
         reduction = {"kind": "identity"}
     doc = {
         "name": f"bench{uid}",
-        "sites": {"here": {"kafka": {"bootstrap": bootstrap}, "sample_store": f"chdb://{work}/chdb-{uid}"}},
+        "sites": {
+            "here": {"kafka": {"bootstrap": bootstrap}, "sample_store": f"chdb://{work}/chdb-{uid}"}
+        },
         "usecases": {
             f"uc{uid}": {
-                "input": {"topic": topic, "partitions": PARTITIONS, "key": "sensor", "time": "ts",
-                          "schema": {"sensor": "str", "ts": "timestamp", **{f: "float" for f in FIELDS}}},
+                "input": {
+                    "topic": topic,
+                    "partitions": PARTITIONS,
+                    "key": "sensor",
+                    "time": "ts",
+                    "schema": {"sensor": "str", "ts": "timestamp", **{f: "float" for f in FIELDS}},
+                },
                 "dispatch": dispatch,
                 "reduction": reduction,
                 "model": {"name": "mlp", "version": "1", "path": str(model)},
@@ -182,7 +198,13 @@ def mlexec_site(
     started = time.perf_counter()
     cli_main(process, workers_per_process=workers)
     pipeline = n / (time.perf_counter() - started)
-    store_flow = build_flow(f"s{uid}", conf, store=run.store, store_url=plan.topology.sites["here"].sample_store, until_end=True)
+    store_flow = build_flow(
+        f"s{uid}",
+        conf,
+        store=run.store,
+        store_url=plan.topology.sites["here"].sample_store,
+        until_end=True,
+    )
     started = time.perf_counter()
     cli_main(store_flow)
     store_elapsed = time.perf_counter() - started
@@ -197,7 +219,9 @@ def median(fn: Callable[[], float], repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
@@ -215,15 +239,28 @@ def main() -> None:
 
         onnx = onnx_alone(model, n)
         loop = median(lambda: handwritten(broker.bootstrap, fresh("loop"), model, n), args.repeat)
-        site_runs = [mlexec_site(broker.bootstrap, fresh("site"), model, work, n, window=False) for _ in range(args.repeat)]
+        site_runs = [
+            mlexec_site(broker.bootstrap, fresh("site"), model, work, n, window=False)
+            for _ in range(args.repeat)
+        ]
         site = statistics.median(r[0] for r in site_runs)
         store_seconds = statistics.median(r[1] for r in site_runs)
         stored = site_runs[0][2]
-        window = median(lambda: mlexec_site(broker.bootstrap, fresh("win"), model, work, n, window=True)[0], args.repeat)
-        two = median(lambda: mlexec_site(broker.bootstrap, fresh("two"), model, work, n, window=False, workers=2)[0], args.repeat)
+        window = median(
+            lambda: mlexec_site(broker.bootstrap, fresh("win"), model, work, n, window=True)[0],
+            args.repeat,
+        )
+        two = median(
+            lambda: mlexec_site(
+                broker.bootstrap, fresh("two"), model, work, n, window=False, workers=2
+            )[0],
+            args.repeat,
+        )
 
-    print(f"\n{n:,} records of ~{size:.0f} bytes, {PARTITIONS} partitions, MLP 16→64→64→1, batch {BATCH}, "
-          f"median of {args.repeat} run(s), local Tansu broker on 127.0.0.1\n")
+    print(
+        f"\n{n:,} records of ~{size:.0f} bytes, {PARTITIONS} partitions, MLP 16→64→64→1, batch {BATCH}, "
+        f"median of {args.repeat} run(s), local Tansu broker on 127.0.0.1\n"
+    )
     rows = [
         ("(a) onnxruntime alone, batch 1", onnx[1]),
         ("(a) onnxruntime alone, batch 32", onnx[32]),
@@ -238,7 +275,9 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, rate in rows:
         print(f"| {name} | {rate:,.0f} | {rate / loop:.2f} | {rate / onnx[256]:.3f} |")
-    print(f"\nstore phase of (c): {stored:,} samples into chDB in {store_seconds:.2f} s, start-up included")
+    print(
+        f"\nstore phase of (c): {stored:,} samples into chDB in {store_seconds:.2f} s, start-up included"
+    )
 
 
 if __name__ == "__main__":

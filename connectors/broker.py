@@ -107,7 +107,11 @@ class LocalBroker:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                err = (
+                    self._process.stderr.read().decode(errors="replace")
+                    if self._process.stderr
+                    else ""
+                )
                 msg = f"the Tansu broker exited with {self._process.returncode} on start: {err.strip()[-500:]}"
                 raise BrokerError(msg)
             try:

@@ -9,11 +9,12 @@ full means poll and retry, and the first delivery error is raised at the next wr
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -56,7 +57,7 @@ class KafkaDeliveryError(MlexecError):
 
 
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:
-    """librdkafka settings for a site: bootstrap, security and the site's extras."""
+    """Librdkafka settings for a site: bootstrap, security and the site's extras."""
     sec = kafka.security
     conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap, "security.protocol": sec.protocol}
     if sec.ca:
@@ -148,12 +149,13 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
                 _log.warning("consuming %s[%d]: %s", self._topic, self._partition, err)
         if not good:
             return []
-        self._next = good[-1].offset() + 1
+        offsets = cast(list[int], [m.offset() for m in good])
+        self._next = offsets[-1] + 1
         return [
             RawBatch(
                 topic=self._topic,
                 partition=self._partition,
-                offsets=[m.offset() for m in good],
+                offsets=offsets,
                 keys=[m.key() for m in good],
                 values=[m.value() for m in good],
             )
@@ -200,7 +202,13 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         self._until_end = until_end
 
     def list_parts(self) -> list[str]:
-        admin = AdminClient({k: v for k, v in self._conf.items() if not k.startswith(("fetch.", "group.", "enable."))})
+        admin = AdminClient(
+            {
+                k: v
+                for k, v in self._conf.items()
+                if not k.startswith(("fetch.", "group.", "enable."))
+            }
+        )
         meta = admin.list_topics(self._topic, timeout=30.0).topics.get(self._topic)
         if meta is None or meta.error is not None or not meta.partitions:
             msg = f"topic {self._topic!r} does not exist on {self._conf['bootstrap.servers']}"
@@ -265,6 +273,7 @@ class _ProducerPart(StatefulSinkPartition[Outgoing, None]):
         self._producer.poll(0)
 
     def _produce_batch(self, out: Outgoing) -> None:
+        pending: list[dict[str, Any]]
         if out.keys is None:
             pending = [{"value": v} for v in out.values]
         else:
@@ -292,7 +301,11 @@ class _ProducerPart(StatefulSinkPartition[Outgoing, None]):
             while True:
                 try:
                     self._producer.produce(
-                        out.topic, value=value, key=key, headers=hdrs, on_delivery=self._delivery
+                        out.topic,
+                        value=value,
+                        key=key,
+                        headers=cast(Any, hdrs),
+                        on_delivery=self._delivery,
                     )
                     break
                 except BufferError:
@@ -363,8 +376,6 @@ def read_topic(
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         out: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int]] = []
         at_end: set[int] = set()
-        import time
-
         deadline = time.monotonic() + timeout
         while len(at_end) < len(parts):
             if time.monotonic() > deadline:
@@ -373,11 +384,18 @@ def read_topic(
             for msg_ in consumer.consume(1000, 0.1):
                 err = msg_.error()
                 if err is None:
+                    headers = cast(list[tuple[str, bytes]], msg_.headers() or [])
                     out.append(
-                        (msg_.key(), msg_.value(), msg_.headers() or [], msg_.partition(), msg_.offset())
+                        (
+                            msg_.key(),
+                            msg_.value(),
+                            headers,
+                            cast(int, msg_.partition()),
+                            cast(int, msg_.offset()),
+                        )
                     )
                 elif err.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg_.partition())
+                    at_end.add(cast(int, msg_.partition()))
                 else:
                     raise KafkaDeliveryError(str(err))
         return out

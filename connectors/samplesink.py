@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
-
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from connectors.samplestore import SampleStore, SampleStoreError, SamplesTable, open_store
+
+from connectors.samplestore import SamplesTable, SampleStore, SampleStoreError, open_store
 
 __all__ = ["SampleStoreSink", "rows_to_arrow"]
 
@@ -30,7 +30,9 @@ Pending = dict[str, list[dict[str, Any]]]
 def rows_to_arrow(table: SamplesTable, rows: list[dict[str, Any]]) -> pa.Table:
     """Sample rows (dicts with every column) as an Arrow table in the table's schema."""
     schema = table.arrow_schema()
-    return pa.table({f.name: pa.array([r.get(f.name) for r in rows], f.type) for f in schema}, schema=schema)
+    return pa.table(
+        {f.name: pa.array([r.get(f.name) for r in rows], f.type) for f in schema}, schema=schema
+    )
 
 
 class _StorePartition(StatefulSinkPartition[tuple[str, list[dict[str, Any]]], Pending]):
@@ -73,8 +75,12 @@ class _StorePartition(StatefulSinkPartition[tuple[str, list[dict[str, Any]]], Pe
                 self._store.insert(self._tables[name], rows_to_arrow(self._tables[name], rows))
             except SampleStoreError as exc:
                 self._retry_at = time.monotonic() + self._backoff
-                _log.warning("sample store insert of %d rows failed, will retry in %.1fs: %s",
-                             len(rows), self._backoff, exc)
+                _log.warning(
+                    "sample store insert of %d rows failed, will retry in %.1fs: %s",
+                    len(rows),
+                    self._backoff,
+                    exc,
+                )
                 self._backoff = min(self._backoff * 2, 30.0)
                 return False
             del self._pending[name]
@@ -96,7 +102,7 @@ class _StorePartition(StatefulSinkPartition[tuple[str, list[dict[str, Any]]], Pe
             self._store.close()
 
 
-class SampleStoreSink(FixedPartitionedSink[list[dict[str, Any]], Pending]):
+class SampleStoreSink(FixedPartitionedSink[tuple[str, list[dict[str, Any]]], Pending]):
     """Items are ``(table name, rows)``; one partition owns the store connection."""
 
     def __init__(
@@ -118,5 +124,7 @@ class SampleStoreSink(FixedPartitionedSink[list[dict[str, Any]], Pending]):
     def part_fn(self, item_key: str) -> int:
         return 0
 
-    def build_part(self, step_id: str, for_part: str, resume_state: Pending | None) -> _StorePartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: Pending | None
+    ) -> _StorePartition:
         return _StorePartition(self._url, self._tables, self._max_rows, self._max_age, resume_state)

@@ -208,7 +208,9 @@ class ChdbStore(SampleStore):
 
     def insert(self, table: SamplesTable, rows: pa.Table) -> None:
         cols = ", ".join(f"`{name}`" for name in rows.column_names)
-        sql = f"INSERT INTO `{self.database}`.`{table.name}` ({cols}) SELECT {cols} FROM Python(data)"
+        sql = (
+            f"INSERT INTO `{self.database}`.`{table.name}` ({cols}) SELECT {cols} FROM Python(data)"
+        )
 
         def run(sess: Any) -> None:
             data = rows  # noqa: F841 - chDB's Python() finds ``data`` among this frame's locals

@@ -60,10 +60,25 @@ def validate(topology: TopologyArg) -> None:
     for col in ("site", "kafka", "security", "sample store", "state"):
         sites.add_column(col)
     for name, site in topo.sites.items():
-        sites.add_row(name, site.kafka.bootstrap, site.kafka.security.protocol, site.sample_store, site.state_dir)
+        sites.add_row(
+            name,
+            site.kafka.bootstrap,
+            site.kafka.security.protocol,
+            site.sample_store,
+            site.state_dir,
+        )
     console.print(sites)
     stages = Table(title="use cases", title_justify="left")
-    for col in ("use case", "connectors", "dispatch", "infer", "store", "rule", "reduction", "model"):
+    for col in (
+        "use case",
+        "connectors",
+        "dispatch",
+        "infer",
+        "store",
+        "rule",
+        "reduction",
+        "model",
+    ):
         stages.add_column(col)
     for uc in plan.usecases.values():
         u = uc.usecase
@@ -97,9 +112,12 @@ def validate(topology: TopologyArg) -> None:
 def run(
     topology: TopologyArg,
     site: SiteOpt,
-    usecase: Annotated[str | None, typer.Option("--usecase", "-u", help="Run only this use case.")] = None,
+    usecase: Annotated[
+        str | None, typer.Option("--usecase", "-u", help="Run only this use case.")
+    ] = None,
     until_end: Annotated[
-        bool, typer.Option("--until-end", help="Stop once everything present at start is processed.")
+        bool,
+        typer.Option("--until-end", help="Stop once everything present at start is processed."),
     ] = False,
     workers: Annotated[int, typer.Option(min=1, help="bytewax worker threads.")] = 1,
     no_recovery: Annotated[
@@ -126,7 +144,9 @@ def query(
     topology: TopologyArg,
     sql: Annotated[str, typer.Argument(help="SQL for the site's sample store.")],
     site: SiteOpt,
-    json_lines: Annotated[bool, typer.Option("--json", help="Print JSON lines, not a table.")] = False,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="Print JSON lines, not a table.")
+    ] = False,
 ) -> None:
     """Run SQL on a site's sample store (the database is named ``mlexec``)."""
     from connectors.samplestore import open_store
@@ -139,8 +159,8 @@ def query(
     except MlexecError as exc:
         raise _fail(exc, 1) from exc
     if json_lines:
-        for row in frame.iter_rows(named=True):
-            sys.stdout.write(orjson.dumps(row, default=str).decode() + "\n")
+        for record in frame.iter_rows(named=True):
+            sys.stdout.write(orjson.dumps(record, default=str).decode() + "\n")
         return
     table = Table(show_lines=False)
     for name in frame.columns:
@@ -164,7 +184,9 @@ def broker(
     _interrupt_on(signal.SIGINT, signal.SIGTERM)
     try:
         local.start()
-        console.print(f"broker listening on [bold]{local.bootstrap}[/] ({storage}); Ctrl-C stops it")
+        console.print(
+            f"broker listening on [bold]{local.bootstrap}[/] ({storage}); Ctrl-C stops it"
+        )
         local.wait()
     except KeyboardInterrupt:
         pass
@@ -176,9 +198,9 @@ def broker(
 
 @app.command()
 def demo(
-    work_dir: Annotated[Path, typer.Option(help="Where the demo keeps its data (wiped first).")] = Path(
-        ".mlexec/demo"
-    ),
+    work_dir: Annotated[
+        Path, typer.Option(help="Where the demo keeps its data (wiped first).")
+    ] = Path(".mlexec/demo"),
     machines: Annotated[int, typer.Option(min=1, help="Machines in the synthetic park.")] = 20,
     seconds: Annotated[int, typer.Option(min=20, help="Seconds of readings per machine.")] = 1000,
 ) -> None:
@@ -229,8 +251,10 @@ def demo(
 
 
 def _interrupt_on(*signals: signal.Signals) -> None:
-    """Turn these signals into KeyboardInterrupt (SIGINT may arrive ignored, SIGTERM is
-    what supervisors send), so foreground commands stop cleanly."""
+    """Turn these signals into KeyboardInterrupt, so foreground commands stop cleanly.
+
+    SIGINT may arrive ignored (a background job), SIGTERM is what supervisors send.
+    """
 
     def handler(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -261,7 +285,9 @@ def _exit_on(*signals: signal.Signals) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    logging.basicConfig(level=os.environ.get("MLEXEC_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("MLEXEC_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
+    )
     app()
 
 

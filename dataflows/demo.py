@@ -139,7 +139,10 @@ def make_models(frame: pl.DataFrame, out_dir: Path) -> dict[str, Path]:
     xw = windows.select(columns).to_numpy().astype(np.float32)
     forest = IsolationForest(n_estimators=50, contamination=0.05, random_state=0).fit(xw)
     window = to_onnx(forest, xw[:1], target_opset={"": 17, "ai.onnx.ml": 3})
-    paths = {"reading-anomaly": out_dir / "reading-anomaly.onnx", "window-anomaly": out_dir / "window-anomaly.onnx"}
+    paths = {
+        "reading-anomaly": out_dir / "reading-anomaly.onnx",
+        "window-anomaly": out_dir / "window-anomaly.onnx",
+    }
     paths["reading-anomaly"].write_bytes(reading.SerializeToString())
     paths["window-anomaly"].write_bytes(window.SerializeToString())
     return paths
@@ -148,7 +151,9 @@ def make_models(frame: pl.DataFrame, out_dir: Path) -> dict[str, Path]:
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
     """Produce ``(key, value)`` records, idempotently; raise on any delivery error."""
     errors: list[Any] = []
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+    )
 
     def on_delivery(err: Any, _msg: Any) -> None:
         if err is not None:
@@ -217,7 +222,9 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
         produce(broker.bootstrap, plan.usecases["readings"].raw_topic, records)
         run_site(site, until_end=True)
 
-        predictions = {n: len(read_topic(conf, uc.predictions_topic)) for n, uc in plan.usecases.items()}
+        predictions = {
+            n: len(read_topic(conf, uc.predictions_topic)) for n, uc in plan.usecases.items()
+        }
         dead = {n: len(read_topic(conf, uc.deadletter_topic)) for n, uc in plan.usecases.items()}
 
     with open_store(topology.sites["edge"].sample_store) as store:
@@ -233,7 +240,7 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
                    countIf(label = 1) AS anomalies_kept,
                    round(avg(probabilities[2]), 3) AS mean_p_anomaly,
                    round(quantile(0.99)(inference_ms), 3) AS p99_batch_ms
-            FROM `{db}`.`{plan.usecases['readings'].table}` FINAL
+            FROM `{db}`.`{plan.usecases["readings"].table}` FINAL
             GROUP BY key ORDER BY anomalies_kept DESC, machine LIMIT 5"""
         )
         monitoring["windows flagged by the forest"] = store.query(
@@ -241,7 +248,7 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
             SELECT count() AS windows, countIf(label = -1) AS flagged,
                    round(avg(vibration_rms), 3) AS mean_vibration_rms,
                    round(avgIf(vibration_rms, label = -1), 3) AS flagged_vibration_rms
-            FROM `{db}`.`{plan.usecases['windows'].table}` FINAL"""
+            FROM `{db}`.`{plan.usecases["windows"].table}` FINAL"""
         )
     return DemoReport(
         records_in=len(records),

@@ -40,7 +40,9 @@ class SiteRun:
     store: list[UseCaseRuntime]
 
 
-def prepare_site(plan: Plan, site: str, usecase: str | None = None, source: str = "<topology>") -> SiteRun:
+def prepare_site(
+    plan: Plan, site: str, usecase: str | None = None, source: str = "<topology>"
+) -> SiteRun:
     """Load and check every use case the site runs (no side effects)."""
     plan.require_site(site)
     chosen = plan.usecases_at(site)

@@ -51,11 +51,15 @@ def _process_branch(
     plan = rt.plan
     uc = plan.usecase
     n = plan.name
-    source = KafkaBatchSource(conf, plan.raw_topic, until_end=until_end, batch_size=batch_size, group=f"mlexec-{n}")
+    source = KafkaBatchSource(
+        conf, plan.raw_topic, until_end=until_end, batch_size=batch_size, group=f"mlexec-{n}"
+    )
     raw: Stream[RawBatch] = op.input(f"{n}_raw", flow, source)
     parsed: Stream[ParseResult] = op.map(f"{n}_parse", raw, rt.parser)
     bad = op.filter_map(
-        f"{n}_bad", parsed, lambda r: _deadletters(plan.deadletter_topic, r.dead) if r.dead else None
+        f"{n}_bad",
+        parsed,
+        lambda r: _deadletters(plan.deadletter_topic, r.dead) if r.dead else None,
     )
     good = op.filter_map(
         f"{n}_good", parsed, lambda r: (r.source, r.records) if r.records is not None else None
@@ -70,7 +74,9 @@ def _process_branch(
         )
     else:
         assert isinstance(rule, Tumbling)
-        buckets = op.flat_map(f"{n}_bucket", good, lambda kv: split_by_bucket(kv[1], WINDOW_BUCKETS))
+        buckets = op.flat_map(
+            f"{n}_bucket", good, lambda kv: split_by_bucket(kv[1], WINDOW_BUCKETS)
+        )
         dispatched = op.stateful_batch(
             f"{n}_dispatch",
             buckets,
@@ -78,7 +84,9 @@ def _process_branch(
         )
     batches: Stream[Dispatched] = op.key_rm(f"{n}_unkey", dispatched)
     late = op.filter_map(
-        f"{n}_late", batches, lambda d: _deadletters(plan.deadletter_topic, d.late) if d.late else None
+        f"{n}_late",
+        batches,
+        lambda d: _deadletters(plan.deadletter_topic, d.late) if d.late else None,
     )
     reduced = op.filter_map(f"{n}_reduce", batches, rt.reducer)
     predicted: Stream[Predictions] = op.map(f"{n}_infer", reduced, rt.model)
@@ -133,14 +141,18 @@ def _store_branch(
 ) -> tuple[Stream[tuple[str, Any]], Stream[Outgoing]]:
     plan = rt.plan
     n = plan.name
-    source = KafkaBatchSource(conf, plan.samples_topic, until_end=until_end, group=f"mlexec-{n}-store")
+    source = KafkaBatchSource(
+        conf, plan.samples_topic, until_end=until_end, group=f"mlexec-{n}-store"
+    )
     raw = op.input(f"{n}_samples", flow, source)
     split = op.map(f"{n}_sample-rows", raw, lambda b: _sample_rows(rt, b))
     rows = op.filter_map(
         f"{n}_rows", split, lambda s: (rt.table.name, (rt.table.name, s[0])) if s[0] else None
     )
     bad = op.filter_map(
-        f"{n}_bad-samples", split, lambda s: _deadletters(plan.deadletter_topic, s[1]) if s[1] else None
+        f"{n}_bad-samples",
+        split,
+        lambda s: _deadletters(plan.deadletter_topic, s[1]) if s[1] else None,
     )
     return rows, bad
 

@@ -166,7 +166,9 @@ class TumblingLogic(StatefulBatchLogic[Records, Dispatched, _WindowState]):
         self._idle = idle_close
         self._now = now
         self._pending: list[Records] = list(resume.pending) if resume else []
-        self._partitions: dict[int, tuple[int, datetime]] = dict(resume.partitions) if resume else {}
+        self._partitions: dict[int, tuple[int, datetime]] = (
+            dict(resume.partitions) if resume else {}
+        )
         #: Every window ending at or before this (ms) has been emitted.
         self._closed_until = resume.closed_until if resume else None
         self._last_arrival = resume.last_arrival if resume else None

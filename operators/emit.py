@@ -49,11 +49,15 @@ def prediction_values(
         per_record = [{name: v} for v in column]
     else:
         names = list(outputs)
-        per_record = [dict(zip(names, vals, strict=True)) for vals in zip(*outputs.values(), strict=True)]
+        per_record = [
+            dict(zip(names, vals, strict=True)) for vals in zip(*outputs.values(), strict=True)
+        ]
     dumps = orjson.dumps
     return [
         dumps({"id": rid, "key": key, "time": t, "outputs": out})[:-1] + tail
-        for rid, key, t, out in zip(recs.record_ids, recs.keys, recs.times.tolist(), per_record, strict=True)
+        for rid, key, t, out in zip(
+            recs.record_ids, recs.keys, recs.times.tolist(), per_record, strict=True
+        )
     ]
 
 

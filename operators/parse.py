@@ -9,11 +9,11 @@ original bytes and the reason — the flow goes on.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from itertools import chain
-from operator import itemgetter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -66,13 +66,13 @@ class RecordParser:
         ]
         self._key_of = itemgetter(key)
         self._time_of = itemgetter(time)
-        self._groups = []
+        self._groups: list[tuple[str, list[str], Callable[[Any], Any]]] = []
         for kind in _NUMERIC_TYPES:
             names = [n for n in self.numeric if self.schema[n] == kind]
             if names:
                 self._groups.append((kind, names, itemgetter(*names)))
         self._block_names = tuple(n for _, names, _ in self._groups for n in names)
-        self._text_getters = [
+        self._text_getters: list[Callable[[Any], Any]] = [
             itemgetter(n) for n, k in self.schema.items() if k == "str" and n != key
         ]
 

@@ -59,8 +59,8 @@ class Sampler:
     def __call__(self, pred: Predictions) -> tuple[np.ndarray, np.ndarray]:
         """(keep mask, reason per row: ``"condition"``, ``"rate"`` or ``""``)."""
         n = len(pred.records)
-        by_rate = (splitmix64(pred.records.ids) >> np.uint64(11)).astype(np.float64) * _TO_UNIT
-        by_rate = by_rate < self.rate
+        unit = (splitmix64(pred.records.ids) >> np.uint64(11)).astype(np.float64) * _TO_UNIT
+        by_rate = unit < self.rate
         by_condition = np.zeros(n, dtype=bool)
         if self._condition is not None and n:
             try:

@@ -19,7 +19,7 @@ from topologies.schema import Topology
 
 __all__ = ["expand_env", "load_topology", "parse_topology"]
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PATH_IN_MESSAGE = re.compile(r"^([A-Za-z0-9_.-]+): (.*)$", re.DOTALL)
 
 
@@ -27,7 +27,8 @@ def expand_env(value: Any, path: tuple[str | int, ...] = ()) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree.
 
     Expansion runs on parsed scalars (not on the raw text) so a secret holding YAML
-    syntax cannot change the document's structure.
+    syntax cannot change the document's structure. Defaults may nest
+    (``${A:-${B:-x}}``); a value taken from the environment is used as it is.
     """
     if isinstance(value, dict):
         return {k: expand_env(v, (*path, k)) for k, v in value.items()}
@@ -35,17 +36,51 @@ def expand_env(value: Any, path: tuple[str | int, ...] = ()) -> Any:
         return [expand_env(v, (*path, i)) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
+    return _expand(value, path)
 
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            return default
-        msg = f"environment variable {name} is not set (write ${{{name}:-default}} for a default)"
-        raise _EnvError(path, msg)
 
-    return _ENV.sub(substitute, value)
+def _expand(text: str, path: tuple[str | int, ...]) -> str:
+    out: list[str] = []
+    i = 0
+    while (start := text.find("${", i)) >= 0:
+        out.append(text[i:start])
+        name = _NAME.match(text, start + 2)
+        if name is None:
+            out.append("${")
+            i = start + 2
+            continue
+        after = name.end()
+        if text.startswith("}", after):
+            default, i = None, after + 1
+        elif text.startswith(":-", after) and (close := _closing(text, after + 2)) >= 0:
+            default, i = text[after + 2 : close], close + 1
+        else:
+            out.append(text[start:after])
+            i = after
+            continue
+        var = name.group(0)
+        if var in os.environ:
+            out.append(os.environ[var])
+        elif default is not None:
+            out.append(_expand(default, path))
+        else:
+            msg = f"environment variable {var} is not set (write ${{{var}:-default}} for a default)"
+            raise _EnvError(path, msg)
+    out.append(text[i:])
+    return "".join(out)
+
+
+def _closing(text: str, at: int) -> int:
+    """Index of the ``}`` closing a default that starts at ``at`` (nested ``${…}`` allowed)."""
+    depth = 0
+    for j in range(at, len(text)):
+        if text.startswith("${", j):
+            depth += 1
+        elif text[j] == "}":
+            if depth == 0:
+                return j
+            depth -= 1
+    return -1
 
 
 class _EnvError(Exception):
@@ -125,8 +160,11 @@ def _describe_pydantic(source: str, root: yaml.Node | None, raw: Any, err: Any) 
 
 
 def _yaml_loc(raw: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop what pydantic adds to ``loc`` that is not a YAML key (union tags like
-    ``microbatch``), by walking the document along the path."""
+    """Drop what pydantic adds to ``loc`` that is not a YAML key.
+
+    Discriminated unions add their tag (``microbatch``); walking the document along
+    the path tells tags from keys.
+    """
     out: list[Any] = []
     node = raw
     for part in loc:

@@ -98,7 +98,9 @@ def _ident(name: str) -> str:
 def feature_columns(uc: UseCase) -> tuple[str, ...]:
     """Columns the reduction produces, in order."""
     if isinstance(uc.reduction, Aggregate):
-        return tuple(f"{field}_{agg}" for field, aggs in uc.reduction.fields.items() for agg in aggs)
+        return tuple(
+            f"{field}_{agg}" for field, aggs in uc.reduction.fields.items() for agg in aggs
+        )
     schema = uc.input.schema_
     return tuple(
         name

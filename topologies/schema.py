@@ -337,7 +337,9 @@ class Topology(_Model):
         for i, link in enumerate(self.links):
             for end in ("source", "target"):
                 if getattr(link, end) not in sites:
-                    msg = f"links.{i}.{end}: a site of {sorted(sites)}, found {getattr(link, end)!r}"
+                    msg = (
+                        f"links.{i}.{end}: a site of {sorted(sites)}, found {getattr(link, end)!r}"
+                    )
                     raise ValueError(msg)
         for uc_name, uc in self.usecases.items():
             for stage, site in uc.placement.model_dump().items():

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from connectors.samplesink import rows_to_arrow
-from connectors.samplestore import SampleStoreError, SamplesTable, open_store
+from connectors.samplestore import SamplesTable, SampleStoreError, open_store
 
 DAY_MS = 86_400_000
 
@@ -45,25 +45,37 @@ def store(request, tmp_path, uid):
     else:
         url = os.environ.get("MLEXEC_CLICKHOUSE_URL")
         if not url:
-            pytest.skip("MLEXEC_CLICKHOUSE_URL is not set: no ClickHouse server to test the server path against")
+            pytest.skip(
+                "MLEXEC_CLICKHOUSE_URL is not set: no ClickHouse server to test the server path against"
+            )
     with open_store(url) as opened:
         yield opened
 
 
 def test_ttl_removes_samples_older_than_the_retention_and_keeps_younger(store, uid):
-    table = SamplesTable(f"samples_{uid}", (("x", "Float64"), ("probs", "Array(Float64)")), retention_seconds=7 * 86400)
+    table = SamplesTable(
+        f"samples_{uid}",
+        (("x", "Float64"), ("probs", "Array(Float64)")),
+        retention_seconds=7 * 86400,
+    )
     store.ensure_table(table)
     ages = [0.0, 1.0, 6.5, 7.5, 30.0, 400.0]
     ids = [f"r{i}" for i in range(len(ages))]
     store.insert(table, rows_to_arrow(table, _rows(ids, ages)))
     store.command(f"OPTIMIZE TABLE {store.database}.{table.name} FINAL")
-    left = store.query(f"SELECT record_id, probs FROM {store.database}.{table.name} ORDER BY record_id")
+    left = store.query(
+        f"SELECT record_id, probs FROM {store.database}.{table.name} ORDER BY record_id"
+    )
     assert left["record_id"].to_list() == ["r0", "r1", "r2"]
     assert left["probs"].to_list()[0] == [0.25, 0.75]
 
 
 def test_a_shorter_retention_applies_to_an_existing_table(store, uid):
-    long = SamplesTable(f"samples_{uid}", (("x", "Float64"), ("probs", "Array(Float64)")), retention_seconds=30 * 86400)
+    long = SamplesTable(
+        f"samples_{uid}",
+        (("x", "Float64"), ("probs", "Array(Float64)")),
+        retention_seconds=30 * 86400,
+    )
     store.ensure_table(long)
     store.insert(long, rows_to_arrow(long, _rows(["young", "old"], [0.5, 3.0])))
     short = SamplesTable(long.name, long.columns, retention_seconds=2 * 86400)
@@ -74,7 +86,9 @@ def test_a_shorter_retention_applies_to_an_existing_table(store, uid):
 
 
 def test_the_same_record_twice_is_one_sample_after_deduplication(store, uid):
-    table = SamplesTable(f"samples_{uid}", (("x", "Float64"), ("probs", "Array(Float64)")), retention_seconds=86400)
+    table = SamplesTable(
+        f"samples_{uid}", (("x", "Float64"), ("probs", "Array(Float64)")), retention_seconds=86400
+    )
     store.ensure_table(table)
     rows = rows_to_arrow(table, _rows(["a", "b", "c"], [0, 0, 0]))
     store.insert(table, rows)
@@ -97,6 +111,8 @@ def test_unknown_url_scheme_is_refused():
 
 def test_arrow_rows_follow_the_table_schema():
     table = SamplesTable("t", (("x", "Float64"),), 60)
-    arrow = rows_to_arrow(table, [{k: v for k, v in r.items() if k != "probs"} for r in _rows(["a"], [0])])
+    arrow = rows_to_arrow(
+        table, [{k: v for k, v in r.items() if k != "probs"} for r in _rows(["a"], [0])]
+    )
     assert arrow.schema.field("event_time").type == pa.timestamp("ms", tz="UTC")
     assert arrow.num_rows == 1

@@ -30,19 +30,41 @@ def test_demo_reports_and_leaves_nothing_running_then_query_reads_its_store(tmp_
     env = {**os.environ, "COLUMNS": "200"}
     done = subprocess.run(
         [*MLEXEC, "demo", "--work-dir", str(work), "--machines", "6", "--seconds", "300"],
-        capture_output=True, text=True, timeout=240, env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
     )
     assert done.returncode == 0, done.stderr + done.stdout
     out = done.stdout
-    for words in ("1,800", "readings", "windows", "dead letters", "samples", "30 days", "7 days", "monitoring"):
+    for words in (
+        "1,800",
+        "readings",
+        "windows",
+        "dead letters",
+        "samples",
+        "30 days",
+        "7 days",
+        "monitoring",
+    ):
         assert words in out, (words, out)
     assert _tansu_pids() <= before, "the demo left a broker running"
 
     env["MLEXEC_DEMO_DIR"] = str(work)
     query = subprocess.run(
-        [*MLEXEC, "query", str(ROOT / "topologies/demo.yaml"), "--site", "edge", "--json",
-         "SELECT count() AS windows, uniqExact(key) AS machines FROM mlexec.samples_windows FINAL"],
-        capture_output=True, text=True, timeout=60, env=env,
+        [
+            *MLEXEC,
+            "query",
+            str(ROOT / "topologies/demo.yaml"),
+            "--site",
+            "edge",
+            "--json",
+            "SELECT count() AS windows, uniqExact(key) AS machines FROM mlexec.samples_windows FINAL",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert query.returncode == 0, query.stderr
     row = orjson.loads(query.stdout.splitlines()[0])
@@ -53,7 +75,10 @@ def test_query_with_bad_sql_fails_cleanly(tmp_path):
     env = {**os.environ, "MLEXEC_DEMO_DIR": str(tmp_path)}
     done = subprocess.run(
         [*MLEXEC, "query", str(ROOT / "topologies/demo.yaml"), "--site", "edge", "SELEC 1"],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert done.returncode == 1
     assert "error:" in done.stderr and "Traceback" not in done.stderr
@@ -62,7 +87,9 @@ def test_query_with_bad_sql_fails_cleanly(tmp_path):
 def test_unknown_site_is_named():
     done = subprocess.run(
         [*MLEXEC, "query", str(ROOT / "topologies/demo.yaml"), "--site", "moon", "SELECT 1"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 1
     assert "no site 'moon'" in done.stderr and "['edge']" in done.stderr
@@ -71,13 +98,18 @@ def test_unknown_site_is_named():
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_broker_command_serves_until_interrupted(stop):
     port = free_port()
-    proc = subprocess.Popen([*MLEXEC, "broker", "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*MLEXEC, "broker", "--port", str(port)], stdout=subprocess.PIPE, text=True
+    )
     try:
         line = proc.stdout.readline()
         assert f"127.0.0.1:{port}" in line
         from confluent_kafka.admin import AdminClient
 
-        assert AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10) is not None
+        assert (
+            AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10)
+            is not None
+        )
     finally:
         proc.send_signal(stop)
         assert proc.wait(30) == 0

@@ -25,7 +25,9 @@ FIELDS = [f"f{i}" for i in range(16)]
 T0 = 1_900_000_000_000  # event times in 2030: far inside any retention
 
 
-def _topology(tmp: Path, bootstrap: str, uid: str, dispatch: str, reduction: str, sampling: str) -> Path:
+def _topology(
+    tmp: Path, bootstrap: str, uid: str, dispatch: str, reduction: str, sampling: str
+) -> Path:
     reduce = yaml.safe_load(reduction)
     width = 16 if reduce["kind"] == "identity" else sum(len(a) for a in reduce["fields"].values())
     make_mlp(tmp / "model.onnx", inputs=width, hidden=(32,), seed=3)
@@ -89,10 +91,14 @@ def _malformed(i: int, rng: random.Random) -> tuple[bytes, str]:
     return orjson.dumps(good), "list for timestamp"
 
 
-def _produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]) -> list[tuple[int, int]]:
+def _produce(
+    bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]
+) -> list[tuple[int, int]]:
     """Produce in order; return each message's (partition, offset)."""
     positions: list[tuple[int, int] | None] = [None] * len(values)
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+    )
 
     def done(i: int):
         def cb(err: Any, msg: Any) -> None:
@@ -163,8 +169,13 @@ def test_every_valid_record_gets_one_prediction_equal_to_onnxruntime(broker, tmp
     got = np.array([by_id[rid]["outputs"]["y"] for rid in expected_ids])
     np.testing.assert_allclose(got, y[:, 0], rtol=1e-5, atol=1e-6)
     sample = by_id[expected_ids[0]]
-    assert sample["model"] == "mlp" and sample["version"] == "7" and sample["variant"] == "production"
-    assert sample["key"] == good[next(iter(good))]["sensor"] and sample["time"] == good[next(iter(good))]["ts"]
+    assert (
+        sample["model"] == "mlp" and sample["version"] == "7" and sample["variant"] == "production"
+    )
+    assert (
+        sample["key"] == good[next(iter(good))]["sensor"]
+        and sample["time"] == good[next(iter(good))]["ts"]
+    )
     assert sample["latency_ms"] >= 0
 
     # every malformed record is in the dead-letter topic, original bytes and a reason
@@ -185,9 +196,7 @@ def test_every_valid_record_gets_one_prediction_equal_to_onnxruntime(broker, tmp
     # samples: the condition keeps all, the rate keeps ~20 % of the rest
     scores = dict(zip(expected_ids, y[:, 0].tolist(), strict=True))
     with open_store(topology.sites["here"].sample_store) as store:
-        rows = store.query(
-            f"SELECT record_id, sample_reason, y, f0 FROM mlexec.{uc.table} FINAL"
-        )
+        rows = store.query(f"SELECT record_id, sample_reason, y, f0 FROM mlexec.{uc.table} FINAL")
     kept = dict(zip(rows["record_id"].to_list(), rows["sample_reason"].to_list(), strict=True))
     must_keep = {rid for rid, s in scores.items() if s > 0.8}
     assert must_keep, "the test data should trigger the condition"
@@ -245,8 +254,11 @@ def test_tumbling_window_rows_equal_a_polars_reference(broker, tmp_path, uid):
     _run(path)
 
     frame = pl.DataFrame(
-        {"key": [r["sensor"] for r in good.values()], "ts": [r["ts"] for r in good.values()],
-         "f0": [r["f0"] for r in good.values()]}
+        {
+            "key": [r["sensor"] for r in good.values()],
+            "ts": [r["ts"] for r in good.values()],
+            "f0": [r["f0"] for r in good.values()],
+        }
     )
     reference = (
         frame.with_columns(window=pl.col("ts") - pl.col("ts") % 10_000)
@@ -276,5 +288,7 @@ def test_tumbling_window_rows_equal_a_polars_reference(broker, tmp_path, uid):
     assert stored["key"].to_list() == reference["key"].to_list()
     assert stored["window"].to_list() == reference["window"].to_list()
     for col in ("f0_mean", "f0_std", "f0_min", "f0_max", "f0_last", "f0_count"):
-        np.testing.assert_allclose(stored[col].to_numpy(), reference[col].to_numpy(), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(
+            stored[col].to_numpy(), reference[col].to_numpy(), rtol=1e-9, atol=1e-9
+        )
     assert read_topic(conf, uc.deadletter_topic) == []

@@ -34,7 +34,9 @@ def _run(items, logic):
 
 
 def test_micro_batches_never_exceed_max_records_and_keep_every_record_once():
-    items = [("p0", _records(0, list(range(i * 7, i * 7 + 7)), ["k"] * 7, [0] * 7)) for i in range(10)]
+    items = [
+        ("p0", _records(0, list(range(i * 7, i * 7 + 7)), ["k"] * 7, [0] * 7)) for i in range(10)
+    ]
     got = _run(items, lambda s: MicroBatchLogic(16, timedelta(seconds=60), resume=s))
     sizes = [len(d.records) for d in got]
     assert max(sizes) <= 16
@@ -66,19 +68,25 @@ def _windows(dispatched):
     for d in dispatched:
         if d.records is None:
             continue
-        for rid, key, start in zip(d.records.record_ids, d.records.keys, d.window_starts.tolist(), strict=True):
+        for rid, key, start in zip(
+            d.records.record_ids, d.records.keys, d.window_starts.tolist(), strict=True
+        ):
             rows.setdefault((key, start), []).append(rid)
     return rows
 
 
 def test_tumbling_windows_group_each_key_and_window_exactly_once():
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    logic = TumblingLogic(timedelta(seconds=10), timedelta(0), timedelta(seconds=5), now=lambda: now)
+    logic = TumblingLogic(
+        timedelta(seconds=10), timedelta(0), timedelta(seconds=5), now=lambda: now
+    )
     out = []
     times = list(range(0, 40_000, 1_000))
     for chunk in range(4):
         part = times[chunk * 10 : chunk * 10 + 10]
-        emitted, _ = logic.on_batch([_records(0, part, ["a" if t % 2000 else "b" for t in part], part)])
+        emitted, _ = logic.on_batch(
+            [_records(0, part, ["a" if t % 2000 else "b" for t in part], part)]
+        )
         out += emitted
     emitted, _ = logic.on_eof()
     out += emitted
@@ -90,7 +98,9 @@ def test_tumbling_windows_group_each_key_and_window_exactly_once():
 
 def test_watermark_waits_for_the_slowest_partition_then_late_records_are_dead_letters():
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    logic = TumblingLogic(timedelta(seconds=10), timedelta(seconds=1), timedelta(minutes=5), now=lambda: now)
+    logic = TumblingLogic(
+        timedelta(seconds=10), timedelta(seconds=1), timedelta(minutes=5), now=lambda: now
+    )
     # partition 1 races ahead to t=60 s; partition 0 is still at t=5 s: nothing may close
     out, _ = logic.on_batch([_records(1, [0], ["x"], [60_000]), _records(0, [0], ["y"], [5_000])])
     assert [d for d in out if d.records is not None] == []
@@ -106,7 +116,9 @@ def test_watermark_waits_for_the_slowest_partition_then_late_records_are_dead_le
 
 def test_an_idle_source_closes_windows_by_wall_clock():
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
-    logic = TumblingLogic(timedelta(seconds=10), timedelta(0), timedelta(seconds=5), now=lambda: now[0])
+    logic = TumblingLogic(
+        timedelta(seconds=10), timedelta(0), timedelta(seconds=5), now=lambda: now[0]
+    )
     out, _ = logic.on_batch([_records(0, [0, 1], ["k", "k"], [1_000, 2_000])])
     assert _windows(out) == {}
     assert logic.notify_at() == now[0] + timedelta(seconds=5)

@@ -52,7 +52,9 @@ BAD = {
     orjson.dumps(_good(1) | {"a": True}): "field 'a': expected float, found bool",
     orjson.dumps(_good(1) | {"n": 1.5}): "field 'n': expected int, found float",
     orjson.dumps(_good(1) | {"a": None}): "field 'a': expected float, found nothing",
-    orjson.dumps({k: v for k, v in _good(1).items() if k != "on"}): "field 'on': expected bool, found nothing",
+    orjson.dumps(
+        {k: v for k, v in _good(1).items() if k != "on"}
+    ): "field 'on': expected bool, found nothing",
     orjson.dumps(_good(1) | {"a": 1e39}): "field 'a': expected a finite float within float32 range",
     orjson.dumps(_good(1) | {"ts": "yesterday"}): "field 'ts': expected an ISO 8601 timestamp",
     orjson.dumps(_good(1) | {"id": 7}): "field 'id': expected str, found int",
@@ -67,7 +69,9 @@ def test_each_bad_record_is_dead_lettered_with_its_bytes_and_reason_and_the_rest
     result = PARSER(_batch(values))
     assert len(result.records) == len(BAD)
     assert len(result.dead) == len(BAD) + 1
-    for dead, (value, reason) in zip(result.dead, [*BAD.items(), (None, "empty message")], strict=True):
+    for dead, (value, reason) in zip(
+        result.dead, [*BAD.items(), (None, "empty message")], strict=True
+    ):
         assert dead.value == value
         assert reason in dead.reason, (reason, dead.reason)
         assert dead.topic == "raw" and dead.partition == 1
@@ -77,16 +81,39 @@ def test_each_bad_record_is_dead_lettered_with_its_bytes_and_reason_and_the_rest
 
 
 def test_two_json_values_in_one_message_do_not_shift_the_batch():
-    values = [orjson.dumps(_good(0)), orjson.dumps(_good(1)) + b"," + orjson.dumps(_good(2)), orjson.dumps(_good(3))]
+    values = [
+        orjson.dumps(_good(0)),
+        orjson.dumps(_good(1)) + b"," + orjson.dumps(_good(2)),
+        orjson.dumps(_good(3)),
+    ]
     result = PARSER(_batch(values))
     assert [d.offset for d in result.dead] == [11]
     assert result.records.keys == ["k0", "k3"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.binary(max_size=40), st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(
-    st.sampled_from(list(SCHEMA)), st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5)),
-))), min_size=1, max_size=20))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            st.builds(
+                lambda d: json.dumps(d).encode(),
+                st.dictionaries(
+                    st.sampled_from(list(SCHEMA)),
+                    st.one_of(
+                        st.none(),
+                        st.booleans(),
+                        st.integers(),
+                        st.floats(allow_nan=False),
+                        st.text(max_size=5),
+                    ),
+                ),
+            ),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_any_bytes_are_either_a_record_or_a_dead_letter(values):
     result = PARSER(_batch(values))
     n_ok = len(result.records) if result.records is not None else 0

@@ -13,7 +13,13 @@ from operators.sample import Sampler
 
 def _pred(n: int, offset: int = 0) -> Predictions:
     ids = np.arange(offset, offset + n, dtype=np.uint64)
-    recs = Records([f"r:0:{i}" for i in ids.tolist()], ids, ["k"] * n, np.zeros(n, np.int64), {"a": np.linspace(0, 1, n)})
+    recs = Records(
+        [f"r:0:{i}" for i in ids.tolist()],
+        ids,
+        ["k"] * n,
+        np.zeros(n, np.int64),
+        {"a": np.linspace(0, 1, n)},
+    )
     score = (np.arange(n) % 100) / 100.0
     return Predictions(recs, {"score": score, "probs": np.column_stack([1 - score, score])}, 0.1)
 

@@ -181,8 +181,12 @@ def test_environment_variables_expand_and_a_missing_one_is_named(folder, monkeyp
     monkeypatch.setenv("TEST_BOOTSTRAP", "127.0.0.1:19999")
     topo = parse_topology(GOOD, base_dir=folder)
     assert topo.sites["edge"].kafka.bootstrap == "127.0.0.1:19999"
-    with pytest.raises(TopologyError, match=r"sites\.edge\.sample_store: environment variable STORE_DIR"):
-        parse_topology(GOOD.replace("chdb:///tmp/never-opened", "chdb://${STORE_DIR}"), base_dir=folder)
+    with pytest.raises(
+        TopologyError, match=r"sites\.edge\.sample_store: environment variable STORE_DIR"
+    ):
+        parse_topology(
+            GOOD.replace("chdb:///tmp/never-opened", "chdb://${STORE_DIR}"), base_dir=folder
+        )
 
 
 def test_invalid_yaml_names_the_line():
@@ -193,10 +197,27 @@ def test_invalid_yaml_names_the_line():
 def test_several_sites_need_every_stage_placed(folder):
     doc = yaml.safe_load(GOOD)
     doc["sites"]["cloud"] = dict(doc["sites"]["edge"])
-    doc["usecases"]["vib"]["placement"] = {"connectors": "edge", "dispatch": "edge", "infer": "cloud"}
+    doc["usecases"]["vib"]["placement"] = {
+        "connectors": "edge",
+        "dispatch": "edge",
+        "infer": "cloud",
+    }
     with pytest.raises(TopologyError, match=r"usecases\.vib\.placement\.store: .*found none"):
         parse_topology(yaml.safe_dump(doc), base_dir=folder)
     doc["usecases"]["vib"]["placement"]["store"] = "cloud"
     doc["links"] = [{"source": "edge", "target": "cloud"}]
     topo = parse_topology(yaml.safe_dump(doc), base_dir=folder)  # multi-site is expressible
     assert topo.site_of("vib", "infer") == "cloud"
+
+
+def test_defaults_nest_and_environment_values_are_taken_verbatim(monkeypatch):
+    from topologies.loader import expand_env
+
+    monkeypatch.delenv("OUTER", raising=False)
+    monkeypatch.delenv("INNER", raising=False)
+    assert expand_env("${OUTER:-a${INNER:-b}c}") == "abc"
+    monkeypatch.setenv("INNER", "B")
+    assert expand_env("${OUTER:-a${INNER:-b}c}") == "aBc"
+    monkeypatch.setenv("OUTER", "${INNER}")
+    assert expand_env("${OUTER:-x}") == "${INNER}"
+    assert expand_env("cost $5, ${ not a variable") == "cost $5, ${ not a variable"
