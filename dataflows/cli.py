@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
+import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +30,7 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+_stopping = threading.Event()
 
 TopologyArg = Annotated[Path, typer.Argument(help="The topology YAML file.", show_default=False)]
 SiteOpt = Annotated[str, typer.Option("--site", "-s", help="The site to act for.")]
@@ -108,6 +112,14 @@ def validate(topology: TopologyArg) -> None:
     console.print(tables)
 
 
+class Part(StrEnum):
+    """Which of a site's dataflows ``mlexec run`` runs."""
+
+    all = "all"
+    pipeline = "pipeline"
+    store = "store"
+
+
 @app.command()
 def run(
     topology: TopologyArg,
@@ -123,9 +135,16 @@ def run(
     no_recovery: Annotated[
         bool, typer.Option("--no-recovery", help="Start from the beginning; keep no snapshots.")
     ] = False,
+    part: Annotated[
+        Part, typer.Option(help="all; or only the pipeline or the store dataflow.")
+    ] = Part.all,
 ) -> None:
-    """Run a site's dataflows: pipelines of the use cases placed there and their store."""
-    from dataflows.run import prepare_site, run_site
+    """Run a site's dataflows: the pipelines of the use cases placed there, and the store.
+
+    Continuously, the store runs as a second process (the one owner of an embedded
+    chDB store); with --until-end the pipelines run to the end first, then the store.
+    """
+    from dataflows.run import prepare_resources, prepare_site, run_pipeline, run_site, run_store
 
     try:
         _, plan = _load(topology)
@@ -133,10 +152,41 @@ def run(
         if not prepared.process and not prepared.store:
             msg = f"site {site!r} runs no dispatch, infer or store stage of {usecase or 'any use case'}"
             raise TopologyError(msg)
-        _exit_on(signal.SIGINT, signal.SIGTERM)
-        run_site(prepared, until_end=until_end, workers=workers, recovery=not no_recovery)
+        recovery = not no_recovery
+        if until_end and part is Part.all:
+            _exit_on(signal.SIGINT, signal.SIGTERM)
+            run_site(prepared, workers=workers, recovery=recovery)
+            return
+        prepare_resources(prepared)
+        if part is Part.store or (part is Part.all and not prepared.process):
+            _exit_on(signal.SIGINT, signal.SIGTERM)
+            run_store(prepared, until_end=until_end, recovery=recovery)
+            return
+        child = None
+        if part is Part.all and prepared.store:
+            argv = [sys.executable, "-m", "dataflows.cli", "run", str(topology), "--site", site]
+            argv += ["--part", "store", *(["--usecase", usecase] if usecase else [])]
+            argv += ["--no-recovery"] if no_recovery else []
+            child = subprocess.Popen(argv)
+            _watch(child)
+        _exit_on(signal.SIGINT, signal.SIGTERM, child=child)
+        run_pipeline(prepared, until_end=until_end, workers=workers, recovery=recovery)
     except MlexecError as exc:
         raise _fail(exc, 1) from exc
+
+
+def _watch(child: subprocess.Popen[bytes]) -> None:
+    """Stop this run when the store process dies: a supervisor restarts both."""
+
+    def wait() -> None:
+        code = child.wait()
+        if _stopping.is_set():
+            return
+        err_console.print(f"[bold red]error:[/] the store process exited with {code}; stopping")
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=wait, name="mlexec-store-watch", daemon=True).start()
 
 
 @app.command()
@@ -263,7 +313,7 @@ def _interrupt_on(*signals: signal.Signals) -> None:
         signal.signal(sig, handler)
 
 
-def _exit_on(*signals: signal.Signals) -> None:
+def _exit_on(*signals: signal.Signals, child: subprocess.Popen[bytes] | None = None) -> None:
     """Stop a running dataflow at once on these signals.
 
     Safe by construction: input offsets are committed only in snapshots taken after
@@ -273,10 +323,17 @@ def _exit_on(*signals: signal.Signals) -> None:
     """
 
     def handler(signum: int, _frame: object) -> None:
+        _stopping.set()
         err_console.print(
             f"{signal.Signals(signum).name}: stopping; the next run resumes from the last snapshot"
         )
         sys.stderr.flush()
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
         os._exit(128 + signum)
 
     for sig in signals:

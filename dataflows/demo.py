@@ -220,7 +220,7 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
         ensure_topics(conf, plan.topics_at("edge"))
         records = _csv_records(csv_path)
         produce(broker.bootstrap, plan.usecases["readings"].raw_topic, records)
-        run_site(site, until_end=True)
+        run_site(site)
 
         predictions = {
             n: len(read_topic(conf, uc.predictions_topic)) for n, uc in plan.usecases.items()

@@ -1,10 +1,11 @@
-"""Run a site: create its topics and tables, then execute its dataflow(s).
+"""Run a site: create its topics and tables, then execute its two dataflows.
 
-Continuous runs execute one dataflow holding every stage placed on the site.
-``until_end`` runs (batch jobs, tests, the demo) go in two phases — first the use
-cases' pipelines until every raw partition is read to its end, then the store until
-every samples partition is — because the store can only know where the samples end
-once the pipelines have stopped writing them.
+A site runs a *pipeline* dataflow (every use case's raw → predictions, samples and
+dead letters) and a *store* dataflow (samples topics → the sample store). They keep
+separate recovery state under the site's ``state_dir``, whether they run one after
+the other to the end of their input (batch jobs, tests, the demo) or side by side
+in two processes (``mlexec run``) — chDB allows one owner per process, and a slow
+store must never stall inference.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataflows.usecase import UseCaseRuntime
 from topologies.errors import TopologyError
 from topologies.plan import Plan
 
-__all__ = ["SiteRun", "prepare_site", "run_site"]
+__all__ = ["SiteRun", "prepare_resources", "prepare_site", "run_pipeline", "run_site", "run_store"]
 
 _log = logging.getLogger(__name__)
 
@@ -84,7 +85,21 @@ def _execute(flow: Dataflow, state_dir: Path | None, workers: int, epoch: timede
     cli_main(flow, workers_per_process=workers, epoch_interval=epoch, recovery_config=recovery)
 
 
-def run_site(
+def prepare_resources(run: SiteRun) -> None:
+    """Create the site's topics and its samples tables (idempotent)."""
+    site = run.plan.topology.sites[run.site]
+    ensure_topics(client_config(site.kafka), run.plan.topics_at(run.site))
+    if run.store:
+        with open_store(site.sample_store) as store:
+            for rt in run.store:
+                store.ensure_table(rt.table)
+
+
+def _flow_name(run: SiteRun, part: str) -> str:
+    return f"{run.plan.topology.name}-{run.site}-{part}"
+
+
+def run_pipeline(
     run: SiteRun,
     *,
     until_end: bool = False,
@@ -93,40 +108,58 @@ def run_site(
     epoch: timedelta = timedelta(seconds=2),
     batch_size: int = 1000,
 ) -> None:
-    """Create topics and tables, then run the site's dataflow(s) in this process."""
-    site = run.plan.topology.sites[run.site]
-    conf = client_config(site.kafka)
-    ensure_topics(conf, run.plan.topics_at(run.site))
-    if run.store:
-        with open_store(site.sample_store) as store:
-            for rt in run.store:
-                store.ensure_table(rt.table)
-    state_dir = Path(site.state_dir) if recovery else None
-    name = f"{run.plan.topology.name}-{run.site}"
-    if not until_end:
-        flow = build_flow(
-            name,
-            conf,
-            process=run.process,
-            store=run.store,
-            store_url=site.sample_store,
-            batch_size=batch_size,
-            producers=workers,
-        )
-        _execute(flow, state_dir, workers, epoch)
+    """Run the use cases' pipelines (raw → predictions, samples, dead letters)."""
+    if not run.process:
         return
-    if run.process:
-        flow = build_flow(
-            f"{name}-process",
-            conf,
-            process=run.process,
-            until_end=True,
-            batch_size=batch_size,
-            producers=workers,
-        )
-        _execute(flow, state_dir, workers, epoch)
-    if run.store:
-        flow = build_flow(
-            f"{name}-store", conf, store=run.store, store_url=site.sample_store, until_end=True
-        )
-        _execute(flow, state_dir, 1, epoch)
+    site = run.plan.topology.sites[run.site]
+    flow = build_flow(
+        _flow_name(run, "pipeline"),
+        client_config(site.kafka),
+        process=run.process,
+        until_end=until_end,
+        batch_size=batch_size,
+        producers=workers,
+    )
+    _execute(flow, Path(site.state_dir) if recovery else None, workers, epoch)
+
+
+def run_store(
+    run: SiteRun,
+    *,
+    until_end: bool = False,
+    recovery: bool = True,
+    epoch: timedelta = timedelta(seconds=2),
+) -> None:
+    """Run the store dataflow (samples topics → the sample store), the one owner of chDB."""
+    if not run.store:
+        return
+    site = run.plan.topology.sites[run.site]
+    flow = build_flow(
+        _flow_name(run, "store"),
+        client_config(site.kafka),
+        store=run.store,
+        store_url=site.sample_store,
+        until_end=until_end,
+    )
+    _execute(flow, Path(site.state_dir) if recovery else None, 1, epoch)
+
+
+def run_site(
+    run: SiteRun,
+    *,
+    workers: int = 1,
+    recovery: bool = True,
+    epoch: timedelta = timedelta(seconds=2),
+    batch_size: int = 1000,
+) -> None:
+    """Run the site to the end of its input, in this process: the pipelines, then the store.
+
+    The two phases are sequential because the store can only know where the samples
+    end once the pipelines have stopped writing them. (A continuous run starts the
+    store as a process of its own: ``mlexec run``.)
+    """
+    prepare_resources(run)
+    run_pipeline(
+        run, until_end=True, workers=workers, recovery=recovery, epoch=epoch, batch_size=batch_size
+    )
+    run_store(run, until_end=True, recovery=recovery, epoch=epoch)

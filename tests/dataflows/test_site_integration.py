@@ -3,150 +3,21 @@
 from __future__ import annotations
 
 import math
-import random
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import orjson
 import polars as pl
 import pytest
-import yaml
-from confluent_kafka import Producer
 
-from connectors.kafka import client_config, ensure_topics, read_topic
+from connectors.kafka import read_topic
 from connectors.samplestore import open_store
-from dataflows.run import prepare_site, run_site
-from operators.testing import make_mlp
-from topologies import load_topology, plan_topology
-
-FIELDS = [f"f{i}" for i in range(16)]
-T0 = 1_900_000_000_000  # event times in 2030: far inside any retention
-
-
-def _topology(
-    tmp: Path, bootstrap: str, uid: str, dispatch: str, reduction: str, sampling: str
-) -> Path:
-    reduce = yaml.safe_load(reduction)
-    width = 16 if reduce["kind"] == "identity" else sum(len(a) for a in reduce["fields"].values())
-    make_mlp(tmp / "model.onnx", inputs=width, hidden=(32,), seed=3)
-    doc = {
-        "name": f"t{uid}",
-        "sites": {
-            "here": {
-                "kafka": {"bootstrap": bootstrap},
-                "sample_store": f"chdb://{tmp}/chdb",
-                "state_dir": f"{tmp}/state",
-            }
-        },
-        "usecases": {
-            f"uc{uid}": {
-                "input": {
-                    "topic": f"raw-{uid}",
-                    "partitions": 2,
-                    "key": "sensor",
-                    "time": "ts",
-                    "schema": {"sensor": "str", "ts": "timestamp", **{f: "float" for f in FIELDS}},
-                },
-                "dispatch": yaml.safe_load(dispatch),
-                "reduction": reduce,
-                "model": {"name": "mlp", "version": "7", "path": "model.onnx"},
-                "sampling": yaml.safe_load(sampling),
-                "retention": "30d",
-            }
-        },
-    }
-    path = tmp / "topology.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def _good(i: int, rng: random.Random, keys: int = 8, step_ms: int = 100) -> dict[str, Any]:
-    rec: dict[str, Any] = {"sensor": f"s{i % keys}", "ts": T0 + i * step_ms}
-    rec.update({f: round(rng.uniform(-3, 3), 4) for f in FIELDS})
-    return rec
-
-
-def _malformed(i: int, rng: random.Random) -> tuple[bytes, str]:
-    """A bad record of one of several kinds, and what it is."""
-    good = _good(i, rng)
-    kind = i % 7
-    if kind == 0:
-        return b'{"sensor": "s1", "ts": ', "truncated JSON"
-    if kind == 1:
-        return b"\xff\xfe not utf-8", "not UTF-8"
-    if kind == 2:
-        return orjson.dumps([1, 2, 3]), "not an object"
-    if kind == 3:
-        good["f3"] = "high"
-        return orjson.dumps(good), "string for float"
-    if kind == 4:
-        del good["f7"]
-        return orjson.dumps(good), "missing field"
-    if kind == 5:
-        good["f1"] = 1e300
-        return orjson.dumps(good), "beyond float32"
-    good["ts"] = [1]
-    return orjson.dumps(good), "list for timestamp"
-
-
-def _produce(
-    bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]
-) -> list[tuple[int, int]]:
-    """Produce in order; return each message's (partition, offset)."""
-    positions: list[tuple[int, int] | None] = [None] * len(values)
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
-    )
-
-    def done(i: int):
-        def cb(err: Any, msg: Any) -> None:
-            assert err is None, err
-            positions[i] = (msg.partition(), msg.offset())
-
-        return cb
-
-    for i, (value, key) in enumerate(zip(values, keys, strict=True)):
-        producer.produce(topic, value=value, key=key, on_delivery=done(i))
-        producer.poll(0)
-    assert producer.flush(30) == 0
-    assert all(p is not None for p in positions)
-    return positions  # type: ignore[return-value]
-
-
-def _feed(path: Path, n: int, bad_every: int, seed: int = 1):
-    topology = load_topology(path)
-    plan = plan_topology(topology)
-    (uc,) = plan.usecases.values()
-    conf = client_config(topology.sites["here"].kafka)
-    ensure_topics(conf, plan.topics_at("here"))
-    rng = random.Random(seed)
-    values, keys, good, bad = [], [], {}, {}
-    for i in range(n):
-        if bad_every and i % bad_every == bad_every - 1:
-            value, kind = _malformed(i, rng)
-            bad[len(values)] = (value, kind)
-            keys.append(b"s0")
-        else:
-            rec = _good(i, rng)
-            value = orjson.dumps(rec)
-            good[len(values)] = rec
-            keys.append(rec["sensor"].encode())
-        values.append(value)
-    positions = _produce(topology.sites["here"].kafka.bootstrap, uc.raw_topic, values, keys)
-    return topology, plan, uc, conf, values, positions, good, bad
-
-
-def _run(path: Path) -> None:
-    topology = load_topology(path)
-    plan = plan_topology(topology)
-    run_site(prepare_site(plan, "here"), until_end=True, recovery=False)
+from tests.dataflows.spine import FIELDS, feed, run_to_end, spine_topology
 
 
 @pytest.mark.integration
 def test_every_valid_record_gets_one_prediction_equal_to_onnxruntime(broker, tmp_path, uid):
-    path = _topology(
+    path = spine_topology(
         tmp_path,
         broker.bootstrap,
         uid,
@@ -154,8 +25,8 @@ def test_every_valid_record_gets_one_prediction_equal_to_onnxruntime(broker, tmp
         reduction="{kind: identity}",
         sampling='{rate: 0.2, keep_when: "y > 0.8"}',
     )
-    topology, plan, uc, conf, values, positions, good, bad = _feed(path, n=4000, bad_every=37)
-    _run(path)
+    topology, plan, uc, conf, values, positions, good, bad = feed(path, n=4000, bad_every=37)
+    run_to_end(path)
 
     predictions = [orjson.loads(v) for _, v, _, _, _ in read_topic(conf, uc.predictions_topic)]
     by_id = {p["id"]: p for p in predictions}
@@ -215,7 +86,7 @@ def test_every_valid_record_gets_one_prediction_equal_to_onnxruntime(broker, tmp
 
 @pytest.mark.integration
 def test_replaying_the_input_does_not_duplicate_samples(broker, tmp_path, uid):
-    path = _topology(
+    path = spine_topology(
         tmp_path,
         broker.bootstrap,
         uid,
@@ -223,12 +94,12 @@ def test_replaying_the_input_does_not_duplicate_samples(broker, tmp_path, uid):
         reduction="{kind: identity}",
         sampling="{rate: 0.3}",
     )
-    topology, plan, uc, conf, *_ = _feed(path, n=1500, bad_every=0)
-    _run(path)
+    topology, plan, uc, conf, *_ = feed(path, n=1500, bad_every=0)
+    run_to_end(path)
     table = f"mlexec.{uc.table}"
     with open_store(topology.sites["here"].sample_store) as store:
         first = store.query(f"SELECT record_id FROM {table} FINAL ORDER BY record_id")
-    _run(path)  # no recovery: the same input again, from the beginning
+    run_to_end(path)  # no recovery: the same input again, from the beginning
     samples_sent = read_topic(conf, uc.samples_topic)
     assert len(samples_sent) == 2 * len(first)  # the replay did sample the same records again
     with open_store(topology.sites["here"].sample_store) as store:
@@ -242,7 +113,7 @@ def test_replaying_the_input_does_not_duplicate_samples(broker, tmp_path, uid):
 
 @pytest.mark.integration
 def test_tumbling_window_rows_equal_a_polars_reference(broker, tmp_path, uid):
-    path = _topology(
+    path = spine_topology(
         tmp_path,
         broker.bootstrap,
         uid,
@@ -250,8 +121,8 @@ def test_tumbling_window_rows_equal_a_polars_reference(broker, tmp_path, uid):
         reduction="{kind: aggregate, fields: {f0: [mean, std, min, max, last, count]}}",
         sampling="{rate: 1.0}",
     )
-    topology, plan, uc, conf, values, positions, good, bad = _feed(path, n=3000, bad_every=0)
-    _run(path)
+    topology, plan, uc, conf, values, positions, good, bad = feed(path, n=3000, bad_every=0)
+    run_to_end(path)
 
     frame = pl.DataFrame(
         {
