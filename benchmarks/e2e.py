@@ -36,7 +36,7 @@ from bytewax.run import cli_main
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from connectors.broker import LocalBroker
-from connectors.kafka import CONSUMER_TUNING, client_config, ensure_topics
+from connectors.kafka import CONSUMER_TUNING, client_config, ensure_topics, produce_records
 from connectors.samplestore import open_store
 from dataflows.run import prepare_site
 from dataflows.site import build_flow
@@ -62,18 +62,9 @@ def make_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
 
 
 def fill(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(topic, PARTITIONS)])
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000}
-    )
-    for key, value in records:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    assert producer.flush(120) == 0
+    conf = {"bootstrap.servers": bootstrap}
+    ensure_topics(conf, [TopicSpec(topic, PARTITIONS)])
+    produce_records({**conf, "linger.ms": 20, "batch.num.messages": 10000}, topic, records)
 
 
 # ---------------------------------------------------------------- (a) onnxruntime

@@ -42,6 +42,7 @@ __all__ = [
     "RawBatch",
     "client_config",
     "ensure_topics",
+    "produce_records",
     "read_topic",
 ]
 
@@ -352,6 +353,45 @@ class KafkaBatchSink(FixedPartitionedSink[Outgoing, None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ProducerPart:
         return _ProducerPart(self._conf)
+
+
+def produce_records(
+    conf: dict[str, Any], topic: str, records: Sequence[tuple[bytes | None, bytes]]
+) -> list[tuple[int, int]]:
+    """Produce ``(key, value)`` records in order, idempotently; return each (partition, offset).
+
+    For feeding topics from files, the demo, benchmarks and tests. Never drops: a full
+    queue is polled and retried; any delivery error is raised.
+    """
+    producer = Producer(
+        {**conf, "enable.idempotence": True, "linger.ms": conf.get("linger.ms", 10)}
+    )
+    positions: list[tuple[int, int]] = [(-1, -1)] * len(records)
+    errors: list[KafkaError] = []
+
+    def delivered(i: int) -> Any:
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                errors.append(err)
+            else:
+                positions[i] = (cast(int, msg.partition()), cast(int, msg.offset()))
+
+        return report
+
+    for i, (key, value) in enumerate(records):
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=delivered(i))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 1000 == 0:
+            producer.poll(0)
+    left = producer.flush(120.0)
+    if errors or left:
+        msg = f"producing to {topic!r} failed: {errors[:3]} ({left} undelivered)"
+        raise KafkaDeliveryError(msg)
+    return positions
 
 
 def read_topic(

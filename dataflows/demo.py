@@ -8,10 +8,12 @@ the sample store for the monitoring numbers. It stops the broker before it retur
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,8 +22,12 @@ from typing import Any
 import numpy as np
 import orjson
 import polars as pl
-from confluent_kafka import Producer
 
+from connectors.broker import LocalBroker
+from connectors.kafka import client_config, produce_records, read_topic
+from connectors.samplestore import open_store
+from dataflows.run import prepare_resources, prepare_site, run_site
+from topologies import load_topology, plan_topology
 from topologies.errors import MlexecError
 
 __all__ = ["DemoReport", "make_models", "make_sensor_csv", "run_demo", "sensor_frame"]
@@ -148,31 +154,6 @@ def make_models(frame: pl.DataFrame, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    """Produce ``(key, value)`` records, idempotently; raise on any delivery error."""
-    errors: list[Any] = []
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
-    )
-
-    def on_delivery(err: Any, _msg: Any) -> None:
-        if err is not None:
-            errors.append(err)
-
-    for key, value in records:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    left = producer.flush(60)
-    if errors or left:
-        msg = f"producing to {topic} failed: {errors[:3]} ({left} undelivered)"
-        raise MlexecError(msg)
-
-
 @dataclass
 class DemoReport:
     """Figures the demo prints; also what its test checks."""
@@ -186,6 +167,21 @@ class DemoReport:
     monitoring: dict[str, pl.DataFrame]
 
 
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the ``with`` block (the demo topology reads them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def demo_topology_path() -> Path:
     """The embedded demo topology shipped in the ``topologies`` package."""
     return Path(str(resources.files("topologies").joinpath("demo.yaml")))
@@ -193,12 +189,6 @@ def demo_topology_path() -> Path:
 
 def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoReport:
     """Run the demo in ``work_dir`` (wiped first) and return its report."""
-    from connectors.broker import LocalBroker
-    from connectors.kafka import client_config, read_topic
-    from connectors.samplestore import open_store
-    from dataflows.run import prepare_site, run_site
-    from topologies import load_topology, plan_topology
-
     work_dir = work_dir.resolve()
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
@@ -207,19 +197,18 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
     broken = make_sensor_csv(frame, csv_path)
     make_models(frame, work_dir)
 
-    with LocalBroker() as broker:
-        os.environ["MLEXEC_BOOTSTRAP"] = broker.bootstrap
-        os.environ["MLEXEC_DEMO_DIR"] = str(work_dir)
+    with (
+        LocalBroker() as broker,
+        _environment(MLEXEC_BOOTSTRAP=broker.bootstrap, MLEXEC_DEMO_DIR=str(work_dir)),
+    ):
         path = demo_topology_path()
         topology = load_topology(path)
         plan = plan_topology(topology, str(path))
         site = prepare_site(plan, "edge", source=str(path))
         conf = client_config(topology.sites["edge"].kafka)
-        from connectors.kafka import ensure_topics
-
-        ensure_topics(conf, plan.topics_at("edge"))
+        prepare_resources(site)
         records = _csv_records(csv_path)
-        produce(broker.bootstrap, plan.usecases["readings"].raw_topic, records)
+        produce_records(conf, plan.usecases["readings"].raw_topic, records)
         run_site(site)
 
         predictions = {

@@ -8,9 +8,8 @@ from typing import Any
 
 import orjson
 import yaml
-from confluent_kafka import Producer
 
-from connectors.kafka import client_config, ensure_topics
+from connectors.kafka import client_config, ensure_topics, produce_records
 from dataflows.run import prepare_site, run_site
 from operators.testing import make_mlp
 from topologies import load_topology, plan_topology
@@ -85,30 +84,6 @@ def malformed_record(i: int, rng: random.Random) -> tuple[bytes, str]:
     return orjson.dumps(good), "list for timestamp"
 
 
-def produce(
-    bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]
-) -> list[tuple[int, int]]:
-    """Produce in order; return each message's (partition, offset)."""
-    positions: list[tuple[int, int] | None] = [None] * len(values)
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
-    )
-
-    def done(i: int):
-        def cb(err: Any, msg: Any) -> None:
-            assert err is None, err
-            positions[i] = (msg.partition(), msg.offset())
-
-        return cb
-
-    for i, (value, key) in enumerate(zip(values, keys, strict=True)):
-        producer.produce(topic, value=value, key=key, on_delivery=done(i))
-        producer.poll(0)
-    assert producer.flush(30) == 0
-    assert all(p is not None for p in positions)
-    return positions  # type: ignore[return-value]
-
-
 def feed(path: Path, n: int, bad_every: int, seed: int = 1, start: int = 0):
     """Produce ``n`` records (every ``bad_every``-th malformed) numbered from ``start``."""
     topology = load_topology(path)
@@ -129,7 +104,7 @@ def feed(path: Path, n: int, bad_every: int, seed: int = 1, start: int = 0):
             good[len(values)] = rec
             keys.append(rec["sensor"].encode())
         values.append(value)
-    positions = produce(topology.sites["here"].kafka.bootstrap, uc.raw_topic, values, keys)
+    positions = produce_records(conf, uc.raw_topic, list(zip(keys, values, strict=True)))
     return topology, plan, uc, conf, values, positions, good, bad
 
 

@@ -33,7 +33,9 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.integration
-def test_continuous_run_stops_on_sigterm_and_the_next_run_resumes_without_loss(broker, tmp_path, uid):
+def test_continuous_run_stops_on_sigterm_and_the_next_run_resumes_without_loss(
+    broker, tmp_path, uid
+):
     path = spine_topology(
         tmp_path,
         broker.bootstrap,
@@ -43,13 +45,19 @@ def test_continuous_run_stops_on_sigterm_and_the_next_run_resumes_without_loss(b
         sampling="{rate: 0.25}",
     )
     topology, plan, uc, conf, *_ = feed(path, n=600, bad_every=0)
-    proc = subprocess.Popen([*MLEXEC, "run", str(path), "--site", "here"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*MLEXEC, "run", str(path), "--site", "here"], stderr=subprocess.PIPE, text=True
+    )
     try:
 
         def predictions() -> set[str]:
-            return {orjson.loads(v)["id"] for _, v, _, _, _ in read_topic(conf, uc.predictions_topic)}
+            return {
+                orjson.loads(v)["id"] for _, v, _, _, _ in read_topic(conf, uc.predictions_topic)
+            }
 
-        assert _wait_for(lambda: len(predictions()) == 600), "the running pipeline did not score the first records"
+        assert _wait_for(lambda: len(predictions()) == 600), (
+            "the running pipeline did not score the first records"
+        )
         store_pids = _children(proc.pid)
         assert store_pids, "the store runs as a process of its own"
         feed(path, n=400, bad_every=0, start=600)  # more data while it runs
@@ -59,10 +67,15 @@ def test_continuous_run_stops_on_sigterm_and_the_next_run_resumes_without_loss(b
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
     assert code == 128 + signal.SIGTERM, proc.stderr.read()
-    assert all(not os.path.exists(f"/proc/{p}") for p in store_pids), "SIGTERM must stop the store too"
+    assert all(not os.path.exists(f"/proc/{p}") for p in store_pids), (
+        "SIGTERM must stop the store too"
+    )
 
     done = subprocess.run(
-        [*MLEXEC, "run", str(path), "--site", "here", "--until-end"], capture_output=True, text=True, timeout=120
+        [*MLEXEC, "run", str(path), "--site", "here", "--until-end"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     sent = read_topic(conf, uc.predictions_topic)
@@ -71,7 +84,9 @@ def test_continuous_run_stops_on_sigterm_and_the_next_run_resumes_without_loss(b
     assert len(ids) < 2 * 1000  # resumed from the snapshot, not from the beginning
     sampled = {orjson.loads(v)["record_id"] for _, v, _, _, _ in read_topic(conf, uc.samples_topic)}
     with open_store(topology.sites["here"].sample_store) as store:
-        stored = store.query(f"SELECT record_id FROM mlexec.{uc.table} FINAL")["record_id"].to_list()
+        stored = store.query(f"SELECT record_id FROM mlexec.{uc.table} FINAL")[
+            "record_id"
+        ].to_list()
     assert len(stored) == len(set(stored)) == len(sampled)
     assert set(stored) == sampled
     assert 0.15 * 1000 < len(stored) < 0.35 * 1000
