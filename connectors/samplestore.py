@@ -164,6 +164,9 @@ class ChdbStore(SampleStore):
 
             self.path.mkdir(parents=True, exist_ok=True)
             sess = chdb_session.Session(str(self.path))
+            # Unqualified table names in user SQL (mlexec query) mean the store's database.
+            sess.query(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            sess.query(f"USE `{self.database}`")
         except Exception as exc:  # noqa: BLE001 - reported to the opener
             started.set_exception(
                 SampleStoreError(f"cannot open the chDB store at {self.path}: {exc}")
@@ -243,6 +246,9 @@ class ClickHouseServerStore(SampleStore):
                 password=unquote(parsed.password or ""),
                 secure=parsed.scheme == "clickhouses",
             )
+            # Unqualified table names in user SQL (mlexec query) mean the store's database.
+            self._client.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            self._client.database = self.database
         except Exception as exc:
             msg = f"cannot reach the ClickHouse server at {parsed.hostname}:{parsed.port}: {exc}"
             raise SampleStoreError(msg) from exc

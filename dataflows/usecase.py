@@ -99,7 +99,7 @@ class UseCaseRuntime:
             raise _fail(source, plan.name, "sampling.keep_when", f"expected {exc}") from exc
         return cls(
             plan=plan,
-            parser=RecordParser(uc.input.schema_, uc.input.key, uc.input.time),
+            parser=RecordParser(uc.input.schema_, uc.input.key, uc.input.time, uc.input.time_unit),
             reducer=Reducer(plan.name, fields),
             model=model,
             sampler=sampler,

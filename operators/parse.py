@@ -29,6 +29,7 @@ _NUMERIC_TYPES: dict[str, frozenset[type]] = {
     "bool": frozenset({bool}),
 }
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MS_PER_UNIT = {"s": 1000.0, "ms": 1.0, "us": 0.001, "ns": 0.000001}
 _KEY_TYPES: dict[str, set[type]] = {
     "str": {str},
     "int": {int},
@@ -51,12 +52,16 @@ class RecordParser:
     """Turns a raw batch into :class:`Records` plus dead letters.
 
     ``schema`` maps field → type (``float``, ``int``, ``bool``, ``str``, ``timestamp``);
-    timestamps are epoch milliseconds (numbers) or ISO 8601 strings. Numeric fields
+    timestamps are epoch numbers in ``time_unit`` (default milliseconds) or ISO 8601
+    strings. Numeric fields
     other than key and time become float64 columns.
     """
 
-    def __init__(self, schema: Mapping[str, str], key: str, time: str) -> None:
+    def __init__(
+        self, schema: Mapping[str, str], key: str, time: str, time_unit: str = "ms"
+    ) -> None:
         self.schema = dict(schema)
+        self._ms_per_unit = _MS_PER_UNIT[time_unit]
         self.key = key
         self.time = time
         self.numeric = [
@@ -132,7 +137,7 @@ class RecordParser:
             keys = list(map(str, keys))
         time_types = set(map(type, times_raw))
         if time_types <= {int, float}:
-            times = np.array(times_raw, dtype=np.float64).astype(np.int64)
+            times = (np.array(times_raw, dtype=np.float64) * self._ms_per_unit).astype(np.int64)
         elif time_types == {str}:
             try:
                 times = np.array([_epoch_ms(t) for t in times_raw], dtype=np.int64)

@@ -62,6 +62,7 @@ class UseCasePlan:
             TopicSpec(self.predictions_topic, parts),
             TopicSpec(self.samples_topic, parts),
             TopicSpec(self.deadletter_topic, 1),
+            *(TopicSpec(out.topic, parts) for out in self.usecase.outputs),
         ]
 
 

@@ -171,6 +171,8 @@ class Input(_Model):
     schema_: dict[str, FieldType] = Field(alias="schema", min_length=1)
     key: str
     time: str
+    #: Unit of numeric event times; ISO 8601 strings are read as they are.
+    time_unit: Literal["s", "ms", "us", "ns"] = "ms"
 
     @model_validator(mode="after")
     def _key_and_time_declared(self) -> Input:

@@ -116,3 +116,10 @@ def test_arrow_rows_follow_the_table_schema():
     )
     assert arrow.schema.field("event_time").type == pa.timestamp("ms", tz="UTC")
     assert arrow.num_rows == 1
+
+
+def test_unqualified_names_mean_the_store_database(store, uid):
+    table = SamplesTable(f"samples_{uid}", (("x", "Float64"), ("probs", "Array(Float64)")), 86400)
+    store.ensure_table(table)
+    store.insert(table, rows_to_arrow(table, _rows(["a"], [0])))
+    assert store.query(f"SELECT record_id FROM {table.name}")["record_id"].to_list() == ["a"]

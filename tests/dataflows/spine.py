@@ -19,8 +19,15 @@ T0 = 1_900_000_000_000  # event times in 2030: far inside any retention
 
 
 def spine_topology(
-    tmp: Path, bootstrap: str, uid: str, dispatch: str, reduction: str, sampling: str
+    tmp: Path,
+    bootstrap: str,
+    uid: str,
+    dispatch: str,
+    reduction: str,
+    sampling: str,
+    **usecase: Any,
 ) -> Path:
+    """A one-site topology of one use case reading ``raw-<uid>``; ``usecase`` adds keys."""
     reduce = yaml.safe_load(reduction)
     width = 16 if reduce["kind"] == "identity" else sum(len(a) for a in reduce["fields"].values())
     make_mlp(tmp / "model.onnx", inputs=width, hidden=(32,), seed=3)
@@ -47,6 +54,7 @@ def spine_topology(
                 "model": {"name": "mlp", "version": "7", "path": "model.onnx"},
                 "sampling": yaml.safe_load(sampling),
                 "retention": "30d",
+                **usecase,
             }
         },
     }

@@ -24,6 +24,7 @@ def test_every_valid_record_gets_one_prediction_equal_to_onnxruntime(broker, tmp
         dispatch="{kind: microbatch, max_records: 128, max_wait: 20ms}",
         reduction="{kind: identity}",
         sampling='{rate: 0.2, keep_when: "y > 0.8"}',
+        outputs=[{"kind": "kafka", "topic": f"actuate-{uid}"}],
     )
     topology, plan, uc, conf, values, positions, good, bad = feed(path, n=4000, bad_every=37)
     run_to_end(path)
@@ -48,6 +49,10 @@ def test_every_valid_record_gets_one_prediction_equal_to_onnxruntime(broker, tmp
         and sample["time"] == good[next(iter(good))]["ts"]
     )
     assert sample["latency_ms"] >= 0
+    extra = read_topic(conf, f"actuate-{uid}")  # a declared extra output gets the same answers
+    assert sorted(v for _, v, _, _, _ in extra) == sorted(
+        v for _, v, _, _, _ in read_topic(conf, uc.predictions_topic)
+    )
 
     # every malformed record is in the dead-letter topic, original bytes and a reason
     dead = read_topic(conf, uc.deadletter_topic)

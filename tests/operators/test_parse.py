@@ -119,3 +119,9 @@ def test_any_bytes_are_either_a_record_or_a_dead_letter(values):
     n_ok = len(result.records) if result.records is not None else 0
     assert n_ok + len(result.dead) == len(values)
     assert all(d.reason for d in result.dead)
+
+
+def test_numeric_event_times_follow_the_declared_unit():
+    parser = RecordParser(SCHEMA, key="id", time="ts", time_unit="s")
+    result = parser(_batch([orjson.dumps(_good(0) | {"ts": 1_767_225_601.25})]))
+    assert result.records.times.tolist() == [1_767_225_601_250]
