@@ -32,7 +32,6 @@ __all__ = [
     "Dispatched",
     "MicroBatchLogic",
     "TumblingLogic",
-    "Window",
     "bucket_of",
     "split_by_bucket",
 ]
@@ -42,15 +41,6 @@ Clock = Callable[[], datetime]
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Window:
-    """The rows of one key's window: ``start``/``end`` in epoch milliseconds."""
-
-    key: str
-    start: int
-    end: int
 
 
 @dataclass
