@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.broker import free_port
+from connectors.broker import _port_free, free_port
 
 MLEXEC = [sys.executable, "-m", "dataflows.cli"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,14 +117,3 @@ def test_broker_command_serves_until_interrupted(stop):
     while time.monotonic() < deadline and not _port_free(port):
         time.sleep(0.1)
     assert _port_free(port)
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
