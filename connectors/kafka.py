@@ -41,6 +41,7 @@ __all__ = [
     "Outgoing",
     "RawBatch",
     "client_config",
+    "end_offsets",
     "ensure_topics",
     "produce_records",
     "read_topic",
@@ -394,13 +395,39 @@ def produce_records(
     return positions
 
 
-def read_topic(
-    conf: dict[str, Any], topic: str, *, timeout: float = 30.0
-) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int]]:
-    """Every message of ``topic`` from the beginning to its end: (key, value, headers, partition, offset).
+def end_offsets(conf: dict[str, Any], topic: str, timeout: float = 30.0) -> dict[int, int]:
+    """Per partition, the end offset the broker reports (ListOffsets).
 
-    For reports and tests; stops at partition EOF on every partition.
+    On Apache Kafka this is the log end; the local Tansu broker answers a lower bound
+    (its last batch's base offset + 1), so use it only where a lower bound is safe,
+    such as where to start scanning for one's own recent messages.
     """
+    consumer = Consumer({**conf, "group.id": "mlexec-offsets", "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        return {
+            p: consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=timeout, cached=False
+            )[1]
+            for p in sorted(meta.partitions)
+        }
+    finally:
+        consumer.close()
+
+
+def read_topic(
+    conf: dict[str, Any],
+    topic: str,
+    *,
+    start: dict[int, int] | None = None,
+    timeout: float = 30.0,
+) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int]]:
+    """Messages of ``topic`` to its end: (key, value, headers, partition, offset).
+
+    From the beginning, or per partition from ``start`` (partitions it omits are read
+    from the beginning). Stops at partition EOF on every partition.
+    """
+    start = start or {}
     consumer = Consumer(
         {
             **conf,
@@ -408,12 +435,13 @@ def read_topic(
             "group.id": "mlexec-reader",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
         }
     )
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
         parts = sorted(meta.partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in parts])
         out: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int]] = []
         at_end: set[int] = set()
         deadline = time.monotonic() + timeout

@@ -1,9 +1,10 @@
 """``mlexec demo``: the whole spine from nothing, on embedded defaults.
 
 It starts a local broker, makes synthetic sensor data (a CSV with a few broken rows)
-and two models trained on it (scikit-learn → ONNX), feeds the CSV to the raw topic,
-runs the demo topology's site to the end and reports what happened, using SQL on
-the sample store for the monitoring numbers. It stops the broker before it returns.
+and two models trained on it (scikit-learn → ONNX), reads the CSV into the raw topic
+with the topology's CSV connector (broken rows are dead-lettered there), runs the demo
+topology's site to the end and reports what happened, using SQL on the sample store
+for the monitoring numbers. It stops the broker before it returns.
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import orjson
 import polars as pl
 
 from connectors.broker import LocalBroker
-from connectors.kafka import client_config, produce_records, read_topic
+from connectors.kafka import client_config, read_topic
 from connectors.samplestore import open_store
+from dataflows.connect import prepare_connectors, run_connectors
 from dataflows.run import prepare_resources, prepare_site, run_site
 from topologies import load_topology, plan_topology
 from topologies.errors import MlexecError
@@ -88,21 +88,6 @@ def make_sensor_csv(frame: pl.DataFrame, path: Path, broken_every: int = 997) ->
                 broken += 1
             writer.writerow(row)
     return broken
-
-
-def _csv_records(path: Path) -> list[tuple[bytes, bytes]]:
-    """(key, JSON value) per CSV row: numbers where the text is a number."""
-    out = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            record: dict[str, Any] = {"machine": row["machine"], "ts": int(row["ts"])}
-            for name in FEATURES:
-                try:
-                    record[name] = float(row[name])
-                except ValueError:
-                    record[name] = row[name]  # left for the dataflow to dead-letter
-            out.append((row["machine"].encode(), orjson.dumps(record)))
-    return out
 
 
 def window_frame(frame: pl.DataFrame, size_ms: int = 10_000) -> pl.DataFrame:
@@ -207,8 +192,8 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
         site = prepare_site(plan, "edge", source=str(path))
         conf = client_config(topology.sites["edge"].kafka)
         prepare_resources(site)
-        records = _csv_records(csv_path)
-        produce_records(conf, plan.usecases["readings"].raw_topic, records)
+        connectors = prepare_connectors(plan, "edge", once=True)
+        run_connectors(connectors, once=True)
         run_site(site)
 
         predictions = {
@@ -240,7 +225,7 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
             FROM `{db}`.`{plan.usecases["windows"].table}` FINAL"""
         )
     return DemoReport(
-        records_in=len(records),
+        records_in=sum(c.read for c in connectors.statuses),
         broken_in=broken,
         predictions=predictions,
         deadletters=dead,
