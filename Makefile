@@ -21,6 +21,9 @@ system-deps:
 	  echo "installing docker-compose (validates docker-compose.yml; no engine needed)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
 	  || echo "warning: could not install docker-compose; its test will be skipped"; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (the SQL connector's tests start a server in a temp dir)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .

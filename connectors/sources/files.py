@@ -116,10 +116,12 @@ class _Line:
     raw: bytes
 
 
-def _read_lines(path: str, cursor: Cursor, settled: bool) -> tuple[list[_Line], bytes, int]:
-    """Complete lines after the cursor (plus an unterminated last one when ``settled``).
+def _read_lines(
+    path: str, cursor: Cursor, settled: bool, max_lines: int
+) -> tuple[list[_Line], bytes, int]:
+    """Up to ``max_lines`` complete lines after the cursor.
 
-    Returns the lines, the bytes read (for the tail checksum) and the file size.
+    An unterminated last line is included when ``settled``. Returns the lines, the bytes read (for the tail checksum) and the file size.
     """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -130,7 +132,7 @@ def _read_lines(path: str, cursor: Cursor, settled: bool) -> tuple[list[_Line], 
         cut = len(data)
     lines: list[_Line] = []
     at, number = 0, cursor.line
-    while at < cut:
+    while at < cut and len(lines) < max_lines:
         nl = data.find(b"\n", at, cut)
         stop = cut if nl < 0 else nl + 1
         number += 1
@@ -227,11 +229,28 @@ class CsvSource:
     def _read_file(
         self, path: str, cursor: Cursor, settled: bool, limit: int, out: list[SourceRecord]
     ) -> Cursor:
-        try:
-            lines, data, size = _read_lines(path, cursor, settled)
-        except FileNotFoundError:
-            return cursor
-        self._sizes[cursor.stream] = size
+        max_lines = 2 * limit + 64
+        while True:
+            try:
+                lines, data, size = _read_lines(path, cursor, settled, max_lines)
+            except FileNotFoundError:
+                return cursor
+            self._sizes[cursor.stream] = size
+            advanced = self._rows(path, cursor, lines, data, settled, limit, out)
+            if advanced is not cursor or len(lines) < max_lines:
+                return advanced
+            max_lines *= 8  # one row spans more lines than were read
+
+    def _rows(
+        self,
+        path: str,
+        cursor: Cursor,
+        lines: list[_Line],
+        data: bytes,
+        settled: bool,
+        limit: int,
+        out: list[SourceRecord],
+    ) -> Cursor:
         if not lines:
             return cursor
         cfg = self.config
@@ -285,16 +304,19 @@ class CsvSource:
             text = raw.decode(cfg.encoding)
         except UnicodeDecodeError as exc:
             return SourceRecord(position, where, None, raw, f"not valid {cfg.encoding}: {exc}")
-        try:
-            reader = csv.reader(
-                io.StringIO(text, newline=""),
-                delimiter=cfg.delimiter,
-                quotechar=cfg.quote,
-                strict=True,
-            )
-            rows = list(reader)
-        except csv.Error as exc:
-            return SourceRecord(position, where, None, raw, f"not a CSV row: {exc}")
+        if cfg.quote not in text:  # the common case: no quoting to undo
+            rows = [text.rstrip("\r\n").split(cfg.delimiter)]
+        else:
+            try:
+                reader = csv.reader(
+                    io.StringIO(text, newline=""),
+                    delimiter=cfg.delimiter,
+                    quotechar=cfg.quote,
+                    strict=True,
+                )
+                rows = list(reader)
+            except csv.Error as exc:
+                return SourceRecord(position, where, None, raw, f"not a CSV row: {exc}")
         row = rows[0] if len(rows) == 1 else None
         if row is None or len(row) != len(columns):
             found = len(row) if row is not None else f"{len(rows)} rows"
@@ -427,13 +449,31 @@ class LogfileSource:
     def _read_file(
         self, path: str, cursor: Cursor, settled: bool, limit: int, out: list[SourceRecord]
     ) -> Cursor:
-        try:
-            lines, data, size = _read_lines(path, cursor, settled)
-        except FileNotFoundError:
-            return cursor
-        if path == self.config.path:
-            self._size = size
-        groups = self._records(lines, settled or self._quiet_for_multiline(path))
+        max_lines = 2 * limit + 64
+        while True:
+            try:
+                lines, data, size = _read_lines(path, cursor, settled, max_lines)
+            except FileNotFoundError:
+                return cursor
+            if path == self.config.path:
+                self._size = size
+            complete = settled or self._quiet_for_multiline(path)
+            advanced = self._lines(path, cursor, lines, data, complete, limit, out)
+            if advanced is not cursor or len(lines) < max_lines:
+                return advanced
+            max_lines *= 8  # one record spans more lines than were read
+
+    def _lines(
+        self,
+        path: str,
+        cursor: Cursor,
+        lines: list[_Line],
+        data: bytes,
+        complete: bool,
+        limit: int,
+        out: list[SourceRecord],
+    ) -> Cursor:
+        groups = self._records(lines, complete)
         used, taken = 0, 0
         for group in groups:
             if taken >= limit:
