@@ -121,7 +121,8 @@ def _read_lines(
 ) -> tuple[list[_Line], bytes, int]:
     """Up to ``max_lines`` complete lines after the cursor.
 
-    An unterminated last line is included when ``settled``. Returns the lines, the bytes read (for the tail checksum) and the file size.
+    An unterminated last line is included when ``settled``. Returns the lines, the
+    bytes read (for the tail checksum) and the file size.
     """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
