@@ -295,7 +295,10 @@ class ConnectorRunner:
     def _already_produced(self, offsets: dict[str, dict[int, int]]) -> set[str]:
         """Positions of this connector's messages after the checkpointed offsets."""
         seen: set[str] = set()
-        for topic, start in offsets.items():
+        for topic, after in offsets.items():
+            # never past the end: a fetch beyond it waits forever on the local broker
+            ends = end_offsets(self._conf, topic)
+            start = {p: min(o, ends.get(p, o)) for p, o in after.items()}
             for _key, _value, headers, _p, _o in read_topic(self._conf, topic, start=start):
                 if headers and self._id_header in headers:
                     seen.update(v.decode() for k, v in headers if k == HEADER_POSITION)

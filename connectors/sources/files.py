@@ -34,6 +34,7 @@ _log = logging.getLogger(__name__)
 _HEAD_MAX = 1024
 _TAIL = 64
 _CHUNK = 4 << 20  # bytes read per step and file
+_MAX_HOPS = 16  # rotated files followed in one read
 
 
 @dataclass(frozen=True)
@@ -415,31 +416,51 @@ class LogfileSource:
                 self._previous = self._read_file(at, self._previous, settled, limit, out)
             if at is None or at == path or (not out and time.time() >= self._previous_until):
                 self._previous = None
-        if self._current is None:
-            self._current = Cursor.start(path)
+        for _ in range(_MAX_HOPS):
             if self._current is None:
-                return out
-        at = self._locate(self._current)
-        if at is None:
-            _log.warning(
-                "%s: the file read up to offset %d is gone (deleted or rotated away "
-                "unrecognised); going on with the new file",
-                path,
-                self._current.offset,
-            )
-            self._current = Cursor.start(path, gen=self._current.gen + 1)
-            return out if self._current is None else self._read_current(path, limit, out)
-        if at != path:
-            # rotated: finish the old file, then go on with the new one
+                self._current = Cursor.start(path)
+                if self._current is None:
+                    return out
+            at = self._locate(self._current)
+            if at == path:
+                return self._read_current(path, limit, out)
+            if at is None:
+                _log.warning(
+                    "%s: the file read up to offset %d is gone (deleted or rotated away "
+                    "unrecognised); going on with the new file",
+                    path,
+                    self._current.offset,
+                )
+                self._current = Cursor.start(path, gen=self._current.gen + 1)
+                continue
+            # rotated: finish the old file, then go on with the file rotated after it
+            # (two rotations between reads) or the new one
             self._current = self._read_file(at, self._current, True, limit - len(out), out)
             if len(out) >= limit:
                 return out
-            new = Cursor.start(path, gen=self._current.gen + 1)
+            new = Cursor.start(self._rotated_after(at) or path, gen=self._current.gen + 1)
             if new is None:
                 return out
             self._previous, self._current = self._current, new
             self._previous_until = time.time() + self.config.rotate_wait.total_seconds()
-        return self._read_current(path, limit, out)
+        return out
+
+    def _rotated_after(self, done: str) -> str | None:
+        """The oldest rotated file changed after ``done`` that holds something else."""
+        try:
+            since = os.stat(done).st_mtime
+        except FileNotFoundError:
+            return None
+        known = [c for c in (self._current, self._previous) if c is not None]
+        later = []
+        for p in self._rotated():
+            try:
+                mtime = os.stat(p).st_mtime
+            except FileNotFoundError:
+                continue
+            if p != done and mtime >= since and not any(c.continued_by(p) for c in known):
+                later.append((mtime, p))
+        return min(later)[1] if later else None
 
     def _read_current(self, path: str, limit: int, out: list[SourceRecord]) -> list[SourceRecord]:
         if len(out) < limit and self._current is not None:

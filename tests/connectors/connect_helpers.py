@@ -17,7 +17,7 @@ from connectors.kafka import read_topic
 from connectors.runner import HEADER_POSITION
 from dataflows.connect import SiteConnectors, prepare_connectors, run_connectors
 from topologies import load_topology, plan_topology
-from topologies.plan import Plan
+from topologies.plan import Plan, UseCasePlan
 
 SCHEMA = {"machine": "str", "ts": "timestamp", "value": "float"}
 
@@ -29,6 +29,7 @@ def topology(
     *,
     uid: str,
     schema: dict[str, str] | None = None,
+    time: str = "ts",
 ) -> tuple[Path, Plan]:
     """Write a topology with one use case fed by ``connectors``; return its path and plan."""
     doc = {
@@ -41,12 +42,12 @@ def topology(
             }
         },
         "usecases": {
-            "uc": {
+            f"u{uid}": {
                 "input": {
                     "topic": f"raw-{uid}",
                     "partitions": 2,
                     "key": "machine",
-                    "time": "ts",
+                    "time": time,
                     "schema": schema or SCHEMA,
                 },
                 "connectors": connectors,
@@ -58,6 +59,12 @@ def topology(
     path = tmp_path / "topology.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path, plan_topology(load_topology(path), str(path))
+
+
+def only(plan: Plan) -> UseCasePlan:
+    """The plan of the topology's one use case (named ``u<uid>``, so its topics are the test's own)."""
+    (uc,) = plan.usecases.values()
+    return uc
 
 
 def connect_once(plan: Plan) -> SiteConnectors:

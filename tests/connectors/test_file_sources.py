@@ -16,7 +16,11 @@ from connectors.sources.base import SourceRecord
 from topologies.schema import Input, UseCase
 
 INPUT = Input.model_validate(
-    {"key": "machine", "time": "ts", "schema": {"machine": "str", "ts": "timestamp", "value": "float"}}
+    {
+        "key": "machine",
+        "time": "ts",
+        "schema": {"machine": "str", "ts": "timestamp", "value": "float"},
+    }
 )
 
 
@@ -47,11 +51,24 @@ def drain(src, limit: int = 1000) -> list[SourceRecord]:
 
 
 def test_shaper_coerces_text_and_typed_values_and_names_the_bad_field():
-    shaper = RecordShaper({"id": "str", "n": "int", "x": "float", "ok": "bool", "ts": "timestamp"}, "id")
-    key, value = shaper.shape({"id": 7, "n": "3", "x": "2.5", "ok": "yes", "ts": "1700000000000", "extra": "kept"})
+    shaper = RecordShaper(
+        {"id": "str", "n": "int", "x": "float", "ok": "bool", "ts": "timestamp"}, "id"
+    )
+    key, value = shaper.shape(
+        {"id": 7, "n": "3", "x": "2.5", "ok": "yes", "ts": "1700000000000", "extra": "kept"}
+    )
     assert key == b"7"
-    assert orjson.loads(value) == {"id": "7", "n": 3, "x": 2.5, "ok": True, "ts": 1700000000000, "extra": "kept"}
-    key, value = shaper.shape({"id": "a", "n": 4.0, "x": 1, "ok": 0, "ts": "2026-01-02T03:04:05+00:00"})
+    assert orjson.loads(value) == {
+        "id": "7",
+        "n": 3,
+        "x": 2.5,
+        "ok": True,
+        "ts": 1700000000000,
+        "extra": "kept",
+    }
+    key, value = shaper.shape(
+        {"id": "a", "n": 4.0, "x": 1, "ok": 0, "ts": "2026-01-02T03:04:05+00:00"}
+    )
     assert orjson.loads(value)["ts"] == "2026-01-02T03:04:05+00:00"
     for bad, reason in [
         ({"n": "3.5"}, "field 'n': expected int"),
@@ -101,13 +118,20 @@ def test_csv_header_mapping_options_quoted_newlines_and_bad_rows(tmp_path: Path)
 def test_csv_without_header_and_an_unterminated_last_line(tmp_path: Path):
     path = tmp_path / "in.csv"
     path.write_text("m1,1,1.0\nm2,2,2.0")
-    config = {"kind": "csv", "path": str(path), "header": False, "columns": ["machine", "ts", "value"]}
+    config = {
+        "kind": "csv",
+        "path": str(path),
+        "header": False,
+        "columns": ["machine", "ts", "value"],
+    }
     live = source(config, once=False)
     assert [v["machine"] for v in values(drain(live))] == ["m1"]  # the last line may go on
     with path.open("a") as f:
         f.write("5\n")
     assert values(drain(live)) == [{"machine": "m2", "ts": 2, "value": 2.05}]
-    assert values(drain(source(config, {"files": {}}, once=True))) != []  # a fresh once-pass reads all
+    assert (
+        values(drain(source(config, {"files": {}}, once=True))) != []
+    )  # a fresh once-pass reads all
 
 
 def test_csv_appended_rows_new_files_and_resume_from_state(tmp_path: Path):
@@ -179,7 +203,10 @@ def test_logfile_multiline_records_wait_for_the_next_start(tmp_path: Path):
     with log.open("a") as f:
         f.write("3 m1 value=3 next\n")
     got = values(drain(live))
-    assert got[0]["message"] == 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: boom'
+    assert (
+        got[0]["message"]
+        == 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: boom'
+    )
     # a once-pass (or a quiet file) completes the last record
     assert [g["message"] for g in values(drain(source(config, live.state())))] == ["next"]
 
