@@ -151,17 +151,19 @@ class ConnectorRunner:
             try:
                 self._run(stop, once)
                 return
-            except (MlexecError, KafkaException, OSError, ValueError) as exc:
+            except Exception as exc:  # the connector goes on; the error is counted and logged
                 with self.status.lock:
                     self.status.errors += 1
                     self.status.last_error = str(exc)
                 if once:
                     raise
+                expected = isinstance(exc, MlexecError | KafkaException | OSError | ValueError)
                 _log.warning(
                     "connector %s failed, starting over from its checkpoint in %.1fs: %s",
                     self.connector_id,
                     delay,
                     exc,
+                    exc_info=not expected,
                 )
                 stop.wait(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not secrecy
                 delay = min(delay * 2, self._backoff[1])

@@ -72,7 +72,7 @@ class HttpSource:
         """Now on a first run or after a missed tick; else the next scheduled time."""
         if self._last_poll is None:
             return time.time()
-        return min(time.time(), self._after(self._last_poll))
+        return self._after(self._last_poll)  # in the past when a tick was missed: at once
 
     def _after(self, moment: float) -> float:
         cfg = self.config

@@ -147,6 +147,73 @@ MISTAKES = {
         "usecases.vib.model.path",
         ["does not exist"],
     ),
+    "connector of unknown kind": (
+        lambda d: d["usecases"]["vib"].update(connectors=[{"kind": "ftp", "path": "x"}]),
+        "usecases.vib.connectors.0",
+        ["csv", "logfile", "http", "sql", "kafka", "'ftp'"],
+    ),
+    "csv encoding unknown": (
+        lambda d: d["usecases"]["vib"].update(
+            connectors=[{"kind": "csv", "path": "in/*.csv", "encoding": "klingon"}]
+        ),
+        "usecases.vib.connectors.0.encoding",
+        ["text encoding", "'klingon'"],
+    ),
+    "log pattern without groups for the schema": (
+        lambda d: d["usecases"]["vib"].update(
+            connectors=[
+                {"kind": "logfile", "path": "a.log", "pattern": r"(?P<machine>\S+) (?P<a>\S+)"}
+            ]
+        ),
+        "usecases.vib.connectors.0.pattern",
+        ["named groups", "['ts', 'b']"],
+    ),
+    "log pattern that is no regex": (
+        lambda d: d["usecases"]["vib"].update(
+            connectors=[{"kind": "logfile", "path": "a.log", "pattern": "(?P<ts>"}]
+        ),
+        "usecases.vib.connectors.0.pattern",
+        ["regular expression", "'(?P<ts>'"],
+    ),
+    "http with interval and cron": (
+        lambda d: d["usecases"]["vib"].update(
+            connectors=[
+                {"kind": "http", "url": "http://127.0.0.1/x", "every": "1m", "cron": "0 * * * *"}
+            ]
+        ),
+        "usecases.vib.connectors.0",
+        ["exactly one of 'every'", "'cron'"],
+    ),
+    "http cron that is no schedule": (
+        lambda d: d["usecases"]["vib"].update(
+            connectors=[{"kind": "http", "url": "http://127.0.0.1/x", "cron": "every day"}]
+        ),
+        "usecases.vib.connectors.0.cron",
+        ["cron expression", "'every day'"],
+    ),
+    "http records path that is no JMESPath": (
+        lambda d: d["usecases"]["vib"].update(
+            connectors=[
+                {"kind": "http", "url": "http://127.0.0.1/x", "every": "1m", "records": "data[["}
+            ]
+        ),
+        "usecases.vib.connectors.0.records",
+        ["JMESPath", "'data[['"],
+    ),
+    "sql without table or query": (
+        lambda d: d["usecases"]["vib"].update(
+            connectors=[{"kind": "sql", "url": "sqlite:///x.db", "cursor": "id"}]
+        ),
+        "usecases.vib.connectors.0",
+        ["exactly one of 'table' or 'query'"],
+    ),
+    "two connectors with one name": (
+        lambda d: d["usecases"]["vib"].update(
+            connectors=[{"kind": "csv", "path": "a.csv"}, {"kind": "csv", "path": "b.csv"}]
+        ),
+        "usecases.vib.connectors.1.name",
+        ["unique", "'csv' twice"],
+    ),
     "sasl without credentials": (
         lambda d: d["sites"]["edge"]["kafka"].update(security={"protocol": "sasl_ssl"}),
         "sites.edge.kafka.security",
