@@ -18,6 +18,13 @@ from rich.console import Console
 from rich.table import Table
 
 from topologies.errors import MlexecError, TopologyError
+from topologies.schema import (
+    Connector,
+    CsvConnector,
+    HttpConnector,
+    LogfileConnector,
+    SqlConnector,
+)
 
 if TYPE_CHECKING:
     from connectors.runner import ConnectorStatus
@@ -97,6 +104,21 @@ def validate(topology: TopologyArg) -> None:
             f"{u.model.name} v{u.model.version}",
         )
     console.print(stages)
+    connectors = Table(title="connectors (mlexec connect)", title_justify="left")
+    for col in ("site", "use case", "connector", "kind", "reads", "writes"):
+        connectors.add_column(col)
+    for uc in plan.usecases.values():
+        for conn in uc.usecase.connectors:
+            connectors.add_row(
+                uc.site("connectors"),
+                uc.name,
+                conn.name or conn.kind,
+                conn.kind,
+                _reads(conn),
+                uc.raw_topic,
+            )
+    if connectors.row_count:
+        console.print(connectors)
     topics = Table(title="topics", title_justify="left")
     for col in ("site", "topic", "partitions"):
         topics.add_column(col)
@@ -113,6 +135,17 @@ def validate(topology: TopologyArg) -> None:
             days = rt.table.retention_seconds / 86400
             tables.add_row(site, rt.table.name, f"{days:g} d", cols)
     console.print(tables)
+
+
+def _reads(conn: Connector) -> str:
+    """Where a connector reads, for people (no secrets)."""
+    if isinstance(conn, CsvConnector | LogfileConnector):
+        return conn.path
+    if isinstance(conn, HttpConnector):
+        return f"{conn.url} ({conn.cron or f'every {conn.every}'})"
+    if isinstance(conn, SqlConnector):
+        return f"{conn.table or 'query'} by {conn.cursor}"
+    return f"topic {conn.topic}"
 
 
 class Part(StrEnum):

@@ -28,7 +28,7 @@ def test_compose_file_renders_with_docker_compose_config():
     )
     assert done.returncode == 0, done.stderr
     rendered = yaml.safe_load(done.stdout)
-    assert set(rendered["services"]) == {"kafka", "clickhouse", "edge-site"}
+    assert set(rendered["services"]) == {"kafka", "clickhouse", "edge-site", "edge-connectors"}
     for service in rendered["services"].values():
         for port in service.get("ports", []):
             published = (
@@ -37,9 +37,10 @@ def test_compose_file_renders_with_docker_compose_config():
             assert published.startswith("127.0.0.1:"), port
 
 
-def test_the_site_service_topology_points_at_the_stack(monkeypatch):
+@pytest.mark.parametrize("service", ["edge-site", "edge-connectors"])
+def test_the_site_services_topology_points_at_the_stack(monkeypatch, service):
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    site = compose["services"]["edge-site"]
+    site = compose["services"][service]
     command = " ".join(site["command"])
     topology = next(word for word in command.split() if word.endswith(".yaml"))
     for name, value in site["environment"].items():
@@ -50,3 +51,6 @@ def test_the_site_service_topology_points_at_the_stack(monkeypatch):
     assert edge.sample_store == "clickhouse://mlexec:mlexec@clickhouse:8123/mlexec"
     assert edge.state_dir == "/state"
     assert all(uc.model.path.startswith("/models/") for uc in topo.usecases.values())
+    if service == "edge-connectors":
+        assert "connect" in command
+        assert any(uc.connectors for uc in topo.usecases.values())
