@@ -215,7 +215,8 @@ class ConnectorRunner:
                 seen.difference_update(r.position for r in records)
             delivered = self._produce(producer, source.origin, fresh)
             for (topic, partition), offset in delivered.items():
-                offsets[topic][partition] = max(offsets[topic].get(partition, 0), offset + 1)
+                reached = offsets.setdefault(topic, {})
+                reached[partition] = max(reached.get(partition, 0), offset + 1)
             self._save(source, offsets)
             bad = sum(1 for r in fresh if r.error is not None)
             with self.status.lock:

@@ -294,7 +294,7 @@ class CsvSource:
             header = next(csv.reader(f, delimiter=cfg.delimiter, quotechar=cfg.quote), [])
         if cfg.columns:
             return list(cfg.columns)
-        return [h.strip() for h in header]
+        return [h.strip().lstrip("\ufeff") for h in header]  # a byte-order mark is no name
 
     def _row(
         self, path: str, cursor: Cursor, line: _Line, raw: bytes, columns: list[str]
