@@ -22,7 +22,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -43,6 +43,9 @@ __all__ = [
     "ConnectorCollector",
     "ConnectorRunner",
     "ConnectorStatus",
+    "StatusCollector",
+    "run_all",
+    "run_restarting",
 ]
 
 _log = logging.getLogger(__name__)
@@ -56,6 +59,74 @@ PRODUCER_SETTINGS: dict[str, Any] = {
     "acks": "all",
     "linger.ms": 5,
 }
+
+
+def run_restarting(
+    step: Callable[[], None],
+    stop: threading.Event,
+    *,
+    once: bool,
+    status: Any,
+    what: str,
+    backoff: tuple[float, float] = (0.5, 30.0),
+) -> None:
+    """Run ``step`` until it returns or ``stop`` is set; after a failure, again after a backoff.
+
+    Each failure counts in ``status.errors`` / ``status.last_error``; with ``once`` it is
+    raised instead. The step is expected to start over from its checkpoint.
+    """
+    delay = backoff[0]
+    while not stop.is_set():
+        try:
+            step()
+            return
+        except Exception as exc:  # the part goes on; the error is counted and logged
+            with status.lock:
+                status.errors += 1
+                status.last_error = str(exc)
+            if once:
+                raise
+            expected = isinstance(exc, MlexecError | KafkaException | OSError | ValueError)
+            _log.warning(
+                "%s failed, starting over from its checkpoint in %.1fs: %s",
+                what,
+                delay,
+                exc,
+                exc_info=not expected,
+            )
+            stop.wait(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not secrecy
+            delay = min(delay * 2, backoff[1])
+
+
+def run_all(runners: Sequence[Any], stop: threading.Event, *, once: bool, kind: str) -> None:
+    """Run each runner's ``run(stop, once=once)`` in a thread of its own; wait for all.
+
+    The first error is raised once every runner has stopped (with ``once``; running
+    continuously a runner only stops when ``stop`` is set).
+    """
+    errors: list[BaseException] = []
+
+    def work(runner: Any) -> None:
+        try:
+            runner.run(stop, once=once)
+        except BaseException as exc:  # reported after every runner has stopped
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=work, args=(r,), name=f"{kind}-{i}", daemon=True)
+        for i, r in enumerate(runners)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
+    if errors:
+        first = errors[0]
+        if isinstance(first, MlexecError):
+            raise first
+        msg = f"a {kind} failed: {first}"
+        raise MlexecError(msg) from first
 
 
 class Checkpoint:
@@ -146,27 +217,14 @@ class ConnectorRunner:
         A failing step (source or broker) starts over from the checkpoint after a
         backoff; with ``once`` the error is raised instead.
         """
-        delay = self._backoff[0]
-        while not stop.is_set():
-            try:
-                self._run(stop, once)
-                return
-            except Exception as exc:  # the connector goes on; the error is counted and logged
-                with self.status.lock:
-                    self.status.errors += 1
-                    self.status.last_error = str(exc)
-                if once:
-                    raise
-                expected = isinstance(exc, MlexecError | KafkaException | OSError | ValueError)
-                _log.warning(
-                    "connector %s failed, starting over from its checkpoint in %.1fs: %s",
-                    self.connector_id,
-                    delay,
-                    exc,
-                    exc_info=not expected,
-                )
-                stop.wait(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not secrecy
-                delay = min(delay * 2, self._backoff[1])
+        run_restarting(
+            lambda: self._run(stop, once),
+            stop,
+            once=once,
+            status=self.status,
+            what=f"connector {self.connector_id}",
+            backoff=self._backoff,
+        )
 
     def _run(self, stop: threading.Event, once: bool) -> None:
         saved = self.checkpoint.load()
@@ -218,6 +276,9 @@ class ConnectorRunner:
                 reached = offsets.setdefault(topic, {})
                 reached[partition] = max(reached.get(partition, 0), offset + 1)
             self._save(source, offsets)
+            committed = getattr(source, "committed", None)
+            if committed is not None:  # e.g. MQTT: acknowledge what Kafka now holds
+                committed()
             bad = sum(1 for r in fresh if r.error is not None)
             with self.status.lock:
                 s = self.status
@@ -315,46 +376,91 @@ class ConnectorRunner:
         return seen
 
 
-class ConnectorCollector(Collector):
-    """Prometheus metrics of a set of connectors, read from their status at scrape time."""
+class StatusCollector(Collector):
+    """Prometheus metrics read from status dataclasses at scrape time.
+
+    ``labels`` and ``counters`` / ``gauges`` name attributes of each status; the counters
+    are exported as ``<prefix>_<name>_total``, the gauges as ``<prefix>_<name>``.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        statuses: list[Any],
+        *,
+        labels: list[str],
+        counters: dict[str, str],
+        gauges: dict[str, str] | None = None,
+    ) -> None:
+        self._prefix = prefix
+        self._statuses = statuses
+        self._labels = labels
+        self._counters = counters
+        self._gauges = gauges or {}
+
+    def collect(self) -> Iterator[Any]:
+        families: dict[str, Any] = {
+            name: CounterMetricFamily(f"{self._prefix}_{name}", doc, labels=self._labels)
+            for name, doc in self._counters.items()
+        }
+        families |= {
+            name: GaugeMetricFamily(f"{self._prefix}_{name}", doc, labels=self._labels)
+            for name, doc in self._gauges.items()
+        }
+        for status in self._statuses:
+            with status.lock:
+                values = [str(getattr(status, label)) for label in self._labels]
+                for name, family in families.items():
+                    family.add_metric(values, getattr(status, name))
+                self.add_extra(status, values)
+        yield from families.values()
+        yield from self.extra()
+
+    def add_extra(self, status: Any, values: list[str]) -> None:
+        """Add a status's metrics that do not fit the counters and gauges."""
+
+    def extra(self) -> Iterator[Any]:
+        """The families :meth:`add_extra` filled."""
+        return iter(())
+
+
+class ConnectorCollector(StatusCollector):
+    """Prometheus metrics of a set of connectors."""
 
     def __init__(self, statuses: list[ConnectorStatus]) -> None:
-        self._statuses = statuses
+        super().__init__(
+            "mlexec_connector",
+            statuses,
+            labels=["usecase", "connector", "kind"],
+            counters={
+                "read": "Records read from the source",
+                "produced": "Records produced to the raw topic",
+                "deadlettered": "Records sent to the dead-letter topic",
+                "skipped": "Records re-read after a restart that were already produced",
+                "errors": "Failed steps (the connector starts over from its checkpoint)",
+            },
+            gauges={"checkpointed_at": "When the connector last wrote its checkpoint (unix time)"},
+        )
+        self._behind: GaugeMetricFamily | None = None
+        self._position: InfoMetricFamily | None = None
 
     def collect(self) -> Iterator[Any]:
         labels = ["usecase", "connector", "kind"]
-        counters = {
-            "read": "Records read from the source",
-            "produced": "Records produced to the raw topic",
-            "deadlettered": "Records sent to the dead-letter topic",
-            "skipped": "Records re-read after a restart that were already produced",
-            "errors": "Failed steps (the connector starts over from its checkpoint)",
-        }
-        families = {
-            name: CounterMetricFamily(f"mlexec_connector_{name}", doc, labels=labels)
-            for name, doc in counters.items()
-        }
-        behind = GaugeMetricFamily(
+        self._behind = GaugeMetricFamily(
             "mlexec_connector_behind",
             "How much of the source is not read yet",
             labels=[*labels, "unit"],
         )
-        checkpointed = GaugeMetricFamily(
-            "mlexec_connector_checkpoint_timestamp_seconds",
-            "When the connector last wrote its checkpoint",
-            labels=labels,
-        )
-        position = InfoMetricFamily(
+        self._position = InfoMetricFamily(
             "mlexec_connector_position", "Where the connector last read", labels=labels
         )
-        for s in self._statuses:
-            with s.lock:
-                values = [s.usecase, s.connector, s.kind]
-                for name, family in families.items():
-                    family.add_metric(values, getattr(s, name))
-                if s.behind is not None:
-                    behind.add_metric([*values, s.behind_unit], s.behind)
-                checkpointed.add_metric(values, s.checkpointed_at)
-                position.add_metric(values, {"position": s.position, "origin": s.origin})
-        yield from families.values()
-        yield from (behind, checkpointed, position)
+        yield from super().collect()
+
+    def add_extra(self, status: Any, values: list[str]) -> None:
+        assert self._behind is not None and self._position is not None
+        if status.behind is not None:
+            self._behind.add_metric([*values, status.behind_unit], status.behind)
+        self._position.add_metric(values, {"position": status.position, "origin": status.origin})
+
+    def extra(self) -> Iterator[Any]:
+        yield from (f for f in (self._behind, self._position) if f is not None)

@@ -1,4 +1,4 @@
-"""The ``mlexec`` command line: validate, connect, run, query, broker, demo."""
+"""The ``mlexec`` command line: validate, connect, run, act, query, broker, demo."""
 
 from __future__ import annotations
 
@@ -23,11 +23,17 @@ from topologies.schema import (
     CsvConnector,
     HttpConnector,
     LogfileConnector,
+    MqttConnector,
     SqlConnector,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from prometheus_client.registry import Collector
+
     from connectors.runner import ConnectorStatus
+    from dataflows.act import OutputStatus
 
 __all__ = ["app", "main"]
 
@@ -89,6 +95,7 @@ def validate(topology: TopologyArg) -> None:
         "dispatch",
         "infer",
         "store",
+        "act",
         "rule",
         "reduction",
         "model",
@@ -98,7 +105,7 @@ def validate(topology: TopologyArg) -> None:
         u = uc.usecase
         stages.add_row(
             uc.name,
-            *(uc.site(s) for s in ("connectors", "dispatch", "infer", "store")),
+            *(uc.site(s) for s in ("connectors", "dispatch", "infer", "store", "act")),
             u.dispatch.kind,
             f"{u.reduction.kind} → {len(uc.features)} columns",
             f"{u.model.name} v{u.model.version}",
@@ -145,6 +152,8 @@ def _reads(conn: Connector) -> str:
         return f"{conn.url} ({conn.cron or f'every {conn.every}'})"
     if isinstance(conn, SqlConnector):
         return f"{conn.table or 'query'} by {conn.cursor}"
+    if isinstance(conn, MqttConnector):
+        return f"mqtt://{conn.broker.host}:{conn.broker.port} {', '.join(conn.topics)}"
     return f"topic {conn.topic}"
 
 
@@ -245,32 +254,98 @@ def connect(
     Each connector checkpoints in the site's state directory after every delivered
     batch, so a restart resumes with nothing lost and nothing produced twice.
     """
-    from prometheus_client import CollectorRegistry, start_http_server
-
     from connectors.runner import ConnectorCollector
     from dataflows.connect import prepare_connectors, run_connectors
 
     try:
         _, plan = _load(topology)
         prepared = prepare_connectors(plan, site, usecase, once=once)
-        if metrics_port is not None:
-            registry = CollectorRegistry()
-            registry.register(ConnectorCollector(prepared.statuses))
-            start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
-        stop = threading.Event()
-
-        def handler(signum: int, _frame: object) -> None:
-            err_console.print(f"{signal.Signals(signum).name}: stopping after the current batch")
-            stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, handler)
+        collector = ConnectorCollector(prepared.statuses)
         try:
-            run_connectors(prepared, stop, once=once)
+            _run_parts(
+                lambda stop: run_connectors(prepared, stop, once=once), collector, metrics_port
+            )
         finally:
             _print_connectors(prepared.statuses)
     except MlexecError as exc:
         raise _fail(exc, 1) from exc
+
+
+@app.command()
+def act(
+    topology: TopologyArg,
+    site: SiteOpt,
+    usecase: Annotated[
+        str | None, typer.Option("--usecase", "-u", help="Run only this use case's outputs.")
+    ] = None,
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="Deliver what the predictions topic holds now, then exit."),
+    ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port.", min=1),
+    ] = None,
+) -> None:
+    """Deliver predictions to the use cases' outputs: Kafka, webhooks, MQTT, files.
+
+    Each output filters and debounces as declared, retries with backoff, sends what it
+    cannot deliver to <uc>.outputs.deadletter, and checkpoints its offsets in the
+    site's state directory once deliveries are durable.
+    """
+    from dataflows.act import OutputCollector, prepare_outputs, run_outputs
+
+    try:
+        _, plan = _load(topology)
+        prepared = prepare_outputs(plan, site, usecase)
+        collector = OutputCollector(prepared.statuses)
+        try:
+            _run_parts(lambda stop: run_outputs(prepared, stop, once=once), collector, metrics_port)
+        finally:
+            _print_outputs(prepared.statuses)
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+
+
+def _run_parts(
+    run: Callable[[threading.Event], None], collector: Collector, metrics_port: int | None
+) -> None:
+    """Serve metrics if asked, turn SIGINT/SIGTERM into a stop, and run."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    if metrics_port is not None:
+        registry = CollectorRegistry()
+        registry.register(collector)
+        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        err_console.print(f"{signal.Signals(signum).name}: stopping after the current batch")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    run(stop)
+
+
+def _print_outputs(statuses: list[OutputStatus]) -> None:
+    table = Table(title="outputs", title_justify="left")
+    for col in ("use case", "output", "consumed", "delivered", "filtered", "debounced"):
+        table.add_column(col, justify="right")
+    for col in ("retried", "dead letters", "mean latency"):
+        table.add_column(col, justify="right")
+    table.add_column("target")
+    for s in statuses:
+        mean = f"{1000 * s.latency_sum / s.latency_count:.0f} ms" if s.latency_count else ""
+        table.add_row(
+            s.usecase,
+            s.output,
+            *(f"{v:,}" for v in (s.consumed, s.delivered, s.filtered, s.debounced, s.retried)),
+            f"{s.deadlettered:,}",
+            mean,
+            s.target,
+        )
+    console.print(table)
 
 
 def _print_connectors(statuses: list[ConnectorStatus]) -> None:

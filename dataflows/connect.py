@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connectors.kafka import client_config, ensure_topics
-from connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus
+from connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus, run_all
 from connectors.sources import open_source
-from topologies.errors import MlexecError, TopologyError
+from topologies.errors import TopologyError
 from topologies.plan import Plan, TopicSpec
 
 __all__ = ["SiteConnectors", "prepare_connectors", "run_connectors"]
@@ -85,27 +85,4 @@ def run_connectors(
         msg = f"site {connectors.site!r} has no connectors to run"
         raise TopologyError(msg)
     ensure_topics(dict(connectors.kafka_conf), connectors.topics)
-    stop = stop or threading.Event()
-    errors: list[BaseException] = []
-
-    def work(runner: ConnectorRunner) -> None:
-        try:
-            runner.run(stop, once=once)
-        except BaseException as exc:  # reported after every connector has stopped
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=work, args=(r,), name=f"connector-{r.connector_id}", daemon=True)
-        for r in connectors.runners
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.2)
-    if errors:
-        first = errors[0]
-        if isinstance(first, MlexecError):
-            raise first
-        msg = f"a connector failed: {first}"
-        raise MlexecError(msg) from first
+    run_all(connectors.runners, stop or threading.Event(), once=once, kind="connector")

@@ -100,7 +100,6 @@ def _publish(rt: UseCaseRuntime, pred: Predictions) -> list[Outgoing]:
     values = prediction_values(pred, model.name, model.version)
     keys = pred.records.keys
     out = [Outgoing(plan.predictions_topic, values, keys)]
-    out.extend(Outgoing(extra.topic, values, keys) for extra in plan.usecase.outputs)
     keep, reasons = rt.sampler(pred)
     if keep.any():
         samples = sample_values(pred, keep, reasons, plan.features, model.name, model.version)

@@ -10,12 +10,12 @@ import re
 from dataclasses import dataclass
 
 from topologies.errors import TopologyError
-from topologies.schema import Aggregate, Topology, UseCase
+from topologies.schema import Aggregate, KafkaOutput, Topology, UseCase
 
 __all__ = ["STAGES", "Plan", "TopicSpec", "UseCasePlan", "plan_topology"]
 
 #: Stages of a use case in pipeline order.
-STAGES = ("connectors", "dispatch", "infer", "store")
+STAGES = ("connectors", "dispatch", "infer", "store", "act")
 
 _NUMERIC = ("float", "int", "bool")
 
@@ -40,6 +40,8 @@ class UseCasePlan:
     predictions_topic: str
     samples_topic: str
     deadletter_topic: str
+    #: Where outputs put what they could not deliver, with the last error.
+    outputs_deadletter_topic: str
     #: Columns after reduction, in order: what a model can take as input.
     features: tuple[str, ...]
     #: The columns fed to the model, in its input order.
@@ -62,7 +64,22 @@ class UseCasePlan:
             TopicSpec(self.predictions_topic, parts),
             TopicSpec(self.samples_topic, parts),
             TopicSpec(self.deadletter_topic, 1),
-            *(TopicSpec(out.topic, parts) for out in self.usecase.outputs),
+            *self.output_topics(),
+        ]
+
+    def output_topics(self) -> list[TopicSpec]:
+        """Topics the outputs write on the site's own cluster: Kafka outputs, their dead letters."""
+        outputs = self.usecase.outputs
+        if not outputs:
+            return []
+        parts = self.usecase.input.partitions
+        return [
+            *(
+                TopicSpec(out.topic, parts)
+                for out in outputs
+                if isinstance(out, KafkaOutput) and out.kafka is None
+            ),
+            TopicSpec(self.outputs_deadletter_topic, 1),
         ]
 
 
@@ -137,6 +154,7 @@ def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
             predictions_topic=f"{name}.predictions",
             samples_topic=f"{name}.samples",
             deadletter_topic=f"{name}.deadletter",
+            outputs_deadletter_topic=f"{name}.outputs.deadletter",
             features=features,
             model_inputs=inputs,
             table=f"samples_{_ident(name)}",

@@ -32,9 +32,12 @@ __all__ = [
     "Backoff",
     "Connector",
     "CsvConnector",
+    "Debounce",
     "Dispatch",
+    "FileOutput",
     "FieldType",
     "HttpConnector",
+    "HttpOutput",
     "Identity",
     "Input",
     "KafkaConnector",
@@ -43,6 +46,10 @@ __all__ = [
     "LogfileConnector",
     "MicroBatch",
     "Model",
+    "MqttBroker",
+    "MqttConnector",
+    "MqttOutput",
+    "MqttTls",
     "Multiline",
     "Output",
     "Placement",
@@ -364,8 +371,42 @@ class KafkaConnector(_Connector):
     start: Literal["earliest", "latest"] = "earliest"
 
 
+class MqttTls(_Model):
+    """TLS to an MQTT broker: a CA, and a client certificate for mutual TLS."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+class MqttBroker(_Model):
+    """Where an MQTT broker is and how to log in; the password from the environment."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: MqttTls | None = None
+    #: Client id; a fixed one keeps a QoS 1 session across restarts.
+    client_id: str | None = None
+    keepalive: int = Field(default=30, ge=5, le=3600)
+
+
+class MqttConnector(_Connector):
+    """Messages published to MQTT topics (QoS 1, acknowledged once in Kafka)."""
+
+    kind: Literal["mqtt"]
+    broker: MqttBroker = MqttBroker()
+    #: Topic filters to subscribe to, e.g. ``plant/+/telemetry``.
+    topics: list[str] = Field(min_length=1)
+    qos: Literal[0, 1, 2] = 1
+    #: The topic segment (0-based) that is the record's key, e.g. 1 for ``plant/<machine>/...``.
+    key_segment: int | None = None
+    poll: Duration = timedelta(milliseconds=200)
+
+
 Connector = Annotated[
-    CsvConnector | LogfileConnector | HttpConnector | SqlConnector | KafkaConnector,
+    CsvConnector | LogfileConnector | HttpConnector | SqlConnector | KafkaConnector | MqttConnector,
     Field(discriminator="kind"),
 ]
 
@@ -403,6 +444,8 @@ class Placement(_Model):
     dispatch: Name | None = None
     infer: Name | None = None
     store: Name | None = None
+    #: Where outputs deliver predictions (``mlexec act``); default: the infer site.
+    act: Name | None = None
 
 
 class MicroBatch(_Model):
@@ -487,14 +530,98 @@ class Sampling(_Model):
     keep_when: str | None = None
 
 
-class KafkaOutput(_Model):
-    """Predictions also go to another topic."""
+class Debounce(_Model):
+    """Spare an actuator: per key, at most one action per ``every``, and/or only on a change."""
+
+    every: Duration | None = None
+    #: An output whose change (e.g. of class) is worth an action; repeats are dropped.
+    on_change: str | None = None
+    #: Keys remembered (least recently acted on are forgotten first).
+    max_keys: int = Field(default=100_000, ge=1, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _something(self) -> Debounce:
+        if self.every is None and self.on_change is None:
+            msg = "'every' (an interval) and/or 'on_change' (an output name), found neither"
+            raise ValueError(msg)
+        return self
+
+
+class _Output(_Model):
+    #: Names the output's checkpoint and metrics; default: its kind.
+    name: Name | None = None
+    #: Only predictions for which this SQL condition holds, e.g. ``"label = 1"`` or
+    #: ``"probabilities_1 > 0.9"`` (columns: key, id, time, model, version, variant and
+    #: the outputs; a vector output ``p`` is ``p_0``, ``p_1``, ...).
+    when: str | None = None
+    debounce: Debounce | None = None
+    #: Where a first run starts on the predictions topic.
+    start: Literal["earliest", "latest"] = "earliest"
+    retry: Backoff = Backoff()
+
+
+class KafkaOutput(_Output):
+    """Predictions to another topic, on this site's cluster or another one."""
 
     kind: Literal["kafka"]
-    topic: str
+    topic: str = Field(min_length=1)
+    kafka: KafkaSettings | None = None
+    #: The prediction field that becomes the message key: key, id, model, ...
+    key: str = "key"
+    #: The JSON shape: these fields only (dotted paths such as ``outputs.label``); default all.
+    fields: list[str] | None = None
 
 
-Output = Annotated[KafkaOutput, Field(discriminator="kind")]
+class HttpOutput(_Output):
+    """A webhook: POST each prediction (or a JSON array of up to ``batch``)."""
+
+    kind: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+    batch: int = Field(default=1, ge=1, le=10_000)
+    #: Request headers; use ``${VAR}`` for secrets, they are never printed.
+    headers: dict[str, SecretStr] = {}
+    timeout: Duration = timedelta(seconds=10)
+
+
+class MqttOutput(_Output):
+    """Publish predictions to MQTT, on a topic made from the prediction."""
+
+    kind: Literal["mqtt"]
+    broker: MqttBroker = MqttBroker()
+    #: e.g. ``plant/{key}/anomaly``; fields: key, id, model, version, variant, outputs.
+    topic: str = Field(min_length=1)
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+
+    @field_validator("topic")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        names = {"key", "id", "model", "version", "variant", "time"}
+        for field in re.findall(r"{([^}]*)}", value):
+            if field not in names and not field.startswith("outputs."):
+                msg = f"a topic template using {sorted(names)} or outputs.<name>, found {{{field}}}"
+                raise ValueError(msg)
+        if "#" in value or "+" in value:
+            msg = f"a topic to publish to (no wildcards), found {value!r}"
+            raise ValueError(msg)
+        return value
+
+
+class FileOutput(_Output):
+    """Rolling JSON-lines or Parquet files of predictions."""
+
+    kind: Literal["file"]
+    #: The directory the files go to.
+    path: str = Field(min_length=1)
+    format: Literal["jsonl", "parquet"] = "jsonl"
+    #: A new file once the current one holds this many bytes (JSON lines) or rows (Parquet).
+    max_size: int = Field(default=64 << 20, ge=1)
+    #: A new file after this long.
+    every: Duration = timedelta(hours=1)
+    prefix: str = Field(default="predictions", pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+Output = Annotated[KafkaOutput | HttpOutput | MqttOutput | FileOutput, Field(discriminator="kind")]
 
 
 class UseCase(_Model):
@@ -543,6 +670,20 @@ class UseCase(_Model):
         return self
 
     @model_validator(mode="after")
+    def _outputs_named_once(self) -> UseCase:
+        names: set[str] = set()
+        for i, out in enumerate(self.outputs):
+            name = out.name or out.kind
+            if name in names:
+                msg = (
+                    f"outputs.{i}.name: a name unique in the use case, found {name!r} twice "
+                    "(name outputs of the same kind)"
+                )
+                raise ValueError(msg)
+            names.add(name)
+        return self
+
+    @model_validator(mode="after")
     def _reduction_fits_schema(self) -> UseCase:
         if isinstance(self.reduction, Aggregate):
             numeric = {"float", "int", "bool"}
@@ -580,7 +721,7 @@ class Topology(_Model):
                     raise ValueError(msg)
         for uc_name, uc in self.usecases.items():
             for stage, site in uc.placement.model_dump().items():
-                if site is None and len(sites) > 1:
+                if site is None and len(sites) > 1 and stage != "act":
                     msg = (
                         f"usecases.{uc_name}.placement.{stage}: with several sites each stage "
                         f"needs a site of {sorted(sites)}, found none"
@@ -594,4 +735,6 @@ class Topology(_Model):
     def site_of(self, usecase: str, stage: str) -> str:
         """The site that runs ``stage`` of ``usecase``."""
         placed: str | None = getattr(self.usecases[usecase].placement, stage)
+        if placed is None and stage == "act":
+            return self.site_of(usecase, "infer")
         return placed if placed is not None else next(iter(self.sites))

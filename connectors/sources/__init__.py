@@ -1,4 +1,4 @@
-"""Data connectors' reading side: CSV, log files, HTTP, SQL and Kafka sources.
+"""Data connectors' reading side: CSV, log files, HTTP, SQL, Kafka and MQTT sources.
 
 :func:`open_source` builds the source a topology's connector section declares, at the
 state its checkpoint holds; :class:`connectors.runner.ConnectorRunner` drives it.
@@ -16,6 +16,7 @@ from topologies.schema import (
     Input,
     KafkaConnector,
     LogfileConnector,
+    MqttConnector,
     SqlConnector,
 )
 
@@ -58,5 +59,9 @@ def open_source(
 
         conf = client_config(config.kafka) if config.kafka is not None else kafka_conf
         return KafkaTopicSource(config, shaper, state, conf, once=once)
+    if isinstance(config, MqttConnector):
+        from connectors.sources.mqtt import MqttSource
+
+        return MqttSource(config, shaper, state, key=schema.key, once=once)
     msg = f"unknown connector kind {config.kind!r}"  # pragma: no cover - the schema refuses it
     raise ValueError(msg)

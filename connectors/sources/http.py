@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +22,7 @@ import jmespath
 import orjson
 from croniter import croniter
 
+from connectors.retry import HttpStatusError, RetryableError, check_http, with_backoff
 from connectors.sources.base import RecordShaper, SourceRecord
 from topologies.errors import MlexecError
 from topologies.schema import HttpConnector
@@ -30,8 +30,6 @@ from topologies.schema import HttpConnector
 __all__ = ["HttpSource"]
 
 _log = logging.getLogger(__name__)
-
-_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 class HttpSource:
@@ -185,26 +183,15 @@ class HttpSource:
 
     def _fetch(self, url: str, headers: dict[str, str]) -> httpx.Response:
         """GET with retries on transport errors, timeouts and 408/429/5xx."""
-        retry = self.config.retry
-        delay = retry.initial.total_seconds()
-        problem = ""
-        for attempt in range(1, retry.attempts + 1):
-            try:
-                response = self._client.get(url, headers=headers)
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code < 400:
-                    return response
-                problem = f"HTTP {response.status_code}"
-                if response.status_code not in _RETRY_STATUS:
-                    break
-            if attempt < retry.attempts:
-                _log.info("%s: %s; retrying in %.1fs", url, problem, delay)
-                time.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not secrecy
-                delay = min(delay * 2, retry.max.total_seconds())
-        msg = f"GET {url} failed: {problem}"
-        raise MlexecError(msg)
+
+        def get() -> httpx.Response:
+            return check_http(lambda: self._client.get(url, headers=headers))
+
+        try:
+            return with_backoff(get, self.config.retry, what=f"GET {url}")
+        except (RetryableError, HttpStatusError) as exc:
+            msg = f"GET {url} failed: {exc}"
+            raise MlexecError(msg) from exc
 
 
 def _keep_next(known: dict[str, str]) -> dict[str, str]:

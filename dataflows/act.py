@@ -1,0 +1,373 @@
+"""Acting on the answer: each declared output consumes ``<uc>.predictions`` and delivers.
+
+One :class:`OutputRunner` per output, in a thread of ``mlexec act``. A step consumes
+what the predictions topic has, keeps what the ``when`` filter and the debounce let
+through, hands it to the sink, sends what the sink could not deliver to
+``<uc>.outputs.deadletter`` with the last error, and — once the sink says everything
+is durable — checkpoints the next offsets, the debounce state and the sink's state in
+``<state_dir>/outputs/<topology>/<usecase>.<name>.json``. Partitions are assigned, not
+group-joined, so several outputs read the same topic independently.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from connectors.kafka import CONSUMER_TUNING, KafkaDeliveryError, client_config, ensure_topics
+from connectors.outputs import Action, FileSink, HttpSink, KafkaSink, MqttSink, OutputSink
+from connectors.runner import Checkpoint, StatusCollector, run_all, run_restarting
+from operators.act import ActionFilter, Debouncer
+from topologies.errors import MlexecError, TopologyError
+from topologies.plan import Plan, TopicSpec
+from topologies.schema import FileOutput, HttpOutput, KafkaOutput, MqttOutput, Output
+
+__all__ = ["OutputCollector", "OutputRunner", "OutputStatus", "prepare_outputs", "run_outputs"]
+
+_STEP = 1000  # predictions consumed per step
+
+
+@dataclass
+class OutputStatus:
+    """What an output has done since its process started; exported to Prometheus."""
+
+    usecase: str
+    output: str
+    kind: str
+    target: str = ""
+    consumed: int = 0
+    delivered: int = 0
+    filtered: int = 0
+    debounced: int = 0
+    retried: int = 0
+    deadlettered: int = 0
+    errors: int = 0
+    #: Seconds from a prediction being produced to its delivery: total and count.
+    latency_sum: float = 0.0
+    latency_count: int = 0
+    last_error: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+
+class OutputRunner:
+    """Deliver one use case's predictions to one output."""
+
+    def __init__(
+        self,
+        *,
+        output_id: str,
+        config: Output,
+        status: OutputStatus,
+        make_sink: Callable[[dict[str, Any] | None], OutputSink],
+        conf: dict[str, Any],
+        predictions_topic: str,
+        deadletter_topic: str,
+        checkpoint: Checkpoint,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.output_id = output_id
+        self.config = config
+        self.status = status
+        self._make_sink = make_sink
+        self._conf = conf
+        self._topic = predictions_topic
+        self._dead = deadletter_topic
+        self.checkpoint = checkpoint
+        self._clock = clock
+        self._filter = ActionFilter(config.when)
+
+    def run(self, stop: threading.Event, *, once: bool = False) -> None:
+        """Run until ``stop`` is set or, with ``once``, until the predictions are all handled."""
+        run_restarting(
+            lambda: self._run(stop, once),
+            stop,
+            once=once,
+            status=self.status,
+            what=f"output {self.output_id}",
+        )
+
+    def _run(self, stop: threading.Event, once: bool) -> None:
+        saved = self.checkpoint.load() or {}
+        offsets = {int(p): o for p, o in saved.get("offsets", {}).items()}
+        debounce = self.config.debounce
+        debouncer = (
+            Debouncer(
+                debounce.every,
+                debounce.on_change,
+                max_keys=debounce.max_keys,
+                clock=self._clock,
+                state=saved.get("debounce"),
+            )
+            if debounce is not None
+            else None
+        )
+        consumer = Consumer(
+            {
+                **self._conf,
+                **CONSUMER_TUNING,
+                "group.id": "mlexec-act",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": self.config.start,
+            }
+        )
+        sink: OutputSink | None = None
+        producer = Producer({**self._conf, "enable.idempotence": True, "acks": "all"})
+        try:
+            meta = consumer.list_topics(self._topic, timeout=30.0).topics[self._topic]
+            parts = sorted(meta.partitions)
+            default = OFFSET_BEGINNING if self.config.start == "earliest" else OFFSET_END
+            consumer.assign(
+                [TopicPartition(self._topic, p, offsets.get(p, default)) for p in parts]
+            )
+            sink = self._make_sink(saved.get("sink"))
+            with self.status.lock:
+                self.status.target = sink.target
+            at_end: set[int] = set()
+            while not stop.is_set():
+                messages = consumer.consume(_STEP, 0.2)
+                good: list[Message] = []
+                for msg in messages:
+                    err = msg.error()
+                    if err is None:
+                        good.append(msg)
+                        at_end.discard(cast(int, msg.partition()))
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(cast(int, msg.partition()))
+                    else:
+                        msg_ = f"{self._topic}: {err}"
+                        raise MlexecError(msg_)
+                if good:
+                    self._step(good, sink, debouncer, producer)
+                    for msg in good:
+                        offsets[cast(int, msg.partition())] = cast(int, msg.offset()) + 1
+                sink.tick()
+                if (good or not messages) and sink.commit():
+                    self._save(offsets, debouncer, sink)
+                if once and not good and len(at_end) == len(parts):
+                    break
+            sink.close()
+            if sink.commit():
+                self._save(offsets, debouncer, sink)
+        finally:
+            consumer.close()
+            producer.flush(30.0)
+
+    def _step(
+        self,
+        messages: list[Message],
+        sink: OutputSink,
+        debouncer: Debouncer | None,
+        producer: Producer,
+    ) -> None:
+        predictions: list[dict[str, Any]] = []
+        produced_at: list[float] = []
+        raw: list[bytes] = []
+        broken: list[tuple[bytes, str]] = []
+        for msg in messages:
+            value = msg.value() or b""
+            try:
+                prediction = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                broken.append((value, f"not a prediction (JSON): {exc}"))
+                continue
+            if not isinstance(prediction, dict) or "id" not in prediction:
+                broken.append((value, "not a prediction: expected an object with an id"))
+                continue
+            predictions.append(prediction)
+            raw.append(value)
+            produced_at.append(msg.timestamp()[1] / 1000.0)
+        keep = self._filter(predictions)
+        filtered = int((~keep).sum())
+        debounced = 0
+        if debouncer is not None:
+            chosen = [p for p, k in zip(predictions, keep, strict=True) if k]
+            spared = debouncer(chosen)
+            debounced = int((~spared).sum())
+            it = iter(spared)
+            keep = keep.copy()
+            for i, k in enumerate(keep):
+                if k:
+                    keep[i] = next(it)
+        actions = [
+            Action(str(p["id"]), str(p.get("key")), p, raw[i])
+            for i, p in enumerate(predictions)
+            if keep[i]
+        ]
+        retried_before = sink.retried
+        failures = sink.deliver(actions) if actions else []
+        now = time.time()
+        failed_ids = {a.id for a, _ in failures}
+        latencies = [
+            now - produced_at[i]
+            for i, p in enumerate(predictions)
+            if keep[i] and str(p["id"]) not in failed_ids
+        ]
+        dead = [(a.value, reason) for a, reason in failures] + broken
+        if dead:
+            self._dead_letter(producer, dead)
+        with self.status.lock:
+            s = self.status
+            s.consumed += len(messages)
+            s.filtered += filtered
+            s.debounced += debounced
+            s.delivered += len(actions) - len(failures)
+            s.deadlettered += len(dead)
+            s.retried += sink.retried - retried_before
+            s.latency_sum += sum(latencies)
+            s.latency_count += len(latencies)
+            if failures:
+                s.last_error = failures[-1][1]
+
+    def _dead_letter(self, producer: Producer, dead: list[tuple[bytes, str]]) -> None:
+        errors: list[KafkaError] = []
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                errors.append(err)
+
+        for value, reason in dead:
+            headers: list[tuple[str, str | bytes | None]] = [
+                ("mlexec.output", self.output_id.encode()),
+                ("mlexec.reason", reason.encode()),
+                ("mlexec.stage", b"output"),
+            ]
+            producer.produce(self._dead, value=value, headers=headers, on_delivery=report)
+        left = producer.flush(60.0)
+        if errors or left:
+            msg = f"output {self.output_id}: dead letters undelivered: {errors[:3]} ({left} left)"
+            raise KafkaDeliveryError(msg)
+
+    def _save(self, offsets: dict[int, int], debouncer: Debouncer | None, sink: OutputSink) -> None:
+        self.checkpoint.save(
+            {
+                "output": self.output_id,
+                "offsets": {str(p): o for p, o in offsets.items()},
+                "debounce": debouncer.state() if debouncer is not None else None,
+                "sink": sink.state(),
+                "saved_at": time.time(),
+            }
+        )
+
+
+class OutputCollector(StatusCollector):
+    """Prometheus metrics of a set of outputs."""
+
+    def __init__(self, statuses: list[OutputStatus]) -> None:
+        super().__init__(
+            "mlexec_output",
+            statuses,
+            labels=["usecase", "output", "kind"],
+            counters={
+                "consumed": "Predictions read from the predictions topic",
+                "delivered": "Predictions delivered",
+                "filtered": "Predictions the 'when' condition left out",
+                "debounced": "Predictions the debounce left out",
+                "retried": "Delivery attempts that failed and were tried again",
+                "deadlettered": "Predictions sent to the output dead-letter topic",
+                "errors": "Failed steps (the output starts over from its checkpoint)",
+                "latency_sum": "Seconds from prediction to delivery, summed",
+                "latency_count": "Deliveries the latency sum covers",
+            },
+        )
+
+
+@dataclass(frozen=True)
+class SiteOutputs:
+    """The runners of one site's outputs and the topics they need."""
+
+    site: str
+    runners: list[OutputRunner]
+    topics: list[TopicSpec]
+    kafka_conf: dict[str, Any]
+
+    @property
+    def statuses(self) -> list[OutputStatus]:
+        return [r.status for r in self.runners]
+
+
+def _make_sink(
+    config: Output, conf: dict[str, Any], output_id: str, state: dict[str, Any] | None
+) -> OutputSink:
+    if isinstance(config, KafkaOutput):
+        target = client_config(config.kafka) if config.kafka is not None else conf
+        return KafkaSink(config, target)
+    if isinstance(config, HttpOutput):
+        return HttpSink(config)
+    if isinstance(config, MqttOutput):
+        return MqttSink(config, client_id=f"mlexec-{output_id}".replace("/", "-"))
+    if isinstance(config, FileOutput):
+        return FileSink(config, state)
+    msg = f"unknown output kind {config.kind!r}"  # pragma: no cover - the schema refuses it
+    raise ValueError(msg)
+
+
+def prepare_outputs(
+    plan: Plan,
+    site: str,
+    usecase: str | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> SiteOutputs:
+    """Build (without starting) the runners of the outputs whose ``act`` stage is on ``site``."""
+    plan.require_site(site)
+    topology = plan.topology
+    if usecase is not None and usecase not in plan.usecases:
+        msg = f"no use case {usecase!r} in topology {topology.name!r}; use cases: {sorted(plan.usecases)}"
+        raise TopologyError(msg)
+    settings = topology.sites[site]
+    conf = client_config(settings.kafka)
+    state_dir = Path(settings.state_dir) / "outputs" / topology.name
+    runners: list[OutputRunner] = []
+    topics: dict[str, TopicSpec] = {}
+    for uc in plan.usecases.values():
+        if (usecase is not None and uc.name != usecase) or uc.site("act") != site:
+            continue
+        for config in uc.usecase.outputs:
+            name = config.name or config.kind
+            output_id = f"{topology.name}/{uc.name}/{name}"
+            runners.append(
+                OutputRunner(
+                    output_id=output_id,
+                    config=config,
+                    status=OutputStatus(uc.name, name, config.kind),
+                    make_sink=functools.partial(_make_sink, config, conf, output_id),
+                    conf=conf,
+                    predictions_topic=uc.predictions_topic,
+                    deadletter_topic=uc.outputs_deadletter_topic,
+                    checkpoint=Checkpoint(state_dir / f"{uc.name}.{name}.json"),
+                    clock=clock,
+                )
+            )
+        parts = uc.usecase.input.partitions
+        topics.setdefault(uc.predictions_topic, TopicSpec(uc.predictions_topic, parts))
+        for spec in uc.output_topics():
+            topics.setdefault(spec.name, spec)
+    return SiteOutputs(site, runners, list(topics.values()), conf)
+
+
+def run_outputs(
+    outputs: SiteOutputs, stop: threading.Event | None = None, *, once: bool = False
+) -> None:
+    """Run every output until ``stop`` is set, or with ``once`` until each has caught up."""
+    if not outputs.runners:
+        msg = f"site {outputs.site!r} has no outputs to run"
+        raise TopologyError(msg)
+    ensure_topics(outputs.kafka_conf, outputs.topics)
+    run_all(outputs.runners, stop or threading.Event(), once=once, kind="output")
