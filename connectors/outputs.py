@@ -350,9 +350,10 @@ class FileSink:
 
     def deliver(self, actions: list[Action]) -> Failures:
         if self.config.format == "parquet":
-            self._rows += [a.prediction for a in actions]
-            if len(self._rows) >= self.config.max_size:
-                self._write_parquet()
+            for action in actions:
+                self._rows.append(action.prediction)
+                if len(self._rows) >= self.config.max_size:
+                    self._write_parquet()
             return []
         for action in actions:
             if self._f is None:

@@ -12,6 +12,7 @@ import pytest
 
 from connectors.kafka import read_topic
 from connectors.samplestore import open_store
+from dataflows.act import prepare_outputs, run_outputs
 from tests.dataflows.spine import FIELDS, feed, run_to_end, spine_topology
 
 
@@ -49,7 +50,8 @@ def test_every_valid_record_gets_one_prediction_equal_to_onnxruntime(broker, tmp
         and sample["time"] == good[next(iter(good))]["ts"]
     )
     assert sample["latency_ms"] >= 0
-    extra = read_topic(conf, f"actuate-{uid}")  # a declared extra output gets the same answers
+    run_outputs(prepare_outputs(plan, "here"), once=True)  # `mlexec act --once`
+    extra = read_topic(conf, f"actuate-{uid}")  # a declared Kafka output gets the same answers
     assert sorted(v for _, v, _, _, _ in extra) == sorted(
         v for _, v, _, _, _ in read_topic(conf, uc.predictions_topic)
     )
