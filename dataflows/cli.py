@@ -21,9 +21,13 @@ from topologies.errors import MlexecError, TopologyError
 from topologies.schema import (
     Connector,
     CsvConnector,
+    FileOutput,
     HttpConnector,
+    HttpOutput,
     LogfileConnector,
     MqttConnector,
+    MqttOutput,
+    Output,
     SqlConnector,
 )
 
@@ -126,6 +130,22 @@ def validate(topology: TopologyArg) -> None:
             )
     if connectors.row_count:
         console.print(connectors)
+    outputs = Table(title="outputs (mlexec act)", title_justify="left")
+    for col in ("site", "use case", "output", "kind", "to", "when", "debounce"):
+        outputs.add_column(col)
+    for uc in plan.usecases.values():
+        for out in uc.usecase.outputs:
+            outputs.add_row(
+                uc.site("act"),
+                uc.name,
+                out.name or out.kind,
+                out.kind,
+                _delivers_to(out),
+                out.when or "",
+                _debounce_text(out),
+            )
+    if outputs.row_count:
+        console.print(outputs)
     topics = Table(title="topics", title_justify="left")
     for col in ("site", "topic", "partitions"):
         topics.add_column(col)
@@ -155,6 +175,28 @@ def _reads(conn: Connector) -> str:
     if isinstance(conn, MqttConnector):
         return f"mqtt://{conn.broker.host}:{conn.broker.port} {', '.join(conn.topics)}"
     return f"topic {conn.topic}"
+
+
+def _debounce_text(out: Output) -> str:
+    d = out.debounce
+    if d is None:
+        return ""
+    parts = [
+        f"every {d.every}" if d.every else "",
+        f"on change of {d.on_change}" if d.on_change else "",
+    ]
+    return " and ".join(p for p in parts if p)
+
+
+def _delivers_to(out: Output) -> str:
+    """Where an output delivers, for people (no secrets)."""
+    if isinstance(out, HttpOutput):
+        return out.url
+    if isinstance(out, MqttOutput):
+        return f"mqtt://{out.broker.host}:{out.broker.port} {out.topic}"
+    if isinstance(out, FileOutput):
+        return f"{out.path} ({out.format})"
+    return f"topic {out.topic}"
 
 
 class Part(StrEnum):
