@@ -33,7 +33,7 @@ from confluent_kafka import (
 from connectors.kafka import CONSUMER_TUNING, KafkaDeliveryError, client_config, ensure_topics
 from connectors.outputs import Action, FileSink, HttpSink, KafkaSink, MqttSink, OutputSink
 from connectors.runner import Checkpoint, StatusCollector, run_all, run_restarting
-from operators.act import ActionFilter, Debouncer
+from operators.act import ActionFilter, ActionFilterError, Debouncer
 from topologies.errors import MlexecError, TopologyError
 from topologies.plan import Plan, TopicSpec
 from topologies.schema import FileOutput, HttpOutput, KafkaOutput, MqttOutput, Output
@@ -339,9 +339,14 @@ def prepare_outputs(
     for uc in plan.usecases.values():
         if (usecase is not None and uc.name != usecase) or uc.site("act") != site:
             continue
-        for config in uc.usecase.outputs:
+        for i, config in enumerate(uc.usecase.outputs):
             name = config.name or config.kind
             output_id = f"{topology.name}/{uc.name}/{name}"
+            try:
+                ActionFilter(config.when)
+            except ActionFilterError as exc:
+                msg = f"usecases.{uc.name}.outputs.{i}.when: expected {exc}"
+                raise TopologyError(msg) from exc
             runners.append(
                 OutputRunner(
                     output_id=output_id,

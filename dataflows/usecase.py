@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from connectors.samplestore import RESERVED_COLUMNS, SamplesTable
+from operators.act import ActionFilter, ActionFilterError
+from operators.emit import prediction_values
 from operators.infer import ModelError, ModelInfo, OnnxModel, Predictions, describe_model
 from operators.parse import RecordParser
 from operators.records import Records
@@ -97,6 +100,7 @@ class UseCaseRuntime:
             sampler.check(_example(plan, model))
         except SamplingError as exc:
             raise _fail(source, plan.name, "sampling.keep_when", f"expected {exc}") from exc
+        _check_outputs(plan, model, source)
         return cls(
             plan=plan,
             parser=RecordParser(uc.input.schema_, uc.input.key, uc.input.time, uc.input.time_unit),
@@ -105,6 +109,18 @@ class UseCaseRuntime:
             sampler=sampler,
             table=table,
         )
+
+
+def _check_outputs(plan: UseCasePlan, model: OnnxModel, source: str) -> None:
+    """Try each output's ``when`` on predictions shaped as the model makes them."""
+    example = [
+        orjson.loads(v) for v in prediction_values(_example(plan, model), model.name, model.version)
+    ]
+    for i, out in enumerate(plan.usecase.outputs):
+        try:
+            ActionFilter(out.when)(example)
+        except ActionFilterError as exc:
+            raise _fail(source, plan.name, f"outputs.{i}.when", f"expected {exc}") from exc
 
 
 def _example(plan: UseCasePlan, model: OnnxModel) -> Predictions:

@@ -70,6 +70,33 @@ def test_the_good_topology_validates_and_prints_the_plan(folder):
         assert expected in flat
 
 
+def test_validate_prints_connectors_and_outputs(folder):
+    doc = yaml.safe_load(GOOD)
+    doc["usecases"]["vib"]["connectors"] = [{"kind": "csv", "name": "export", "path": "in/*.csv"}]
+    doc["usecases"]["vib"]["outputs"] = [
+        {
+            "kind": "mqtt",
+            "topic": "plant/{key}/alarm",
+            "when": "y > 0.9",
+            "debounce": {"every": "30s", "on_change": "y"},
+        },
+        {"kind": "file", "path": "out", "format": "parquet"},
+    ]
+    code, out, _ = _validate(folder, yaml.safe_dump(doc, sort_keys=False))
+    assert code == 0, out
+    flat = _flat(out)
+    for expected in (
+        "export",
+        "in/*.csv",
+        "plant/{key}/alarm",
+        "y > 0.9",
+        "on change of y",
+        "out (parquet)",
+        "vib.outputs.deadletter",
+    ):
+        assert expected in flat, (expected, flat)
+
+
 def test_the_embedded_demo_topology_loads():
     from dataflows.demo import demo_topology_path
     from topologies import plan_topology
@@ -213,6 +240,27 @@ MISTAKES = {
         ),
         "usecases.vib.connectors.1.name",
         ["unique", "'csv' twice"],
+    ),
+    "mqtt topic template with an unknown field": (
+        lambda d: d["usecases"]["vib"].update(
+            outputs=[{"kind": "mqtt", "topic": "plant/{machine}/x"}]
+        ),
+        "usecases.vib.outputs.0.topic",
+        ["outputs.<name>", "{machine}"],
+    ),
+    "debounce with nothing to debounce on": (
+        lambda d: d["usecases"]["vib"].update(
+            outputs=[{"kind": "file", "path": "out", "debounce": {"max_keys": 5}}]
+        ),
+        "usecases.vib.outputs.0.debounce",
+        ["'every'", "'on_change'"],
+    ),
+    "output filter on a column that is not there": (
+        lambda d: d["usecases"]["vib"].update(
+            outputs=[{"kind": "file", "path": "out", "when": "nosuch > 1"}]
+        ),
+        "usecases.vib.outputs.0.when",
+        ["nosuch"],
     ),
     "sasl without credentials": (
         lambda d: d["sites"]["edge"]["kafka"].update(security={"protocol": "sasl_ssl"}),
