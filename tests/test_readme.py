@@ -31,4 +31,18 @@ def test_the_connector_examples_validate_and_cover_every_kind():
         }
     )
     kinds = {c.kind for c in checked.connectors}
-    assert kinds == {"csv", "logfile", "http", "sql", "kafka"}
+    assert kinds == {"csv", "logfile", "http", "sql", "kafka", "mqtt"}
+
+
+def test_the_output_examples_validate_and_cover_every_kind():
+    doc = _yaml_block_after("## Outputs")
+    (usecase,) = doc["usecases"].values()
+    checked = UseCase.model_validate(
+        {
+            "input": {"key": "k", "time": "t", "schema": {"k": "str", "t": "timestamp", "x": "float"}},
+            **usecase,
+            "dispatch": {"kind": "microbatch"},
+            "model": {"name": "m", "version": "1", "path": "m.onnx"},
+        }
+    )
+    assert {o.kind for o in checked.outputs} == {"kafka", "http", "mqtt", "file"}
