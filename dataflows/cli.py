@@ -502,6 +502,13 @@ def demo(
             report.retention[name],
         )
     console.print(summary)
+    for name, (considered, delivered, target) in report.actions.items():
+        console.print(
+            f"output [bold]{name}[/]: {delivered:,} of {considered:,} predictions acted on "
+            f"(anomalies, at most one per machine a minute) → {target}",
+            highlight=False,
+            soft_wrap=True,
+        )
     for title, frame in report.monitoring.items():
         table = Table(title=f"monitoring (SQL on the sample store): {title}", title_justify="left")
         for col in frame.columns:

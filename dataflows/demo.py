@@ -3,8 +3,9 @@
 It starts a local broker, makes synthetic sensor data (a CSV with a few broken rows)
 and two models trained on it (scikit-learn → ONNX), reads the CSV into the raw topic
 with the topology's CSV connector (broken rows are dead-lettered there), runs the demo
-topology's site to the end and reports what happened, using SQL on the sample store
-for the monitoring numbers. It stops the broker before it returns.
+topology's site to the end, delivers alarms with its file output, and reports what
+happened, using SQL on the sample store for the monitoring numbers. It stops the broker
+before it returns.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import polars as pl
 from connectors.broker import LocalBroker
 from connectors.kafka import client_config, read_topic
 from connectors.samplestore import open_store
+from dataflows.act import prepare_outputs, run_outputs
 from dataflows.connect import prepare_connectors, run_connectors
 from dataflows.run import prepare_resources, prepare_site, run_site
 from topologies import load_topology, plan_topology
@@ -150,6 +152,8 @@ class DemoReport:
     samples: dict[str, int]
     retention: dict[str, str]
     monitoring: dict[str, pl.DataFrame]
+    #: Per output: (predictions it considered, actions delivered, where to).
+    actions: dict[str, tuple[int, int, str]]
 
 
 @contextlib.contextmanager
@@ -195,6 +199,8 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
         connectors = prepare_connectors(plan, "edge", once=True)
         run_connectors(connectors, once=True)
         run_site(site)
+        outputs = prepare_outputs(plan, "edge")
+        run_outputs(outputs, once=True)
 
         predictions = {
             n: len(read_topic(conf, uc.predictions_topic)) for n, uc in plan.usecases.items()
@@ -232,4 +238,5 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
         samples=samples,
         retention=retention,
         monitoring=monitoring,
+        actions={s.output: (s.consumed, s.delivered, s.target) for s in outputs.statuses},
     )

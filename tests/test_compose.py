@@ -28,7 +28,13 @@ def test_compose_file_renders_with_docker_compose_config():
     )
     assert done.returncode == 0, done.stderr
     rendered = yaml.safe_load(done.stdout)
-    assert set(rendered["services"]) == {"kafka", "clickhouse", "edge-site", "edge-connectors"}
+    assert set(rendered["services"]) == {
+        "kafka",
+        "clickhouse",
+        "edge-site",
+        "edge-connectors",
+        "edge-act",
+    }
     for service in rendered["services"].values():
         for port in service.get("ports", []):
             published = (
@@ -37,7 +43,7 @@ def test_compose_file_renders_with_docker_compose_config():
             assert published.startswith("127.0.0.1:"), port
 
 
-@pytest.mark.parametrize("service", ["edge-site", "edge-connectors"])
+@pytest.mark.parametrize("service", ["edge-site", "edge-connectors", "edge-act"])
 def test_the_site_services_topology_points_at_the_stack(monkeypatch, service):
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     site = compose["services"][service]
@@ -54,3 +60,6 @@ def test_the_site_services_topology_points_at_the_stack(monkeypatch, service):
     if service == "edge-connectors":
         assert "connect" in command
         assert any(uc.connectors for uc in topo.usecases.values())
+    if service == "edge-act":
+        assert " act " in command
+        assert any(uc.outputs for uc in topo.usecases.values())

@@ -39,7 +39,11 @@ def test_the_output_examples_validate_and_cover_every_kind():
     (usecase,) = doc["usecases"].values()
     checked = UseCase.model_validate(
         {
-            "input": {"key": "k", "time": "t", "schema": {"k": "str", "t": "timestamp", "x": "float"}},
+            "input": {
+                "key": "k",
+                "time": "t",
+                "schema": {"k": "str", "t": "timestamp", "x": "float"},
+            },
             **usecase,
             "dispatch": {"kind": "microbatch"},
             "model": {"name": "m", "version": "1", "path": "m.onnx"},

@@ -46,9 +46,15 @@ def test_demo_reports_and_leaves_nothing_running_then_query_reads_its_store(tmp_
         "30 days",
         "7 days",
         "monitoring",
+        "output alarms",
     ):
         assert words in out, (words, out)
     assert _tansu_pids() <= before, "the demo left a broker running"
+    alarms = [
+        orjson.loads(line) for f in (work / "alarms").glob("*.jsonl") for line in f.open("rb")
+    ]
+    assert alarms and all(a["outputs"]["label"] == 1 for a in alarms)
+    assert len({a["key"] for a in alarms}) == len(alarms)  # one per machine: the run takes < 1 min
 
     env["MLEXEC_DEMO_DIR"] = str(work)
     query = subprocess.run(
