@@ -35,7 +35,7 @@ from connectors.outputs import Action, FileSink, HttpSink, KafkaSink, MqttSink, 
 from connectors.runner import Checkpoint, StatusCollector, run_all, run_restarting
 from operators.act import ActionFilter, ActionFilterError, Debouncer
 from topologies.errors import MlexecError, TopologyError
-from topologies.plan import Plan, TopicSpec
+from topologies.plan import ALERTS_TOPIC, Plan, TopicSpec
 from topologies.schema import FileOutput, HttpOutput, KafkaOutput, MqttOutput, Output
 
 __all__ = ["OutputCollector", "OutputRunner", "OutputStatus", "prepare_outputs", "run_outputs"]
@@ -187,9 +187,15 @@ class OutputRunner:
             except orjson.JSONDecodeError as exc:
                 broken.append((value, f"not a prediction (JSON): {exc}"))
                 continue
-            if not isinstance(prediction, dict) or "id" not in prediction:
-                broken.append((value, "not a prediction: expected an object with an id"))
+            if not isinstance(prediction, dict):
+                broken.append((value, "expected a JSON object"))
                 continue
+            if "id" not in prediction:
+                if self.config.source == "predictions":
+                    broken.append((value, "not a prediction: expected an object with an id"))
+                    continue
+                prediction["id"] = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
+                value = orjson.dumps(prediction)
             predictions.append(prediction)
             raw.append(value)
             produced_at.append(msg.timestamp()[1] / 1000.0)
@@ -354,7 +360,9 @@ def prepare_outputs(
                     status=OutputStatus(uc.name, name, config.kind),
                     make_sink=functools.partial(_make_sink, config, conf, output_id),
                     conf=conf,
-                    predictions_topic=uc.predictions_topic,
+                    predictions_topic=ALERTS_TOPIC
+                    if config.source == "alerts"
+                    else uc.predictions_topic,
                     deadletter_topic=uc.outputs_deadletter_topic,
                     checkpoint=Checkpoint(state_dir / f"{uc.name}.{name}.json"),
                     clock=clock,

@@ -29,6 +29,10 @@ class ActionFilterError(ValueError):
 def action_frame(predictions: Sequence[dict[str, Any]]) -> pl.DataFrame:
     """Columns a condition may use: the prediction's metadata and its outputs flattened."""
     cols: dict[str, list[Any]] = {name: [p.get(name) for p in predictions] for name in _META}
+    for p in predictions:  # other top-level scalars (an alert's severity, use case, ...)
+        for name, value in p.items():
+            if name not in cols and name != "outputs" and not isinstance(value, dict | list):
+                cols[name] = [q.get(name) for q in predictions]
     names: dict[str, int] = {}
     for p in predictions:
         for name, value in p.get("outputs", {}).items():
@@ -39,7 +43,9 @@ def action_frame(predictions: Sequence[dict[str, Any]]) -> pl.DataFrame:
             cols[name] = [p.get("outputs", {}).get(name) for p in predictions]
         else:
             for i in range(width):
-                cols[f"{name}_{i}"] = [_item(p.get("outputs", {}).get(name), i) for p in predictions]
+                cols[f"{name}_{i}"] = [
+                    _item(p.get("outputs", {}).get(name), i) for p in predictions
+                ]
     return pl.DataFrame(cols, strict=False)
 
 

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from topologies.errors import TopologyError
 from topologies.schema import Aggregate, KafkaOutput, Topology, UseCase
 
-__all__ = ["STAGES", "Plan", "TopicSpec", "UseCasePlan", "plan_topology"]
+__all__ = ["ALERTS_TOPIC", "STAGES", "Plan", "TopicSpec", "UseCasePlan", "plan_topology"]
+
+#: Alerts of every use case and part (monitoring, model life cycle, outputs).
+ALERTS_TOPIC = "mlexec.alerts"
 
 #: Stages of a use case in pipeline order.
 STAGES = ("connectors", "dispatch", "infer", "store", "act")
@@ -80,6 +83,7 @@ class UseCasePlan:
                 if isinstance(out, KafkaOutput) and out.kafka is None
             ),
             TopicSpec(self.outputs_deadletter_topic, 1),
+            *([TopicSpec(ALERTS_TOPIC, 1)] if any(o.source == "alerts" for o in outputs) else []),
         ]
 
 

@@ -555,7 +555,10 @@ class _Output(_Model):
     #: the outputs; a vector output ``p`` is ``p_0``, ``p_1``, ...).
     when: str | None = None
     debounce: Debounce | None = None
-    #: Where a first run starts on the predictions topic.
+    #: What to act on: the use case's predictions, or the alerts on ``mlexec.alerts``
+    #: (JSON objects; ``when`` may use their top-level fields).
+    source: Literal["predictions", "alerts"] = "predictions"
+    #: Where a first run starts on that topic.
     start: Literal["earliest", "latest"] = "earliest"
     retry: Backoff = Backoff()
 
@@ -593,18 +596,21 @@ class MqttOutput(_Output):
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
 
-    @field_validator("topic")
-    @classmethod
-    def _template(cls, value: str) -> str:
+    @model_validator(mode="after")
+    def _template(self) -> MqttOutput:
         names = {"key", "id", "model", "version", "variant", "time"}
-        for field in re.findall(r"{([^}]*)}", value):
-            if field not in names and not field.startswith("outputs."):
-                msg = f"a topic template using {sorted(names)} or outputs.<name>, found {{{field}}}"
+        for field in re.findall(r"{([^}]*)}", self.topic):
+            known = field in names or field.startswith("outputs.")
+            if self.source == "predictions" and not known:
+                msg = (
+                    f"topic: a template using {sorted(names)} or outputs.<name>, "
+                    f"found {{{field}}}"
+                )
                 raise ValueError(msg)
-        if "#" in value or "+" in value:
-            msg = f"a topic to publish to (no wildcards), found {value!r}"
+        if "#" in self.topic or "+" in self.topic:
+            msg = f"topic: a topic to publish to (no wildcards), found {self.topic!r}"
             raise ValueError(msg)
-        return value
+        return self
 
 
 class FileOutput(_Output):

@@ -355,3 +355,26 @@ def test_parquet_output_and_kafka_output_with_a_chosen_shape(tmp_path, broker, u
     frame = pl.read_parquet(tmp_path / "pq" / "*.parquet")
     assert sorted(frame["id"].to_list()) == sorted(p["id"] for p in preds)
     assert len(list((tmp_path / "pq").glob("*.parquet"))) == 4  # 300 rows a file, then the rest
+
+
+def test_an_output_can_act_on_alerts(tmp_path, broker, uid):
+    output = {
+        "kind": "file",
+        "name": "pager",
+        "path": str(tmp_path / "pager"),
+        "source": "alerts",
+        "when": f"severity = 'critical' AND usecase = 'u{uid}'",
+    }
+    _, plan, uc = _topology(tmp_path, broker, uid, [output])
+    alerts = [
+        {"usecase": f"u{uid}", "severity": s, "kind": "drift", "message": f"alert {i}"}
+        for i, s in enumerate(["warning", "critical", "critical", "info"])
+    ] + [{"usecase": "another", "severity": "critical", "kind": "drift", "message": "not ours"}]
+    conf = {"bootstrap.servers": broker.bootstrap}
+    ensure_topics(conf, uc.topics())
+    produce_records(conf, "mlexec.alerts", [(None, orjson.dumps(a)) for a in alerts])
+    (status,) = _act_once(plan)
+    got = _lines(tmp_path / "pager")
+    assert [a["message"] for a in got] == ["alert 1", "alert 2"]
+    assert all(a["id"].startswith("mlexec.alerts:0:") for a in got)  # an id where none was sent
+    assert status.delivered == 2 and status.filtered >= 3
