@@ -71,8 +71,8 @@ class OutputSink(Protocol):
         """Make what was delivered durable; whether all of it is now."""
         ...
 
-    def tick(self) -> None:
-        """Time-based work between steps (rotating files)."""
+    def tick(self) -> bool:
+        """Time-based work between steps (rotating files); whether the state changed."""
         ...
 
     def state(self) -> dict[str, Any]: ...
@@ -140,8 +140,8 @@ class KafkaSink:
     def commit(self) -> bool:
         return True
 
-    def tick(self) -> None:
-        pass
+    def tick(self) -> bool:
+        return False
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -199,8 +199,8 @@ class HttpSink:
     def commit(self) -> bool:
         return True
 
-    def tick(self) -> None:
-        pass
+    def tick(self) -> bool:
+        return False
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -286,8 +286,8 @@ class MqttSink:
     def commit(self) -> bool:
         return True
 
-    def tick(self) -> None:
-        pass
+    def tick(self) -> bool:
+        return False
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -398,14 +398,15 @@ class FileSink:
             os.fsync(self._f.fileno())
         return True
 
-    def tick(self) -> None:
+    def tick(self) -> bool:
         if self._clock() - self._opened < self.config.every.total_seconds():
-            return
+            return False
         if self.config.format == "parquet":
             self._write_parquet()
         elif self._name is not None:
             self._close_jsonl()
         self._opened = self._clock()
+        return True
 
     def state(self) -> dict[str, Any]:
         return {"seq": self._seq, "file": self._name, "size": self._size, "opened": self._opened}

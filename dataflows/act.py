@@ -140,6 +140,7 @@ class OutputRunner:
             with self.status.lock:
                 self.status.target = sink.target
             at_end: set[int] = set()
+            dirty = False  # state not checkpointed yet
             while not stop.is_set():
                 messages = consumer.consume(_STEP, 0.2)
                 good: list[Message] = []
@@ -157,9 +158,11 @@ class OutputRunner:
                     self._step(good, sink, debouncer, producer)
                     for msg in good:
                         offsets[cast(int, msg.partition())] = cast(int, msg.offset()) + 1
-                sink.tick()
-                if (good or not messages) and sink.commit():
+                    dirty = True
+                dirty = sink.tick() or dirty
+                if dirty and sink.commit():
                     self._save(offsets, debouncer, sink)
+                    dirty = False
                 if once and not good and len(at_end) == len(parts):
                     break
             sink.close()
