@@ -193,9 +193,10 @@ class ConnectorRunner:
         open_source: Callable[[dict[str, Any] | None], Source],
         conf: dict[str, Any],
         raw_topic: str,
-        deadletter_topic: str,
+        deadletter_topic: str | None,
         checkpoint: Checkpoint,
         batch: int = 5000,
+        topics: list[str] | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
     ) -> None:
         self.connector_id = connector_id
@@ -204,6 +205,8 @@ class ConnectorRunner:
         self._conf = conf
         self._raw = raw_topic
         self._dead = deadletter_topic
+        #: Every topic this runner writes: scanned for its own messages on a restart.
+        self._topics = topics or [t for t in (raw_topic, deadletter_topic) if t is not None]
         self.checkpoint = checkpoint
         self._batch = batch
         self._backoff = backoff
@@ -229,7 +232,7 @@ class ConnectorRunner:
     def _run(self, stop: threading.Event, once: bool) -> None:
         saved = self.checkpoint.load()
         if saved is None:
-            offsets = {t: end_offsets(self._conf, t) for t in (self._raw, self._dead)}
+            offsets = {t: end_offsets(self._conf, t) for t in self._topics}
             seen: set[str] = set()
         else:
             offsets = {
@@ -315,8 +318,12 @@ class ConnectorRunner:
                 self._id_header,
                 (HEADER_POSITION, rec.position.encode()),
             ]
-            topic = self._raw
+            headers += rec.headers
+            topic = rec.topic or self._raw
             if rec.error is not None:
+                if self._dead is None:
+                    msg = f"{self.connector_id}: {rec.where}: {rec.error}"
+                    raise MlexecError(msg)
                 topic = self._dead
                 headers += [
                     ("mlexec.reason", rec.error.encode()),
@@ -327,7 +334,12 @@ class ConnectorRunner:
             while True:
                 try:
                     producer.produce(
-                        topic, value=rec.value, key=rec.key, headers=headers, on_delivery=report
+                        topic,
+                        value=rec.value,
+                        key=rec.key,
+                        headers=headers,
+                        on_delivery=report,
+                        partition=-1 if rec.partition is None else rec.partition,  # -1: by key
                     )
                     break
                 except BufferError:

@@ -365,14 +365,15 @@ def prepare_outputs(
                     conf=conf,
                     predictions_topic=ALERTS_TOPIC
                     if config.source == "alerts"
-                    else uc.predictions_topic,
+                    else uc.read_name(uc.predictions_topic, "infer", "act"),
                     deadletter_topic=uc.outputs_deadletter_topic,
                     checkpoint=Checkpoint(state_dir / f"{uc.name}.{name}.json"),
                     clock=clock,
                 )
             )
         parts = uc.usecase.input.partitions
-        topics.setdefault(uc.predictions_topic, TopicSpec(uc.predictions_topic, parts))
+        predictions = uc.read_name(uc.predictions_topic, "infer", "act")
+        topics.setdefault(predictions, TopicSpec(predictions, parts))
         for spec in uc.output_topics():
             topics.setdefault(spec.name, spec)
     return SiteOutputs(site, runners, list(topics.values()), conf)

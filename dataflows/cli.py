@@ -349,6 +349,38 @@ def act(
         raise _fail(exc, 1) from exc
 
 
+@app.command()
+def mirror(
+    topology: TopologyArg,
+    link: Annotated[str, typer.Option("--link", help="SOURCE:TARGET, a link of the topology.")],
+    once: Annotated[
+        bool, typer.Option("--once", help="Carry what is there now both ways, then exit.")
+    ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port.", min=1),
+    ] = None,
+) -> None:
+    """Carry a link's topics both ways (MirrorMaker 2's contract, on one machine).
+
+    Up: what the placement needs on the target, and alerts; down: models. Remote topics
+    are <site>.<topic>; a restart or an outage of the other side loses and repeats nothing.
+    """
+    from connectors.runner import ConnectorCollector
+    from dataflows.mirror import prepare_mirror, run_mirror
+
+    try:
+        _, plan = _load(topology)
+        prepared = prepare_mirror(plan, link, once=once)
+        collector = ConnectorCollector(prepared.statuses)
+        try:
+            _run_parts(lambda stop: run_mirror(prepared, stop, once=once), collector, metrics_port)
+        finally:
+            _print_connectors(prepared.statuses)
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+
+
 def _run_parts(
     run: Callable[[threading.Event], None], collector: Collector, metrics_port: int | None
 ) -> None:
@@ -408,6 +440,40 @@ def _print_connectors(statuses: list[ConnectorStatus]) -> None:
             s.position,
         )
     console.print(table)
+
+
+class Rendering(StrEnum):
+    """What ``mlexec render`` writes."""
+
+    mm2 = "mm2"
+
+
+@app.command()
+def render(
+    topology: TopologyArg,
+    what: Annotated[Rendering, typer.Argument(help="mm2: MirrorMaker 2 properties per link.")],
+    out: Annotated[Path, typer.Option(help="The directory to write to.")] = Path("deploy"),
+) -> None:
+    """Write what the infrastructure needs: MirrorMaker 2 properties for every link.
+
+    Files are private (mode 0600): with SASL they hold the credentials.
+    """
+    from topologies.render import render_mm2
+
+    try:
+        topo, plan = _load(topology)
+    except MlexecError as exc:
+        raise _fail(exc) from exc
+    if not topo.links:
+        raise _fail(TopologyError(f"{topology}: links: no links to render MirrorMaker 2 for"))
+    out.mkdir(parents=True, exist_ok=True)
+    for link in topo.links:
+        path = out / f"mm2-{link.source}-{link.target}.properties"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(render_mm2(plan, link))
+        os.chmod(path, 0o600)
+        console.print(f"wrote {path}")
 
 
 @app.command()

@@ -140,9 +140,8 @@ def _store_branch(
 ) -> tuple[Stream[tuple[str, Any]], Stream[Outgoing]]:
     plan = rt.plan
     n = plan.name
-    source = KafkaBatchSource(
-        conf, plan.samples_topic, until_end=until_end, group=f"mlexec-{n}-store"
-    )
+    samples = plan.read_name(plan.samples_topic, "infer", "store")
+    source = KafkaBatchSource(conf, samples, until_end=until_end, group=f"mlexec-{n}-store")
     raw = op.input(f"{n}_samples", flow, source)
     split = op.map(f"{n}_sample-rows", raw, lambda b: _sample_rows(rt, b))
     rows = op.filter_map(

@@ -12,10 +12,28 @@ from dataclasses import dataclass
 from topologies.errors import TopologyError
 from topologies.schema import Aggregate, KafkaOutput, Topology, UseCase
 
-__all__ = ["ALERTS_TOPIC", "STAGES", "Plan", "TopicSpec", "UseCasePlan", "plan_topology"]
+__all__ = [
+    "ALERTS_TOPIC",
+    "MODELS_TOPIC",
+    "STAGES",
+    "Plan",
+    "TopicSpec",
+    "Transfer",
+    "UseCasePlan",
+    "plan_topology",
+    "remote_name",
+]
 
 #: Alerts of every use case and part (monitoring, model life cycle, outputs).
 ALERTS_TOPIC = "mlexec.alerts"
+#: Model artifacts, compacted; published in the cloud, carried down to the edges.
+MODELS_TOPIC = "mlexec.models"
+
+
+def remote_name(source_site: str, topic: str) -> str:
+    """A topic's name on the other side of a link (MirrorMaker 2's default policy)."""
+    return f"{source_site}.{topic}"
+
 
 #: Stages of a use case in pipeline order.
 STAGES = ("connectors", "dispatch", "infer", "store", "act")
@@ -58,6 +76,14 @@ class UseCasePlan:
         """The site running ``stage``."""
         return dict(self.sites)[stage]
 
+    def read_name(self, topic: str, producer: str, consumer: str) -> str:
+        """The name ``topic`` (written by stage ``producer``) has where ``consumer`` runs.
+
+        The same name on the same site; across a link, the mirrored ``<site>.<topic>``.
+        """
+        made_on = self.site(producer)
+        return topic if made_on == self.site(consumer) else remote_name(made_on, topic)
+
     def topics(self) -> list[TopicSpec]:
         """Every topic of this use case."""
         parts = self.usecase.input.partitions
@@ -88,6 +114,15 @@ class UseCasePlan:
 
 
 @dataclass(frozen=True)
+class Transfer:
+    """Topics one direction of a link carries: produced on ``source``, needed on ``target``."""
+
+    source: str
+    target: str
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything a topology implies, per use case."""
 
@@ -104,7 +139,54 @@ class Plan:
         for uc in self.usecases_at(site):
             for topic in uc.topics():
                 seen.setdefault(topic.name, topic)
+            parts = uc.usecase.input.partitions
+            for topic, producer, consumer in (
+                (uc.samples_topic, "infer", "store"),
+                (uc.predictions_topic, "infer", "act"),
+            ):
+                if uc.site(consumer) == site:
+                    name = uc.read_name(topic, producer, consumer)
+                    seen.setdefault(name, TopicSpec(name, parts))
         return list(seen.values())
+
+    def needs(self) -> dict[tuple[str, str], set[str]]:
+        """Per (producing site, consuming site), the use-case topics the placement moves."""
+        moves: dict[tuple[str, str], set[str]] = {}
+        for uc in self.usecases.values():
+            hops = [
+                (uc.raw_topic, "connectors", "dispatch"),
+                (uc.reduced_topic, "dispatch", "infer"),
+                (uc.samples_topic, "infer", "store"),
+            ]
+            if uc.usecase.outputs:
+                hops.append((uc.predictions_topic, "infer", "act"))
+            for topic, producer, consumer in hops:
+                if uc.usecase.connectors or producer != "connectors":
+                    a, b = uc.site(producer), uc.site(consumer)
+                    if a != b:
+                        moves.setdefault((a, b), set()).add(topic)
+        return moves
+
+    def transfers(self) -> list[Transfer]:
+        """Both directions of every link: what the placement needs, alerts up, models down."""
+        needs = self.needs()
+        out = []
+        for link in self.topology.links:
+            up = needs.get((link.source, link.target), set()) | {ALERTS_TOPIC}
+            down = needs.get((link.target, link.source), set()) | {MODELS_TOPIC}
+            out.append(Transfer(link.source, link.target, tuple(sorted(up))))
+            out.append(Transfer(link.target, link.source, tuple(sorted(down))))
+        return out
+
+    def topic_spec(self, name: str) -> TopicSpec:
+        """Partitions and configs of a topic the topology names (alerts, models included)."""
+        if name == MODELS_TOPIC:
+            return TopicSpec(name, 1, (("cleanup.policy", "compact"),))
+        for uc in self.usecases.values():
+            for spec in uc.topics():
+                if spec.name == name:
+                    return spec
+        return TopicSpec(name, 1)
 
     def require_site(self, site: str) -> None:
         """Refuse an unknown site name, naming the ones there are."""
@@ -164,4 +246,13 @@ def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
             table=f"samples_{_ident(name)}",
             sites=tuple((stage, topology.site_of(name, stage)) for stage in STAGES),
         )
-    return Plan(topology=topology, usecases=plans)
+    plan = Plan(topology=topology, usecases=plans)
+    linked = {frozenset((link.source, link.target)) for link in topology.links}
+    for (a, b), topics in sorted(plan.needs().items()):
+        if frozenset((a, b)) not in linked:
+            msg = (
+                f"{source}: links: topics {sorted(topics)} are produced on site {a!r} and needed "
+                f"on site {b!r}, but no link connects them; add links: [{{source: {a}, target: {b}}}]"
+            )
+            raise TopologyError(msg)
+    return plan

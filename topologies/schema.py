@@ -172,7 +172,12 @@ class Site(_Model):
 
 
 class TransferLink(_Model):
-    """Data moving between two sites' brokers (MirrorMaker 2 in production)."""
+    """Data moving between two sites' brokers (MirrorMaker 2 in production).
+
+    Data the placement needs flows both ways: up from ``source`` (an edge) to ``target``
+    (the cloud) — raw, reduced data, predictions, samples, alerts — and models down. A
+    ``secure`` link (the default) refuses sites whose Kafka is plaintext.
+    """
 
     source: Name
     target: Name
@@ -603,8 +608,7 @@ class MqttOutput(_Output):
             known = field in names or field.startswith("outputs.")
             if self.source == "predictions" and not known:
                 msg = (
-                    f"topic: a template using {sorted(names)} or outputs.<name>, "
-                    f"found {{{field}}}"
+                    f"topic: a template using {sorted(names)} or outputs.<name>, found {{{field}}}"
                 )
                 raise ValueError(msg)
         if "#" in self.topic or "+" in self.topic:
@@ -723,6 +727,18 @@ class Topology(_Model):
                 if getattr(link, end) not in sites:
                     msg = (
                         f"links.{i}.{end}: a site of {sorted(sites)}, found {getattr(link, end)!r}"
+                    )
+                    raise ValueError(msg)
+            if link.source == link.target:
+                msg = f"links.{i}.target: a site other than the source, found {link.target!r}"
+                raise ValueError(msg)
+            for end in (link.source, link.target):
+                protocol = self.sites[end].kafka.security.protocol
+                if link.secure and protocol == "plaintext":
+                    msg = (
+                        f"links.{i}.secure: a secure link needs TLS or SASL at both ends; site "
+                        f"{end!r} has protocol 'plaintext' (set sites.{end}.kafka.security, or "
+                        "secure: false on a trusted network)"
                     )
                     raise ValueError(msg)
         for uc_name, uc in self.usecases.items():

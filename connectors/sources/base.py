@@ -34,6 +34,11 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     error: str | None = None
+    #: Where it goes instead of the use case's raw topic (the mirror: ``<site>.<topic>``),
+    #: to which partition, and headers to carry along.
+    topic: str | None = None
+    partition: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class Source(Protocol):

@@ -1,8 +1,12 @@
-"""Kafka source: bring records from an existing topic (this cluster or another) into a use case.
+"""Kafka sources: records from existing topics, into a use case or across a link.
 
 Partitions are assigned, not group-joined, and the next offset of each is the
-connector's state — so a restart resumes exactly where the checkpoint says, and a slow
+source's state — so a restart resumes exactly where the checkpoint says, and a slow
 consumer-group join (seconds on the local broker) never delays the start.
+:class:`KafkaTopicSource` shapes one topic's JSON records for a use case;
+:class:`MirrorSource` copies topics byte for byte to ``<site>.<topic>`` on the other
+side of a link, partition for partition, with provenance headers (MirrorMaker 2's
+contract).
 """
 
 from __future__ import annotations
@@ -17,23 +21,144 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
+    Message,
     TopicPartition,
 )
 
 from connectors.kafka import CONSUMER_TUNING
 from connectors.sources.base import RecordShaper, SourceRecord
 from topologies.errors import MlexecError
+from topologies.plan import remote_name
 from topologies.schema import KafkaConnector
 
-__all__ = ["KafkaTopicSource"]
+__all__ = ["KafkaTopicSource", "MirrorSource"]
 
 _ONCE_TIMEOUT = 30.0
+_REFRESH = 10.0  # seconds between looks for topics that did not exist yet
 
 
-class KafkaTopicSource:
-    """Messages of one topic, every partition, from the checkpointed offsets."""
+class _TopicsSource:
+    """Every partition of some topics, from saved offsets; one record per message."""
 
     behind_unit = "messages"
+
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        topics: list[str],
+        state: dict[str, Any] | None,
+        *,
+        start: str = "earliest",
+        once: bool = False,
+        required: bool = True,
+    ) -> None:
+        self._conf = conf
+        self._topics = topics
+        self._once = once
+        self._start = start
+        self._required = required
+        self._consumer = Consumer(
+            {
+                **conf,
+                **CONSUMER_TUNING,
+                "group.id": "mlexec-connector",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": start,
+            }
+        )
+        saved = (state or {}).get("offsets", {})
+        self._next: dict[tuple[str, int], int] = {
+            (t, int(p)): o for t, parts in saved.items() for p, o in parts.items()
+        }
+        self._parts: list[tuple[str, int]] = []
+        self._at_end: set[tuple[str, int]] = set()
+        self._refreshed = 0.0
+        self._assign()
+
+    def _assign(self) -> None:
+        """Assign the partitions of the topics that exist (refreshed every few seconds)."""
+        self._refreshed = time.monotonic()
+        meta = self._consumer.list_topics(timeout=30.0).topics
+        parts = []
+        for topic in self._topics:
+            found = meta.get(topic)
+            if found is None or found.error is not None or not found.partitions:
+                if self._required:
+                    self._consumer.close()
+                    msg = f"{self._conf.get('bootstrap.servers')}/{topic}: no such topic"
+                    raise MlexecError(msg)
+                continue
+            parts += [(topic, p) for p in sorted(found.partitions)]
+        if parts == self._parts:
+            return
+        default = OFFSET_BEGINNING if self._start == "earliest" else OFFSET_END
+        self._consumer.assign(
+            [TopicPartition(t, p, self._next.get((t, p), default)) for t, p in parts]
+        )
+        self._parts = parts
+
+    def state(self) -> dict[str, Any]:
+        offsets: dict[str, dict[str, int]] = {}
+        for (topic, p), o in self._next.items():
+            offsets.setdefault(topic, {})[str(p)] = o
+        return {"offsets": offsets}
+
+    def behind(self) -> int | None:
+        total = 0
+        for topic, p in self._parts:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), cached=True
+                )
+            except KafkaException:
+                return None
+            if high >= 0 and (topic, p) in self._next:
+                total += max(0, high - self._next[(topic, p)])
+        return total
+
+    def wait(self) -> float:
+        return 0.0  # consume() below already waits for data
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def read(self, limit: int) -> list[SourceRecord]:
+        if not self._required and time.monotonic() - self._refreshed > _REFRESH:
+            self._assign()
+        deadline = time.monotonic() + (_ONCE_TIMEOUT if self._once else 0.0)
+        while True:
+            out = self._consume(limit)
+            if out or not self._once or len(self._at_end) >= len(self._parts):
+                return out
+            if time.monotonic() > deadline:
+                msg = f"{self._topics}: did not reach the end within {_ONCE_TIMEOUT}s"
+                raise MlexecError(msg)
+
+    def _consume(self, limit: int) -> list[SourceRecord]:
+        out: list[SourceRecord] = []
+        for msg in self._consumer.consume(limit, 0.2):
+            err = msg.error()
+            tp = (cast(str, msg.topic()), cast(int, msg.partition()))
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._at_end.add(tp)
+                    continue
+                if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and not self._required:
+                    continue
+                msg_ = f"{self._conf.get('bootstrap.servers')}: {err}"
+                raise MlexecError(msg_)
+            self._at_end.discard(tp)
+            self._next[tp] = cast(int, msg.offset()) + 1
+            out.append(self._record(msg))
+        return out
+
+    def _record(self, msg: Message) -> SourceRecord:
+        raise NotImplementedError
+
+
+class KafkaTopicSource(_TopicsSource):
+    """One topic's JSON records, shaped for a use case."""
 
     def __init__(
         self,
@@ -47,83 +172,11 @@ class KafkaTopicSource:
         self.config = config
         self.origin = f"{conf.get('bootstrap.servers')}/{config.topic}"
         self._shaper = shaper
-        self._once = once
-        self._consumer = Consumer(
-            {
-                **conf,
-                **CONSUMER_TUNING,
-                "group.id": "mlexec-connector",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "auto.offset.reset": config.start,
-            }
-        )
-        topic = config.topic
-        meta = self._consumer.list_topics(topic, timeout=30.0).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            self._consumer.close()
-            msg = f"{self.origin}: no such topic ({meta.error if meta else 'not found'})"
-            raise MlexecError(msg)
-        saved = {int(p): o for p, o in (state or {}).get("offsets", {}).items()}
-        default = OFFSET_BEGINNING if config.start == "earliest" else OFFSET_END
-        self._parts = sorted(meta.partitions)
-        self._next = dict(saved)
-        self._consumer.assign(
-            [TopicPartition(topic, p, saved.get(p, default)) for p in self._parts]
-        )
-        self._at_end: set[int] = set()
+        super().__init__(conf, [config.topic], state, start=config.start, once=once)
 
-    def state(self) -> dict[str, Any]:
-        return {"offsets": {str(p): o for p, o in self._next.items()}}
-
-    def behind(self) -> int | None:
-        total = 0
-        for p in self._parts:
-            try:
-                _low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.config.topic, p), cached=True
-                )
-            except KafkaException:
-                return None
-            if high >= 0 and p in self._next:
-                total += max(0, high - self._next[p])
-        return total
-
-    def wait(self) -> float:
-        return 0.0  # consume() below already waits for data
-
-    def close(self) -> None:
-        self._consumer.close()
-
-    def read(self, limit: int) -> list[SourceRecord]:
-        deadline = time.monotonic() + (_ONCE_TIMEOUT if self._once else 0.0)
-        while True:
-            out = self._consume(limit)
-            if out or not self._once or len(self._at_end) == len(self._parts):
-                return out
-            if time.monotonic() > deadline:
-                msg = f"{self.origin}: did not reach the end of the topic within {_ONCE_TIMEOUT}s"
-                raise MlexecError(msg)
-
-    def _consume(self, limit: int) -> list[SourceRecord]:
-        out: list[SourceRecord] = []
-        for msg in self._consumer.consume(limit, 0.2):
-            err = msg.error()
-            partition = cast(int, msg.partition())
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    self._at_end.add(partition)
-                    continue
-                msg_0 = f"{self.origin}: {err}"
-                raise MlexecError(msg_0)
-            self._at_end.discard(partition)
-            offset = cast(int, msg.offset())
-            self._next[partition] = offset + 1
-            position = f"{self.config.topic}:{partition}:{offset}"
-            out.append(self._record(position, msg.value()))
-        return out
-
-    def _record(self, position: str, value: bytes | None) -> SourceRecord:
+    def _record(self, msg: Message) -> SourceRecord:
+        position = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
+        value = msg.value()
         if value is None:
             return SourceRecord(position, position, None, None, "empty message (no value)")
         try:
@@ -138,3 +191,49 @@ class KafkaTopicSource:
         except ValueError as exc:
             return SourceRecord(position, position, None, value, str(exc))
         return SourceRecord(position, position, key, shaped)
+
+
+class MirrorSource(_TopicsSource):
+    """Topics of one site copied to ``<site>.<topic>`` on another, partition for partition.
+
+    Key, value and headers are kept; ``mlexec.mirror.source`` and
+    ``mlexec.mirror.offset`` say where a record came from. Topics that do not exist
+    yet are looked for again every few seconds.
+    """
+
+    def __init__(
+        self,
+        site: str,
+        conf: dict[str, Any],
+        topics: list[str],
+        state: dict[str, Any] | None,
+        *,
+        once: bool = False,
+    ) -> None:
+        self.site = site
+        self.origin = f"{site} ({conf.get('bootstrap.servers')})"
+        super().__init__(conf, topics, state, once=once, required=False)
+
+    def partitions(self) -> dict[str, int]:
+        """Partition count per source topic that exists (the remote topics need as many)."""
+        counts: dict[str, int] = {}
+        for topic, _p in self._parts:
+            counts[topic] = counts.get(topic, 0) + 1
+        return counts
+
+    def _record(self, msg: Message) -> SourceRecord:
+        topic, partition = cast(str, msg.topic()), cast(int, msg.partition())
+        position = f"{topic}:{partition}:{msg.offset()}"
+        headers = tuple(cast(list[tuple[str, bytes]], msg.headers() or [])) + (
+            ("mlexec.mirror.source", self.site.encode()),
+            ("mlexec.mirror.offset", position.encode()),
+        )
+        return SourceRecord(
+            position,
+            position,
+            msg.key(),
+            msg.value(),
+            topic=remote_name(self.site, topic),
+            partition=partition,
+            headers=headers,
+        )

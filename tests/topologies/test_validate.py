@@ -320,7 +320,7 @@ def test_several_sites_need_every_stage_placed(folder):
     with pytest.raises(TopologyError, match=r"usecases\.vib\.placement\.store: .*found none"):
         parse_topology(yaml.safe_dump(doc), base_dir=folder)
     doc["usecases"]["vib"]["placement"]["store"] = "cloud"
-    doc["links"] = [{"source": "edge", "target": "cloud"}]
+    doc["links"] = [{"source": "edge", "target": "cloud", "secure": False}]
     topo = parse_topology(yaml.safe_dump(doc), base_dir=folder)  # multi-site is expressible
     assert topo.site_of("vib", "infer") == "cloud"
 

@@ -1,0 +1,105 @@
+"""``mlexec mirror``: a link's transfer on one machine, keeping MirrorMaker 2's contract.
+
+Both directions of a link run as connector runners: a :class:`MirrorSource` reads the
+topics the placement moves (plus alerts up and models down) on one site and the runner
+produces them to ``<site>.<topic>`` on the other, partition for partition, with the
+source's key, value and headers plus provenance headers. Each direction checkpoints
+in the link source site's state directory and, like every connector, scans what it
+already produced after its checkpoint — so a restart, or a cloud that was unreachable
+for a while, neither loses nor re-sends a record. The edge's own dataflows never wait
+for the link.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from pathlib import Path
+
+from connectors.kafka import client_config, ensure_topics
+from connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus, run_all
+from connectors.sources.kafka import MirrorSource
+from topologies.errors import MlexecError, TopologyError
+from topologies.plan import Plan, TopicSpec, remote_name
+
+__all__ = ["SiteMirror", "prepare_mirror", "run_mirror"]
+
+_log = logging.getLogger(__name__)
+
+
+class SiteMirror:
+    """The two directions of one link, ready to run."""
+
+    def __init__(self, runners: list[ConnectorRunner], prepare: list[tuple[dict, list[TopicSpec]]]):
+        self.runners = runners
+        self._prepare = prepare
+
+    @property
+    def statuses(self) -> list[ConnectorStatus]:
+        return [r.status for r in self.runners]
+
+    def ensure_topics(self) -> None:
+        """Create the remote topics (as many partitions as their sources) on both sides."""
+        for conf, specs in self._prepare:
+            ensure_topics(conf, specs)
+
+
+def prepare_mirror(plan: Plan, link: str, *, once: bool = False) -> SiteMirror:
+    """Runners for ``link`` given as ``SOURCE:TARGET`` (a link of the topology)."""
+    topology = plan.topology
+    source, _, target = link.partition(":")
+    if not any(lk.source == source and lk.target == target for lk in topology.links):
+        known = [f"{lk.source}:{lk.target}" for lk in topology.links]
+        msg = f"no link {link!r} in topology {topology.name!r}; links: {known or 'none'}"
+        raise TopologyError(msg)
+    state_dir = Path(topology.sites[source].state_dir) / "mirror" / topology.name
+    runners: list[ConnectorRunner] = []
+    prepare: list[tuple[dict, list[TopicSpec]]] = []
+    for transfer in plan.transfers():
+        if {transfer.source, transfer.target} != {source, target}:
+            continue
+        src_conf = client_config(topology.sites[transfer.source].kafka)
+        dst_conf = client_config(topology.sites[transfer.target].kafka)
+        specs = [plan.topic_spec(t) for t in transfer.topics]
+        remote = [
+            TopicSpec(remote_name(transfer.source, s.name), s.partitions, s.config) for s in specs
+        ]
+        prepare.append((dst_conf, remote))
+        name = f"{transfer.source}->{transfer.target}"
+        runners.append(
+            ConnectorRunner(
+                connector_id=f"{topology.name}/mirror/{name}",
+                status=ConnectorStatus("mirror", name, "mirror", origin=""),
+                open_source=functools.partial(
+                    MirrorSource, transfer.source, src_conf, list(transfer.topics), once=once
+                ),
+                conf=dst_conf,
+                raw_topic=remote[0].name,
+                deadletter_topic=None,
+                checkpoint=Checkpoint(state_dir / f"{transfer.source}-{transfer.target}.json"),
+                topics=[r.name for r in remote],
+            )
+        )
+    return SiteMirror(runners, prepare)
+
+
+def run_mirror(
+    mirror: SiteMirror, stop: threading.Event | None = None, *, once: bool = False
+) -> None:
+    """Run both directions until ``stop`` is set, or with ``once`` until both caught up."""
+    stop = stop or threading.Event()
+    delay = 0.5
+    while not stop.is_set():  # the other side may be unreachable for now: wait for it
+        try:
+            mirror.ensure_topics()
+            break
+        except MlexecError as exc:
+            if once:
+                raise
+            _log.warning(
+                "mirror: cannot prepare the remote topics (%s); again in %.0fs", exc, delay
+            )
+            stop.wait(delay)
+            delay = min(delay * 2, 30.0)
+    run_all(mirror.runners, stop, once=once, kind="mirror")
