@@ -137,8 +137,8 @@ class Plan:
         """Topics the processes of ``site`` read or write."""
         seen: dict[str, TopicSpec] = {}
         for uc in self.usecases_at(site):
-            for topic in uc.topics():
-                seen.setdefault(topic.name, topic)
+            for spec in uc.topics():
+                seen.setdefault(spec.name, spec)
             parts = uc.usecase.input.partitions
             for topic, producer, consumer in (
                 (uc.samples_topic, "infer", "store"),
