@@ -65,6 +65,9 @@ class LocalBroker:
     port: int = 0
     storage: str = "memory://tansu/"
     startup_timeout: float = 30.0
+    #: The port clients are told to use in metadata, when something (a TLS terminator,
+    #: a proxy) stands in front of the broker; default: the broker's own.
+    advertised_port: int | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -82,11 +85,12 @@ class LocalBroker:
             msg = f"port {self.port} on 127.0.0.1 is in use; choose another or --port 0 for a free one"
             raise BrokerError(msg)
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
         argv = [
             str(tansu_binary()),
             "broker",
             "--listener-url", url,
-            "--advertised-listener-url", url,
+            "--advertised-listener-url", advertised,
             "--storage-engine", self.storage,
             "--silent",
         ]  # fmt: skip

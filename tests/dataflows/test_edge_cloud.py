@@ -1,0 +1,294 @@
+"""Edge and cloud on two local brokers: the link's plan, MirrorMaker 2 properties, the mirror."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from connectors.broker import LocalBroker, free_port
+from connectors.kafka import client_config, ensure_topics, produce_records, read_topic
+from connectors.samplestore import open_store
+from dataflows.cli import app
+from dataflows.mirror import prepare_mirror, run_mirror
+from dataflows.run import prepare_resources, prepare_site, run_pipeline, run_store
+from operators.testing import make_mlp
+from tests.dataflows.spine import FIELDS, T0
+from topologies import TopologyError, load_topology, parse_topology, plan_topology
+from topologies.plan import MODELS_TOPIC
+from topologies.render import render_mm2
+
+
+def _doc(tmp: Path, edge: str, cloud: str, *, secure: bool = False, **placement: str) -> dict:
+    make_mlp(tmp / "model.onnx", inputs=len(FIELDS), hidden=(16,), seed=5)
+    site = {"sample_store": f"chdb://{tmp}/chdb-{{}}", "state_dir": f"{tmp}/state-{{}}"}
+    return {
+        "name": "plant",
+        "sites": {
+            name: {
+                "kafka": {"bootstrap": bootstrap},
+                "sample_store": site["sample_store"].format(name),
+                "state_dir": site["state_dir"].format(name),
+            }
+            for name, bootstrap in (("edge", edge), ("cloud", cloud))
+        },
+        "links": [{"source": "edge", "target": "cloud", "secure": secure}],
+        "usecases": {
+            "vib": {
+                "input": {
+                    "partitions": 2,
+                    "key": "sensor",
+                    "time": "ts",
+                    "schema": {"sensor": "str", "ts": "timestamp", **{f: "float" for f in FIELDS}},
+                },
+                "placement": {
+                    "connectors": "edge",
+                    "dispatch": "edge",
+                    "infer": "edge",
+                    "store": "cloud",
+                    "act": "cloud",
+                    **placement,
+                },
+                "dispatch": {"kind": "microbatch", "max_records": 64, "max_wait": "20ms"},
+                "model": {"name": "mlp", "version": "1", "path": str(tmp / "model.onnx")},
+                "sampling": {"rate": 0.25},
+                "outputs": [{"kind": "file", "path": str(tmp / "alarms")}],
+            }
+        },
+    }
+
+
+def _properties(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _names(allowlist: str) -> set[str]:
+    return {re.sub(r"\\(.)", r"\1", t.strip().replace("\\\\", "\\")) for t in allowlist.split(",")}
+
+
+# ------------------------------------------------------------------------ render
+
+
+def test_mm2_properties_carry_exactly_what_the_placement_needs(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGE_PW", "edge-s3cret")
+    doc = _doc(tmp_path, "edge-kafka:9093", "cloud-kafka:9093", secure=True)
+    for name in ("edge", "cloud"):
+        doc["sites"][name]["kafka"]["security"] = {
+            "protocol": "sasl_ssl",
+            "ca": "/etc/mlexec/ca.pem",
+            "sasl": {"mechanism": "SCRAM-SHA-512", "username": name, "password": "${EDGE_PW}"},
+        }
+    path = tmp_path / "plant.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    plan = plan_topology(load_topology(path))
+    props = _properties(render_mm2(plan, plan.topology.links[0]))
+    assert props["clusters"] == "edge, cloud"
+    assert _names(props["edge->cloud.topics"]) == {
+        "vib.samples",
+        "vib.predictions",
+        "mlexec.alerts",
+    }
+    assert _names(props["cloud->edge.topics"]) == {MODELS_TOPIC}
+    assert props["exactly.once.source.support"] == "enabled"
+    for alias in ("edge", "cloud"):
+        assert props[f"{alias}.security.protocol"] == "SASL_SSL"
+        assert props[f"{alias}.sasl.mechanism"] == "SCRAM-SHA-512"
+        assert f'username="{alias}" password="edge-s3cret"' in props[f"{alias}.sasl.jaas.config"]
+        assert props[f"{alias}.ssl.truststore.location"] == "/etc/mlexec/ca.pem"
+    # the store back on the edge: samples stay there, nothing else crosses
+    doc["usecases"]["vib"]["placement"]["store"] = "edge"
+    path.write_text(yaml.safe_dump(doc))
+    plan = plan_topology(load_topology(path))
+    props = _properties(render_mm2(plan, plan.topology.links[0]))
+    assert _names(props["edge->cloud.topics"]) == {"vib.predictions", "mlexec.alerts"}
+
+    # the command writes private files and prints no secret; validate neither
+    out = tmp_path / "deploy"
+    result = CliRunner().invoke(app, ["render", str(path), "mm2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = out / "mm2-edge-cloud.properties"
+    assert written.stat().st_mode & 0o777 == 0o600
+    assert "edge-s3cret" in written.read_text() and "edge-s3cret" not in result.output
+    checked = CliRunner().invoke(app, ["validate", str(path)], env={"COLUMNS": "200"})
+    assert checked.exit_code == 0, checked.output
+    assert "edge-s3cret" not in checked.output
+
+
+def test_a_placement_across_sites_needs_a_link_and_a_secure_link_needs_security(tmp_path):
+    doc = _doc(tmp_path, "a:1", "b:2")
+    doc["links"] = []
+    with pytest.raises(TopologyError, match=r"links: .*'edge'.*'cloud'.*no link connects them"):
+        plan_topology(parse_topology(yaml.safe_dump(doc), base_dir=tmp_path))
+    doc["links"] = [{"source": "edge", "target": "cloud"}]  # secure by default
+    with pytest.raises(TopologyError, match=r"links\.0\.secure: .*'plaintext'"):
+        parse_topology(yaml.safe_dump(doc), base_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------- mirror
+
+
+class _Proxy:
+    """A TCP proxy on 127.0.0.1 that can be cut and restored: the link to the cloud."""
+
+    def __init__(self, target: int) -> None:
+        self.port = free_port()
+        self.target = target
+        self._conns: list[socket.socket] = []
+        self._server: socket.socket | None = None
+
+    def up(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def down(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for conn in self._conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        self._conns = []
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def _feed(conf: dict[str, Any], topic: str, first: int, count: int) -> None:
+    rows = []
+    for i in range(first, first + count):
+        record = {
+            "sensor": f"s{i % 7}",
+            "ts": T0 + i,
+            **{f: (i * 31 + j) % 97 / 97 for j, f in enumerate(FIELDS)},
+        }
+        rows.append((record["sensor"].encode(), orjson.dumps(record)))
+    produce_records(conf, topic, rows)
+
+
+def _ids(conf: dict[str, Any], topic: str, field: str = "id") -> list[str]:
+    return [orjson.loads(v)[field] for _, v, _, _, _ in read_topic(conf, topic)]
+
+
+@pytest.mark.integration
+def test_the_mirror_carries_predictions_and_samples_up_and_models_down_through_an_outage(tmp_path):
+    proxy_target = free_port()
+    proxy = _Proxy(proxy_target)
+    with LocalBroker() as edge, LocalBroker(port=proxy_target, advertised_port=proxy.port):
+        proxy.up()
+        cloud_at = f"127.0.0.1:{proxy.port}"  # every cloud client goes through the link
+        path = tmp_path / "plant.yaml"
+        path.write_text(yaml.safe_dump(_doc(tmp_path, edge.bootstrap, cloud_at)))
+        plan = plan_topology(load_topology(path))
+        uc = plan.usecases["vib"]
+        edge_conf = client_config(plan.topology.sites["edge"].kafka)
+        cloud_conf = {"bootstrap.servers": cloud_at}
+        edge_run = prepare_site(plan, "edge")
+        prepare_resources(edge_run)
+        ensure_topics(cloud_conf, [plan.topic_spec(MODELS_TOPIC)])
+        produce_records(cloud_conf, MODELS_TOPIC, [(b"vib/mlp/2", b'{"manifest": "v2"}')])
+
+        _feed(edge_conf, uc.raw_topic, 0, 3000)
+        run_pipeline(edge_run, until_end=True)  # resumes from its recovery state
+        mirror = prepare_mirror(plan, "edge:cloud")
+        stop = threading.Event()
+        worker = threading.Thread(target=run_mirror, args=(mirror, stop), daemon=True)
+        worker.start()
+        up = f"edge.{uc.predictions_topic}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if len(read_topic(cloud_conf, up, timeout=5)) == 3000:
+                    break
+            except Exception:  # noqa: BLE001 - the remote topic may not exist yet
+                pass
+            time.sleep(0.3)
+
+        proxy.down()  # the link goes away; the edge goes on predicting
+        _feed(edge_conf, uc.raw_topic, 3000, 2000)
+        run_pipeline(edge_run, until_end=True)  # resumes from its recovery state
+        assert len(read_topic(edge_conf, uc.predictions_topic)) == 5000
+        time.sleep(2)
+        proxy.up()  # back: the backlog flows
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if len(read_topic(cloud_conf, up, timeout=5)) >= 5000:
+                    break
+            except Exception:  # noqa: BLE001 - reconnecting
+                pass
+            time.sleep(0.5)
+        time.sleep(1.0)
+        stop.set()
+        worker.join(60)
+
+        # up: every prediction and sample exactly once, same partition, same order
+        edge_preds = read_topic(edge_conf, uc.predictions_topic)
+        cloud_preds = read_topic(cloud_conf, up)
+        assert sorted(_ids(cloud_conf, up)) == sorted(_ids(edge_conf, uc.predictions_topic))
+        assert len(cloud_preds) == len(edge_preds) == 5000
+        for part in (0, 1):
+            assert [v for _, v, _, p, _ in cloud_preds if p == part] == [
+                v for _, v, _, p, _ in edge_preds if p == part
+            ]
+        headers = dict(cloud_preds[0][2])
+        assert headers["mlexec.mirror.source"] == b"edge"
+        samples_up = f"edge.{uc.samples_topic}"
+        sample_ids = _ids(edge_conf, uc.samples_topic, "record_id")
+        assert sorted(_ids(cloud_conf, samples_up, "record_id")) == sorted(sample_ids)
+        assert len(set(sample_ids)) == len(sample_ids) > 1000  # 25 % of 5,000
+        # down: the model published in the cloud is on the edge
+        down = read_topic(edge_conf, f"cloud.{MODELS_TOPIC}")
+        assert [(k, v) for k, v, _, _, _ in down] == [(b"vib/mlp/2", b'{"manifest": "v2"}')]
+        statuses = {s.connector: s for s in mirror.statuses}
+        assert statuses["edge->cloud"].produced == 5000 + len(sample_ids)
+
+        # the cloud's store reads the mirrored samples into its own sample store
+        cloud_run = prepare_site(plan, "cloud")
+        prepare_resources(cloud_run)
+        run_store(cloud_run, until_end=True, recovery=False)
+        with open_store(plan.topology.sites["cloud"].sample_store) as store:
+            rows = store.query(f"SELECT count() AS n FROM mlexec.{uc.table} FINAL")
+        assert int(rows["n"][0]) == len(sample_ids)
+        proxy.down()
+    assert os.path.exists(tmp_path / "state-edge" / "mirror" / "plant" / "edge-cloud.json")
