@@ -176,7 +176,7 @@ class TransferLink(_Model):
 
     Data the placement needs flows both ways: up from ``source`` (an edge) to ``target``
     (the cloud) — raw, reduced data, predictions, samples, alerts — and models down. A
-    ``secure`` link (the default) refuses sites whose Kafka is plaintext.
+    ``secure`` link (the default) refuses sites whose Kafka is not behind TLS.
     """
 
     source: Name
@@ -734,11 +734,11 @@ class Topology(_Model):
                 raise ValueError(msg)
             for end in (link.source, link.target):
                 protocol = self.sites[end].kafka.security.protocol
-                if link.secure and protocol == "plaintext":
+                if link.secure and protocol not in ("ssl", "sasl_ssl"):
                     msg = (
-                        f"links.{i}.secure: a secure link needs TLS or SASL at both ends; site "
-                        f"{end!r} has protocol 'plaintext' (set sites.{end}.kafka.security, or "
-                        "secure: false on a trusted network)"
+                        f"links.{i}.secure: a secure link needs TLS (protocol ssl or sasl_ssl) at "
+                        f"both ends; site {end!r} has protocol {protocol!r} (set "
+                        f"sites.{end}.kafka.security, or secure: false on a trusted network)"
                     )
                     raise ValueError(msg)
         for uc_name, uc in self.usecases.items():

@@ -136,6 +136,10 @@ def test_a_placement_across_sites_needs_a_link_and_a_secure_link_needs_security(
     doc["links"] = [{"source": "edge", "target": "cloud"}]  # secure by default
     with pytest.raises(TopologyError, match=r"links\.0\.secure: .*'plaintext'"):
         parse_topology(yaml.safe_dump(doc), base_dir=tmp_path)
+    sasl = {"mechanism": "PLAIN", "username": "u", "password": "p"}
+    doc["sites"]["edge"]["kafka"]["security"] = {"protocol": "sasl_plaintext", "sasl": sasl}
+    with pytest.raises(TopologyError, match=r"links\.0\.secure: .*'sasl_plaintext'"):
+        parse_topology(yaml.safe_dump(doc), base_dir=tmp_path)  # credentials in clear: no
 
 
 # ------------------------------------------------------------------------- mirror
