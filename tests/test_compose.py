@@ -1,7 +1,8 @@
-"""docker-compose.yml renders, and its site service runs a topology that fits the stack."""
+"""docker-compose.yml renders, and its services fit the two-site topology they run."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,31 +10,47 @@ from pathlib import Path
 import pytest
 import yaml
 
-from topologies import load_topology
+from topologies import load_topology, plan_topology
+from topologies.render import render_mm2
 
 ROOT = Path(__file__).resolve().parents[1]
+SECRETS = {"MLEXEC_EDGE_PASSWORD": "edge-pw", "MLEXEC_CLOUD_PASSWORD": "cloud-pw"}
+MLEXEC_SERVICES = {
+    "edge-connectors": ("connect", "edge"),
+    "edge-site": ("run", "edge"),
+    "cloud-site": ("run", "cloud"),
+    "cloud-act": ("act", "cloud"),
+}
 
 
-@pytest.mark.skipif(
-    shutil.which("docker-compose") is None,
-    reason="docker-compose is not installed (make test installs it)",
-)
-def test_compose_file_renders_with_docker_compose_config():
+def _rendered() -> dict:
     done = subprocess.run(
         ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
+        env={**os.environ, **SECRETS},
     )
     assert done.returncode == 0, done.stderr
-    rendered = yaml.safe_load(done.stdout)
+    return yaml.safe_load(done.stdout)
+
+
+needs_compose = pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose is not installed (make test installs it)",
+)
+
+
+@needs_compose
+def test_compose_file_renders_with_docker_compose_config():
+    rendered = _rendered()
     assert set(rendered["services"]) == {
-        "kafka",
+        "kafka-edge",
+        "kafka-cloud",
+        "mirror-maker",
         "clickhouse",
-        "edge-site",
-        "edge-connectors",
-        "edge-act",
+        *MLEXEC_SERVICES,
     }
     for service in rendered["services"].values():
         for port in service.get("ports", []):
@@ -43,23 +60,72 @@ def test_compose_file_renders_with_docker_compose_config():
             assert published.startswith("127.0.0.1:"), port
 
 
-@pytest.mark.parametrize("service", ["edge-site", "edge-connectors", "edge-act"])
-def test_the_site_services_topology_points_at_the_stack(monkeypatch, service):
+@needs_compose
+def test_compose_refuses_to_start_without_the_secrets():
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    done = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+    assert done.returncode != 0
+    assert "MLEXEC_EDGE_PASSWORD" in done.stderr or "MLEXEC_CLOUD_PASSWORD" in done.stderr
+
+
+@pytest.mark.parametrize("service", sorted(MLEXEC_SERVICES))
+def test_each_mlexec_service_runs_its_site_of_the_topology_against_the_stack(monkeypatch, service):
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    site = compose["services"][service]
-    command = " ".join(site["command"])
-    topology = next(word for word in command.split() if word.endswith(".yaml"))
-    for name, value in site["environment"].items():
-        monkeypatch.setenv(name, value.replace("${CLICKHOUSE_PASSWORD:-mlexec}", "mlexec"))
-    topo = load_topology(ROOT / topology)
-    edge = topo.sites["edge"]
-    assert edge.kafka.bootstrap == "kafka:9092"
-    assert edge.sample_store == "clickhouse://mlexec:mlexec@clickhouse:8123/mlexec"
-    assert edge.state_dir == "/state"
-    assert all(uc.model.path.startswith("/models/") for uc in topo.usecases.values())
-    if service == "edge-connectors":
-        assert "connect" in command
-        assert any(uc.connectors for uc in topo.usecases.values())
-    if service == "edge-act":
-        assert " act " in command
-        assert any(uc.outputs for uc in topo.usecases.values())
+    spec = compose["services"][service]
+    command = " ".join(spec["command"])
+    verb, site = MLEXEC_SERVICES[service]
+    assert f"mlexec {verb} topologies/edge-cloud.yaml --site {site}" in command
+    for name, value in spec["environment"].items():
+        monkeypatch.setenv(
+            name, SECRETS.get(name, str(value).replace("${CLICKHOUSE_PASSWORD:-mlexec}", "mlexec"))
+        )
+    topo = load_topology(ROOT / "topologies/edge-cloud.yaml")
+    plan = plan_topology(topo)
+    kafka = topo.sites[site].kafka
+    broker = f"kafka-{site}"
+    assert kafka.bootstrap == f"{broker}:9093"
+    assert broker in spec.get("depends_on", [])
+    assert kafka.security.protocol == "sasl_ssl" and kafka.security.ca == "/certs/ca.pem"
+    assert kafka.security.sasl is not None
+    assert (
+        kafka.security.sasl.password.get_secret_value()
+        == SECRETS[f"MLEXEC_{site.upper()}_PASSWORD"]
+    )
+    assert "./deploy/certs:/certs:ro" in spec["volumes"]
+    # the service has work on its site
+    stages = {"connect": "connectors", "run": None, "act": "act"}[verb]
+    uc = plan.usecases["readings"]
+    if stages is not None:
+        assert uc.site(stages) == site
+    else:
+        assert site in {uc.site("dispatch"), uc.site("store")}
+
+
+def test_mirror_maker_runs_the_properties_mlexec_renders(monkeypatch):
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mm2 = compose["services"]["mirror-maker"]
+    properties = mm2["command"][-1]
+    assert mm2["command"][0].endswith("connect-mirror-maker.sh")
+    assert "./deploy:/etc/mm2:ro" in mm2["volumes"]
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    plan = plan_topology(load_topology(ROOT / "topologies/edge-cloud.yaml"))
+    (link,) = plan.topology.links
+    assert properties == f"/etc/mm2/mm2-{link.source}-{link.target}.properties"
+    text = render_mm2(plan, link)
+    assert "edge.bootstrap.servers = kafka-edge:9093" in text
+    assert "cloud.bootstrap.servers = kafka-cloud:9093" in text
+    assert 'password="cloud-pw"' in text
+    # the brokers trust the same CA and know the same user
+    for broker in ("kafka-edge", "kafka-cloud"):
+        env = compose["services"][broker]["environment"]
+        jaas = env["KAFKA_LISTENER_NAME_SASL__SSL_PLAIN_SASL_JAAS_CONFIG"]
+        assert 'user_mlexec="${MLEXEC_' in jaas
+        assert env["KAFKA_SSL_KEYSTORE_LOCATION"] == f"/certs/{broker}.pem"
