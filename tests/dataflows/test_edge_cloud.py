@@ -296,3 +296,52 @@ def test_the_mirror_carries_predictions_and_samples_up_and_models_down_through_a
         assert int(rows["n"][0]) == len(sample_ids)
         proxy.down()
     assert os.path.exists(tmp_path / "state-edge" / "mirror" / "plant" / "edge-cloud.json")
+
+
+@pytest.mark.integration
+def test_kill_9_of_the_mirror_then_a_restart_re_sends_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    with LocalBroker() as edge, LocalBroker() as cloud:
+        path = tmp_path / "plant.yaml"
+        path.write_text(yaml.safe_dump(_doc(tmp_path, edge.bootstrap, cloud.bootstrap)))
+        plan = plan_topology(load_topology(path))
+        uc = plan.usecases["vib"]
+        edge_conf = {"bootstrap.servers": edge.bootstrap}
+        cloud_conf = {"bootstrap.servers": cloud.bootstrap}
+        ensure_topics(edge_conf, uc.topics())
+        n = 30_000
+        preds = [
+            (f"s{i % 7}".encode(), orjson.dumps({"id": f"vib.raw:{i % 2}:{i}", "key": f"s{i % 7}"}))
+            for i in range(n)
+        ]
+        produce_records(edge_conf, uc.predictions_topic, preds)
+        cmd = [sys.executable, "-m", "dataflows.cli", "mirror", str(path), "--link", "edge:cloud"]
+        checkpoint = tmp_path / "state-edge" / "mirror" / "plant" / "edge-cloud.json"
+        for share in (0.2, 0.6):
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    try:
+                        done = orjson.loads(checkpoint.read_bytes())["state"]["offsets"]
+                        if sum(done.get(uc.predictions_topic, {}).values()) > share * n:
+                            break
+                    except (FileNotFoundError, orjson.JSONDecodeError, KeyError):
+                        pass
+                    time.sleep(0.02)
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(30)
+        finished = subprocess.run([*cmd, "--once"], capture_output=True, text=True, timeout=180)
+        assert finished.returncode == 0, finished.stderr
+        up = read_topic(cloud_conf, f"edge.{uc.predictions_topic}")
+        ids = [orjson.loads(v)["id"] for _, v, _, _, _ in up]
+        assert len(ids) == len(set(ids)) == n  # every record once, none re-sent
+        edge_side = read_topic(edge_conf, uc.predictions_topic)
+        for part in (0, 1):
+            assert [v for _, v, _, p, _ in up if p == part] == [
+                v for _, v, _, p, _ in edge_side if p == part
+            ]
