@@ -71,6 +71,11 @@ class LocalBroker:
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def bootstrap(self) -> str:
         """``127.0.0.1:<port>``."""
         return f"127.0.0.1:{self.port}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -210,6 +211,19 @@ def _feed(conf: dict[str, Any], topic: str, first: int, count: int) -> None:
     produce_records(conf, topic, rows)
 
 
+def _wait_for_count(conf: dict[str, Any], topic: str, count: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if len(read_topic(conf, topic, timeout=5)) >= count:
+                time.sleep(0.5)  # anything doubled would arrive now
+                return
+        except Exception:  # noqa: BLE001 - the remote topic may not exist yet, or reconnecting
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{topic} did not reach {count} records in {timeout}s")
+
+
 def _ids(conf: dict[str, Any], topic: str, field: str = "id") -> list[str]:
     return [orjson.loads(v)[field] for _, v, _, _, _ in read_topic(conf, topic)]
 
@@ -218,7 +232,10 @@ def _ids(conf: dict[str, Any], topic: str, field: str = "id") -> list[str]:
 def test_the_mirror_carries_predictions_and_samples_up_and_models_down_through_an_outage(tmp_path):
     proxy_target = free_port()
     proxy = _Proxy(proxy_target)
-    with LocalBroker() as edge, LocalBroker(port=proxy_target, advertised_port=proxy.port):
+    with (
+        LocalBroker() as edge,
+        LocalBroker(port=proxy_target, advertised_port=proxy.port) as cloud,
+    ):
         proxy.up()
         cloud_at = f"127.0.0.1:{proxy.port}"  # every cloud client goes through the link
         path = tmp_path / "plant.yaml"
@@ -239,14 +256,7 @@ def test_the_mirror_carries_predictions_and_samples_up_and_models_down_through_a
         worker = threading.Thread(target=run_mirror, args=(mirror, stop), daemon=True)
         worker.start()
         up = f"edge.{uc.predictions_topic}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if len(read_topic(cloud_conf, up, timeout=5)) == 3000:
-                    break
-            except Exception:  # noqa: BLE001 - the remote topic may not exist yet
-                pass
-            time.sleep(0.3)
+        _wait_for_count(cloud_conf, up, 3000)
 
         proxy.down()  # the link goes away; the edge goes on predicting
         _feed(edge_conf, uc.raw_topic, 3000, 2000)
@@ -254,23 +264,27 @@ def test_the_mirror_carries_predictions_and_samples_up_and_models_down_through_a
         assert len(read_topic(edge_conf, uc.predictions_topic)) == 5000
         time.sleep(2)
         proxy.up()  # back: the backlog flows
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if len(read_topic(cloud_conf, up, timeout=5)) >= 5000:
-                    break
-            except Exception:  # noqa: BLE001 - reconnecting
-                pass
-            time.sleep(0.5)
-        time.sleep(1.0)
-        stop.set()
+        _wait_for_count(cloud_conf, up, 5000)
+
+        os.kill(cloud.pid, signal.SIGSTOP)  # the cloud broker itself hangs for a while
+        _feed(edge_conf, uc.raw_topic, 5000, 1500)
+        run_pipeline(edge_run, until_end=True)
+        assert len(read_topic(edge_conf, uc.predictions_topic)) == 6500
+        time.sleep(3)
+        os.kill(cloud.pid, signal.SIGCONT)
+        _wait_for_count(cloud_conf, up, 6500)
+
+        stop.set()  # the mirror stops; the edge goes on; a new mirror takes over
         worker.join(60)
+        _feed(edge_conf, uc.raw_topic, 6500, 500)
+        run_pipeline(edge_run, until_end=True)
+        run_mirror(prepare_mirror(plan, "edge:cloud", once=True), once=True)
 
         # up: every prediction and sample exactly once, same partition, same order
         edge_preds = read_topic(edge_conf, uc.predictions_topic)
         cloud_preds = read_topic(cloud_conf, up)
         assert sorted(_ids(cloud_conf, up)) == sorted(_ids(edge_conf, uc.predictions_topic))
-        assert len(cloud_preds) == len(edge_preds) == 5000
+        assert len(cloud_preds) == len(edge_preds) == 7000
         for part in (0, 1):
             assert [v for _, v, _, p, _ in cloud_preds if p == part] == [
                 v for _, v, _, p, _ in edge_preds if p == part
@@ -280,12 +294,12 @@ def test_the_mirror_carries_predictions_and_samples_up_and_models_down_through_a
         samples_up = f"edge.{uc.samples_topic}"
         sample_ids = _ids(edge_conf, uc.samples_topic, "record_id")
         assert sorted(_ids(cloud_conf, samples_up, "record_id")) == sorted(sample_ids)
-        assert len(set(sample_ids)) == len(sample_ids) > 1000  # 25 % of 5,000
+        assert len(set(sample_ids)) == len(sample_ids) > 1400  # 25 % of 7,000
         # down: the model published in the cloud is on the edge
         down = read_topic(edge_conf, f"cloud.{MODELS_TOPIC}")
         assert [(k, v) for k, v, _, _, _ in down] == [(b"vib/mlp/2", b'{"manifest": "v2"}')]
         statuses = {s.connector: s for s in mirror.statuses}
-        assert statuses["edge->cloud"].produced == 5000 + len(sample_ids)
+        assert statuses["edge->cloud"].produced + 500 < 7000 + len(sample_ids)  # then the new one
 
         # the cloud's store reads the mirrored samples into its own sample store
         cloud_run = prepare_site(plan, "cloud")
