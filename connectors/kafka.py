@@ -42,6 +42,7 @@ __all__ = [
     "RawBatch",
     "client_config",
     "end_offsets",
+    "high_watermarks",
     "ensure_topics",
     "produce_records",
     "read_topic",
@@ -411,6 +412,44 @@ def end_offsets(conf: dict[str, Any], topic: str, timeout: float = 30.0) -> dict
             )[1]
             for p in sorted(meta.partitions)
         }
+    finally:
+        consumer.close()
+
+
+def high_watermarks(conf: dict[str, Any], topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """Per partition, the log end as a fetch reports it.
+
+    A fetch's high watermark is right on the local Tansu broker too, where ListOffsets
+    is not: each partition is fetched at its end until the broker says so.
+    """
+    consumer = Consumer(
+        {
+            **conf,
+            **CONSUMER_TUNING,
+            "group.id": "mlexec-watermarks",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return {}
+        parts = sorted(meta.partitions)
+        ends = end_offsets(conf, topic, timeout)
+        consumer.assign([TopicPartition(topic, p, ends.get(p, 0)) for p in parts])
+        seen: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(seen) < len(parts) and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, 0.1):
+                err = msg.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    seen.add(cast(int, msg.partition()))
+        out = {}
+        for p in parts:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+            out[p] = max(high, ends.get(p, 0))
+        return out
     finally:
         consumer.close()
 

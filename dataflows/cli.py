@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -244,8 +245,9 @@ def run(
             _exit_on(signal.SIGINT, signal.SIGTERM)
             run_site(prepared, workers=workers, recovery=recovery)
             return
-        prepare_resources(prepared)
-        if part is Part.store or (part is Part.all and not prepared.process):
+        runs_store = part is Part.store or (part is Part.all and not prepared.process)
+        prepare_resources(prepared, tables=runs_store)  # chDB stays locked by its opener
+        if runs_store:
             _exit_on(signal.SIGINT, signal.SIGTERM)
             run_store(prepared, until_end=until_end, recovery=recovery)
             return
@@ -381,13 +383,68 @@ def mirror(
         raise _fail(exc, 1) from exc
 
 
+@app.command()
+def up(topology: TopologyArg, site: SiteOpt) -> None:
+    """Start and supervise a site: connectors, pipeline, store, outputs and mirror links.
+
+    A process that exits is restarted with backoff and resumes from its recovery
+    state or checkpoint; with a scale policy the pipeline gets more or fewer workers as
+    its lag demands. SIGTERM or Ctrl-C stops every process gracefully.
+    """
+    from dataflows.orchestrator import Supervisor
+
+    try:
+        _, plan = _load(topology)
+        supervisor = Supervisor(plan, site, topology)
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+    if not supervisor.parts:
+        raise _fail(TopologyError(f"site {site!r} has nothing to run"), 1)
+    console.print(f"supervising {', '.join(supervisor.parts)} of site [bold]{site}[/]")
+    _run_parts(supervisor.run, None, None)
+
+
+@app.command()
+def status(topology: TopologyArg, site: SiteOpt) -> None:
+    """Show a site's supervised processes, the pipeline's lag and throughput, restarts."""
+    from dataflows.orchestrator import pipeline_lag, read_status
+
+    try:
+        _, plan = _load(topology)
+        plan.require_site(site)
+        found = read_status(plan, site)
+        lag = pipeline_lag(plan, site)
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+    if found is None:
+        raise _fail(MlexecError(f"site {site!r} has not been started with `mlexec up`"), 1)
+    age = time.time() - found["written_at"]
+    table = Table(title=f"site {site} (status written {age:.0f}s ago)", title_justify="left")
+    for col in ("process", "pid", "state", "restarts", "last exit", "workers"):
+        table.add_column(col)
+    for part in found["parts"]:
+        table.add_row(
+            part["name"],
+            str(part["pid"] or ""),
+            part["state"],
+            str(part["restarts"]),
+            "" if part["last_exit"] is None else str(part["last_exit"]),
+            "" if part["workers"] is None else str(part["workers"]),
+        )
+    console.print(table)
+    history = found.get("history") or []
+    rate = f", {history[-1]['rate']:,.0f} records/s" if history else ""
+    if lag is not None:
+        console.print(f"pipeline: {lag[0]:,} records behind, {lag[1]:,} processed{rate}")
+
+
 def _run_parts(
-    run: Callable[[threading.Event], None], collector: Collector, metrics_port: int | None
+    run: Callable[[threading.Event], None], collector: Collector | None, metrics_port: int | None
 ) -> None:
     """Serve metrics if asked, turn SIGINT/SIGTERM into a stop, and run."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    if metrics_port is not None:
+    if metrics_port is not None and collector is not None:
         registry = CollectorRegistry()
         registry.register(collector)
         start_http_server(metrics_port, addr="127.0.0.1", registry=registry)

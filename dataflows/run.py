@@ -85,11 +85,15 @@ def _execute(flow: Dataflow, state_dir: Path | None, workers: int, epoch: timede
     cli_main(flow, workers_per_process=workers, epoch_interval=epoch, recovery_config=recovery)
 
 
-def prepare_resources(run: SiteRun) -> None:
-    """Create the site's topics and its samples tables (idempotent)."""
+def prepare_resources(run: SiteRun, *, tables: bool = True) -> None:
+    """Create the site's topics and (with ``tables``) its samples tables; idempotent.
+
+    Only the process that runs the store should create tables: an embedded chDB store
+    stays locked by the process that opened it.
+    """
     site = run.plan.topology.sites[run.site]
     ensure_topics(client_config(site.kafka), run.plan.topics_at(run.site))
-    if run.store:
+    if run.store and tables:
         with open_store(site.sample_store) as store:
             for rt in run.store:
                 store.ensure_table(rt.table)

@@ -52,10 +52,12 @@ __all__ = [
     "MqttTls",
     "Multiline",
     "Output",
+    "Pipeline",
     "Placement",
     "Reduction",
     "Sampling",
     "Sasl",
+    "Scale",
     "Security",
     "Site",
     "SqlConnector",
@@ -150,6 +152,38 @@ class KafkaSettings(_Model):
     client: dict[str, str | int | float | bool] = {}
 
 
+class Scale(_Model):
+    """When ``mlexec up`` restarts the pipeline with more or fewer workers (from recovery)."""
+
+    max_workers: int = Field(default=2, ge=1, le=64)
+    min_workers: int = Field(default=1, ge=1, le=64)
+    #: Records behind the raw topics' ends that call for one more worker...
+    out_above: int = Field(default=50_000, ge=1)
+    #: ...and few enough to give one back.
+    in_below: int = Field(default=1_000, ge=0)
+    #: How long the lag must stay there before the orchestrator acts.
+    sustain: Duration = timedelta(seconds=30)
+    #: How often the lag is measured.
+    every: Duration = timedelta(seconds=5)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Scale:
+        if self.min_workers > self.max_workers:
+            msg = f"min_workers ({self.min_workers}) at most max_workers ({self.max_workers})"
+            raise ValueError(msg)
+        if self.in_below >= self.out_above:
+            msg = f"in_below ({self.in_below}) below out_above ({self.out_above})"
+            raise ValueError(msg)
+        return self
+
+
+class Pipeline(_Model):
+    """How a site runs its pipeline dataflow."""
+
+    workers: int = Field(default=1, ge=1, le=64)
+    scale: Scale | None = None
+
+
 class Site(_Model):
     """One place that runs stages: its broker, sample store and local state."""
 
@@ -158,6 +192,7 @@ class Site(_Model):
     sample_store: str
     #: Where the site keeps recovery snapshots and other local state.
     state_dir: str = ".mlexec/state"
+    pipeline: Pipeline = Pipeline()
 
     @field_validator("sample_store")
     @classmethod

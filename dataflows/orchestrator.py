@@ -1,0 +1,271 @@
+"""``mlexec up``: supervise a site's processes, restart what crashes, scale on lag.
+
+The site's parts are the processes the CLI already has: ``connect`` (its connectors),
+``run --part pipeline`` (dispatch → infer, bytewax recovery on), ``run --part store``
+(samples → the sample store), ``act`` (outputs) and one ``mirror`` per link that starts
+at the site. Each is restarted after it exits, with a backoff that doubles up to 30 s
+and resets after a minute of health; none is trusted to stay up. Every part resumes
+from its own checkpoint or recovery state, so a restart loses nothing, and ids make
+what it repeats removable (predictions carry record ids, samples are de-duplicated by
+record id in ClickHouse).
+
+The pipeline's lag is the fetch-side end of each raw topic partition minus the offset
+its bytewax recovery state has processed (bytewax keeps offsets there, not in consumer
+groups). With a ``scale`` policy the orchestrator restarts the pipeline with one more
+worker after the lag stays above ``out_above`` for ``sustain``, and with one fewer after
+it stays below ``in_below``. ``mlexec status`` reads the status file it keeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from connectors.kafka import client_config, high_watermarks
+from connectors.runner import Checkpoint
+from dataflows.run import prepare_site
+from topologies.plan import Plan
+
+__all__ = ["PartStatus", "Supervisor", "pipeline_lag", "read_status", "status_path"]
+
+_log = logging.getLogger(__name__)
+
+_HEALTHY = 60.0  # seconds up after which the restart backoff starts again from 1 s
+_TICK = 0.2
+
+
+def status_path(plan: Plan, site: str) -> Path:
+    """Where ``mlexec up`` keeps the status of a site's processes."""
+    state_dir = Path(plan.topology.sites[site].state_dir)
+    return state_dir / "up" / f"{plan.topology.name}-{site}.json"
+
+
+def read_status(plan: Plan, site: str) -> dict[str, Any] | None:
+    """The status ``mlexec up`` last wrote for ``site``, if it ever ran."""
+    return Checkpoint(status_path(plan, site)).load()
+
+
+def pipeline_lag(plan: Plan, site: str) -> tuple[int, int] | None:
+    """(records behind, records processed) of the site's pipeline, from its recovery state.
+
+    ``None`` when the pipeline has not snapshotted yet.
+    """
+    flow = f"{plan.topology.name}-{site}-pipeline"
+    db_dir = Path(plan.topology.sites[site].state_dir) / "recovery" / flow
+    done: dict[tuple[str, int], int] = {}
+    for db in sorted(db_dir.glob("part-*.sqlite3")):
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            rows = conn.execute(
+                "SELECT step_id, state_key, ser_change FROM snaps s WHERE snap_epoch = "
+                "(SELECT max(snap_epoch) FROM snaps t WHERE t.step_id = s.step_id "
+                "AND t.state_key = s.state_key) AND step_id LIKE '%\\_raw' ESCAPE '\\'"
+            ).fetchall()
+        for step_id, state_key, change in rows:
+            usecase = step_id.rsplit(".", 1)[-1].removesuffix("_raw")
+            if usecase in plan.usecases and change is not None:
+                offset = pickle.loads(change)  # noqa: S301 - our own recovery store
+                done[(usecase, int(state_key))] = int(offset)
+    if not done:
+        return None
+    conf = client_config(plan.topology.sites[site].kafka)
+    behind = processed = 0
+    ends: dict[str, dict[int, int]] = {}
+    for (usecase, partition), offset in done.items():
+        topic = plan.usecases[usecase].raw_topic
+        if topic not in ends:
+            ends[topic] = high_watermarks(conf, topic)
+        behind += max(0, ends[topic].get(partition, offset) - offset)
+        processed += offset
+    return behind, processed
+
+
+@dataclass
+class PartStatus:
+    """One supervised process."""
+
+    name: str
+    argv: list[str]
+    pid: int | None = None
+    state: str = "starting"
+    restarts: int = 0
+    started_at: float = 0.0
+    last_exit: int | None = None
+    workers: int | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    next_start: float = 0.0
+    backoff: float = 1.0
+
+    def public(self) -> dict[str, Any]:
+        """What ``mlexec status`` shows."""
+        shown = ("name", "argv", "pid", "state", "restarts", "started_at", "last_exit", "workers")
+        return {name: getattr(self, name) for name in shown}
+
+
+class Supervisor:
+    """Start, watch and restart a site's processes; scale the pipeline on lag."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        site: str,
+        topology_path: Path,
+        *,
+        python: str = sys.executable,
+        clock: Callable[[], float] = time.monotonic,
+        lag: Callable[[], tuple[int, int] | None] | None = None,
+        backoff: tuple[float, float] = (1.0, 30.0),
+    ) -> None:
+        plan.require_site(site)
+        self.plan = plan
+        self.site = site
+        self._clock = clock
+        self._backoff = backoff
+        self._lag = lag or (lambda: pipeline_lag(plan, site))
+        settings = plan.topology.sites[site]
+        self.policy = settings.pipeline.scale
+        self.workers = settings.pipeline.workers
+        base = [python, "-m", "dataflows.cli"]
+        path = str(topology_path)
+        run = prepare_site(plan, site, source=path)
+        self.parts: dict[str, PartStatus] = {}
+        if any(
+            uc.usecase.connectors and uc.site("connectors") == site for uc in plan.usecases.values()
+        ):
+            self._add("connect", [*base, "connect", path, "--site", site])
+        if run.process:
+            self._add("pipeline", [*base, "run", path, "--site", site, "--part", "pipeline"])
+            self.parts["pipeline"].workers = self.workers
+        if run.store:
+            self._add("store", [*base, "run", path, "--site", site, "--part", "store"])
+        if any(uc.usecase.outputs and uc.site("act") == site for uc in plan.usecases.values()):
+            self._add("act", [*base, "act", path, "--site", site])
+        for link in plan.topology.links:
+            if link.source == site:
+                name = f"mirror {link.source}:{link.target}"
+                self._add(name, [*base, "mirror", path, "--link", f"{link.source}:{link.target}"])
+        self.history: list[dict[str, Any]] = []
+        self._above_since: float | None = None
+        self._below_since: float | None = None
+        self._next_check = 0.0
+        self._next_write = 0.0
+        self._last_lag: tuple[float, int, int] | None = None
+
+    def _add(self, name: str, argv: list[str]) -> None:
+        self.parts[name] = PartStatus(name, argv, backoff=self._backoff[0])
+
+    # ---------------------------------------------------------------- running
+
+    def run(self, stop: threading.Event) -> None:
+        """Supervise until ``stop`` is set; then stop every process and write the status."""
+        try:
+            while not stop.is_set():
+                now = self._clock()
+                for part in self.parts.values():
+                    self._watch(part, now)
+                if self.policy is not None and "pipeline" in self.parts and now >= self._next_check:
+                    self._next_check = now + self.policy.every.total_seconds()
+                    self._scale(now)
+                if now >= self._next_write:
+                    self._next_write = now + 1.0
+                    self._write()
+                stop.wait(_TICK)
+        finally:
+            for part in self.parts.values():
+                self._stop(part, "stopped")
+            self._write()
+
+    def _argv(self, part: PartStatus) -> list[str]:
+        if part.name == "pipeline":
+            return [*part.argv, "--workers", str(part.workers or 1)]
+        return part.argv
+
+    def _watch(self, part: PartStatus, now: float) -> None:
+        proc = part.process
+        if proc is not None:
+            code = proc.poll()
+            if code is None:
+                if now - part.started_at > _HEALTHY:
+                    part.backoff = self._backoff[0]
+                return
+            part.last_exit = code
+            part.process, part.pid = None, None
+            part.restarts += 1
+            part.state = f"exited {code}; restarting in {part.backoff:.0f}s"
+            part.next_start = now + part.backoff
+            _log.warning("%s exited with %s; restarting in %.0fs", part.name, code, part.backoff)
+            part.backoff = min(part.backoff * 2, self._backoff[1])
+            return
+        if now >= part.next_start:
+            part.process = subprocess.Popen(self._argv(part), start_new_session=True)
+            part.pid = part.process.pid
+            part.started_at = now
+            part.state = "running"
+
+    def _stop(self, part: PartStatus, state: str) -> None:
+        proc = part.process
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        part.process, part.pid = None, None
+        part.state = state
+
+    def _scale(self, now: float) -> None:
+        policy = self.policy
+        assert policy is not None
+        measured = self._lag()
+        if measured is None:
+            return
+        behind, processed = measured
+        if self._last_lag is not None:
+            t0, _, p0 = self._last_lag
+            rate = (processed - p0) / max(now - t0, 1e-9)
+        else:
+            rate = 0.0
+        self._last_lag = (now, behind, processed)
+        pipeline = self.parts["pipeline"]
+        workers = pipeline.workers or 1
+        self.history.append({"at": now, "lag": behind, "rate": rate, "workers": workers})
+        del self.history[:-50]
+        sustain = policy.sustain.total_seconds()
+        self._above_since = (self._above_since or now) if behind > policy.out_above else None
+        self._below_since = (self._below_since or now) if behind < policy.in_below else None
+        target = workers
+        if self._above_since is not None and now - self._above_since >= sustain:
+            target = min(workers + 1, policy.max_workers)
+        elif self._below_since is not None and now - self._below_since >= sustain:
+            target = max(workers - 1, policy.min_workers)
+        if target != workers:
+            _log.warning("lag %d: restarting the pipeline with %d workers", behind, target)
+            self._stop(pipeline, f"rescaling to {target} workers")
+            pipeline.workers = target
+            pipeline.next_start = now
+            pipeline.backoff = self._backoff[0]
+            self._above_since = self._below_since = None
+
+    def _write(self) -> None:
+        lag = self._last_lag
+        Checkpoint(status_path(self.plan, self.site)).save(
+            {
+                "site": self.site,
+                "supervisor": os.getpid(),
+                "parts": [p.public() for p in self.parts.values()],
+                "lag": None if lag is None else {"behind": lag[1], "processed": lag[2]},
+                "history": self.history,
+                "written_at": time.time(),
+            }
+        )
