@@ -407,13 +407,14 @@ def up(topology: TopologyArg, site: SiteOpt) -> None:
 @app.command()
 def status(topology: TopologyArg, site: SiteOpt) -> None:
     """Show a site's supervised processes, the pipeline's lag and throughput, restarts."""
-    from dataflows.orchestrator import pipeline_lag, read_status
+    from dataflows.orchestrator import pipeline_lag, read_status, store_backlog
 
     try:
         _, plan = _load(topology)
         plan.require_site(site)
         found = read_status(plan, site)
         lag = pipeline_lag(plan, site)
+        backlog = store_backlog(plan, site)
     except MlexecError as exc:
         raise _fail(exc, 1) from exc
     if found is None:
@@ -436,6 +437,8 @@ def status(topology: TopologyArg, site: SiteOpt) -> None:
     rate = f", {history[-1]['rate']:,.0f} records/s" if history else ""
     if lag is not None:
         console.print(f"pipeline: {lag[0]:,} records behind, {lag[1]:,} processed{rate}")
+    if backlog is not None:
+        console.print(f"store: {backlog[0]:,} samples waiting in Kafka, {backlog[1]:,} stored")
 
 
 def _run_parts(

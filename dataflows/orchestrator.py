@@ -35,9 +35,16 @@ from typing import Any
 from connectors.kafka import client_config, high_watermarks
 from connectors.runner import Checkpoint
 from dataflows.run import prepare_site
-from topologies.plan import Plan
+from topologies.plan import Plan, UseCasePlan
 
-__all__ = ["PartStatus", "Supervisor", "pipeline_lag", "read_status", "status_path"]
+__all__ = [
+    "PartStatus",
+    "Supervisor",
+    "pipeline_lag",
+    "read_status",
+    "status_path",
+    "store_backlog",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -61,7 +68,20 @@ def pipeline_lag(plan: Plan, site: str) -> tuple[int, int] | None:
 
     ``None`` when the pipeline has not snapshotted yet.
     """
-    flow = f"{plan.topology.name}-{site}-pipeline"
+    return _flow_lag(plan, site, "pipeline", "_raw", lambda uc: uc.raw_topic)
+
+
+def store_backlog(plan: Plan, site: str) -> tuple[int, int] | None:
+    """(samples waiting in Kafka, samples stored) of the site's store dataflow."""
+    return _flow_lag(
+        plan, site, "store", "_samples", lambda uc: uc.read_name(uc.samples_topic, "infer", "store")
+    )
+
+
+def _flow_lag(
+    plan: Plan, site: str, part: str, suffix: str, topic_of: Callable[[UseCasePlan], str]
+) -> tuple[int, int] | None:
+    flow = f"{plan.topology.name}-{site}-{part}"
     db_dir = Path(plan.topology.sites[site].state_dir) / "recovery" / flow
     done: dict[tuple[str, int], int] = {}
     for db in sorted(db_dir.glob("part-*.sqlite3")):
@@ -69,10 +89,11 @@ def pipeline_lag(plan: Plan, site: str) -> tuple[int, int] | None:
             rows = conn.execute(
                 "SELECT step_id, state_key, ser_change FROM snaps s WHERE snap_epoch = "
                 "(SELECT max(snap_epoch) FROM snaps t WHERE t.step_id = s.step_id "
-                "AND t.state_key = s.state_key) AND step_id LIKE '%\\_raw' ESCAPE '\\'"
+                "AND t.state_key = s.state_key) AND step_id LIKE ? ESCAPE '\\'",
+                (f"%{suffix.replace('_', chr(92) + '_')}",),
             ).fetchall()
         for step_id, state_key, change in rows:
-            usecase = step_id.rsplit(".", 1)[-1].removesuffix("_raw")
+            usecase = step_id.rsplit(".", 1)[-1].removesuffix(suffix)
             if usecase in plan.usecases and change is not None:
                 offset = pickle.loads(change)  # noqa: S301 - our own recovery store
                 done[(usecase, int(state_key))] = int(offset)
@@ -82,7 +103,7 @@ def pipeline_lag(plan: Plan, site: str) -> tuple[int, int] | None:
     behind = processed = 0
     ends: dict[str, dict[int, int]] = {}
     for (usecase, partition), offset in done.items():
-        topic = plan.usecases[usecase].raw_topic
+        topic = topic_of(plan.usecases[usecase])
         if topic not in ends:
             ends[topic] = high_watermarks(conf, topic)
         behind += max(0, ends[topic].get(partition, offset) - offset)

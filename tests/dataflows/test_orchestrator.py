@@ -19,7 +19,7 @@ import yaml
 
 from connectors.kafka import read_topic
 from connectors.samplestore import open_store
-from dataflows.orchestrator import Supervisor, pipeline_lag, read_status
+from dataflows.orchestrator import Supervisor, pipeline_lag, read_status, store_backlog
 from tests.dataflows.spine import FIELDS, feed, spine_topology
 from topologies import load_topology, plan_topology
 
@@ -146,7 +146,12 @@ def test_a_store_away_for_a_while_loses_no_sample(broker, tmp_path, uid):
         _wait(lambda: up.sup.parts["store"].restarts >= 1, 30, "the store to fail and restart")
         holder.wait(30)  # the store comes back
         _wait(lambda: up.sup.parts["store"].state == "running", 30, "the store running again")
-        time.sleep(6)  # it drains the samples that waited in Kafka
+        _wait(
+            lambda: (store_backlog(up.plan, "here") or (1, 0))[0] == 0,
+            60,
+            "the samples that waited in Kafka to be stored",
+        )
+        time.sleep(3)  # its last epoch is flushed
     written = _sample_ids(conf, uc.samples_topic)
     with open_store(url) as store:
         row = store.query(f"SELECT uniqExact(record_id) AS ids FROM mlexec.{uc.table} FINAL")
@@ -180,3 +185,38 @@ def test_the_pipeline_scales_out_under_lag_and_back_in(broker, tmp_path, uid):
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"x": x})
     np.testing.assert_allclose([predictions[r] for r in ids], y[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_up_and_status_from_the_command_line_and_sigterm_stops_everything(broker, tmp_path, uid):
+    path = _topology(tmp_path, broker, uid)
+    feed(path, n=2_000, bad_every=0)
+    cli = [sys.executable, "-m", "dataflows.cli"]
+    proc = subprocess.Popen(
+        [*cli, "up", str(path), "--site", "here"], stderr=subprocess.PIPE, text=True
+    )
+    plan = plan_topology(load_topology(path))
+    try:
+        _wait(
+            lambda: (pipeline_lag(plan, "here") or (1, 0))[1] >= 2_000, 60, "the records processed"
+        )
+        shown = subprocess.run(
+            [*cli, "status", str(path), "--site", "here"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert shown.returncode == 0, shown.stderr
+        for words in ("pipeline", "store", "running", "0 records behind", "2,000 processed"):
+            assert words in shown.stdout, (words, shown.stdout)
+        status = read_status(plan, "here")
+        assert status is not None
+        children = [p["pid"] for p in status["parts"] if p["pid"]]
+        assert len(children) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0
+    for pid in children:  # every supervised process is gone
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
