@@ -262,6 +262,13 @@ MISTAKES = {
         "usecases.vib.outputs.0.when",
         ["nosuch"],
     ),
+    "scale policy upside down": (
+        lambda d: d["sites"]["edge"].update(
+            pipeline={"scale": {"out_above": 100, "in_below": 500}}
+        ),
+        "sites.edge.pipeline.scale",
+        ["in_below (500) below out_above (100)"],
+    ),
     "sasl without credentials": (
         lambda d: d["sites"]["edge"]["kafka"].update(security={"protocol": "sasl_ssl"}),
         "sites.edge.kafka.security",
