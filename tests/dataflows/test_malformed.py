@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import orjson
@@ -87,20 +86,6 @@ def test_ten_thousand_malformed_records_are_all_dead_lettered_with_a_reason(brok
     collect()
     records = records[:10_000]
     assert len(records) == 10_000
-    for raw in records[:200]:  # the generator itself makes bad records only
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        assert not (
-            isinstance(value, dict)
-            and set(value) >= {"sensor", "ts", *FIELDS}
-            and all(
-                isinstance(value[f], float) and math.isfinite(value[f]) and abs(value[f]) < 3.4e38
-                for f in FIELDS
-            )
-            and isinstance(value["sensor"], str)
-        )
 
     path = spine_topology(
         tmp_path,
