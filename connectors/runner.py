@@ -25,21 +25,23 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from connectors.kafka import KafkaDeliveryError, end_offsets, read_topic
+from connectors.kafka import KafkaDeliveryError, end_offsets, ensure_topics, read_topic
 from connectors.sources.base import Source, SourceRecord
-from topologies.errors import MlexecError
+from topologies.errors import MlexecError, TopologyError
+from topologies.plan import TopicSpec
 
 __all__ = [
     "HEADER_CONNECTOR",
     "HEADER_POSITION",
     "Checkpoint",
+    "SiteParts",
     "ConnectorCollector",
     "ConnectorRunner",
     "ConnectorStatus",
@@ -49,6 +51,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 HEADER_CONNECTOR = "mlexec.connector"
 HEADER_POSITION = "mlexec.position"
@@ -127,6 +131,33 @@ def run_all(runners: Sequence[Any], stop: threading.Event, *, once: bool, kind: 
             raise first
         msg = f"a {kind} failed: {first}"
         raise MlexecError(msg) from first
+
+
+@dataclass(frozen=True)
+class SiteParts(Generic[R]):
+    """The runners of one kind (connectors, outputs) a site runs, and the topics they need."""
+
+    kind: str
+    site: str
+    runners: list[R]
+    topics: list[TopicSpec]
+    kafka_conf: dict[str, Any]
+
+    @property
+    def statuses(self) -> list[Any]:
+        return [cast(Any, r).status for r in self.runners]
+
+    def run(self, stop: threading.Event | None = None, *, once: bool = False) -> None:
+        """Run every runner until ``stop`` is set, or with ``once`` until each has caught up.
+
+        With ``once`` the first error is raised after all have stopped; running
+        continuously, a failing runner retries from its checkpoint with backoff.
+        """
+        if not self.runners:
+            msg = f"site {self.site!r} has no {self.kind}s to run"
+            raise TopologyError(msg)
+        ensure_topics(self.kafka_conf, self.topics)
+        run_all(self.runners, stop or threading.Event(), once=once, kind=self.kind)
 
 
 class Checkpoint:

@@ -30,9 +30,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from connectors.kafka import CONSUMER_TUNING, KafkaDeliveryError, client_config, ensure_topics
+from connectors.kafka import CONSUMER_TUNING, KafkaDeliveryError, client_config
 from connectors.outputs import Action, FileSink, HttpSink, KafkaSink, MqttSink, OutputSink
-from connectors.runner import Checkpoint, StatusCollector, run_all, run_restarting
+from connectors.runner import Checkpoint, SiteParts, StatusCollector, run_restarting
 from operators.act import ActionFilter, ActionFilterError, Debouncer
 from topologies.errors import MlexecError, TopologyError
 from topologies.plan import ALERTS_TOPIC, Plan, TopicSpec
@@ -297,18 +297,8 @@ class OutputCollector(StatusCollector):
         )
 
 
-@dataclass(frozen=True)
-class SiteOutputs:
-    """The runners of one site's outputs and the topics they need."""
-
-    site: str
-    runners: list[OutputRunner]
-    topics: list[TopicSpec]
-    kafka_conf: dict[str, Any]
-
-    @property
-    def statuses(self) -> list[OutputStatus]:
-        return [r.status for r in self.runners]
+#: The runners of a site's outputs and the topics they need.
+SiteOutputs = SiteParts[OutputRunner]
 
 
 def _make_sink(
@@ -376,15 +366,11 @@ def prepare_outputs(
         topics.setdefault(predictions, TopicSpec(predictions, parts))
         for spec in uc.output_topics():
             topics.setdefault(spec.name, spec)
-    return SiteOutputs(site, runners, list(topics.values()), conf)
+    return SiteParts("output", site, runners, list(topics.values()), conf)
 
 
 def run_outputs(
     outputs: SiteOutputs, stop: threading.Event | None = None, *, once: bool = False
 ) -> None:
     """Run every output until ``stop`` is set, or with ``once`` until each has caught up."""
-    if not outputs.runners:
-        msg = f"site {outputs.site!r} has no outputs to run"
-        raise TopologyError(msg)
-    ensure_topics(outputs.kafka_conf, outputs.topics)
-    run_all(outputs.runners, stop or threading.Event(), once=once, kind="output")
+    outputs.run(stop, once=once)

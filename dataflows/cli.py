@@ -55,6 +55,9 @@ _stopping = threading.Event()
 
 TopologyArg = Annotated[Path, typer.Argument(help="The topology YAML file.", show_default=False)]
 SiteOpt = Annotated[str, typer.Option("--site", "-s", help="The site to act for.")]
+MetricsPortOpt = Annotated[
+    int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port.", min=1)
+]
 
 
 def _fail(exc: Exception, code: int = 2) -> typer.Exit:
@@ -288,10 +291,7 @@ def connect(
     once: Annotated[
         bool, typer.Option("--once", help="One pass: read what is there now, then exit.")
     ] = False,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port.", min=1),
-    ] = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run a site's data connectors: files, logs, web, SQL, Kafka → the raw topics.
 
@@ -326,10 +326,7 @@ def act(
         bool,
         typer.Option("--once", help="Deliver what the predictions topic holds now, then exit."),
     ] = False,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port.", min=1),
-    ] = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Deliver predictions to the use cases' outputs: Kafka, webhooks, MQTT, files.
 
@@ -358,10 +355,7 @@ def mirror(
     once: Annotated[
         bool, typer.Option("--once", help="Carry what is there now both ways, then exit.")
     ] = False,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port.", min=1),
-    ] = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Carry a link's topics both ways (MirrorMaker 2's contract, on one machine).
 

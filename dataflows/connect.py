@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-from connectors.kafka import client_config, ensure_topics
-from connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus, run_all
+from connectors.kafka import client_config
+from connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus, SiteParts
 from connectors.sources import open_source
 from topologies.errors import TopologyError
 from topologies.plan import Plan, TopicSpec
@@ -21,18 +20,8 @@ from topologies.plan import Plan, TopicSpec
 __all__ = ["SiteConnectors", "prepare_connectors", "run_connectors"]
 
 
-@dataclass(frozen=True)
-class SiteConnectors:
-    """The runners of one site's connectors and the topics they write."""
-
-    site: str
-    runners: list[ConnectorRunner]
-    topics: list[TopicSpec]
-    kafka_conf: dict[str, object]
-
-    @property
-    def statuses(self) -> list[ConnectorStatus]:
-        return [r.status for r in self.runners]
+#: The runners of a site's connectors and the topics they write.
+SiteConnectors = SiteParts[ConnectorRunner]
 
 
 def prepare_connectors(
@@ -70,19 +59,11 @@ def prepare_connectors(
             )
             topics.setdefault(uc.raw_topic, TopicSpec(uc.raw_topic, uc.usecase.input.partitions))
             topics.setdefault(uc.deadletter_topic, TopicSpec(uc.deadletter_topic, 1))
-    return SiteConnectors(site, runners, list(topics.values()), conf)
+    return SiteParts("connector", site, runners, list(topics.values()), conf)
 
 
 def run_connectors(
     connectors: SiteConnectors, stop: threading.Event | None = None, *, once: bool = False
 ) -> None:
-    """Run every connector until ``stop`` is set, or with ``once`` until each is caught up.
-
-    With ``once`` the first connector error is raised after all have stopped; running
-    continuously, a failing connector retries from its checkpoint with backoff.
-    """
-    if not connectors.runners:
-        msg = f"site {connectors.site!r} has no connectors to run"
-        raise TopologyError(msg)
-    ensure_topics(dict(connectors.kafka_conf), connectors.topics)
-    run_all(connectors.runners, stop or threading.Event(), once=once, kind="connector")
+    """Run every connector until ``stop`` is set, or with ``once`` until each is caught up."""
+    connectors.run(stop, once=once)

@@ -19,6 +19,7 @@ import os
 import re
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -143,6 +144,30 @@ def _read_lines(
     return lines, data[:cut], size
 
 
+def _read_records(
+    path: str,
+    cursor: Cursor,
+    settled: bool,
+    limit: int,
+    take: Callable[[list[_Line], bytes, int], Cursor],
+) -> Cursor:
+    """Read lines after ``cursor`` for ``take`` to turn into up to ``limit`` records.
+
+    ``take`` gets the lines, their bytes and the file size, and returns the cursor
+    after what it used. When one record needs more lines than were read, read more.
+    """
+    max_lines = 2 * limit + 64
+    while True:
+        try:
+            lines, data, size = _read_lines(path, cursor, settled, max_lines)
+        except FileNotFoundError:
+            return cursor
+        advanced = take(lines, data, size)
+        if advanced is not cursor or len(lines) < max_lines:
+            return advanced
+        max_lines *= 8
+
+
 def _quiet(path: str, seconds: float) -> bool:
     try:
         return time.time() - os.stat(path).st_mtime >= seconds
@@ -231,17 +256,11 @@ class CsvSource:
     def _read_file(
         self, path: str, cursor: Cursor, settled: bool, limit: int, out: list[SourceRecord]
     ) -> Cursor:
-        max_lines = 2 * limit + 64
-        while True:
-            try:
-                lines, data, size = _read_lines(path, cursor, settled, max_lines)
-            except FileNotFoundError:
-                return cursor
+        def take(lines: list[_Line], data: bytes, size: int) -> Cursor:
             self._sizes[cursor.stream] = size
-            advanced = self._rows(path, cursor, lines, data, settled, limit, out)
-            if advanced is not cursor or len(lines) < max_lines:
-                return advanced
-            max_lines *= 8  # one row spans more lines than were read
+            return self._rows(path, cursor, lines, data, settled, limit, out)
+
+        return _read_records(path, cursor, settled, limit, take)
 
     def _rows(
         self,
@@ -471,19 +490,13 @@ class LogfileSource:
     def _read_file(
         self, path: str, cursor: Cursor, settled: bool, limit: int, out: list[SourceRecord]
     ) -> Cursor:
-        max_lines = 2 * limit + 64
-        while True:
-            try:
-                lines, data, size = _read_lines(path, cursor, settled, max_lines)
-            except FileNotFoundError:
-                return cursor
+        def take(lines: list[_Line], data: bytes, size: int) -> Cursor:
             if path == self.config.path:
                 self._size = size
             complete = settled or self._quiet_for_multiline(path)
-            advanced = self._lines(path, cursor, lines, data, complete, limit, out)
-            if advanced is not cursor or len(lines) < max_lines:
-                return advanced
-            max_lines *= 8  # one record spans more lines than were read
+            return self._lines(path, cursor, lines, data, complete, limit, out)
+
+        return _read_records(path, cursor, settled, limit, take)
 
     def _lines(
         self,
