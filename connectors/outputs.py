@@ -80,6 +80,19 @@ class OutputSink(Protocol):
     def close(self) -> None: ...
 
 
+class _Acknowledged:
+    """A sink whose deliveries are durable once acknowledged: nothing to commit or keep."""
+
+    def commit(self) -> bool:
+        return True
+
+    def tick(self) -> bool:
+        return False
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+
 def _pick(prediction: dict[str, Any], path: str) -> Any:
     value: Any = prediction
     for part in path.split("."):
@@ -90,7 +103,7 @@ def _pick(prediction: dict[str, Any], path: str) -> Any:
 # -------------------------------------------------------------------------- Kafka
 
 
-class KafkaSink:
+class KafkaSink(_Acknowledged):
     """Predictions to a topic: a chosen key field and JSON shape, idempotent producer."""
 
     def __init__(self, config: KafkaOutput, conf: dict[str, Any]) -> None:
@@ -137,15 +150,6 @@ class KafkaSink:
             raise MlexecError(msg)
         return failures
 
-    def commit(self) -> bool:
-        return True
-
-    def tick(self) -> bool:
-        return False
-
-    def state(self) -> dict[str, Any]:
-        return {}
-
     def close(self) -> None:
         self._producer.flush(30.0)
 
@@ -153,7 +157,7 @@ class KafkaSink:
 # --------------------------------------------------------------------------- HTTP
 
 
-class HttpSink:
+class HttpSink(_Acknowledged):
     """POST JSON to a webhook: one prediction per request, or arrays of up to ``batch``."""
 
     def __init__(self, config: HttpOutput) -> None:
@@ -196,15 +200,6 @@ class HttpSink:
     def _count(self, _exc: Exception) -> None:
         self.retried += 1
 
-    def commit(self) -> bool:
-        return True
-
-    def tick(self) -> bool:
-        return False
-
-    def state(self) -> dict[str, Any]:
-        return {}
-
     def close(self) -> None:
         self._client.close()
 
@@ -244,7 +239,7 @@ def mqtt_client(broker: MqttBroker, client_id: str, *, clean: bool = True) -> An
 _FIELD = re.compile(r"{([^}]*)}")
 
 
-class MqttSink:
+class MqttSink(_Acknowledged):
     """Publish each prediction (JSON) on a topic made from it, QoS 1 by default."""
 
     def __init__(self, config: MqttOutput, client_id: str) -> None:
@@ -282,15 +277,6 @@ class MqttSink:
 
     def _count(self, _exc: Exception) -> None:
         self.retried += 1
-
-    def commit(self) -> bool:
-        return True
-
-    def tick(self) -> bool:
-        return False
-
-    def state(self) -> dict[str, Any]:
-        return {}
 
     def close(self) -> None:
         self._client.loop_stop()
