@@ -565,7 +565,10 @@ def query(
 def broker(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: a free one).")] = 9092,
     storage: Annotated[
-        str, typer.Option(help="memory://tansu/ or postgres://user:pass@host/db for durability.")
+        str,
+        typer.Option(
+            help="memory://tansu/; postgres:// needs a Tansu built with it (the pinned one is not)."
+        ),
     ] = "memory://tansu/",
 ) -> None:
     """Run a local Kafka-wire broker (Tansu) in the foreground until Ctrl-C."""
