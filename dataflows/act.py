@@ -325,19 +325,13 @@ def prepare_outputs(
     clock: Callable[[], float] = time.time,
 ) -> SiteOutputs:
     """Build (without starting) the runners of the outputs whose ``act`` stage is on ``site``."""
-    plan.require_site(site)
     topology = plan.topology
-    if usecase is not None and usecase not in plan.usecases:
-        msg = f"no use case {usecase!r} in topology {topology.name!r}; use cases: {sorted(plan.usecases)}"
-        raise TopologyError(msg)
     settings = topology.sites[site]
     conf = client_config(settings.kafka)
     state_dir = Path(settings.state_dir) / "outputs" / topology.name
     runners: list[OutputRunner] = []
     topics: dict[str, TopicSpec] = {}
-    for uc in plan.usecases.values():
-        if (usecase is not None and uc.name != usecase) or uc.site("act") != site:
-            continue
+    for uc in plan.chosen_at(site, usecase, "act"):
         for i, config in enumerate(uc.usecase.outputs):
             name = config.name or config.kind
             output_id = f"{topology.name}/{uc.name}/{name}"

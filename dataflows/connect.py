@@ -14,7 +14,6 @@ from pathlib import Path
 from connectors.kafka import client_config
 from connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus, SiteParts
 from connectors.sources import open_source
-from topologies.errors import TopologyError
 from topologies.plan import Plan, TopicSpec
 
 __all__ = ["SiteConnectors", "prepare_connectors", "run_connectors"]
@@ -28,19 +27,13 @@ def prepare_connectors(
     plan: Plan, site: str, usecase: str | None = None, *, once: bool = False
 ) -> SiteConnectors:
     """Build (without starting) the runners of ``site``'s connectors."""
-    plan.require_site(site)
     topology = plan.topology
-    if usecase is not None and usecase not in plan.usecases:
-        msg = f"no use case {usecase!r} in topology {topology.name!r}; use cases: {sorted(plan.usecases)}"
-        raise TopologyError(msg)
     settings = topology.sites[site]
     conf = client_config(settings.kafka)
     state_dir = Path(settings.state_dir) / "connectors" / topology.name
     runners: list[ConnectorRunner] = []
     topics: dict[str, TopicSpec] = {}
-    for uc in plan.usecases.values():
-        if (usecase is not None and uc.name != usecase) or uc.site("connectors") != site:
-            continue
+    for uc in plan.chosen_at(site, usecase, "connectors"):
         for config in uc.usecase.connectors:
             name = config.name or config.kind
             runners.append(

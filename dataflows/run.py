@@ -45,15 +45,8 @@ def prepare_site(
     plan: Plan, site: str, usecase: str | None = None, source: str = "<topology>"
 ) -> SiteRun:
     """Load and check every use case the site runs (no side effects)."""
-    plan.require_site(site)
-    chosen = plan.usecases_at(site)
-    if usecase is not None:
-        if usecase not in plan.usecases:
-            msg = f"no use case {usecase!r} in topology; use cases: {sorted(plan.usecases)}"
-            raise TopologyError(msg)
-        chosen = [uc for uc in chosen if uc.name == usecase]
     process, store = [], []
-    for uc in chosen:
+    for uc in plan.chosen_at(site, usecase):
         on_site = {stage for stage, s in uc.sites if s == site}
         if not ({"dispatch", "infer", "store"} & on_site):
             continue

@@ -133,6 +133,26 @@ class Plan:
         """Use cases with at least one stage on ``site``."""
         return [uc for uc in self.usecases.values() if site in dict(uc.sites).values()]
 
+    def chosen_at(
+        self, site: str, usecase: str | None = None, stage: str | None = None
+    ) -> list[UseCasePlan]:
+        """The use cases with a stage (``stage``, or any) on ``site``, or just ``usecase``.
+
+        Refuses an unknown site or use case, naming the ones there are.
+        """
+        self.require_site(site)
+        if usecase is not None and usecase not in self.usecases:
+            msg = (
+                f"no use case {usecase!r} in topology {self.topology.name!r}; "
+                f"use cases: {sorted(self.usecases)}"
+            )
+            raise TopologyError(msg)
+        return [
+            uc
+            for uc in self.usecases_at(site)
+            if (usecase is None or uc.name == usecase) and (stage is None or uc.site(stage) == site)
+        ]
+
     def topics_at(self, site: str) -> list[TopicSpec]:
         """Topics the processes of ``site`` read or write."""
         seen: dict[str, TopicSpec] = {}
