@@ -94,15 +94,11 @@ def make_sensor_csv(frame: pl.DataFrame, path: Path, broken_every: int = 997) ->
 
 def window_frame(frame: pl.DataFrame, size_ms: int = 10_000) -> pl.DataFrame:
     """Per machine and tumbling window, the demo's declared aggregations (polars)."""
-    from operators.reduce import AGGREGATION_EXPRESSIONS
+    from operators.reduce import aggregate_expression
 
-    exprs = [
-        AGGREGATION_EXPRESSIONS[a](pl.col(f)).alias(f"{f}_{a}")
-        for f, aggs in WINDOW_FIELDS.items()
-        for a in aggs
-    ]
+    exprs = [aggregate_expression(a, f) for f, aggs in WINDOW_FIELDS.items() for a in aggs]
     return (
-        frame.with_columns(window=pl.col("ts") - pl.col("ts") % size_ms)
+        frame.with_columns(window=pl.col("ts") - pl.col("ts") % size_ms, time=pl.col("ts"))
         .sort(["machine", "window", "ts"])
         .group_by(["machine", "window"], maintain_order=True)
         .agg(*exprs, pl.col("anomaly").any())

@@ -23,7 +23,6 @@ from connectors.kafka import client_config, ensure_topics
 from connectors.samplestore import open_store
 from dataflows.site import build_flow
 from dataflows.usecase import UseCaseRuntime
-from topologies.errors import TopologyError
 from topologies.plan import Plan
 
 __all__ = ["SiteRun", "prepare_resources", "prepare_site", "run_pipeline", "run_site", "run_store"]
@@ -52,13 +51,6 @@ def prepare_site(
             continue
         rt = UseCaseRuntime.build(uc, source)
         if "dispatch" in on_site or "infer" in on_site:
-            if not {"dispatch", "infer"} <= on_site:
-                msg = (
-                    f"{source}: usecases.{uc.name}.placement: dispatch on {uc.site('dispatch')!r} "
-                    f"and infer on {uc.site('infer')!r} — running them on different sites needs "
-                    "the <uc>.reduced hand-over, which this version does not run yet"
-                )
-                raise TopologyError(msg)
             process.append(rt)
         if "store" in on_site:
             store.append(rt)
@@ -116,6 +108,7 @@ def run_pipeline(
         until_end=until_end,
         batch_size=batch_size,
         producers=workers,
+        site=run.site,
     )
     _execute(flow, Path(site.state_dir) if recovery else None, workers, epoch)
 

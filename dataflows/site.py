@@ -2,9 +2,10 @@
 
 Per use case placed here::
 
-    <uc>.raw ─▶ parse ─▶ dispatch ─▶ reduce ─▶ infer ─▶ <uc>.predictions
-                  │          │                   └─▶ sample ─▶ <uc>.samples
-                  └──────────┴─▶ <uc>.deadletter (original bytes + reason)
+    <uc>.raw ─▶ parse ─▶ dispatch ─▶ reduce ─┬─▶ infer ─▶ <uc>.predictions (or a reply)
+    <uc>.requests ─┘         │          │    │           └─▶ sample ─▶ <uc>.samples
+                  └──────────┴──────────┴─▶ <uc>.deadletter (original bytes + reason)
+                                             └─▶ <uc>.reduced ─▶ (infer on another site)
 
 and, for the store stage, ``<uc>.samples ─▶ sample store`` (ClickHouse / chDB).
 Items are whole batches (:class:`~operators.records.Records`), never one Python
@@ -14,7 +15,8 @@ object per record; every Kafka write of a worker goes through one producer.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import replace
+from typing import Any, cast
 
 import bytewax.operators as op
 import orjson
@@ -23,12 +25,44 @@ from bytewax.dataflow import Dataflow, Stream
 from connectors.kafka import KafkaBatchSink, KafkaBatchSource, Outgoing, RawBatch
 from connectors.samplesink import SampleStoreSink
 from dataflows.usecase import UseCaseRuntime
-from operators.dispatch import Dispatched, MicroBatchLogic, TumblingLogic, split_by_bucket
-from operators.emit import deadletter_headers, prediction_values, sample_values
+from operators.dispatch import (
+    ConditionLogic,
+    CountLogic,
+    CronLogic,
+    Dispatched,
+    MicroBatchLogic,
+    Reply,
+    Slice,
+    late_letter,
+    per_record,
+    split_by_bucket,
+)
+from operators.emit import (
+    deadletter_headers,
+    error_reply,
+    prediction_values,
+    read_reduced,
+    reduced_value,
+    reply_value,
+    sample_values,
+)
 from operators.infer import Predictions
 from operators.parse import ParseResult
-from operators.records import DeadLetter
-from topologies.schema import MicroBatch, Tumbling
+from operators.records import DeadLetter, Records
+from operators.reduce import Reduced, ReductionError, StatefulReduceLogic
+from operators.requests import RangeRequest, RequestLogic, RequestReader
+from operators.windows import WindowLogic, WindowShape
+from topologies.schema import (
+    Condition,
+    CountWindow,
+    Cron,
+    MicroBatch,
+    OnRequest,
+    PerRecord,
+    Session,
+    Sliding,
+    Tumbling,
+)
 
 __all__ = ["WINDOW_BUCKETS", "build_flow"]
 
@@ -45,14 +79,30 @@ def _deadletters(topic: str, dead: list[DeadLetter]) -> Outgoing:
     )
 
 
-def _process_branch(
+def _replies(dispatched: Dispatched) -> list[Outgoing]:
+    by_topic: dict[str, list[Reply]] = {}
+    for reply in dispatched.replies:
+        by_topic.setdefault(reply.request.reply_to, []).append(reply)
+    return [
+        Outgoing(topic, [error_reply(r) for r in replies], [r.request.request_id for r in replies])
+        for topic, replies in by_topic.items()
+    ]
+
+
+def _keyed_slices(kv: tuple[str, Records], buckets: int) -> list[tuple[str, Slice]]:
+    return split_by_bucket(kv[1], buckets, progress=True)  # type: ignore[return-value]
+
+
+def _dispatch(
     flow: Dataflow, rt: UseCaseRuntime, conf: dict[str, Any], until_end: bool, batch_size: int
-) -> Stream[Outgoing]:
+) -> tuple[Stream[Dispatched], Stream[Outgoing]]:
+    """``<uc>.raw`` (and ``<uc>.requests``) → dispatches; bad input → dead letters."""
     plan = rt.plan
     uc = plan.usecase
     n = plan.name
+    raw_name = plan.read_name(plan.raw_topic, "connectors", "dispatch")
     source = KafkaBatchSource(
-        conf, plan.raw_topic, until_end=until_end, batch_size=batch_size, group=f"mlexec-{n}"
+        conf, raw_name, until_end=until_end, batch_size=batch_size, group=f"mlexec-{n}"
     )
     raw: Stream[RawBatch] = op.input(f"{n}_raw", flow, source)
     parsed: Stream[ParseResult] = op.map(f"{n}_parse", raw, rt.parser)
@@ -64,42 +114,226 @@ def _process_branch(
     good = op.filter_map(
         f"{n}_good", parsed, lambda r: (r.source, r.records) if r.records is not None else None
     )
-
     rule = uc.dispatch
+    parts = uc.input.partitions
+    dispatched: Stream[tuple[str, Dispatched]]
+    extra: list[Stream[Dispatched]] = []
+    if isinstance(rule, PerRecord):
+        return op.map(f"{n}_dispatch", good, lambda kv: per_record(kv[1])), bad
     if isinstance(rule, MicroBatch):
         dispatched = op.stateful_batch(
             f"{n}_dispatch",
             good,
             lambda state: MicroBatchLogic(rule.max_records, rule.max_wait, resume=state),
         )
-    else:
-        assert isinstance(rule, Tumbling)
-        buckets = op.flat_map(
-            f"{n}_bucket", good, lambda kv: split_by_bucket(kv[1], WINDOW_BUCKETS)
+    elif isinstance(rule, Tumbling | Sliding | Session):
+        shape = (
+            WindowShape.tumbling(rule.size)
+            if isinstance(rule, Tumbling)
+            else WindowShape.sliding(rule.size, rule.hop)
+            if isinstance(rule, Sliding)
+            else WindowShape.session(rule.gap)
+        )
+        slices = op.flat_map(f"{n}_bucket", good, lambda kv: _keyed_slices(kv, WINDOW_BUCKETS))
+        dispatched = op.stateful_batch(
+            f"{n}_dispatch",
+            slices,
+            lambda state: WindowLogic(
+                shape,
+                partitions=parts,
+                lateness=rule.lateness,
+                late=rule.late,
+                correct_for=rule.correct_for,
+                idle_close=rule.idle_close,
+                resume=state,
+            ),
+        )
+    elif isinstance(rule, OnRequest):
+        reader = RequestReader(rt.parser, plan.replies_topic)
+        requests_source = KafkaBatchSource(
+            conf, plan.requests_topic, until_end=until_end, group=f"mlexec-{n}-requests"
+        )
+        read = op.map(
+            f"{n}_read-requests", op.input(f"{n}_requests", flow, requests_source), reader
+        )
+        extra.append(op.flat_map(f"{n}_payloads", read, lambda r: r[0]))
+        ranges = op.flat_map(f"{n}_ranges", read, lambda r: [("all", q) for q in r[1]])
+        history = op.flat_map(f"{n}_history", good, lambda kv: _keyed_slices(kv, 1))
+        both = cast(
+            "Stream[tuple[str, Slice | RangeRequest]]",
+            op.merge(
+                f"{n}_request-input",
+                op.map(f"{n}_all", history, lambda kv: ("all", kv[1])),
+                ranges,
+            ),
         )
         dispatched = op.stateful_batch(
             f"{n}_dispatch",
-            buckets,
-            lambda state: TumblingLogic(rule.size, rule.lateness, rule.idle_close, resume=state),
+            both,
+            lambda state: RequestLogic(
+                partitions=parts,
+                timeout=rule.timeout,
+                keep=rule.keep,
+                max_records_per_key=rule.max_records_per_key,
+                idle_close=rule.idle_close,
+                resume=state,
+            ),
         )
+    else:
+        buckets = op.flat_map(
+            f"{n}_bucket", good, lambda kv: split_by_bucket(kv[1], WINDOW_BUCKETS)
+        )
+        dispatched = op.stateful_batch(f"{n}_dispatch", buckets, _keyed_logic(rule))
     batches: Stream[Dispatched] = op.key_rm(f"{n}_unkey", dispatched)
-    late = op.filter_map(
-        f"{n}_late",
-        batches,
-        lambda d: _deadletters(plan.deadletter_topic, d.late) if d.late else None,
+    if extra:
+        batches = op.merge(f"{n}_dispatched", batches, *extra)
+    return batches, bad
+
+
+def _keyed_logic(rule: Any) -> Any:
+    """The per-bucket logic builder of the count, cron and condition rules."""
+    if isinstance(rule, CountWindow):
+        return lambda state: CountLogic(rule.count, resume=state)
+    if isinstance(rule, Cron):
+        return lambda state: CronLogic(rule.schedule, rule.timezone, resume=state)
+    assert isinstance(rule, Condition)
+    return lambda state: ConditionLogic(
+        rule.field,
+        above=rule.above,
+        below=rule.below,
+        clear=rule.clear,
+        cooldown=rule.cooldown,
+        lookback=rule.lookback,
+        max_keys=rule.max_keys,
+        resume=state,
     )
-    reduced = op.filter_map(f"{n}_reduce", batches, rt.reducer)
-    predicted: Stream[Predictions] = op.map(f"{n}_infer", reduced, rt.model)
-    published = op.flat_map(f"{n}_publish", predicted, lambda p: _publish(rt, p))
-    return op.merge(f"{n}_out", bad, late, published)
 
 
-def _publish(rt: UseCaseRuntime, pred: Predictions) -> list[Outgoing]:
+def _reduce(rt: UseCaseRuntime, dispatched: Dispatched) -> tuple[Reduced | None, list[DeadLetter]]:
+    """Reduce a dispatch; one the reduction cannot take becomes dead letters with the reason."""
+    try:
+        return rt.reducer(dispatched), []
+    except ReductionError as exc:
+        recs = dispatched.records
+        assert recs is not None
+        reason = f"reduction failed: {exc}"
+        dead = [late_letter(recs, i, reason) for i in range(len(recs))]
+        return None, [replace(d, stage="reduce") for d in dead]
+
+
+def _split_reduced(reduced: Reduced, buckets: int) -> list[tuple[str, Reduced]]:
+    parts = split_by_bucket(reduced.records, buckets)
+    return [(b, replace(reduced, records=r)) for b, r in parts]  # type: ignore[arg-type]
+
+
+def _reduction(
+    flow: Dataflow, rt: UseCaseRuntime, batches: Stream[Dispatched]
+) -> tuple[Stream[Reduced], Stream[Outgoing]]:
+    """Dispatches → reduced rows (with cross-dispatch state when declared)."""
+    plan = rt.plan
+    n = plan.name
+    done = op.map(f"{n}_reduce", batches, lambda d: _reduce(rt, d))
+    failed = op.filter_map(
+        f"{n}_reduce-failed",
+        done,
+        lambda r: _deadletters(plan.deadletter_topic, r[1]) if r[1] else None,
+    )
+    reduced: Stream[Reduced] = op.filter_map(f"{n}_reduced", done, lambda r: r[0])
+    state = plan.usecase.reduction.stateful
+    if state is not None:
+        keyed = op.flat_map(
+            f"{n}_reduce-bucket", reduced, lambda r: _split_reduced(r, WINDOW_BUCKETS)
+        )
+        stateful = op.stateful_batch(
+            f"{n}_reduce-state",
+            keyed,
+            lambda resume: StatefulReduceLogic(
+                state.ewma.columns if state.ewma else [],
+                state.ewma.alpha if state.ewma else 1.0,
+                state.diff,
+                state.max_keys,
+                resume=resume,
+            ),
+        )
+        reduced = op.key_rm(f"{n}_reduce-unkey", stateful)
+    return reduced, failed
+
+
+def _reduced_source(
+    flow: Dataflow, rt: UseCaseRuntime, conf: dict[str, Any], until_end: bool
+) -> tuple[Stream[Reduced], Stream[Outgoing]]:
+    """The reduced rows another site made, read under their name here."""
+    plan = rt.plan
+    n = plan.name
+    name = plan.read_name(plan.reduced_topic, "dispatch", "infer")
+    source = KafkaBatchSource(conf, name, until_end=until_end, group=f"mlexec-{n}-infer")
+    read = op.map(
+        f"{n}_read-reduced",
+        op.input(f"{n}_reduced-in", flow, source),
+        lambda b: read_reduced(b, plan.features),
+    )
+    bad = op.filter_map(
+        f"{n}_bad-reduced",
+        read,
+        lambda r: _deadletters(plan.deadletter_topic, r[1]) if r[1] else None,
+    )
+    return op.flat_map(f"{n}_reduced-rows", read, lambda r: r[0]), bad
+
+
+def _process_branch(
+    flow: Dataflow,
+    rt: UseCaseRuntime,
+    conf: dict[str, Any],
+    until_end: bool,
+    batch_size: int,
+    stages: set[str],
+) -> Stream[Outgoing]:
+    """The stages of one use case this site runs: dispatch + reduce, infer, or both."""
+    plan = rt.plan
+    n = plan.name
+    out: list[Stream[Outgoing]] = []
+    reduced: Stream[Reduced] | None = None
+    if "dispatch" in stages:
+        batches, bad = _dispatch(flow, rt, conf, until_end, batch_size)
+        late = op.filter_map(
+            f"{n}_late",
+            batches,
+            lambda d: _deadletters(plan.deadletter_topic, d.late) if d.late else None,
+        )
+        errors = op.flat_map(f"{n}_error-replies", batches, _replies)
+        reduced, failed = _reduction(flow, rt, batches)
+        out += [bad, late, errors, failed]
+        if "infer" not in stages or plan.usecase.reduction.publish:
+            out.append(
+                op.map(
+                    f"{n}_publish-reduced",
+                    reduced,
+                    lambda r: Outgoing(
+                        plan.reduced_topic,
+                        [reduced_value(r, plan.features)],
+                        [r.records.keys[0]],
+                    ),
+                )
+            )
+    if "infer" in stages:
+        if reduced is None:
+            reduced, bad_reduced = _reduced_source(flow, rt, conf, until_end)
+            out.append(bad_reduced)
+        predicted = op.map(f"{n}_infer", reduced, lambda r: (r, rt.model(r.records)))
+        out.append(op.flat_map(f"{n}_publish", predicted, lambda rp: _publish(rt, *rp)))
+    return op.merge(f"{n}_out", *out)
+
+
+def _publish(rt: UseCaseRuntime, reduced: Reduced, pred: Predictions) -> list[Outgoing]:
     plan = rt.plan
     model = rt.model
-    values = prediction_values(pred, model.name, model.version)
+    values = prediction_values(pred, model.name, model.version, correction=reduced.correction)
     keys = pred.records.keys
-    out = [Outgoing(plan.predictions_topic, values, keys)]
+    if reduced.request is not None:
+        request = reduced.request
+        out = [Outgoing(request.reply_to, [reply_value(request, values)], [request.request_id])]
+    else:
+        out = [Outgoing(plan.predictions_topic, values, keys)]
     keep, reasons = rt.sampler(pred)
     if keep.any():
         samples = sample_values(pred, keep, reasons, plan.features, model.name, model.version)
@@ -165,12 +399,22 @@ def build_flow(
     until_end: bool = False,
     batch_size: int = 1000,
     producers: int = 1,
+    site: str | None = None,
 ) -> Dataflow:
-    """One dataflow running ``process`` use cases' pipelines and ``store`` use cases' sinks."""
+    """One dataflow running ``process`` use cases' pipelines and ``store`` use cases' sinks.
+
+    ``site`` picks which of a use case's dispatch and infer stages run here (default:
+    both, in process); apart, the reduced rows travel on ``<uc>.reduced``.
+    """
     flow = Dataflow(name)
     outgoing: list[Stream[Outgoing]] = []
     for rt in process:
-        outgoing.append(_process_branch(flow, rt, conf, until_end, batch_size))
+        stages = (
+            {"dispatch", "infer"}
+            if site is None
+            else {stage for stage, s in rt.plan.sites if s == site} & {"dispatch", "infer"}
+        )
+        outgoing.append(_process_branch(flow, rt, conf, until_end, batch_size, stages))
     stored = list(store)
     if stored:
         if store_url is None:

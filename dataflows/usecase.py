@@ -15,15 +15,16 @@ import orjson
 
 from connectors.samplestore import RESERVED_COLUMNS, SamplesTable
 from operators.act import ActionFilter, ActionFilterError
+from operators.dispatch import Dispatched
 from operators.emit import prediction_values
 from operators.infer import ModelError, ModelInfo, OnnxModel, Predictions, describe_model
 from operators.parse import RecordParser
 from operators.records import Records
-from operators.reduce import Reducer
+from operators.reduce import Reducer, ReductionError
 from operators.sample import Sampler, SamplingError
 from topologies.errors import TopologyError
 from topologies.plan import UseCasePlan
-from topologies.schema import Aggregate
+from topologies.schema import Aggregate, OnnxReduction, PythonReduction
 
 __all__ = ["UseCaseRuntime", "samples_table"]
 
@@ -94,7 +95,7 @@ class UseCaseRuntime:
             )
         except ModelError as exc:
             raise _fail(source, plan.name, "model", str(exc)) from exc
-        fields = uc.reduction.fields if isinstance(uc.reduction, Aggregate) else None
+        reducer = _reducer(plan, source)
         try:
             sampler = Sampler(uc.sampling.rate, uc.sampling.keep_when, plan.features)
             sampler.check(_example(plan, model))
@@ -104,11 +105,49 @@ class UseCaseRuntime:
         return cls(
             plan=plan,
             parser=RecordParser(uc.input.schema_, uc.input.key, uc.input.time, uc.input.time_unit),
-            reducer=Reducer(plan.name, fields),
+            reducer=reducer,
             model=model,
             sampler=sampler,
             table=table,
         )
+
+
+def _reducer(plan: UseCasePlan, source: str) -> Reducer:
+    """The use case's reducer, tried on two made-up records; errors name the YAML path."""
+    red = plan.usecase.reduction
+    try:
+        if isinstance(red, Aggregate):
+            reducer = Reducer(plan.name, red.fields)
+        elif isinstance(red, PythonReduction):
+            reducer = Reducer(plan.name, entrypoint=red.entrypoint, columns=red.columns)
+        elif isinstance(red, OnnxReduction):
+            reducer = Reducer(
+                plan.name,
+                premodel=red.path,
+                inputs=red.inputs,
+                columns=red.columns,
+                input_name=red.input_name,
+            )
+        else:
+            return Reducer(plan.name)
+    except ReductionError as exc:
+        where = "entrypoint" if isinstance(red, PythonReduction) else "path"
+        raise _fail(source, plan.name, f"reduction.{where}", str(exc)) from exc
+    raw = [n for n, k in plan.usecase.input.schema_.items() if k in ("float", "int", "bool")]
+    rows = 2
+    example = Records(
+        record_ids=["example:0:0", "example:0:1"],
+        ids=np.arange(rows, dtype=np.uint64),
+        keys=["example", "example"],
+        times=np.asarray([0, 1000], dtype=np.int64),
+        columns={f: np.zeros(rows) for f in raw},
+    )
+    try:
+        reducer(Dispatched(records=example))
+    except ReductionError as exc:
+        msg = f"the {red.kind} reduction fails on two made-up records: {exc}"
+        raise _fail(source, plan.name, "reduction", msg) from exc
+    return reducer
 
 
 def _check_outputs(plan: UseCasePlan, model: OnnxModel, source: str) -> None:

@@ -1,57 +1,115 @@
 """Dispatch rules: *when* the model runs, as bytewax stateful logic over batches.
 
-- :class:`MicroBatchLogic` — at most ``max_records`` records, waiting at most
-  ``max_wait`` for a batch to fill; keyed by source partition so whole consumed
-  batches pass through untouched.
-- :class:`TumblingLogic` — fixed event-time windows per record key, closed by a
-  watermark or after ``idle_close`` of wall time without data. As in Flink, the
-  watermark is the *minimum* over source partitions of each one's newest event time,
-  minus the allowed lateness, so one partition read ahead of another does not make
-  the other's records late; a partition silent for ``idle_close`` stops holding it
-  back. Records for a window already closed are dead letters.
-  The state is keyed by a stable hash bucket of the record key, so one worker owns all
-  of a key's windows whichever partition its records arrive on.
+Each rule turns batches of parsed records into :class:`Dispatched` items — the
+records one model run sees, each row tagged with the *group* (window) it reduces
+into. Rules that count or wait hold bounded state that bytewax snapshots, so a
+restart resumes them:
 
-Time is injectable (``now``) so tests are deterministic.
+- per record (:func:`per_record`) — stateless; each record is its own group;
+- :class:`MicroBatchLogic` — at most ``max_records``, waiting at most ``max_wait``;
+  keyed by source partition so whole consumed batches pass through untouched;
+- event-time windows (tumbling, sliding, session) — :mod:`operators.windows`;
+- :class:`CountLogic` — every ``count`` records of a key;
+- :class:`CronLogic` — on a cron schedule, over what arrived since the last run;
+- :class:`ConditionLogic` — when a field crosses a threshold, with hysteresis and a
+  cool-down;
+- on request — :mod:`operators.requests`.
+
+Stateful rules are keyed by a stable hash bucket of the record key
+(:func:`split_by_bucket`), so one worker owns all of a key's state whichever
+partition its records arrive on. Time is injectable (``now``) so tests are
+deterministic.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import orjson
 from bytewax.operators import StatefulBatchLogic
+from croniter import croniter
 
 from operators.records import DeadLetter, Records
 
 __all__ = [
+    "NO_TIME",
+    "Clock",
+    "ConditionLogic",
+    "CountLogic",
+    "CronLogic",
     "Dispatched",
     "MicroBatchLogic",
-    "TumblingLogic",
+    "Reply",
+    "Request",
+    "Slice",
     "bucket_of",
+    "late_letter",
+    "ms",
+    "per_record",
     "split_by_bucket",
 ]
 
 Clock = Callable[[], datetime]
+#: "No event time seen yet" for a partition (below any real epoch millisecond).
+NO_TIME = np.iinfo(np.int64).min
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def ms(value: timedelta) -> int:
+    """A duration in whole milliseconds."""
+    return int(value / timedelta(milliseconds=1))
+
+
+@dataclass(frozen=True)
+class Request:
+    """Where the answer to an on-request dispatch goes."""
+
+    request_id: str
+    reply_to: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An error reply: the request could not be scored, and why."""
+
+    request: Request
+    error: str
+
+
 @dataclass
 class Dispatched:
-    """What a dispatch emits: records to reduce (with their windows) or late records."""
+    """What a dispatch emits: records for one model run, late records, error replies.
+
+    ``groups`` says, per row, which reduced record (window) the row belongs to within
+    its key — the reduced id is ``<uc>:<key>:<group>`` — and ``group_times`` the event
+    time of that reduced record (default: the group itself, a window start).
+    Without groups a key's rows reduce to one record (micro-batch); ``per_record``
+    makes every row its own.
+    """
 
     records: Records | None = None
-    #: Per row of ``records``: the window start (ms) it belongs to; ``None`` = no windows.
-    window_starts: np.ndarray | None = None
-    window_size_ms: int = 0
+    groups: np.ndarray | None = None
+    group_times: np.ndarray | None = None
+    per_record: bool = False
+    #: A window emitted again because a late record arrived for it (same ids).
+    correction: bool = False
+    request: Request | None = None
     late: list[DeadLetter] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+
+
+def per_record(records: Records) -> Dispatched:
+    """The per-record rule: every record is a dispatch of its own (inference stays batched)."""
+    return Dispatched(records=records, per_record=True)
 
 
 # ---------------------------------------------------------------- micro-batch
@@ -110,7 +168,7 @@ class MicroBatchLogic(StatefulBatchLogic[Records, Dispatched, _BatchState]):
         return _BatchState(pending=list(self._pending), since=self._since)
 
 
-# -------------------------------------------------------------------- tumbling
+# ------------------------------------------------------------------ buckets
 
 
 def bucket_of(key: str, buckets: int) -> int:
@@ -118,137 +176,65 @@ def bucket_of(key: str, buckets: int) -> int:
     return zlib.crc32(key.encode()) % buckets
 
 
-def split_by_bucket(records: Records, buckets: int) -> list[tuple[str, Records]]:
-    """Split a batch into per-bucket batches keyed ``"b<n>"`` for stateful routing."""
-    if buckets == 1:
-        return [("b0", records)]
-    per_key: dict[str, int] = {}
-    codes = np.fromiter(
-        (per_key.setdefault(k, bucket_of(k, buckets)) for k in records.keys),
-        dtype=np.int64,
-        count=len(records),
-    )
-    return [(f"b{b}", records.take(codes == b)) for b in np.unique(codes)]
-
-
 @dataclass
-class _WindowState:
-    pending: list[Records]
-    #: Source partition → (newest event time in ms, wall time it was last heard from).
-    partitions: dict[int, tuple[int, datetime]]
-    closed_until: int | None
-    last_arrival: datetime | None
+class Slice:
+    """One bucket's share of a source batch, with the source partition's progress.
+
+    Every bucket receives a slice of every batch — empty when none of its keys are in
+    it — so each knows how far every partition has got in event time. ``before`` is,
+    per row, the newest event time of the partition's records *ahead of it in this
+    batch* (``NO_TIME`` when none): with the progress from earlier batches it says,
+    deterministically, how far the partition was when the row arrived.
+    """
+
+    partition: int
+    newest: int
+    records: Records | None = None
+    before: np.ndarray | None = None
 
 
-class TumblingLogic(StatefulBatchLogic[Records, Dispatched, _WindowState]):
-    """Event-time tumbling windows of ``size`` per record key."""
-
-    def __init__(
-        self,
-        size: timedelta,
-        lateness: timedelta,
-        idle_close: timedelta,
-        resume: _WindowState | None = None,
-        now: Clock = _utc_now,
-    ) -> None:
-        self._size = int(size / timedelta(milliseconds=1))
-        self._lateness = int(lateness / timedelta(milliseconds=1))
-        self._idle = idle_close
-        self._now = now
-        self._pending: list[Records] = list(resume.pending) if resume else []
-        self._partitions: dict[int, tuple[int, datetime]] = (
-            dict(resume.partitions) if resume else {}
-        )
-        #: Every window ending at or before this (ms) has been emitted.
-        self._closed_until = resume.closed_until if resume else None
-        self._last_arrival = resume.last_arrival if resume else None
-
-    def on_batch(self, values: list[Records]) -> tuple[Iterable[Dispatched], bool]:
-        now = self._now()
-        self._last_arrival = now
-        out: list[Dispatched] = []
-        for batch in values:
-            self._heard(batch, now)
-            records, late = self._split_late(batch)
-            if late:
-                out.append(Dispatched(late=late))
-            if records is not None:
-                self._pending.append(records)
-        out.extend(self._close(self._watermark(now)))
-        return out, StatefulBatchLogic.RETAIN
-
-    def _heard(self, records: Records, now: datetime) -> None:
-        parts = (records.ids >> np.uint64(48)).astype(np.int64)
-        for part in np.unique(parts).tolist():
-            newest = int(records.times[parts == part].max())
-            before = self._partitions.get(part)
-            self._partitions[part] = (max(newest, before[0]) if before else newest, now)
-
-    def _watermark(self, now: datetime) -> int | None:
-        live = [t for t, seen in self._partitions.values() if now - seen < self._idle]
-        if not live:
-            return None
-        return min(live) - self._lateness
-
-    def on_notify(self) -> tuple[Iterable[Dispatched], bool]:
-        return self._close(None, everything=True), StatefulBatchLogic.RETAIN
-
-    def on_eof(self) -> tuple[Iterable[Dispatched], bool]:
-        return self._close(None, everything=True), StatefulBatchLogic.RETAIN
-
-    def notify_at(self) -> datetime | None:
-        if not self._pending or self._last_arrival is None:
-            return None
-        return self._last_arrival + self._idle
-
-    def snapshot(self) -> _WindowState:
-        return _WindowState(
-            pending=list(self._pending),
-            partitions=dict(self._partitions),
-            closed_until=self._closed_until,
-            last_arrival=self._last_arrival,
-        )
-
-    def _split_late(self, records: Records) -> tuple[Records | None, list[DeadLetter]]:
-        if self._closed_until is None:
-            return records, []
-        starts = records.times - records.times % self._size
-        late = starts + self._size <= self._closed_until
-        if not late.any():
-            return records, []
-        dead = [_late_letter(records, int(i), self._closed_until) for i in np.flatnonzero(late)]
-        on_time = records.take(~late)
-        return (on_time if len(on_time) else None), dead
-
-    def _close(self, watermark: int | None, everything: bool = False) -> list[Dispatched]:
-        if not self._pending or (watermark is None and not everything):
-            return []
-        whole = Records.concat(self._pending)
-        starts = whole.times - whole.times % self._size
-        ends = starts + self._size
-        closing = np.ones(len(whole), dtype=bool) if everything else ends <= watermark
-        if not closing.any():
-            self._pending = [whole]
-            return []
-        done = whole.take(closing)
-        rest = whole.take(~closing)
-        self._pending = [rest] if len(rest) else []
-        edge = int(ends[closing].max())
-        if everything:
-            edge = max(edge, int(ends.max()))
-        if watermark is not None:
-            edge = max(edge, watermark - watermark % self._size)
-        self._closed_until = edge if self._closed_until is None else max(self._closed_until, edge)
-        return [
-            Dispatched(
-                records=done,
-                window_starts=starts[closing],
-                window_size_ms=self._size,
-            )
-        ]
+def _codes(keys: list[str], buckets: int) -> np.ndarray:
+    per_key: dict[str, int] = {}
+    return np.fromiter(
+        (per_key.setdefault(k, bucket_of(k, buckets)) for k in keys),
+        dtype=np.int64,
+        count=len(keys),
+    )
 
 
-def _late_letter(records: Records, i: int, closed_until: int) -> DeadLetter:
+def split_by_bucket(
+    records: Records, buckets: int, *, progress: bool = False
+) -> list[tuple[str, Records]] | list[tuple[str, Slice]]:
+    """Split a batch into per-bucket batches keyed ``"b<n>"`` for stateful routing.
+
+    With ``progress``, every bucket gets a :class:`Slice` (see there) instead.
+    """
+    if not progress:
+        if buckets == 1:
+            return [("b0", records)]
+        codes = _codes(records.keys, buckets)
+        return [(f"b{b}", records.take(codes == b)) for b in np.unique(codes)]
+    partition = int(records.ids[0] >> np.uint64(48)) if len(records) else 0
+    times = records.times
+    before = np.empty(len(times), dtype=np.int64)
+    if len(times):
+        before[0] = NO_TIME
+        np.maximum.accumulate(times[:-1], out=before[1:])
+    newest = int(times.max()) if len(times) else NO_TIME
+    codes = _codes(records.keys, buckets) if buckets > 1 else np.zeros(len(records), np.int64)
+    out: list[tuple[str, Slice]] = []
+    for b in range(buckets):
+        mine = codes == b
+        if mine.any():
+            piece = Slice(partition, newest, records.take(mine), before[mine])
+        else:
+            piece = Slice(partition, newest)
+        out.append((f"b{b}", piece))
+    return out
+
+
+def late_letter(records: Records, i: int, reason: str) -> DeadLetter:
+    """Row ``i`` of ``records`` as a dead letter of the dispatch stage."""
     topic, partition, offset = _source_of(records.record_ids[i])
     value = orjson.dumps(
         {
@@ -256,10 +242,6 @@ def _late_letter(records: Records, i: int, closed_until: int) -> DeadLetter:
             "time": int(records.times[i]),
             **{k: float(v[i]) for k, v in records.columns.items()},
         }
-    )
-    reason = (
-        f"late: event time {int(records.times[i])} ms falls in a window that closed "
-        f"(windows up to {closed_until} ms are emitted)"
     )
     return DeadLetter(
         value=value,
@@ -278,3 +260,251 @@ def _source_of(record_id: str) -> tuple[str, int, int]:
         return topic, int(partition), int(offset)
     except ValueError:
         return record_id, -1, -1
+
+
+def _concat(parts: list[Records]) -> Records | None:
+    parts = [p for p in parts if len(p)]
+    return Records.concat(parts) if parts else None
+
+
+def _key_runs(keys: list[str]) -> dict[str, np.ndarray]:
+    """Per key, the positions of its rows in arrival order."""
+    positions: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        positions.setdefault(k, []).append(i)
+    return {k: np.asarray(v, dtype=np.int64) for k, v in positions.items()}
+
+
+# -------------------------------------------------------------------- count
+
+
+@dataclass
+class _CountState:
+    pending: Records | None
+    #: Per key, how many windows it has completed (the next window's number).
+    windows: dict[str, int]
+
+
+class CountLogic(StatefulBatchLogic[Records, Dispatched, _CountState]):
+    """Per key, every ``count`` records in arrival order form window number 0, 1, 2, ….
+
+    A window's event time is its first record's. An unfinished window waits (across
+    restarts) for its remaining records.
+    """
+
+    def __init__(self, count: int, resume: _CountState | None = None) -> None:
+        self._count = count
+        self._pending = resume.pending if resume else None
+        self._windows: dict[str, int] = dict(resume.windows) if resume else {}
+
+    def on_batch(self, values: list[Records]) -> tuple[Iterable[Dispatched], bool]:
+        whole = _concat(([self._pending] if self._pending is not None else []) + values)
+        if whole is None:
+            return [], StatefulBatchLogic.RETAIN
+        take: list[np.ndarray] = []
+        groups: list[np.ndarray] = []
+        firsts: list[np.ndarray] = []
+        keep: list[np.ndarray] = []
+        for key, rows in _key_runs(whole.keys).items():
+            full = len(rows) // self._count * self._count
+            if full:
+                first = self._windows.get(key, 0)
+                number = first + np.arange(full) // self._count
+                starts = whole.times[rows[: full : self._count]]
+                take.append(rows[:full])
+                groups.append(number)
+                firsts.append(np.repeat(starts, self._count))
+                self._windows[key] = first + full // self._count
+            keep.append(rows[full:])
+        rest = np.sort(np.concatenate(keep)) if keep else np.empty(0, np.int64)
+        self._pending = whole.take(rest) if len(rest) else None
+        if not take:
+            return [], StatefulBatchLogic.RETAIN
+        index = np.concatenate(take)
+        out = Dispatched(
+            records=whole.take(index),
+            groups=np.concatenate(groups),
+            group_times=np.concatenate(firsts),
+        )
+        return [out], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> _CountState:
+        return _CountState(pending=self._pending, windows=dict(self._windows))
+
+
+# --------------------------------------------------------------------- cron
+
+
+@dataclass
+class _CronState:
+    pending: list[Records]
+    #: The last tick run (the next one is computed from it, so none is skipped).
+    last_tick: datetime
+
+
+class CronLogic(StatefulBatchLogic[Records, Dispatched, _CronState]):
+    """On each tick of ``schedule`` run over the records that arrived since the last tick.
+
+    The group of every record is the tick's time (ms), so a key reduces to one record
+    per tick. After a restart, ticks that fell due while stopped run at once, one by
+    one, in order. When the input ends (a run to the end), what is pending runs as the
+    next tick.
+    """
+
+    def __init__(
+        self,
+        schedule: str,
+        timezone: str = "UTC",
+        resume: _CronState | None = None,
+        now: Clock = _utc_now,
+    ) -> None:
+        self._schedule = schedule
+        self._zone = ZoneInfo(timezone)
+        self._now = now
+        self._pending: list[Records] = list(resume.pending) if resume else []
+        self._last = resume.last_tick if resume else now()
+
+    def _next(self) -> datetime:
+        after = self._last.astimezone(self._zone)
+        tick: datetime = croniter(self._schedule, after).get_next(datetime)
+        return tick.astimezone(UTC)
+
+    def on_batch(self, values: list[Records]) -> tuple[Iterable[Dispatched], bool]:
+        self._pending.extend(v for v in values if len(v))
+        return self._due(), StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[Dispatched], bool]:
+        return self._due(), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Dispatched], bool]:
+        return self._run(self._next()), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return self._next()
+
+    def _due(self) -> list[Dispatched]:
+        tick = self._next()
+        if tick > self._now():
+            return []
+        out = self._run(tick)
+        self._last = tick
+        return out
+
+    def _run(self, tick: datetime) -> list[Dispatched]:
+        whole = _concat(self._pending)
+        self._pending = []
+        if whole is None:
+            return []
+        at = int(tick.timestamp() * 1000)
+        return [Dispatched(records=whole, groups=np.full(len(whole), at, dtype=np.int64))]
+
+    def snapshot(self) -> _CronState:
+        return _CronState(pending=list(self._pending), last_tick=self._last)
+
+
+# ---------------------------------------------------------------- condition
+
+
+@dataclass
+class _KeyTrigger:
+    armed: bool = True
+    last_fired: int | None = None
+
+
+@dataclass
+class _ConditionState:
+    buffer: Records | None
+    keys: OrderedDict[str, _KeyTrigger]
+
+
+class ConditionLogic(StatefulBatchLogic[Records, Dispatched, _ConditionState]):
+    """Fire when ``field`` crosses a threshold, per key, in arrival order.
+
+    ``above`` fires on a value above it and re-arms once a value falls below ``clear``
+    (hysteresis); ``below`` mirrors it. After a firing no new one comes before
+    ``cooldown`` of event time. A firing dispatches the key's records of the last
+    ``lookback`` up to and including the crossing record; its group is the crossing
+    record's event time.
+    """
+
+    def __init__(
+        self,
+        column: str,
+        *,
+        above: float | None = None,
+        below: float | None = None,
+        clear: float | None = None,
+        cooldown: timedelta = timedelta(0),
+        lookback: timedelta = timedelta(0),
+        max_keys: int = 100_000,
+        resume: _ConditionState | None = None,
+    ) -> None:
+        if (above is None) == (below is None):
+            msg = "exactly one of above / below"
+            raise ValueError(msg)
+        self._column = column
+        self._rising = above is not None
+        self._threshold = float(above if above is not None else below)  # type: ignore[arg-type]
+        self._clear = float(clear) if clear is not None else self._threshold
+        self._cooldown = ms(cooldown)
+        self._lookback = ms(lookback)
+        self._max_keys = max_keys
+        self._buffer = resume.buffer if resume else None
+        self._keys: OrderedDict[str, _KeyTrigger] = (
+            OrderedDict(resume.keys) if resume else OrderedDict()
+        )
+
+    def on_batch(self, values: list[Records]) -> tuple[Iterable[Dispatched], bool]:
+        whole = _concat(([self._buffer] if self._buffer is not None else []) + values)
+        if whole is None:
+            return [], StatefulBatchLogic.RETAIN
+        fresh_from = len(self._buffer) if self._buffer is not None else 0
+        v = whole.columns[self._column]
+        if self._rising:
+            fires, clears = v > self._threshold, v < self._clear
+        else:
+            fires, clears = v < self._threshold, v > self._clear
+        take: list[np.ndarray] = []
+        groups: list[np.ndarray] = []
+        runs = _key_runs(whole.keys)
+        for key, rows in runs.items():
+            new = rows[rows >= fresh_from]
+            if not len(new):
+                continue
+            state = self._keys.pop(key, None) or _KeyTrigger()
+            self._keys[key] = state  # most recently seen last
+            for i in new[fires[new] | clears[new]].tolist():
+                t = int(whole.times[i])
+                if clears[i]:
+                    state.armed = True
+                    continue
+                cooling = state.last_fired is not None and t < state.last_fired + self._cooldown
+                if not state.armed or cooling:
+                    continue
+                state.armed, state.last_fired = False, t
+                window = rows[(rows <= i) & (whole.times[rows] >= t - self._lookback)]
+                window = window[whole.times[window] <= t]
+                take.append(window)
+                groups.append(np.full(len(window), t, dtype=np.int64))
+        while len(self._keys) > self._max_keys:
+            self._keys.popitem(last=False)
+        self._buffer = self._trim(whole, runs)
+        if not take:
+            return [], StatefulBatchLogic.RETAIN
+        out = Dispatched(records=whole.take(np.concatenate(take)), groups=np.concatenate(groups))
+        return [out], StatefulBatchLogic.RETAIN
+
+    def _trim(self, whole: Records, runs: dict[str, np.ndarray]) -> Records | None:
+        """Keep, per remembered key, only the records a future lookback can reach."""
+        keep = []
+        for key, rows in runs.items():
+            if key not in self._keys:
+                continue
+            newest = whole.times[rows].max()
+            keep.append(rows[whole.times[rows] >= newest - self._lookback])
+        if not keep:
+            return None
+        return whole.take(np.sort(np.concatenate(keep)))
+
+    def snapshot(self) -> _ConditionState:
+        return _ConditionState(buffer=self._buffer, keys=OrderedDict(self._keys))

@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import orjson
 
+from operators.dispatch import Reply, Request
 from operators.infer import Predictions
-from operators.records import DeadLetter
+from operators.records import DeadLetter, Records
+from operators.reduce import Reduced
 
-__all__ = ["deadletter_headers", "prediction_values", "sample_values"]
+__all__ = [
+    "deadletter_headers",
+    "error_reply",
+    "prediction_values",
+    "read_reduced",
+    "reduced_value",
+    "reply_value",
+    "sample_values",
+]
 
 
 def _output_lists(pred: Predictions) -> dict[str, list[object]]:
@@ -25,7 +36,12 @@ def _output_lists(pred: Predictions) -> dict[str, list[object]]:
 
 
 def prediction_values(
-    pred: Predictions, model: str, version: str, variant: str = "production"
+    pred: Predictions,
+    model: str,
+    version: str,
+    variant: str = "production",
+    *,
+    correction: bool = False,
 ) -> list[bytes]:
     """One JSON prediction per record of ``pred``.
 
@@ -40,6 +56,7 @@ def prediction_values(
             "variant": variant,
             "latency_ms": round(pred.latency_ms, 4),
             "batch": len(recs),
+            **({"correction": True} if correction else {}),
         }
     )
     tail = b"," + shared[1:]
@@ -109,3 +126,73 @@ def deadletter_headers(dead: DeadLetter) -> list[tuple[str, bytes]]:
         ("mlexec.partition", str(dead.partition).encode()),
         ("mlexec.offset", str(dead.offset).encode()),
     ]
+
+
+def reply_value(request: Request, predictions: list[bytes]) -> bytes:
+    """The answer to a request: its id and its predictions (JSON objects)."""
+    head = orjson.dumps({"request_id": request.request_id, "ok": True})[:-1]
+    return head + b',"predictions":[' + b",".join(predictions) + b"]}"
+
+
+def error_reply(reply: Reply) -> bytes:
+    """The answer to a request that could not be scored: its id and why."""
+    return orjson.dumps({"request_id": reply.request.request_id, "ok": False, "error": reply.error})
+
+
+def reduced_value(reduced: Reduced, columns: Sequence[str]) -> bytes:
+    """One dispatch's reduced rows as one ``<uc>.reduced`` message (column-wise JSON).
+
+    A message per dispatch keeps what the dispatch said — a request to answer, a
+    correction — with its rows, so inference on another site runs the same batches.
+    """
+    recs = reduced.records
+    request = reduced.request
+    return orjson.dumps(
+        {
+            "correction": reduced.correction,
+            "request": None
+            if request is None
+            else {"request_id": request.request_id, "reply_to": request.reply_to},
+            "record_id": recs.record_ids,
+            "id": recs.ids,
+            "key": recs.keys,
+            "time": recs.times,
+            "columns": {c: recs.columns[c] for c in columns},
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+def read_reduced(batch: Any, columns: Sequence[str]) -> tuple[list[Reduced], list[DeadLetter]]:
+    """``<uc>.reduced`` messages back into :class:`Reduced`; unreadable ones are dead letters."""
+    out: list[Reduced] = []
+    dead: list[DeadLetter] = []
+    for offset, key, value in zip(batch.offsets, batch.keys, batch.values, strict=True):
+        try:
+            doc = orjson.loads(value or b"")
+            ids, keys = list(doc["record_id"]), [str(k) for k in doc["key"]]
+            times = np.asarray(doc["time"], dtype=np.int64)
+            numeric = np.asarray(doc["id"], dtype=np.uint64)
+            cols = {c: np.asarray(doc["columns"][c], dtype=np.float64) for c in columns}
+            lengths = {len(keys), len(times), len(numeric), *(len(v) for v in cols.values())}
+            if lengths != {len(ids)}:
+                msg = "columns of different lengths"
+                raise ValueError(msg)
+            req = doc.get("request")
+            request = None if req is None else Request(req["request_id"], req["reply_to"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            dead.append(
+                DeadLetter(
+                    value=value,
+                    key=key,
+                    reason=f"not a reduced batch with columns {list(columns)}: {exc!r}",
+                    topic=batch.topic,
+                    partition=batch.partition,
+                    offset=offset,
+                    stage="infer",
+                )
+            )
+            continue
+        records = Records(ids, numeric, keys, times, cols)
+        out.append(Reduced(records, correction=bool(doc.get("correction")), request=request))
+    return out, dead

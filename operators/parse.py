@@ -21,7 +21,7 @@ import orjson
 
 from operators.records import DeadLetter, Records
 
-__all__ = ["ParseResult", "RecordParser"]
+__all__ = ["ParseResult", "RecordParser", "parse_time"]
 
 _NUMERIC_TYPES: dict[str, frozenset[type]] = {
     "float": frozenset({float, int}),
@@ -61,7 +61,8 @@ class RecordParser:
         self, schema: Mapping[str, str], key: str, time: str, time_unit: str = "ms"
     ) -> None:
         self.schema = dict(schema)
-        self._ms_per_unit = _MS_PER_UNIT[time_unit]
+        self.time_unit = time_unit
+        self.ms_per_unit = self._ms_per_unit = _MS_PER_UNIT[time_unit]
         self.key = key
         self.time = time
         self.numeric = [
@@ -254,3 +255,13 @@ def _epoch_ms(value: Any) -> int:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def parse_time(value: Any, parser: RecordParser) -> int:
+    """An event time as ``parser``'s records carry it (epoch in its unit, or ISO 8601) → ms."""
+    if isinstance(value, bool) or value is None:
+        msg = f"expected epoch {parser.time_unit} or an ISO 8601 timestamp, found {value!r}"
+        raise ValueError(msg)
+    if isinstance(value, int | float):
+        return int(value * parser.ms_per_unit)
+    return _epoch_ms(value)

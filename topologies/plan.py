@@ -10,7 +10,15 @@ import re
 from dataclasses import dataclass
 
 from topologies.errors import TopologyError
-from topologies.schema import Aggregate, KafkaOutput, Topology, UseCase
+from topologies.schema import (
+    Aggregate,
+    Identity,
+    KafkaOutput,
+    OnRequest,
+    Topology,
+    UseCase,
+    aggregation_column,
+)
 
 __all__ = [
     "ALERTS_TOPIC",
@@ -20,7 +28,9 @@ __all__ = [
     "TopicSpec",
     "Transfer",
     "UseCasePlan",
+    "feature_columns",
     "plan_topology",
+    "reduction_columns",
     "remote_name",
 ]
 
@@ -61,6 +71,9 @@ class UseCasePlan:
     predictions_topic: str
     samples_topic: str
     deadletter_topic: str
+    #: On-request dispatch: where requests arrive and (by default) replies go.
+    requests_topic: str
+    replies_topic: str
     #: Where outputs put what they could not deliver, with the last error.
     outputs_deadletter_topic: str
     #: Columns after reduction, in order: what a model can take as input.
@@ -84,15 +97,30 @@ class UseCasePlan:
         made_on = self.site(producer)
         return topic if made_on == self.site(consumer) else remote_name(made_on, topic)
 
+    @property
+    def split(self) -> bool:
+        """Whether reduction and inference run on different sites (via ``<uc>.reduced``)."""
+        return self.site("dispatch") != self.site("infer")
+
+    @property
+    def on_request(self) -> bool:
+        return isinstance(self.usecase.dispatch, OnRequest)
+
     def topics(self) -> list[TopicSpec]:
         """Every topic of this use case."""
         parts = self.usecase.input.partitions
+        requests = (
+            [TopicSpec(self.requests_topic, parts), TopicSpec(self.replies_topic, parts)]
+            if self.on_request
+            else []
+        )
         return [
             TopicSpec(self.raw_topic, parts),
             TopicSpec(self.reduced_topic, parts),
             TopicSpec(self.predictions_topic, parts),
             TopicSpec(self.samples_topic, parts),
             TopicSpec(self.deadletter_topic, 1),
+            *requests,
             *self.output_topics(),
         ]
 
@@ -160,10 +188,14 @@ class Plan:
             for spec in uc.topics():
                 seen.setdefault(spec.name, spec)
             parts = uc.usecase.input.partitions
-            for topic, producer, consumer in (
+            hops = [
                 (uc.samples_topic, "infer", "store"),
                 (uc.predictions_topic, "infer", "act"),
-            ):
+                (uc.reduced_topic, "dispatch", "infer"),
+            ]
+            if uc.on_request:
+                hops.append((uc.replies_topic, "infer", "dispatch"))
+            for topic, producer, consumer in hops:
                 if uc.site(consumer) == site:
                     name = uc.read_name(topic, producer, consumer)
                     seen.setdefault(name, TopicSpec(name, parts))
@@ -178,6 +210,8 @@ class Plan:
                 (uc.reduced_topic, "dispatch", "infer"),
                 (uc.samples_topic, "infer", "store"),
             ]
+            if uc.on_request:
+                hops.append((uc.replies_topic, "infer", "dispatch"))
             if uc.usecase.outputs:
                 hops.append((uc.predictions_topic, "infer", "act"))
             for topic, producer, consumer in hops:
@@ -219,12 +253,13 @@ def _ident(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def feature_columns(uc: UseCase) -> tuple[str, ...]:
-    """Columns the reduction produces, in order."""
-    if isinstance(uc.reduction, Aggregate):
-        return tuple(
-            f"{field}_{agg}" for field, aggs in uc.reduction.fields.items() for agg in aggs
-        )
+def reduction_columns(uc: UseCase) -> tuple[str, ...]:
+    """Columns the reduction itself produces, in order (before any stateful ones)."""
+    red = uc.reduction
+    if isinstance(red, Aggregate):
+        return tuple(aggregation_column(f, a) for f, aggs in red.fields.items() for a in aggs)
+    if not isinstance(red, Identity):
+        return tuple(red.columns)
     schema = uc.input.schema_
     return tuple(
         name
@@ -233,11 +268,30 @@ def feature_columns(uc: UseCase) -> tuple[str, ...]:
     )
 
 
+def feature_columns(uc: UseCase, source: str = "<topology>", name: str = "?") -> tuple[str, ...]:
+    """Columns the reduction produces, in order: its own, then ``_ewma`` and ``_diff`` ones."""
+    base = reduction_columns(uc)
+    state = uc.reduction.stateful
+    if state is None:
+        return base
+    wanted = [("ewma", c) for c in (state.ewma.columns if state.ewma else [])]
+    wanted += [("diff", c) for c in state.diff]
+    for kind, column in wanted:
+        if column not in base:
+            path = "ewma.columns" if kind == "ewma" else "diff"
+            msg = (
+                f"{source}: usecases.{name}.reduction.stateful.{path}: expected a reduced "
+                f"column of {list(base)}, found {column!r}"
+            )
+            raise TopologyError(msg)
+    return base + tuple(f"{c}_{kind}" for kind, c in wanted)
+
+
 def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
     """Derive the plan; refuse model inputs no stage produces (naming the YAML path)."""
     plans: dict[str, UseCasePlan] = {}
     for name, uc in topology.usecases.items():
-        features = feature_columns(uc)
+        features = feature_columns(uc, source, name)
         if not features:
             msg = (
                 f"{source}: usecases.{name}.input.schema: expected at least one numeric field "
@@ -260,6 +314,8 @@ def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
             predictions_topic=f"{name}.predictions",
             samples_topic=f"{name}.samples",
             deadletter_topic=f"{name}.deadletter",
+            requests_topic=f"{name}.requests",
+            replies_topic=f"{name}.replies",
             outputs_deadletter_topic=f"{name}.outputs.deadletter",
             features=features,
             model_inputs=inputs,

@@ -27,7 +27,21 @@ from pydantic import (
 )
 
 __all__ = [
+    "parse_aggregation",
+    "aggregation_column",
+    "Stateful",
+    "Sliding",
+    "Session",
+    "PythonReduction",
+    "PerRecord",
+    "OnnxReduction",
+    "OnRequest",
+    "Ewma",
+    "Cron",
+    "CountWindow",
+    "Condition",
     "AGGREGATIONS",
+    "EVENT_TIME_WINDOWS",
     "Aggregate",
     "Backoff",
     "Connector",
@@ -99,7 +113,59 @@ FieldType = Literal["float", "int", "bool", "str", "timestamp"]
 
 #: Aggregations a reduction may declare per field; the polars expression for each
 #: lives in ``operators.reduce``.
-AGGREGATIONS = ("mean", "std", "min", "max", "sum", "count", "first", "last", "rms", "ptp")
+AGGREGATIONS = (
+    "mean",
+    "std",
+    "min",
+    "max",
+    "sum",
+    "count",
+    "first",
+    "last",
+    "rms",
+    "ptp",
+    "delta",
+    "slope",
+    "zero_crossings",
+    "quantile",
+    "band_energy",
+)
+#: How many parameters each parameterised aggregation takes: ``quantile(0.95)``,
+#: ``band_energy(1, 5)`` (Hz); the others take none.
+_AGGREGATION_ARITY = {"quantile": 1, "band_energy": 2}
+_AGGREGATION = re.compile(r"^\s*([a-z_]+)\s*(?:\(([^()]*)\))?\s*$")
+
+
+def parse_aggregation(spec: str) -> tuple[str, tuple[float, ...]]:
+    """``"quantile(0.95)"`` → ``("quantile", (0.95,))``; refuses unknown names and bad parameters."""
+    match = _AGGREGATION.match(spec)
+    name = match.group(1) if match else None
+    if match is None or name not in AGGREGATIONS:
+        msg = f"an aggregation of {list(AGGREGATIONS)} (quantile(q), band_energy(lo_hz, hi_hz)), found {spec!r}"
+        raise ValueError(msg)
+    raw = match.group(2)
+    try:
+        params = tuple(float(p) for p in raw.split(",")) if raw and raw.strip() else ()
+    except ValueError:
+        params = None  # type: ignore[assignment]
+    arity = _AGGREGATION_ARITY.get(name, 0)
+    if params is None or len(params) != arity:
+        msg = f"{name} takes {arity} numeric parameter(s), found {spec!r}"
+        raise ValueError(msg)
+    if name == "quantile" and not 0.0 <= params[0] <= 1.0:
+        msg = f"quantile(q) with q in [0, 1], found {spec!r}"
+        raise ValueError(msg)
+    if name == "band_energy" and not 0.0 <= params[0] < params[1]:
+        msg = f"band_energy(lo_hz, hi_hz) with 0 <= lo < hi, found {spec!r}"
+        raise ValueError(msg)
+    return name, params
+
+
+def aggregation_column(field: str, spec: str) -> str:
+    """The reduced column of ``spec`` over ``field``: ``temp_quantile_0_95``, ``temp_mean``."""
+    name, params = parse_aggregation(spec)
+    suffix = "".join(f"_{p:g}" for p in params)
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{field}_{name}{suffix}")
 
 
 class _Model(BaseModel):
@@ -488,6 +554,12 @@ class Placement(_Model):
     act: Name | None = None
 
 
+class PerRecord(_Model):
+    """Run the model on every record as it comes (inference is still batched)."""
+
+    kind: Literal["record"]
+
+
 class MicroBatch(_Model):
     """Run the model on at most ``max_records`` records, waiting at most ``max_wait``."""
 
@@ -496,56 +568,278 @@ class MicroBatch(_Model):
     max_wait: Duration = timedelta(milliseconds=50)
 
 
-class Tumbling(_Model):
+def _positive(value: timedelta, what: str) -> timedelta:
+    if value <= timedelta(0):
+        msg = f"a {what} above zero, found {value}"
+        raise ValueError(msg)
+    return value
+
+
+class _EventTimeWindow(_Model):
+    """What every event-time window shares: watermark, late-data policy, idle closing."""
+
+    #: How far a record may run behind its partition's newest event time and still
+    #: count; windows close when every partition's watermark has passed their end.
+    lateness: Duration = timedelta(0)
+    #: A record for a window that already closed: ``deadletter`` (with the reason) or
+    #: ``correction`` (the window is emitted again with it, under the same id).
+    late: Literal["deadletter", "correction"] = "deadletter"
+    #: How long a closed window is kept for corrections (``late: correction``).
+    correct_for: Duration = timedelta(hours=1)
+    #: Close windows by wall clock too when no new data arrives for this long.
+    idle_close: Duration = timedelta(seconds=5)
+
+
+class Tumbling(_EventTimeWindow):
     """Run the model once per key and fixed event-time window."""
 
     kind: Literal["tumbling"]
     size: Duration
-    #: How far event time may run behind the newest record before a window closes.
-    lateness: Duration = timedelta(0)
-    #: Records for a window already closed: to the dead-letter topic with the reason.
-    late: Literal["deadletter"] = "deadletter"
-    #: Close windows by wall clock too when no new data arrives (bytewax EventClock).
-    idle_close: Duration = timedelta(seconds=5)
 
     @field_validator("size")
     @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            msg = f"a window size above zero, found {value}"
+    def _size(cls, value: timedelta) -> timedelta:
+        return _positive(value, "window size")
+
+
+class Sliding(_EventTimeWindow):
+    """Windows of ``size`` starting every ``hop``: each record is in ``size / hop`` windows."""
+
+    kind: Literal["sliding"]
+    size: Duration
+    hop: Duration
+
+    @model_validator(mode="after")
+    def _hop_divides_size(self) -> Sliding:
+        _positive(self.size, "window size")
+        _positive(self.hop, "hop")
+        size, hop = _ms(self.size), _ms(self.hop)
+        if hop > size or size % hop:
+            msg = f"hop: a hop that divides the window size {self.size}, found {self.hop}"
+            raise ValueError(msg)
+        return self
+
+
+class Session(_EventTimeWindow):
+    """Per key, records closer than ``gap`` in event time form one window."""
+
+    kind: Literal["session"]
+    gap: Duration
+
+    @field_validator("gap")
+    @classmethod
+    def _gap(cls, value: timedelta) -> timedelta:
+        return _positive(value, "session gap")
+
+    @model_validator(mode="after")
+    def _late_policy(self) -> Session:
+        if self.late == "correction":
+            msg = (
+                "late: 'deadletter' for session windows — a late record can merge or split "
+                "sessions already emitted, which a correction of one window cannot express"
+            )
+            raise ValueError(msg)
+        return self
+
+
+class CountWindow(_Model):
+    """Per key, every ``count`` records (in the order they arrive) form one window."""
+
+    kind: Literal["count"]
+    count: int = Field(ge=1, le=1_000_000)
+
+
+class Cron(_Model):
+    """On a schedule (cron syntax, in ``timezone``): run over what arrived since the last run."""
+
+    kind: Literal["cron"]
+    schedule: str
+    timezone: str = "UTC"
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if not croniter.is_valid(value):
+            msg = f"a cron expression like '0 2 * * *' (every day at 02:00), found {value!r}"
             raise ValueError(msg)
         return value
 
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-Dispatch = Annotated[MicroBatch | Tumbling, Field(discriminator="kind")]
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            msg = f"an IANA time zone like 'UTC' or 'Europe/Berlin', found {value!r}"
+            raise ValueError(msg) from exc
+        return value
 
 
-class Identity(_Model):
+class OnRequest(_Model):
+    """Score on request: ``<uc>.requests`` carries a payload or a key and time range.
+
+    Replies go to the request's ``reply_to`` topic (default ``<uc>.replies``), keyed
+    and correlated by ``request_id``; an error reply is sent when a request cannot be
+    answered, never silence.
+    """
+
+    kind: Literal["request"]
+    #: A key / time-range request waits at most this long for its data to arrive.
+    timeout: Duration = timedelta(seconds=10)
+    #: How much history per key is kept for key / time-range requests.
+    keep: Duration = timedelta(hours=1)
+    #: At most this many records are kept per key (the oldest go first).
+    max_records_per_key: int = Field(default=10_000, ge=1, le=10_000_000)
+    #: Sources whose watermark has not moved for this long stop holding requests back.
+    idle_close: Duration = timedelta(seconds=5)
+
+
+class Condition(_Model):
+    """Run when a field crosses a threshold, with hysteresis and a cool-down, per key.
+
+    ``above: 80, clear: 75`` fires when the field rises above 80 and re-arms only once it
+    has fallen below 75; ``below`` works the other way. A firing dispatches the key's
+    records of the last ``lookback`` (event time) up to the crossing record.
+    """
+
+    kind: Literal["condition"]
+    field: str
+    above: float | None = None
+    below: float | None = None
+    #: The level that re-arms the trigger; default: the threshold itself.
+    clear: float | None = None
+    #: After a firing, no new one for this long (event time).
+    cooldown: Duration = timedelta(0)
+    lookback: Duration = timedelta(0)
+    #: Keys remembered (the least recently seen are forgotten first).
+    max_keys: int = Field(default=100_000, ge=1, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> Condition:
+        if (self.above is None) == (self.below is None):
+            msg = "exactly one of 'above' or 'below' (the threshold to cross)"
+            raise ValueError(msg)
+        if self.clear is not None:
+            if self.above is not None and self.clear > self.above:
+                msg = (
+                    f"clear: a re-arm level at or below 'above' ({self.above}), found {self.clear}"
+                )
+                raise ValueError(msg)
+            if self.below is not None and self.clear < self.below:
+                msg = (
+                    f"clear: a re-arm level at or above 'below' ({self.below}), found {self.clear}"
+                )
+                raise ValueError(msg)
+        return self
+
+
+Dispatch = Annotated[
+    PerRecord
+    | MicroBatch
+    | Tumbling
+    | Sliding
+    | Session
+    | CountWindow
+    | Cron
+    | OnRequest
+    | Condition,
+    Field(discriminator="kind"),
+]
+EVENT_TIME_WINDOWS = (Tumbling, Sliding, Session)
+
+
+def _ms(value: timedelta) -> int:
+    return int(value / timedelta(milliseconds=1))
+
+
+class Ewma(_Model):
+    """An exponentially weighted mean of reduced columns across a key's dispatches."""
+
+    columns: list[str] = Field(min_length=1)
+    alpha: float = Field(gt=0.0, le=1.0)
+
+
+class Stateful(_Model):
+    """Reduction across dispatches, per key, recovered after a restart.
+
+    Adds ``<column>_ewma`` for each ``ewma`` column and ``<column>_diff`` (the change
+    from the key's previous dispatch) for each ``diff`` column.
+    """
+
+    ewma: Ewma | None = None
+    diff: list[str] = []
+    #: Keys remembered (the least recently seen are forgotten first).
+    max_keys: int = Field(default=100_000, ge=1, le=10_000_000)
+
+
+class _Reduction(_Model):
+    #: Cross-dispatch state per key (EWMA, difference from the previous window).
+    stateful: Stateful | None = None
+    #: Also write reduced rows to ``<uc>.reduced`` when inference runs on the same site
+    #: (it always does when inference runs on another one).
+    publish: bool = False
+
+
+class Identity(_Reduction):
     """The model sees each record's fields as they are (per-record models)."""
 
     kind: Literal["identity"]
 
 
-class Aggregate(_Model):
+class Aggregate(_Reduction):
     """Per dispatch and key, aggregate fields with polars: ``{field: [mean, max, ...]}``.
 
-    Reduced columns are named ``<field>_<aggregation>`` in the declared order.
+    Reduced columns are named ``<field>_<aggregation>`` in the declared order
+    (``temp_quantile_0_95`` for ``quantile(0.95)``).
     """
 
     kind: Literal["aggregate"]
-    fields: dict[str, list[Literal[AGGREGATIONS]]] = Field(min_length=1)  # type: ignore[valid-type]
+    fields: dict[str, list[str]] = Field(min_length=1)
 
     @field_validator("fields")
     @classmethod
-    def _non_empty(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+    def _known(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
         for name, aggs in value.items():
             if not aggs:
                 msg = f"field {name!r} needs at least one aggregation of {list(AGGREGATIONS)}"
                 raise ValueError(msg)
+            for spec in aggs:
+                try:
+                    parse_aggregation(spec)
+                except ValueError as exc:
+                    msg = f"field {name!r}: {exc}"
+                    raise ValueError(msg) from None
         return value
 
 
-Reduction = Annotated[Identity | Aggregate, Field(discriminator="kind")]
+class PythonReduction(_Reduction):
+    """A packaged function ``module:function`` (polars DataFrame → DataFrame).
+
+    It receives one row per record (``record_id``, ``key``, ``time``, ``group`` and the
+    numeric fields) and returns one row per reduced record: ``key``, ``time``, optionally
+    ``group``, and the ``columns`` it declares, all numeric.
+    """
+
+    kind: Literal["python"]
+    entrypoint: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    columns: list[str] = Field(min_length=1)
+
+
+class OnnxReduction(_Reduction):
+    """An ONNX pre-model applied to every record: ``inputs`` fields → ``columns``."""
+
+    kind: Literal["onnx"]
+    path: str
+    inputs: list[str] = Field(min_length=1)
+    columns: list[str] = Field(min_length=1)
+    input_name: str | None = None
+
+
+Reduction = Annotated[
+    Identity | Aggregate | PythonReduction | OnnxReduction, Field(discriminator="kind")
+]
 
 
 class Model(_Model):
@@ -730,16 +1024,25 @@ class UseCase(_Model):
 
     @model_validator(mode="after")
     def _reduction_fits_schema(self) -> UseCase:
+        numeric = {"float", "int", "bool"}
+
+        def need_numeric(path: str, name: str) -> None:
+            found = self.input.schema_.get(name)
+            if found not in numeric:
+                msg = (
+                    f"{path}: a numeric input field (float, int, bool), "
+                    f"found {found or 'no such field'!r} for {name!r}"
+                )
+                raise ValueError(msg)
+
         if isinstance(self.reduction, Aggregate):
-            numeric = {"float", "int", "bool"}
             for name in self.reduction.fields:
-                found = self.input.schema_.get(name)
-                if found not in numeric:
-                    msg = (
-                        f"reduction.fields.{name}: a numeric input field (float, int, bool), "
-                        f"found {found or 'no such field'!r}"
-                    )
-                    raise ValueError(msg)
+                need_numeric(f"reduction.fields.{name}", name)
+        if isinstance(self.reduction, OnnxReduction):
+            for i, name in enumerate(self.reduction.inputs):
+                need_numeric(f"reduction.inputs.{i}", name)
+        if isinstance(self.dispatch, Condition):
+            need_numeric("dispatch.field", self.dispatch.field)
         return self
 
 
