@@ -68,7 +68,23 @@ def pipeline_lag(plan: Plan, site: str) -> tuple[int, int] | None:
 
     ``None`` when the pipeline has not snapshotted yet.
     """
-    return _flow_lag(plan, site, "pipeline", "_raw", lambda uc: uc.raw_topic)
+    raw = _flow_lag(
+        plan,
+        site,
+        "pipeline",
+        "_raw",
+        lambda uc: uc.read_name(uc.raw_topic, "connectors", "dispatch"),
+    )
+    reduced = _flow_lag(  # inference of rows reduced on another site
+        plan,
+        site,
+        "pipeline",
+        "_reduced-in",
+        lambda uc: uc.read_name(uc.reduced_topic, "dispatch", "infer"),
+    )
+    if raw is None or reduced is None:
+        return raw or reduced
+    return raw[0] + reduced[0], raw[1] + reduced[1]
 
 
 def store_backlog(plan: Plan, site: str) -> tuple[int, int] | None:

@@ -50,3 +50,66 @@ def test_the_output_examples_validate_and_cover_every_kind():
         }
     )
     assert {o.kind for o in checked.outputs} == {"kafka", "http", "mqtt", "file"}
+
+
+def _table_rows(heading: str, first_column: str) -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(heading) :]
+    start = section.index(f"| {first_column} |")
+    rows = []
+    for line in section[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return rows
+
+
+def test_every_dispatch_rule_and_reduction_has_a_valid_example():
+    from typing import get_args
+
+    from topologies.schema import Dispatch, Reduction
+
+    dispatch_kinds, reduction_kinds = set(), set()
+    base = {
+        "input": {
+            "key": "pump",
+            "time": "ts",
+            "schema": {
+                "pump": "str",
+                "ts": "timestamp",
+                "temperature": "float",
+                "vibration": "float",
+                "a": "float",
+                "b": "float",
+            },
+        },
+        "model": {"name": "m", "version": "1", "path": "m.onnx"},
+    }
+    for row in _table_rows("## Dispatch rules and reductions", "dispatch"):
+        example = yaml.safe_load(row[2].strip("`"))
+        dispatch_kinds.add(UseCase.model_validate({**base, "dispatch": example}).dispatch.kind)
+    for row in _table_rows("## Dispatch rules and reductions", "reduction"):
+        example = yaml.safe_load(row[2].strip("`"))
+        if "kind" not in example:  # the stateful option, shown on its own
+            example = {"kind": "aggregate", "fields": {"vibration": ["mean"]}, **example}
+        reduction_kinds.add(
+            UseCase.model_validate(
+                {**base, "dispatch": {"kind": "record"}, "reduction": example}
+            ).reduction.kind
+        )
+    union = get_args(get_args(Dispatch)[0])
+    assert dispatch_kinds == {get_args(m.model_fields["kind"].annotation)[0] for m in union}
+    union = get_args(get_args(Reduction)[0])
+    assert reduction_kinds == {get_args(m.model_fields["kind"].annotation)[0] for m in union}
+    doc = _yaml_block_after("## Dispatch rules and reductions")
+    (usecase,) = doc["usecases"].values()
+    UseCase.model_validate({**usecase, "model": base["model"]})
+
+
+def test_every_aggregation_is_in_the_readme_table():
+    from topologies.schema import AGGREGATIONS
+
+    named = set()
+    for row in _table_rows("## Dispatch rules and reductions", "aggregation"):
+        named |= {re.sub(r"\(.*\)", "", n).strip() for n in re.findall(r"`([^`]+)`", row[0])}
+    assert named == set(AGGREGATIONS)

@@ -359,3 +359,63 @@ def test_kill_9_of_the_mirror_then_a_restart_re_sends_nothing(tmp_path):
             assert [v for _, v, _, p, _ in up if p == part] == [
                 v for _, v, _, p, _ in edge_side if p == part
             ]
+
+
+SPLIT_REDUCTION = {
+    "kind": "aggregate",
+    "fields": {"f0": ["mean", "max", "quantile(0.9)"], "f1": ["std", "slope", "zero_crossings"]},
+    "stateful": {"ewma": {"columns": ["f0_mean"], "alpha": 0.5}, "diff": ["f1_std"]},
+}
+
+
+def _predictions(conf: dict[str, Any], topic: str) -> dict[str, list[float]]:
+    out = {}
+    for _, value, _, _, _ in read_topic(conf, topic):
+        doc = orjson.loads(value)
+        out[doc["id"]] = doc["outputs"]["y"]
+    return out
+
+
+@pytest.mark.integration
+def test_reduction_on_the_edge_and_inference_in_the_cloud_predict_as_one_site(tmp_path):
+    with LocalBroker() as edge, LocalBroker() as cloud:
+        doc = _doc(tmp_path, edge.bootstrap, cloud.bootstrap, infer="cloud")
+        make_mlp(tmp_path / "model.onnx", inputs=8, hidden=(16,), seed=5)
+        uc_doc = doc["usecases"]["vib"]
+        uc_doc["dispatch"] = {"kind": "tumbling", "size": "1s", "lateness": "200ms"}
+        uc_doc["reduction"] = SPLIT_REDUCTION
+        uc_doc["outputs"] = []
+        split_path = tmp_path / "split.yaml"
+        split_path.write_text(yaml.safe_dump(doc))
+        # the same use case on the edge alone: the reference
+        single = {**doc, "name": "single", "links": [], "sites": {"edge": doc["sites"]["edge"]}}
+        single["usecases"] = {"vib": {**uc_doc, "placement": {}}}
+        single_path = tmp_path / "single.yaml"
+        single_path.write_text(yaml.safe_dump(single))
+
+        plan = plan_topology(load_topology(split_path))
+        uc = plan.usecases["vib"]
+        assert uc.read_name(uc.reduced_topic, "dispatch", "infer") == "edge.vib.reduced"
+        edge_conf = client_config(plan.topology.sites["edge"].kafka)
+        cloud_conf = client_config(plan.topology.sites["cloud"].kafka)
+        edge_run, cloud_run = prepare_site(plan, "edge"), prepare_site(plan, "cloud")
+        prepare_resources(edge_run)
+        prepare_resources(cloud_run, tables=False)
+        _feed(edge_conf, uc.raw_topic, 0, 4000)
+
+        run_pipeline(edge_run, until_end=True, recovery=False)  # raw → edge's vib.reduced
+        assert read_topic(edge_conf, uc.reduced_topic), "the edge reduces"
+        assert not read_topic(edge_conf, uc.predictions_topic), "the edge does not infer"
+        run_mirror(prepare_mirror(plan, "edge:cloud", once=True), once=True)
+        run_pipeline(cloud_run, until_end=True, recovery=False)  # edge.vib.reduced → predictions
+        split = _predictions(cloud_conf, uc.predictions_topic)
+
+        single_plan = plan_topology(load_topology(single_path))
+        single_run = prepare_site(single_plan, "edge")
+        run_pipeline(single_run, until_end=True, recovery=False)
+        reference = _predictions(edge_conf, uc.predictions_topic)
+
+    assert len(reference) == 7 * 4  # 7 sensors, 4 windows of 1 s (4,000 records 1 ms apart)
+    assert split.keys() == reference.keys()
+    for record_id, y in reference.items():
+        assert split[record_id] == pytest.approx(y, abs=1e-6), record_id

@@ -269,6 +269,88 @@ MISTAKES = {
         "sites.edge.pipeline.scale",
         ["in_below (500) below out_above (100)"],
     ),
+    "unknown aggregation": (
+        lambda d: d["usecases"]["vib"].update(
+            reduction={"kind": "aggregate", "fields": {"a": ["mean", "median"]}}
+        ),
+        "usecases.vib.reduction.fields",
+        ["quantile(q)", "'median'"],
+    ),
+    "quantile out of range": (
+        lambda d: d["usecases"]["vib"].update(
+            reduction={"kind": "aggregate", "fields": {"a": ["quantile(95)"]}}
+        ),
+        "usecases.vib.reduction.fields",
+        ["q in [0, 1]", "'quantile(95)'"],
+    ),
+    "hop that does not divide the window": (
+        lambda d: d["usecases"]["vib"].update(
+            dispatch={"kind": "sliding", "size": "10s", "hop": "3s"}
+        ),
+        "usecases.vib.dispatch.hop",
+        ["divides the window size", "0:00:03"],
+    ),
+    "sessions with corrections": (
+        lambda d: d["usecases"]["vib"].update(
+            dispatch={"kind": "session", "gap": "5s", "late": "correction"}
+        ),
+        "usecases.vib.dispatch.late",
+        ["'deadletter' for session windows"],
+    ),
+    "cron that is no schedule": (
+        lambda d: d["usecases"]["vib"].update(dispatch={"kind": "cron", "schedule": "nightly"}),
+        "usecases.vib.dispatch.schedule",
+        ["cron expression", "'nightly'"],
+    ),
+    "cron in an unknown zone": (
+        lambda d: d["usecases"]["vib"].update(
+            dispatch={"kind": "cron", "schedule": "0 2 * * *", "timezone": "Mars/Olympus"}
+        ),
+        "usecases.vib.dispatch.timezone",
+        ["IANA time zone", "'Mars/Olympus'"],
+    ),
+    "condition with both thresholds": (
+        lambda d: d["usecases"]["vib"].update(
+            dispatch={"kind": "condition", "field": "a", "above": 1, "below": 0}
+        ),
+        "usecases.vib.dispatch",
+        ["exactly one of 'above' or 'below'"],
+    ),
+    "condition re-arm level above the threshold": (
+        lambda d: d["usecases"]["vib"].update(
+            dispatch={"kind": "condition", "field": "a", "above": 1, "clear": 2}
+        ),
+        "usecases.vib.dispatch.clear",
+        ["re-arm level at or below 'above' (1.0)", "2.0"],
+    ),
+    "condition on a field that is not numeric": (
+        lambda d: d["usecases"]["vib"].update(
+            dispatch={"kind": "condition", "field": "machine", "above": 1}
+        ),
+        "usecases.vib.dispatch.field",
+        ["numeric input field", "'str'"],
+    ),
+    "stateful reduction of a column no stage makes": (
+        lambda d: d["usecases"]["vib"].update(
+            reduction={"kind": "identity", "stateful": {"diff": ["c"]}}
+        ),
+        "usecases.vib.reduction.stateful.diff",
+        ["['a', 'b']", "'c'"],
+    ),
+    "reduction entry point that does not import": (
+        lambda d: d["usecases"]["vib"].update(
+            reduction={"kind": "python", "entrypoint": "no_such_pkg.x:f", "columns": ["a", "b"]}
+        ),
+        "usecases.vib.reduction.entrypoint",
+        ["cannot import module 'no_such_pkg.x'"],
+    ),
+    "pre-model file missing": (
+        lambda d: d["usecases"]["vib"].update(
+            reduction={"kind": "onnx", "path": "pre.onnx", "inputs": ["a"], "columns": ["a", "b"]}
+        ),
+        "usecases.vib.reduction.path",
+        ["pre.onnx"],
+    ),
     "sasl without credentials": (
         lambda d: d["sites"]["edge"]["kafka"].update(security={"protocol": "sasl_ssl"}),
         "sites.edge.kafka.security",
