@@ -119,8 +119,12 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
         self._idle = idle_close
         self._now = now
         started = now()
-        self._pending = resume.pending if resume else None
-        self._floors = resume.floors if resume else None
+        #: Rows waiting for their windows to close, in chunks (joined only to close).
+        self._chunks: list[tuple[Records, np.ndarray]] = []
+        if resume and resume.pending is not None and resume.floors is not None:
+            self._chunks.append((resume.pending, resume.floors))
+        #: No pending window ends before this: a lower watermark closes nothing.
+        self._min_end = self._earliest_end(resume.pending) if resume and resume.pending else None
         self._progress: dict[int, int] = dict(resume.progress) if resume else {}
         #: Wall time each partition was last heard from; a restart starts every clock anew.
         self._heard = {p: started for p in range(partitions)}
@@ -145,14 +149,10 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
             if piece.newest != NO_TIME:
                 seen = self._progress.get(piece.partition, NO_TIME)
                 self._progress[piece.partition] = max(seen, piece.newest)
-        if fresh:
-            parts = [r for r, _ in fresh]
-            floors = [f for _, f in fresh]
-            if self._pending is not None and self._floors is not None:
-                parts.insert(0, self._pending)
-                floors.insert(0, self._floors)
-            self._pending = Records.concat(parts)
-            self._floors = np.concatenate(floors)
+        for records, floors in fresh:
+            self._chunks.append((records, floors))
+            earliest = self._earliest_end(records)
+            self._min_end = earliest if self._min_end is None else min(self._min_end, earliest)
         out.extend(self._close(self._watermark(now)))
         return out, StatefulBatchLogic.RETAIN
 
@@ -163,14 +163,15 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
         return self._close(None, everything=True), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if self._pending is None or self._last_arrival is None:
+        if not self._chunks or self._last_arrival is None:
             return None
         return self._last_arrival + self._idle
 
     def snapshot(self) -> _WindowState:
+        pending, floors = self._joined()
         return _WindowState(
-            pending=self._pending,
-            floors=self._floors,
+            pending=pending,
+            floors=floors,
             progress=dict(self._progress),
             closed_until=self._closed_until,
             session_edges=dict(self._edges),
@@ -287,13 +288,37 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
 
     # ------------------------------------------------------------ closing
 
+    def _earliest_end(self, records: Records) -> int:
+        """A lower bound of the end of any window a row of ``records`` can be in."""
+        times = records.times
+        if self._shape.kind == "session":
+            return int(times.min()) + self._shape.gap_ms
+        hop = self._shape.hop_ms
+        return int((times - times % hop).min()) + hop
+
+    def _joined(self) -> tuple[Records | None, np.ndarray | None]:
+        if not self._chunks:
+            return None, None
+        if len(self._chunks) > 1:
+            records = Records.concat([r for r, _ in self._chunks])
+            self._chunks = [(records, np.concatenate([f for _, f in self._chunks]))]
+        return self._chunks[0]
+
     def _close(self, watermark: int | None, everything: bool = False) -> list[Dispatched]:
         if watermark is not None and self._correct:
             self._forget(watermark)
-        if self._pending is None or (watermark is None and not everything):
+        if not self._chunks or (watermark is None and not everything):
             return []
-        whole, floors = self._pending, self._floors
-        assert floors is not None
+        if not everything:
+            assert watermark is not None
+            if self._min_end is None or watermark < self._min_end:
+                if self._shape.kind != "session":
+                    # nothing pending ends by the watermark: windows up to it are closed
+                    before = self._closed_until
+                    self._closed_until = watermark if before is None else max(before, watermark)
+                return []
+        whole, floors = self._joined()
+        assert whole is not None and floors is not None
         if self._shape.kind == "session":
             rows, groups, ends = self._sessions(whole)
         else:
@@ -315,12 +340,12 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
             self._closed_until = (
                 edge if self._closed_until is None else max(self._closed_until, edge)
             )
+        self._min_end = int(ends[~closing].min()) if (~closing).any() else None
         if not closing.any():
             return []
         open_rows = np.zeros(len(whole), dtype=bool)
         open_rows[rows[~closing]] = True
-        self._pending = whole.take(open_rows) if open_rows.any() else None
-        self._floors = floors[open_rows] if open_rows.any() else None
+        self._chunks = [(whole.take(open_rows), floors[open_rows])] if open_rows.any() else []
         done_rows, done_groups, done_ends = rows[closing], groups[closing], ends[closing]
         records = whole.take(done_rows)
         if self._shape.kind == "session":
