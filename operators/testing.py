@@ -1,4 +1,4 @@
-"""Helpers for testing and benchmarking use cases: a seeded MLP as an ONNX model.
+"""Helpers for testing and benchmarking use cases: small ONNX models built in code.
 
 Like ``bytewax.testing``: small, real pieces for tests — the model is a genuine ONNX
 graph that onnxruntime runs, built from seeded random weights in milliseconds.
@@ -13,7 +13,7 @@ import numpy as np
 
 from topologies.errors import MlexecError
 
-__all__ = ["make_mlp"]
+__all__ = ["make_linear", "make_mlp"]
 
 
 def make_mlp(
@@ -59,4 +59,29 @@ def make_mlp(
     onnx.checker.check_model(model)
     target = Path(path)
     target.write_bytes(model.SerializeToString())
+    return target
+
+
+def make_linear(path: str | Path, weights: np.ndarray) -> Path:
+    """Write ``y = x @ weights`` (float32, input ``x``, output ``y``) to ``path``.
+
+    A pre-model for tests: its answer is one numpy product away.
+    """
+    try:
+        from onnx import TensorProto, helper, save
+    except ImportError as exc:
+        msg = "making a test model needs onnx: pip install 'mlexec[demo]'"
+        raise MlexecError(msg) from exc
+    w = np.asarray(weights, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, w.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, w.shape[1]])],
+        [helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.flatten().tolist())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    target = Path(path)
+    save(model, str(target))
     return target

@@ -104,7 +104,8 @@ def load_topology(path: str | Path) -> Topology:
 def parse_topology(text: str, source: str = "<string>", base_dir: Path | None = None) -> Topology:
     """Validate topology YAML ``text``; ``source`` names it in errors.
 
-    Relative model paths are resolved against ``base_dir`` (the topology's folder).
+    Relative model (and pre-model) paths are resolved against ``base_dir`` (the
+    topology's folder).
     """
     try:
         root = yaml.compose(text)
@@ -135,11 +136,14 @@ def _resolve_model_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     if not isinstance(usecases, dict):
         return raw
     for uc in usecases.values():
-        model = uc.get("model") if isinstance(uc, dict) else None
-        if isinstance(model, dict) and isinstance(model.get("path"), str):
-            path = Path(model["path"])
-            if not path.is_absolute():
-                model["path"] = str((base_dir / path).resolve())
+        if not isinstance(uc, dict):
+            continue
+        for section in ("model", "reduction"):  # the model and an ONNX pre-model
+            part = uc.get(section)
+            if isinstance(part, dict) and isinstance(part.get("path"), str):
+                path = Path(part["path"])
+                if not path.is_absolute():
+                    part["path"] = str((base_dir / path).resolve())
     return raw
 
 

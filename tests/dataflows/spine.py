@@ -29,7 +29,12 @@ def spine_topology(
 ) -> Path:
     """A one-site topology of one use case reading ``raw-<uid>``; ``usecase`` adds keys."""
     reduce = yaml.safe_load(reduction)
-    width = 16 if reduce["kind"] == "identity" else sum(len(a) for a in reduce["fields"].values())
+    if reduce["kind"] == "identity":
+        width = 16
+    elif reduce["kind"] == "aggregate":
+        width = sum(len(a) for a in reduce["fields"].values())
+    else:  # python / onnx: the columns they declare
+        width = len(reduce["columns"])
     make_mlp(tmp / "model.onnx", inputs=width, hidden=(32,), seed=3)
     doc = {
         "name": f"t{uid}",

@@ -17,6 +17,7 @@ import yaml
 
 from connectors.kafka import client_config, ensure_topics, produce_records, read_topic
 from dataflows.run import prepare_site, run_pipeline
+from operators.testing import make_linear
 from tests.dataflows.spine import FIELDS, T0, spine_topology
 from topologies import load_topology, plan_topology
 
@@ -34,11 +35,29 @@ KINDS = {
     "session": ("{kind: session, gap: 700ms, lateness: 1s}", WINDOWED),
     "count": ("{kind: count, count: 5}", WINDOWED),
     "cron": ("{kind: cron, schedule: '0 0 1 1 *'}", WINDOWED),
+    "microbatch-onnx": (
+        "{kind: microbatch, max_records: 50, max_wait: 20ms}",
+        "{kind: onnx, path: pre.onnx, inputs: [f0, f1, f2], columns: [p, q]}",
+    ),
+    "tumbling-python": (
+        "{kind: tumbling, size: 2s, lateness: 1s}",
+        "{kind: python, entrypoint: 'tests.dataflows.test_dispatch_kinds:levels', "
+        "columns: [level, spread]}",
+    ),
     "condition": (
         "{kind: condition, field: f2, above: 2.0, clear: 0.0, cooldown: 1s, lookback: 2s}",
         WINDOWED,
     ),
 }
+
+
+def levels(frame: pl.DataFrame) -> pl.DataFrame:
+    """A reduction entry point: per key and window, the mean of f0 and the range of f1."""
+    return frame.group_by(["key", "group"], maintain_order=True).agg(
+        pl.col("group_time").first().alias("time"),
+        pl.col("f0").mean().alias("level"),
+        (pl.col("f1").max() - pl.col("f1").min()).alias("spread"),
+    )
 
 
 def produce_jittered(conf: dict[str, Any], topic: str, n: int, seed: int = 7) -> list[dict]:
@@ -80,6 +99,8 @@ def test_one_and_two_workers_give_the_same_predictions_and_dead_letters(
     outcomes = []
     for workers in (1, 2):
         (tmp_path / f"w{workers}").mkdir()
+        weights = np.arange(6, dtype=np.float32).reshape(3, 2) / 5
+        make_linear(tmp_path / f"w{workers}" / "pre.onnx", weights)
         path = spine_topology(
             tmp_path / f"w{workers}",
             broker.bootstrap,

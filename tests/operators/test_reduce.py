@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
-import onnx
 import polars as pl
 import pytest
-from onnx import TensorProto, helper
 from scipy import stats
 
 from operators.dispatch import Dispatched
 from operators.records import Records
 from operators.reduce import Reduced, Reducer, ReductionError, StatefulReduceLogic
+from operators.testing import make_linear
 from topologies.schema import AGGREGATIONS, aggregation_column
 
 SPECS = [a for a in AGGREGATIONS if a not in ("quantile", "band_energy")] + [
@@ -172,23 +171,9 @@ def test_a_missing_entry_point_is_refused_by_name():
         Reducer("uc", entrypoint="no_such_package.mod:f", columns=["x"])
 
 
-def _linear_onnx(path, weights: np.ndarray) -> None:
-    w = helper.make_tensor("W", TensorProto.FLOAT, weights.shape, weights.flatten().tolist())
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "pre",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, weights.shape[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, weights.shape[1]])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
 def test_an_onnx_pre_model_maps_every_record(tmp_path):
     weights = np.array([[1.0, 0.5], [2.0, -1.0]], dtype=np.float32)
-    _linear_onnx(tmp_path / "pre.onnx", weights)
+    make_linear(tmp_path / "pre.onnx", weights)
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=20), rng.normal(size=20)
     recs = Records(
