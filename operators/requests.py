@@ -180,7 +180,10 @@ class RequestLogic(StatefulBatchLogic[Slice | RangeRequest, Dispatched, _Request
         self._idle = idle_close
         self._now = now
         started = now()
-        self._history: OrderedDict[str, Records] = OrderedDict(resume.history if resume else {})
+        #: Per key, recent records in arrival chunks; least recently fed keys first.
+        self._history: OrderedDict[str, list[Records]] = OrderedDict(
+            (k, [v]) for k, v in (resume.history if resume else {}).items()
+        )
         self._progress: dict[int, int] = dict(resume.progress) if resume else {}
         self._heard = {p: started for p in range(partitions)}
         self._waiting: list[_Waiting] = list(resume.waiting) if resume else []
@@ -212,7 +215,9 @@ class RequestLogic(StatefulBatchLogic[Slice | RangeRequest, Dispatched, _Request
 
     def snapshot(self) -> _RequestState:
         return _RequestState(
-            history=dict(self._history), progress=dict(self._progress), waiting=list(self._waiting)
+            history={k: self._kept(k) for k in list(self._history)},
+            progress=dict(self._progress),
+            waiting=list(self._waiting),
         )
 
     def _watermark(self, now: datetime) -> int | None:
@@ -240,20 +245,35 @@ class RequestLogic(StatefulBatchLogic[Slice | RangeRequest, Dispatched, _Request
         return max(self._progress.values(), default=NO_TIME)
 
     def _remember(self, records: Records) -> None:
-        horizon = self._newest() - self._keep
+        """Add records to their keys' history; forget keys silent for longer than ``keep``."""
         positions: dict[str, list[int]] = {}
         for i, k in enumerate(records.keys):
             positions.setdefault(k, []).append(i)
         for key, rows in positions.items():
-            mine = records.take(np.asarray(rows))
-            kept = self._history.pop(key, None)
-            whole = mine if kept is None else Records.concat([kept, mine])
-            fresh = whole.times >= horizon
-            if len(whole) - int(fresh.sum()) or len(whole) > self._max:
-                index = np.flatnonzero(fresh)[-self._max :]
-                whole = whole.take(index)
-            if len(whole):
-                self._history[key] = whole
+            chunks = self._history.pop(key, [])
+            chunks.append(records.take(np.asarray(rows)))
+            self._history[key] = chunks
+            if len(chunks) > 16 or sum(len(c) for c in chunks) > 2 * self._max:
+                self._kept(key)
+        horizon = self._newest() - self._keep
+        while self._history:
+            key, chunks = next(iter(self._history.items()))
+            if max(int(c.times.max()) for c in chunks) >= horizon:
+                break
+            del self._history[key]
+
+    def _kept(self, key: str) -> Records:
+        """The key's history as one batch, trimmed to ``keep`` and ``max_records_per_key``."""
+        chunks = self._history[key]
+        whole = chunks[0] if len(chunks) == 1 else Records.concat(chunks)
+        fresh = whole.times >= self._newest() - self._keep
+        if not fresh.all() or len(whole) > self._max:
+            whole = whole.take(np.flatnonzero(fresh)[-self._max :])
+        if len(whole):
+            self._history[key] = [whole]
+        else:
+            del self._history[key]
+        return whole
 
     def _answer(self, now: datetime, watermark: int | None) -> list[Dispatched]:
         out: list[Dispatched] = []
@@ -278,8 +298,8 @@ class RequestLogic(StatefulBatchLogic[Slice | RangeRequest, Dispatched, _Request
         return out
 
     def _score(self, r: RangeRequest, horizon: int) -> Dispatched:
-        kept = self._history.get(r.key)
-        if kept is None:
+        kept = self._kept(r.key) if r.key in self._history else None
+        if kept is None or not len(kept):
             return Dispatched(replies=[Reply(r.request, f"unknown key {r.key!r}")])
         if r.start < horizon and r.start < int(kept.times.min()):
             error = (

@@ -535,6 +535,10 @@ def test_history_is_bounded_per_key():
     logic.on_batch([_slice(_records(0, [6], ["a"], [9_000]))])  # keep 4 s: only 5 s and 9 s stay
     (gone,), _ = logic.on_batch([_request("gone", "a", 3_000, 9_000)])
     assert "before the kept history" in gone.replies[0].error
+    logic.on_batch([_slice(_records(0, [7], ["b"], [20_000]))])  # "a" silent for > keep
+    assert list(logic.snapshot().history) == ["b"]
+    (forgotten,), _ = logic.on_batch([_request("f", "a", 9_000, 10_000)])
+    assert forgotten.replies[0].error == "unknown key 'a'"
 
 
 class _Batch:
