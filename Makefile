@@ -40,8 +40,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+# Quix Streams (benchmark (c)) pins another confluent-kafka: its own virtualenv.
+QUIX_STAMP := .venv-quix/.installed
+$(QUIX_STAMP): benchmarks/quix-requirements.txt
+	$(PYTHON) -m venv .venv-quix
+	.venv-quix/bin/python -m pip install -q --upgrade pip
+	.venv-quix/bin/python -m pip install -q -r benchmarks/quix-requirements.txt
+	touch $(QUIX_STAMP)
+
+bench: $(STAMP) $(QUIX_STAMP)
 	$(BIN)/python -m benchmarks.e2e
 
 clean:
-	rm -rf $(VENV) .mlexec .pytest_cache
+	rm -rf $(VENV) .venv-quix .mlexec .pytest_cache

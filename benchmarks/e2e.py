@@ -1,52 +1,56 @@
-"""End-to-end throughput of the site dataflow next to its two yardsticks, in one run.
+"""End-to-end throughput, latency and memory of the site dataflow next to its yardsticks.
 
     make bench          # or: .venv/bin/python -m benchmarks.e2e --records 300000 --repeat 3
 
-On one local Tansu broker (127.0.0.1, 2 input partitions, ~190-byte JSON records of
-16 floats, an MLP 16→64→64→1, batch 256) it measures, each on a fresh topic:
+On one local Tansu broker (127.0.0.1, 2 input partitions, ~220-byte JSON records of
+16 floats, an MLP 16→64→64→1, batch 256) it measures, in one run, each pipeline in a
+process of its own (so its peak memory is its own) on a fresh topic:
 
 (a) onnxruntime alone on the same model at batch 1 / 32 / 256 / 2048 (the limit);
 (b) the loop a user writes instead: confluent-kafka consume (tuned for Tansu) → orjson
     → numpy → onnxruntime → one produce per prediction;
-(c) the mlexec site dataflow: micro-batch dispatch, identity reduction, inference,
-    predictions, 1 % sampling to the samples topic, dead-letter path live; then its
-    store phase (samples topic → chDB) timed on its own;
-(d) the same with a 10 s tumbling-window aggregation per key;
-(e) (c) with 2 bytewax workers in one process.
+(c) Quix Streams 3.28 doing the same (``.venv-quix``; skipped, and said so, without it);
+(d) the mlexec site dataflow — micro-batch dispatch, identity reduction, inference,
+    predictions, 1 % sampling to the samples topic (then into chDB by the store phase,
+    timed on its own), the dead-letter path live — on 1 and on 2 processes (a bytewax
+    cluster over loopback);
+(e) the same with a 10 s tumbling-window aggregation per key.
 
-It prints records/s (medians over ``--repeat`` runs) and the ratios to (a) and (b).
-Tansu's CPU grows with a topic's size, so every pipeline reads a topic of its own.
+Throughput is records / wall time from the first process start to the last process
+end, median of ``--repeat`` runs. Latency is produce → prediction (the prediction
+message's timestamp minus the record's), p50 / p99 over ``--latency-seconds`` of
+records produced at ``--rate`` per second after one warm-up record; the broker's CPU
+grows with a topic's size, so every run has fresh topics.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import orjson
-import yaml
-from bytewax.run import cli_main
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from connectors.broker import LocalBroker
-from connectors.kafka import CONSUMER_TUNING, client_config, ensure_topics, produce_records
-from connectors.samplestore import open_store
-from dataflows.run import prepare_site
-from dataflows.site import build_flow
+from benchmarks.runners import BATCH, FIELDS, PARTITIONS, ensure_out
+from connectors.broker import LocalBroker, free_port
+from connectors.kafka import CONSUMER_TUNING, ensure_topics, produce_records
 from operators.testing import make_mlp
-from topologies import load_topology, plan_topology
 from topologies.plan import TopicSpec
 
-FIELDS = [f"f{i}" for i in range(16)]
-BATCH = 256
-PARTITIONS = 2
+ROOT = Path(__file__).resolve().parents[1]
+QUIX_PYTHON = ROOT / ".venv-quix" / "bin" / "python"
 
 
 def make_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
@@ -65,6 +69,63 @@ def fill(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None
     conf = {"bootstrap.servers": bootstrap}
     ensure_topics(conf, [TopicSpec(topic, PARTITIONS)])
     produce_records({**conf, "linger.ms": 20, "batch.num.messages": 10000}, topic, records)
+
+
+def output_span(bootstrap: str, topic: str, count: int) -> float:
+    """Seconds from the first to the last message of ``topic`` (their producer timestamps)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "span",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            **CONSUMER_TUNING,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    first, last, seen, ended = None, None, 0, set()
+    deadline = time.monotonic() + 120
+    while len(ended) < PARTITIONS and time.monotonic() < deadline:
+        for m in consumer.consume(10_000, 0.5):
+            if m.error() is not None:
+                ended.add(m.partition())
+                continue
+            stamp = m.timestamp()[1]
+            first = stamp if first is None else min(first, stamp)
+            last = stamp if last is None else max(last, stamp)
+            seen += 1
+    consumer.close()
+    if seen != count or first is None or last is None:
+        raise RuntimeError(f"{topic}: {seen} of {count} outputs")
+    return max(last - first, 1) / 1000
+
+
+def _result(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=600)
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
+    raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{err[-3000:]}")
+
+
+def _child(command: str, args: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.runners", command, json.dumps(args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _quix(args: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(QUIX_PYTHON), str(ROOT / "benchmarks" / "quix_app.py"), json.dumps(args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 # ---------------------------------------------------------------- (a) onnxruntime
@@ -86,127 +147,228 @@ def onnx_alone(model: Path, records: int) -> dict[int, float]:
     return rates
 
 
-# ------------------------------------------------------------ (b) hand-written loop
+# ------------------------------------------------------------ pipelines, one run each
 
 
-def handwritten(bootstrap: str, topic: str, model: Path, n: int) -> float:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "bench",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            **CONSUMER_TUNING,
+class Bench:
+    """One broker, one model, the records; a fresh topic per run."""
+
+    def __init__(self, broker: LocalBroker, work: Path, n: int) -> None:
+        self.bootstrap = broker.bootstrap
+        self.work = work
+        self.n = n
+        self.records = make_records(n)
+        self.model = make_mlp(work / "mlp.onnx", inputs=16, hidden=(64, 64), outputs=1, seed=0)
+        self.window_model = make_mlp(
+            work / "window.onnx", inputs=len(FIELDS) * 2, hidden=(64, 64), seed=0
+        )
+        self.store_runs: list[dict[str, Any]] = []
+
+    def fresh(self, kind: str, fill_it: bool = True) -> str:
+        topic = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
+        if fill_it:
+            fill(self.bootstrap, topic, self.records)
+        else:
+            ensure_topics({"bootstrap.servers": self.bootstrap}, [TopicSpec(topic, PARTITIONS)])
+        return topic
+
+    def base(self, topic: str) -> dict[str, Any]:
+        return {
+            "bootstrap": self.bootstrap,
+            "topic": topic,
+            "model": str(self.model),
+            "count": self.n,
         }
-    )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    out_topic = f"{topic}.predictions"
-    ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(out_topic, PARTITIONS)])
-    seen, at_end = 0, set()
-    started = time.perf_counter()
-    while len(at_end) < PARTITIONS:
-        msgs = consumer.consume(BATCH, 0.1)
-        good = []
-        for m in msgs:
-            if m.error() is None:
-                good.append(m)
-            elif m.error().code() == KafkaError._PARTITION_EOF:
-                at_end.add(m.partition())
-        if not good:
-            continue
-        rows = [orjson.loads(m.value()) for m in good]
-        x = np.array([[r[f] for f in FIELDS] for r in rows], dtype=np.float32)
-        (y,) = session.run(None, {"x": x})
-        for m, r, score in zip(good, rows, y[:, 0].tolist(), strict=True):
-            value = orjson.dumps(
-                {"id": f"{m.partition()}:{m.offset()}", "key": r["sensor"], "score": score}
+
+    def rates(self, got: list[dict[str, Any]], out: str) -> dict[str, float]:
+        """Steady records/s (first → last output) and wall records/s (start-up included)."""
+        wall = max(g["end"] for g in got) - min(g["start"] for g in got)
+        return {
+            "rate": (self.n - 1) / output_span(self.bootstrap, out, self.n),
+            "wall": self.n / wall,
+            "rss_mb": sum(g["rss_mb"] for g in got),
+        }
+
+    def loop(self) -> dict[str, float]:
+        topic = self.fresh("loop")
+        ensure_out(self.bootstrap, f"{topic}.out")
+        got = _result(_child("loop", self.base(topic)), "the hand-written loop")
+        return self.rates([got], f"{topic}.out")
+
+    def quix(self) -> dict[str, float]:
+        topic = self.fresh("quix")
+        ensure_out(self.bootstrap, f"{topic}.out")
+        args = {
+            **self.base(topic),
+            "group": f"q{uuid.uuid4().hex[:6]}",
+            "state_dir": str(self.work / "quix"),
+        }
+        got = _result(_quix(args), "the Quix Streams app")
+        return self.rates([got], f"{topic}.out")
+
+    def site_args(self, topic: str, kind: str) -> dict[str, Any]:
+        return {
+            **self.base(topic),
+            "work": str(self.work),
+            "name": uuid.uuid4().hex[:6],
+            "kind": kind,
+            "window_model": str(self.window_model),
+        }
+
+    def site(self, kind: str = "micro", processes: int = 1) -> dict[str, float]:
+        topic = self.fresh(f"site{processes}")
+        args = self.site_args(topic, kind)
+        out = _result(_child("prepare", args), "preparing the site")["predictions"]
+        addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
+        procs = [
+            _child(
+                "site", {**args, "processes": processes, "process_id": i, "addresses": addresses}
             )
-            while True:
-                try:
-                    producer.produce(out_topic, value=value, key=m.key())
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            for i in range(processes)
+        ]
+        got = [_result(p, "the mlexec site dataflow") for p in procs]
+        if kind == "micro" and processes == 1:
+            self.store_runs.append(_result(_child("store", args), "the store phase"))
+        if kind == "window":  # one prediction per key and window, not per record
+            wall = max(g["end"] for g in got) - min(g["start"] for g in got)
+            return {"rate": self.n / wall, "wall": self.n / wall, "rss_mb": got[0]["rss_mb"]}
+        return self.rates(got, out)
+
+    # ------------------------------------------------------------ latency
+
+    def latency(self, pipeline: str, rate: int, seconds: float) -> tuple[float, float]:
+        """p50 / p99 produce → prediction (ms) at ``rate`` records/s for ``seconds``."""
+        topic = self.fresh(f"lat-{pipeline}", fill_it=False)
+        count = 1 + int(rate * seconds)
+        if pipeline == "site":
+            args = self.site_args(topic, "micro")
+            out = _result(_child("prepare", args), "preparing the site")["predictions"]
+            proc = _child("site", {**args, "count": count, "follow": True})
+        elif pipeline == "loop":
+            out = f"{topic}.out"
+            ensure_out(self.bootstrap, out)
+            proc = _child("loop", {**self.base(topic), "count": count, "follow": True})
+        else:
+            out = f"{topic}.out"
+            ensure_out(self.bootstrap, out)
+            group = f"q{uuid.uuid4().hex[:6]}"
+            quix_args = {**self.base(topic), "count": count, "group": group}
+            proc = _quix({**quix_args, "state_dir": str(self.work / "quix")})
+        collector = _Collector(self.bootstrap, out)
+        try:
+            producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 1})
+            _produce(producer, topic, b"warmup", 0)
+            if not collector.wait(1, timeout=120):
+                raise RuntimeError(f"{pipeline}: no prediction for the warm-up record")
+            _paced(producer, topic, rate, seconds)
+            if not collector.wait(count, timeout=120):
+                raise RuntimeError(f"{pipeline}: {collector.seen} of {count} predictions")
+        finally:
+            proc.kill()
+            proc.communicate()
+            collector.stop()
+        lat = np.asarray(collector.latencies[1:], dtype=np.float64)
+        return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+
+
+def _produce(producer: Producer, topic: str, key: bytes, i: int) -> None:
+    rec = {"sensor": key.decode(), "ts": int(time.time() * 1000)}
+    rec.update({f: round(((i * 7 + j) % 61) / 10 - 3, 3) for j, f in enumerate(FIELDS)})
+    while True:
+        try:
+            producer.produce(topic, value=orjson.dumps(rec), key=key)
+            return
+        except BufferError:
+            producer.poll(0.01)
+
+
+def _paced(producer: Producer, topic: str, rate: int, seconds: float) -> None:
+    """``rate`` records per second for ``seconds``, in 5 ms slices."""
+    per_slice = max(1, rate // 200)
+    slices = int(seconds * 200)
+    started = time.perf_counter()
+    for s in range(slices):
+        for j in range(per_slice):
+            i = s * per_slice + j
+            _produce(producer, topic, f"s{i % 64}".encode(), i)
         producer.poll(0)
-        seen += len(good)
+        wait = started + (s + 1) / 200 - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
     producer.flush(60)
-    elapsed = time.perf_counter() - started
-    consumer.close()
-    assert seen == n, (seen, n)
-    return n / elapsed
 
 
-# ------------------------------------------------------------- (c)-(e) mlexec
+class _Collector:
+    """Reads an output topic from the start; per prediction, its latency in ms."""
 
-
-def mlexec_site(
-    bootstrap: str, topic: str, model: Path, work: Path, n: int, *, window: bool, workers: int = 1
-) -> tuple[float, float, int]:
-    """(records/s of the pipeline, seconds of the store phase, samples stored)."""
-    uid = uuid.uuid4().hex[:6]
-    if window:
-        model = make_mlp(work / f"w{uid}.onnx", inputs=len(FIELDS) * 2, hidden=(64, 64), seed=0)
-        dispatch = {"kind": "tumbling", "size": "10s", "lateness": "1s"}
-        reduction = {"kind": "aggregate", "fields": {f: ["mean", "max"] for f in FIELDS}}
-    else:
-        dispatch = {"kind": "microbatch", "max_records": BATCH, "max_wait": "20ms"}
-        reduction = {"kind": "identity"}
-    doc = {
-        "name": f"bench{uid}",
-        "sites": {
-            "here": {"kafka": {"bootstrap": bootstrap}, "sample_store": f"chdb://{work}/chdb-{uid}"}
-        },
-        "usecases": {
-            f"uc{uid}": {
-                "input": {
-                    "topic": topic,
-                    "partitions": PARTITIONS,
-                    "key": "sensor",
-                    "time": "ts",
-                    "schema": {"sensor": "str", "ts": "timestamp", **{f: "float" for f in FIELDS}},
-                },
-                "dispatch": dispatch,
-                "reduction": reduction,
-                "model": {"name": "mlp", "version": "1", "path": str(model)},
-                "sampling": {"rate": 1.0 if window else 0.01},
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "lat",
+                "enable.auto.commit": False,
+                **CONSUMER_TUNING,
             }
-        },
-    }
-    path = work / f"topology-{uid}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    plan = plan_topology(load_topology(path))
-    run = prepare_site(plan, "here")
-    conf = client_config(plan.topology.sites["here"].kafka)
-    ensure_topics(conf, plan.topics_at("here"))
-    with open_store(plan.topology.sites["here"].sample_store) as store:
-        for rt in run.store:
-            store.ensure_table(rt.table)
-    process = build_flow(f"p{uid}", conf, process=run.process, until_end=True, producers=workers)
-    started = time.perf_counter()
-    cli_main(process, workers_per_process=workers)
-    pipeline = n / (time.perf_counter() - started)
-    store_flow = build_flow(
-        f"s{uid}",
-        conf,
-        store=run.store,
-        store_url=plan.topology.sites["here"].sample_store,
-        until_end=True,
-    )
-    started = time.perf_counter()
-    cli_main(store_flow)
-    store_elapsed = time.perf_counter() - started
-    with open_store(plan.topology.sites["here"].sample_store) as store:
-        table = next(iter(plan.usecases.values())).table
-        stored = int(store.query(f"SELECT count() AS n FROM mlexec.{table}")["n"][0])
-    return pipeline, store_elapsed, stored
+        )
+        self._consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)]
+        )
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def seen(self) -> int:
+        return len(self.latencies)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for m in self._consumer.consume(1000, 0.1):
+                if m.error() is None:
+                    self.latencies.append(m.timestamp()[1] - orjson.loads(m.value())["time"])
+
+    def wait(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.seen >= count:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
 
 
-def median(fn: Callable[[], float], repeat: int) -> float:
-    return statistics.median(fn() for _ in range(repeat))
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def _only(args: argparse.Namespace) -> None:
+    """A quick look at some pipelines (profiling, tuning); the table needs them all."""
+    parts = args.only.split(",")
+    with tempfile.TemporaryDirectory() as tmp, LocalBroker() as broker:
+        bench = Bench(broker, Path(tmp), args.records)
+        runs = {
+            "loop": bench.loop,
+            "quix": bench.quix,
+            "site": bench.site,
+            "site2": lambda: bench.site(processes=2),
+            "window": lambda: bench.site("window"),
+        }
+        for part in parts:
+            if part == "latency":
+                for p in ("loop", "site") + (("quix",) if QUIX_PYTHON.exists() else ()):
+                    p50, p99 = bench.latency(p, args.rate, args.latency_seconds)
+                    print(f"latency {p}: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+            else:
+                got = _median([runs[part]() for _ in range(args.repeat)])
+                print(
+                    f"{part}: {got['rate']:,.0f} records/s steady, {got['wall']:,.0f} wall, "
+                    f"peak RSS {got['rss_mb']:.0f} MB"
+                )
 
 
 def main() -> None:
@@ -214,61 +376,93 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--records", type=int, default=300_000)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=20_000, help="paced rate for latency")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--only", help="measure just these, comma-separated: loop,quix,site,site2,window,latency"
+    )
     args = parser.parse_args()
+    if args.only:
+        _only(args)
+        return
     n = args.records
-    records = make_records(n)
-    size = statistics.mean(len(v) for _, v in records[:1000])
+    quix = QUIX_PYTHON.exists()
     with tempfile.TemporaryDirectory() as tmp, LocalBroker() as broker:
-        work = Path(tmp)
-        model = make_mlp(work / "mlp.onnx", inputs=16, hidden=(64, 64), outputs=1, seed=0)
+        bench = Bench(broker, Path(tmp), n)
+        size = statistics.mean(len(v) for _, v in bench.records[:1000])
+        onnx = onnx_alone(bench.model, n)
+        loop = _median([bench.loop() for _ in range(args.repeat)])
+        qx = _median([bench.quix() for _ in range(args.repeat)]) if quix else None
+        one = _median([bench.site() for _ in range(args.repeat)])
+        two = _median([bench.site(processes=2) for _ in range(args.repeat)])
+        window = _median([bench.site("window") for _ in range(args.repeat)])
+        lat = {p: bench.latency(p, args.rate, args.latency_seconds) for p in ("loop", "site")}
+        if quix:
+            lat["quix"] = bench.latency("quix", args.rate, args.latency_seconds)
+        stores = bench.store_runs
 
-        def fresh(kind: str) -> str:
-            topic = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
-            fill(broker.bootstrap, topic, records)
-            return topic
-
-        onnx = onnx_alone(model, n)
-        loop = median(lambda: handwritten(broker.bootstrap, fresh("loop"), model, n), args.repeat)
-        site_runs = [
-            mlexec_site(broker.bootstrap, fresh("site"), model, work, n, window=False)
-            for _ in range(args.repeat)
-        ]
-        site = statistics.median(r[0] for r in site_runs)
-        store_seconds = statistics.median(r[1] for r in site_runs)
-        stored = site_runs[0][2]
-        window = median(
-            lambda: mlexec_site(broker.bootstrap, fresh("win"), model, work, n, window=True)[0],
-            args.repeat,
-        )
-        two = median(
-            lambda: mlexec_site(
-                broker.bootstrap, fresh("two"), model, work, n, window=False, workers=2
-            )[0],
-            args.repeat,
-        )
-
+    cpu = os.cpu_count()
     print(
-        f"\n{n:,} records of ~{size:.0f} bytes, {PARTITIONS} partitions, MLP 16→64→64→1, batch {BATCH}, "
-        f"median of {args.repeat} run(s), local Tansu broker on 127.0.0.1\n"
+        f"\n{n:,} records of ~{size:.0f} bytes, {PARTITIONS} partitions, MLP 16→64→64→1, "
+        f"batch {BATCH}, median of {args.repeat}, {cpu} cores, local Tansu broker on 127.0.0.1; "
+        f"latency at {args.rate:,}/s for {args.latency_seconds:g} s\n"
     )
-    rows = [
-        ("(a) onnxruntime alone, batch 1", onnx[1]),
-        ("(a) onnxruntime alone, batch 32", onnx[32]),
-        ("(a) onnxruntime alone, batch 256", onnx[256]),
-        ("(a) onnxruntime alone, batch 2048", onnx[2048]),
-        ("(b) hand-written confluent-kafka loop", loop),
-        ("(c) mlexec site dataflow, micro-batch, 1 % sampled", site),
-        ("(d) mlexec site dataflow, 10 s tumbling window + aggregation", window),
-        ("(e) mlexec site dataflow, micro-batch, 2 workers", two),
+    base = onnx[256]
+
+    def ms(p: str) -> str:
+        return f"{lat[p][0]:.1f} / {lat[p][1]:.1f}" if p in lat else "–"
+
+    rows: list[tuple[str, float, str, str]] = [
+        (f"(a) onnxruntime alone, batch {b}", onnx[b], "–", "–") for b in (1, 32, 256, 2048)
     ]
-    print("| pipeline | records/s | ÷ (b) hand-written | ÷ (a) onnxruntime @256 |")
-    print("|---|---:|---:|---:|")
-    for name, rate in rows:
-        print(f"| {name} | {rate:,.0f} | {rate / loop:.2f} | {rate / onnx[256]:.3f} |")
-    print(
-        f"\nstore phase of (c): {stored:,} samples into chDB in {store_seconds:.2f} s, start-up included"
-    )
+    rows += [
+        (
+            "(b) hand-written confluent-kafka loop",
+            loop["rate"],
+            ms("loop"),
+            f"{loop['rss_mb']:.0f}",
+        ),
+    ]
+    if qx is not None:
+        rows.append(("(c) Quix Streams 3.28", qx["rate"], ms("quix"), f"{qx['rss_mb']:.0f}"))
+    rows += [
+        (
+            "(d) mlexec site, micro-batch, 1 process",
+            one["rate"],
+            ms("site"),
+            f"{one['rss_mb']:.0f}",
+        ),
+        ("(d) mlexec site, micro-batch, 2 processes", two["rate"], "–", f"{two['rss_mb']:.0f}"),
+        (
+            "(e) mlexec site, 10 s tumbling window + aggregation",
+            window["rate"],
+            "–",
+            f"{window['rss_mb']:.0f}",
+        ),
+    ]
+    print("| pipeline | records/s | ÷ (b) | ÷ (a) @256 | p50 / p99 ms | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, rate, latency, rss in rows:
+        print(
+            f"| {name} | {rate:,.0f} | {rate / loop['rate']:.2f} | {rate / base:.3f} | {latency} | {rss} |"
+        )
+    print()
+    print(f"(d) ÷ (b) = {one['rate'] / loop['rate']:.2f}   (target ≥ 1.0)")
+    if qx is not None:
+        print(f"(d) ÷ (c) = {one['rate'] / qx['rate']:.2f}   (target ≥ 5)")
+    else:
+        print("(d) ÷ (c): not measured — .venv-quix is missing (make bench makes it)")
+    print(f"(d) ÷ (a) = {one['rate'] / base:.3f}")
+    print(f"(d) 2 processes ÷ 1 process = {two['rate'] / one['rate']:.2f}   (target ≥ 1.7)")
+    print(f"(d) p99 at {args.rate:,}/s = {lat['site'][1]:.1f} ms   (target ≤ 30, max wait 20 ms)")
+    print(f"(d) peak RSS = {one['rss_mb']:.0f} MB   (target < 500)")
+    if stores:
+        store = stores[len(stores) // 2]
+        print(
+            f"store phase of (d): {store['stored']:,} samples into chDB in "
+            f"{store['end'] - store['start']:.2f} s, start-up included"
+        )
 
 
 if __name__ == "__main__":

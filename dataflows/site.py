@@ -121,10 +121,17 @@ def _dispatch(
     if isinstance(rule, PerRecord):
         return op.map(f"{n}_dispatch", good, lambda kv: per_record(kv[1])), bad
     if isinstance(rule, MicroBatch):
+        flagged = op.filter_map(
+            f"{n}_good-drained",
+            parsed,
+            lambda r: (r.source, (r.records, r.drained)) if r.records is not None else None,
+        )
         dispatched = op.stateful_batch(
             f"{n}_dispatch",
-            good,
-            lambda state: MicroBatchLogic(rule.max_records, rule.max_wait, resume=state),
+            flagged,
+            lambda state: MicroBatchLogic(
+                rule.max_records, rule.max_wait, resume=state, eager=rule.eager
+            ),
         )
     elif isinstance(rule, Tumbling | Sliding | Session):
         shape = (

@@ -121,8 +121,13 @@ class _BatchState:
     since: datetime | None
 
 
-class MicroBatchLogic(StatefulBatchLogic[Records, Dispatched, _BatchState]):
-    """Collect records until ``max_records`` or until the oldest waited ``max_wait``."""
+class MicroBatchLogic(StatefulBatchLogic[tuple[Records, bool], Dispatched, _BatchState]):
+    """Collect records until ``max_records`` or until the oldest waited ``max_wait``.
+
+    Items are ``(records, drained)``: with ``eager``, a batch after which the source
+    partition had nothing more waiting is dispatched at once — waiting longer could only
+    add latency, never records — while a backlog still fills batches of ``max_records``.
+    """
 
     def __init__(
         self,
@@ -130,20 +135,26 @@ class MicroBatchLogic(StatefulBatchLogic[Records, Dispatched, _BatchState]):
         max_wait: timedelta,
         resume: _BatchState | None = None,
         now: Clock = _utc_now,
+        *,
+        eager: bool = False,
     ) -> None:
         self._max = max_records
         self._wait = max_wait
         self._now = now
+        self._eager = eager
         self._pending: list[Records] = list(resume.pending) if resume else []
         self._count = sum(len(r) for r in self._pending)
         self._since = resume.since if resume else None
 
-    def on_batch(self, values: list[Records]) -> tuple[Iterable[Dispatched], bool]:
+    def on_batch(self, values: list[tuple[Records, bool]]) -> tuple[Iterable[Dispatched], bool]:
         if self._since is None:
             self._since = self._now()
-        self._pending.extend(values)
-        self._count += sum(len(v) for v in values)
-        if self._count >= self._max or self._wait <= timedelta(0):
+        drained = False
+        for records, drained in values:
+            self._pending.append(records)
+            self._count += len(records)
+        full = self._count >= self._max or self._wait <= timedelta(0)
+        if full or (self._eager and drained):
             return self._flush(), StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
 

@@ -1,0 +1,83 @@
+"""(c) The same use case as a Quix Streams application, the way its documentation writes one.
+
+Runs in its own virtualenv (``.venv-quix``, made by ``make bench``): Quix Streams 3.28
+pins a confluent-kafka older than mlexec's. It imports nothing of mlexec.
+
+    .venv-quix/bin/python benchmarks/quix_app.py '{"bootstrap": ..., "topic": ..., ...}'
+
+Consumes ``topic`` (JSON records of 16 floats) from the earliest offset, scores each
+record with onnxruntime and writes a prediction to ``<topic>.out``; stops after
+``count`` outputs and prints one JSON line: the time of the first and the last record
+(the consumer-group join before them is left out) and its peak resident memory.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+from quixstreams import Application
+
+FIELDS = [f"f{i}" for i in range(16)]
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory (VmHWM: unlike ru_maxrss, not the forking parent's)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(args["model"], options, providers=["CPUExecutionProvider"])
+    app = Application(
+        broker_address=args["bootstrap"],
+        consumer_group=args["group"],
+        auto_offset_reset="earliest",
+        # the same client tuning the other two get on this broker
+        consumer_extra_config={
+            "fetch.wait.max.ms": 5,
+            "fetch.queue.backoff.ms": 10,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+        },
+        producer_extra_config={"linger.ms": 5},
+        state_dir=args["state_dir"],
+        loglevel="WARNING",
+    )
+    source = app.topic(args["topic"], value_deserializer="json")
+    sink = app.topic(f"{args['topic']}.out", value_serializer="json")
+    first: list[float] = []
+
+    def score(record: dict) -> dict:
+        if not first:
+            first.append(time.time())
+        x = np.array([[record[f] for f in FIELDS]], dtype=np.float32)
+        (y,) = session.run(None, {"x": x})
+        return {"key": record["sensor"], "time": record["ts"], "score": float(y[0, 0])}
+
+    sdf = app.dataframe(source).apply(score)
+    # Quix gives an output the input's timestamp; stamp it when it is produced, as a
+    # Kafka producer does for the other pipelines, so latencies compare
+    sdf = sdf.set_timestamp(lambda value, key, timestamp, headers: int(time.time() * 1000))
+    sdf.to_topic(sink)
+    app.run(count=args["count"], collect=False)
+    result = {
+        "start": first[0] if first else time.time(),
+        "end": time.time(),
+        "rss_mb": _peak_rss_mb(),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

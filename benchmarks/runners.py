@@ -1,0 +1,233 @@
+"""The pipelines the benchmark compares, each run in a process of its own.
+
+    python -m benchmarks.runners loop '{"bootstrap": ..., "topic": ..., "count": ...}'
+    python -m benchmarks.runners site '{... "kind": "micro", "processes": 2, "process_id": 0}'
+
+A run reads ``count`` records from ``topic`` and writes one prediction per record to
+``<topic>.out`` (the loop) or the use case's predictions topic (mlexec), then prints
+one JSON line: its start and end (epoch seconds, so processes can be compared) and its
+peak resident memory. With ``"follow": true`` it keeps running (a latency run: the
+harness stops it once every prediction is out).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import yaml
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from connectors.kafka import CONSUMER_TUNING, client_config, ensure_topics
+from connectors.samplestore import open_store
+from topologies.plan import TopicSpec
+
+FIELDS = [f"f{i}" for i in range(16)]
+BATCH = 256
+PARTITIONS = 2
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not the forking parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _session(model: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+# ------------------------------------------------------------ (b) hand-written loop
+
+
+def loop(args: dict[str, Any]) -> dict[str, float]:
+    """What a user writes instead: consume → orjson → numpy → onnxruntime → produce."""
+    bootstrap, topic, count = args["bootstrap"], args["topic"], args["count"]
+    session = _session(args["model"])
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            **CONSUMER_TUNING,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    out_topic = f"{topic}.out"
+    seen, at_end = 0, set()
+    started = time.time()
+    while seen < count and (args.get("follow") or len(at_end) < PARTITIONS):
+        msgs = consumer.consume(BATCH, 0.1)
+        good = []
+        for m in msgs:
+            if m.error() is None:
+                good.append(m)
+            elif m.error().code() == KafkaError._PARTITION_EOF:
+                at_end.add(m.partition())
+        if not good:
+            continue
+        rows = [orjson.loads(m.value()) for m in good]
+        x = np.array([[r[f] for f in FIELDS] for r in rows], dtype=np.float32)
+        (y,) = session.run(None, {"x": x})
+        for m, r, score in zip(good, rows, y[:, 0].tolist(), strict=True):
+            value = orjson.dumps(
+                {
+                    "id": f"{m.partition()}:{m.offset()}",
+                    "key": r["sensor"],
+                    "time": r["ts"],
+                    "score": score,
+                }
+            )
+            while True:
+                try:
+                    producer.produce(out_topic, value=value, key=m.key())
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.poll(0)
+        seen += len(good)
+    producer.flush(60)
+    ended = time.time()
+    consumer.close()
+    return {"start": started, "end": ended, "records": seen, "rss_mb": peak_rss_mb()}
+
+
+# --------------------------------------------------------------- (d) mlexec site
+
+
+def site_topology(args: dict[str, Any]) -> Path:
+    """A one-site topology of the benchmark's use case: micro-batch or tumbling window."""
+    work = Path(args["work"])
+    name = args["name"]
+    if args["kind"] == "window":
+        dispatch = {"kind": "tumbling", "size": "10s", "lateness": "1s"}
+        reduction = {"kind": "aggregate", "fields": {f: ["mean", "max"] for f in FIELDS}}
+        model = args["window_model"]
+    else:
+        dispatch = {"kind": "microbatch", "max_records": BATCH, "max_wait": "20ms"}
+        reduction = {"kind": "identity"}
+        model = args["model"]
+    doc = {
+        "name": f"bench{name}",
+        "sites": {
+            "here": {
+                "kafka": {"bootstrap": args["bootstrap"]},
+                "sample_store": f"chdb://{work}/chdb-{name}",
+                "state_dir": f"{work}/state-{name}",
+            }
+        },
+        "usecases": {
+            f"uc{name}": {
+                "input": {
+                    "topic": args["topic"],
+                    "partitions": PARTITIONS,
+                    "key": "sensor",
+                    "time": "ts",
+                    "schema": {"sensor": "str", "ts": "timestamp", **{f: "float" for f in FIELDS}},
+                },
+                "dispatch": dispatch,
+                "reduction": reduction,
+                "model": {"name": "mlp", "version": "1", "path": model},
+                "sampling": {"rate": 0.01},
+            }
+        },
+    }
+    path = work / f"topology-{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def site(args: dict[str, Any]) -> dict[str, float]:
+    """The mlexec site dataflow, one process of ``processes`` (bytewax cluster)."""
+    from bytewax.run import cli_main
+
+    from dataflows.run import prepare_site
+    from dataflows.site import build_flow
+    from topologies import load_topology, plan_topology
+
+    plan = plan_topology(load_topology(site_topology(args)))
+    run = prepare_site(plan, "here")
+    conf = client_config(plan.topology.sites["here"].kafka)
+    processes = args.get("processes", 1)
+    flow = build_flow(
+        f"p{args['name']}",
+        conf,
+        process=run.process,
+        until_end=not args.get("follow"),
+        producers=processes,
+    )
+    addresses = args.get("addresses")
+    started = time.time()
+    cli_main(
+        flow,
+        workers_per_process=1,
+        process_id=args.get("process_id") if processes > 1 else None,
+        addresses=addresses if processes > 1 else None,
+    )
+    return {"start": started, "end": time.time(), "rss_mb": peak_rss_mb()}
+
+
+def prepare(args: dict[str, Any]) -> dict[str, Any]:
+    """Create the site's topics and samples table (before its processes start)."""
+    from dataflows.run import prepare_site
+    from topologies import load_topology, plan_topology
+
+    plan = plan_topology(load_topology(site_topology(args)))
+    run = prepare_site(plan, "here")
+    conf = client_config(plan.topology.sites["here"].kafka)
+    ensure_topics(conf, plan.topics_at("here"))
+    with open_store(plan.topology.sites["here"].sample_store) as store:
+        for rt in run.store:
+            store.ensure_table(rt.table)
+    (uc,) = plan.usecases.values()
+    return {"predictions": uc.predictions_topic, "samples": uc.samples_topic}
+
+
+def store(args: dict[str, Any]) -> dict[str, Any]:
+    """The site's store phase: its samples topic into chDB, timed on its own."""
+    from bytewax.run import cli_main
+
+    from dataflows.run import prepare_site
+    from dataflows.site import build_flow
+    from topologies import load_topology, plan_topology
+
+    plan = plan_topology(load_topology(site_topology(args)))
+    run = prepare_site(plan, "here")
+    url = plan.topology.sites["here"].sample_store
+    flow = build_flow(
+        f"s{args['name']}",
+        client_config(plan.topology.sites["here"].kafka),
+        store=run.store,
+        store_url=url,
+        until_end=True,
+    )
+    started = time.time()
+    cli_main(flow)
+    ended = time.time()
+    (uc,) = plan.usecases.values()
+    with open_store(url) as opened:
+        stored = int(opened.query(f"SELECT count() AS n FROM mlexec.{uc.table}")["n"][0])
+    return {"start": started, "end": ended, "stored": stored}
+
+
+def ensure_out(bootstrap: str, topic: str) -> None:
+    ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(topic, PARTITIONS)])
+
+
+if __name__ == "__main__":
+    command, raw = sys.argv[1], json.loads(sys.argv[2])
+    result = {"loop": loop, "site": site, "prepare": prepare, "store": store}[command](raw)
+    print("RESULT " + json.dumps(result), flush=True)
