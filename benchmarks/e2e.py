@@ -155,6 +155,8 @@ class Bench:
 
     def __init__(self, broker: LocalBroker, work: Path, n: int) -> None:
         self.bootstrap = broker.bootstrap
+        self.broker_pid = broker.pid
+        self._broker_mark = 0.0
         self.work = work
         self.n = n
         self.records = make_records(n)
@@ -164,10 +166,16 @@ class Bench:
         )
         self.store_runs: list[dict[str, Any]] = []
 
+    def broker_cpu(self) -> float:
+        """CPU seconds the broker process has used so far."""
+        fields = Path(f"/proc/{self.broker_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def fresh(self, kind: str, fill_it: bool = True) -> str:
         topic = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
         if fill_it:
             fill(self.bootstrap, topic, self.records)
+            self._broker_mark = self.broker_cpu()  # what the run itself costs the broker
         else:
             ensure_topics({"bootstrap.servers": self.bootstrap}, [TopicSpec(topic, PARTITIONS)])
         return topic
@@ -183,10 +191,13 @@ class Bench:
     def rates(self, got: list[dict[str, Any]], out: str) -> dict[str, float]:
         """Steady records/s (first → last output) and wall records/s (start-up included)."""
         wall = max(g["end"] for g in got) - min(g["start"] for g in got)
+        broker = self.broker_cpu() - self._broker_mark
         return {
+            "broker_us": broker / self.n * 1e6,
             "rate": (self.n - 1) / output_span(self.bootstrap, out, self.n),
             "wall": self.n / wall,
             "rss_mb": sum(g["rss_mb"] for g in got),
+            "cpu_us": sum(g.get("cpu", 0.0) for g in got) / self.n * 1e6,
         }
 
     def loop(self) -> dict[str, float]:
@@ -367,7 +378,8 @@ def _only(args: argparse.Namespace) -> None:
                 got = _median([runs[part]() for _ in range(args.repeat)])
                 print(
                     f"{part}: {got['rate']:,.0f} records/s steady, {got['wall']:,.0f} wall, "
-                    f"peak RSS {got['rss_mb']:.0f} MB"
+                    f"peak RSS {got['rss_mb']:.0f} MB, {got.get('cpu_us', 0):.2f} CPU-µs/record, "
+                    f"broker {got.get('broker_us', 0):.2f} CPU-µs/record"
                 )
 
 
@@ -392,11 +404,18 @@ def main() -> None:
         bench = Bench(broker, Path(tmp), n)
         size = statistics.mean(len(v) for _, v in bench.records[:1000])
         onnx = onnx_alone(bench.model, n)
-        loop = _median([bench.loop() for _ in range(args.repeat)])
-        qx = _median([bench.quix() for _ in range(args.repeat)]) if quix else None
-        one = _median([bench.site() for _ in range(args.repeat)])
-        two = _median([bench.site(processes=2) for _ in range(args.repeat)])
-        window = _median([bench.site("window") for _ in range(args.repeat)])
+        runs: dict[str, list[dict[str, float]]] = {}
+        for _ in range(args.repeat):  # interleaved: the broker ages alike for all
+            for name, run in (
+                ("loop", bench.loop),
+                *((("quix", bench.quix),) if quix else ()),
+                ("one", bench.site),
+                ("two", lambda: bench.site(processes=2)),
+                ("window", lambda: bench.site("window")),
+            ):
+                runs.setdefault(name, []).append(run())
+        loop, one, two, window = (_median(runs[k]) for k in ("loop", "one", "two", "window"))
+        qx = _median(runs["quix"]) if quix else None
         lat = {p: bench.latency(p, args.rate, args.latency_seconds) for p in ("loop", "site")}
         if quix:
             lat["quix"] = bench.latency("quix", args.rate, args.latency_seconds)
@@ -413,39 +432,33 @@ def main() -> None:
     def ms(p: str) -> str:
         return f"{lat[p][0]:.1f} / {lat[p][1]:.1f}" if p in lat else "–"
 
-    rows: list[tuple[str, float, str, str]] = [
-        (f"(a) onnxruntime alone, batch {b}", onnx[b], "–", "–") for b in (1, 32, 256, 2048)
-    ]
-    rows += [
-        (
-            "(b) hand-written confluent-kafka loop",
-            loop["rate"],
-            ms("loop"),
-            f"{loop['rss_mb']:.0f}",
-        ),
-    ]
-    if qx is not None:
-        rows.append(("(c) Quix Streams 3.28", qx["rate"], ms("quix"), f"{qx['rss_mb']:.0f}"))
-    rows += [
-        (
-            "(d) mlexec site, micro-batch, 1 process",
-            one["rate"],
-            ms("site"),
-            f"{one['rss_mb']:.0f}",
-        ),
-        ("(d) mlexec site, micro-batch, 2 processes", two["rate"], "–", f"{two['rss_mb']:.0f}"),
-        (
-            "(e) mlexec site, 10 s tumbling window + aggregation",
-            window["rate"],
-            "–",
-            f"{window['rss_mb']:.0f}",
-        ),
-    ]
-    print("| pipeline | records/s | ÷ (b) | ÷ (a) @256 | p50 / p99 ms | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, rate, latency, rss in rows:
+    print(
+        "| pipeline | records/s | ÷ (b) | ÷ (a) @256 | p50 / p99 ms | peak RSS MB "
+        "| CPU µs/record: own + broker | cores at that rate |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for b in (1, 32, 256, 2048):
+        rate = onnx[b]
         print(
-            f"| {name} | {rate:,.0f} | {rate / loop['rate']:.2f} | {rate / base:.3f} | {latency} | {rss} |"
+            f"| (a) onnxruntime alone, batch {b} | {rate:,.0f} | {rate / loop['rate']:.2f} "
+            f"| {rate / base:.3f} | – | – | – | – |"
+        )
+    measured = [
+        ("(b) hand-written confluent-kafka loop", loop, "loop"),
+        *((("(c) Quix Streams 3.28", qx, "quix"),) if qx is not None else ()),
+        ("(d) mlexec site, micro-batch, 1 process", one, "site"),
+        ("(d) mlexec site, micro-batch, 2 processes", two, ""),
+        ("(e) mlexec site, 10 s tumbling window + aggregation", window, ""),
+    ]
+    for name, got, key in measured:
+        rate = got["rate"]
+        cpu_cell = f"{got['cpu_us']:.2f} + {got['broker_us']:.2f}" if "broker_us" in got else "–"
+        busy = (
+            f"{(got['cpu_us'] + got['broker_us']) * rate / 1e6:.2f}" if "broker_us" in got else "–"
+        )
+        print(
+            f"| {name} | {rate:,.0f} | {rate / loop['rate']:.2f} | {rate / base:.3f} "
+            f"| {ms(key) if key else '–'} | {got['rss_mb']:.0f} | {cpu_cell} | {busy} |"
         )
     print()
     print(f"(d) ÷ (b) = {one['rate'] / loop['rate']:.2f}   (target ≥ 1.0)")

@@ -25,6 +25,11 @@ from quixstreams import Application
 FIELDS = [f"f{i}" for i in range(16)]
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss_mb() -> float:
     """Peak resident memory (VmHWM: unlike ru_maxrss, not the forking parent's)."""
     with open("/proc/self/status") as status:
@@ -57,10 +62,12 @@ def main() -> None:
     source = app.topic(args["topic"], value_deserializer="json")
     sink = app.topic(f"{args['topic']}.out", value_serializer="json")
     first: list[float] = []
+    cpu: list[float] = []
 
     def score(record: dict) -> dict:
         if not first:
             first.append(time.time())
+            cpu.append(_cpu_seconds())
         x = np.array([[record[f] for f in FIELDS]], dtype=np.float32)
         (y,) = session.run(None, {"x": x})
         return {"key": record["sensor"], "time": record["ts"], "score": float(y[0, 0])}
@@ -75,6 +82,7 @@ def main() -> None:
         "start": first[0] if first else time.time(),
         "end": time.time(),
         "rss_mb": _peak_rss_mb(),
+        "cpu": _cpu_seconds() - (cpu[0] if cpu else 0.0),
     }
     print("RESULT " + json.dumps(result), flush=True)
 

@@ -42,6 +42,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread name (librdkafka's rdk:* threads, the worker), for profiling."""
+    out: dict[str, float] = {}
+    tick = 100.0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = name.split("/")[0].rstrip("0123456789:")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _session(model: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -68,7 +89,7 @@ def loop(args: dict[str, Any]) -> dict[str, float]:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     out_topic = f"{topic}.out"
     seen, at_end = 0, set()
-    started = time.time()
+    started, cpu = time.time(), cpu_seconds()
     while seen < count and (args.get("follow") or len(at_end) < PARTITIONS):
         msgs = consumer.consume(BATCH, 0.1)
         good = []
@@ -101,8 +122,16 @@ def loop(args: dict[str, Any]) -> dict[str, float]:
         seen += len(good)
     producer.flush(60)
     ended = time.time()
+    if args.get("threads"):
+        print("THREADS", json.dumps(thread_cpu()), file=sys.stderr)
     consumer.close()
-    return {"start": started, "end": ended, "records": seen, "rss_mb": peak_rss_mb()}
+    return {
+        "start": started,
+        "end": ended,
+        "records": seen,
+        "rss_mb": peak_rss_mb(),
+        "cpu": cpu_seconds() - cpu,
+    }
 
 
 # --------------------------------------------------------------- (d) mlexec site
@@ -170,14 +199,21 @@ def site(args: dict[str, Any]) -> dict[str, float]:
         producers=processes,
     )
     addresses = args.get("addresses")
-    started = time.time()
+    started, cpu = time.time(), cpu_seconds()
     cli_main(
         flow,
         workers_per_process=1,
         process_id=args.get("process_id") if processes > 1 else None,
         addresses=addresses if processes > 1 else None,
     )
-    return {"start": started, "end": time.time(), "rss_mb": peak_rss_mb()}
+    if args.get("threads"):
+        print("THREADS", json.dumps(thread_cpu()), file=sys.stderr)
+    return {
+        "start": started,
+        "end": time.time(),
+        "rss_mb": peak_rss_mb(),
+        "cpu": cpu_seconds() - cpu,
+    }
 
 
 def prepare(args: dict[str, Any]) -> dict[str, Any]:

@@ -117,9 +117,74 @@ class RawBatch:
         return len(self.offsets)
 
 
+class _SharedConsumer:
+    """One consumer for every partition of a topic that one worker of one step reads.
+
+    A consumer per partition would double the fetch requests (and the broker's work)
+    for nothing; this one fetches for all of them and deals the messages out to each
+    partition's buffer, in order. Partition EOF travels in the buffer as ``None``.
+    """
+
+    _shared: dict[tuple[str, int], _SharedConsumer] = {}
+
+    def __init__(self, conf: dict[str, Any], topic: str) -> None:
+        self.consumer = Consumer(conf)
+        self.topic = topic
+        self.buffers: dict[int, list[Message | None]] = {}
+        #: The last poll gave fewer messages than asked for: nothing more was waiting.
+        self.drained = False
+
+    @classmethod
+    def attach(
+        cls, step_id: str, conf: dict[str, Any], topic: str, partition: int, start: int
+    ) -> _SharedConsumer:
+        import threading
+
+        key = (step_id, threading.get_ident())  # one per step and worker thread
+        shared = cls._shared.get(key)
+        if shared is None:
+            shared = cls._shared[key] = cls(conf, topic)
+        shared.buffers[partition] = []
+        shared.consumer.incremental_assign([TopicPartition(topic, partition, start)])
+        return shared
+
+    def detach(self, partition: int) -> None:
+        self.buffers.pop(partition, None)
+        if not self.buffers:
+            for key, shared in list(self._shared.items()):
+                if shared is self:
+                    del self._shared[key]
+            self.consumer.close()
+
+    def take(self, partition: int, limit: int, timeout: float) -> list[Message | None]:
+        """Up to ``limit`` buffered messages of ``partition``, polling when it has none."""
+        buffer = self.buffers[partition]
+        if not buffer:
+            msgs = self.consumer.consume(limit, timeout)
+            self.drained = len(msgs) < limit
+            for msg in msgs:
+                err = msg.error()
+                target = self.buffers.get(cast(int, msg.partition()))
+                if target is None:
+                    continue
+                if err is None:
+                    target.append(msg)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    target.append(None)
+                elif err.fatal() or not err.retriable():
+                    text = f"consuming {self.topic}[{msg.partition()}] failed: {err}"
+                    raise KafkaDeliveryError(text)
+                else:
+                    _log.warning("consuming %s[%s]: %s", self.topic, msg.partition(), err)
+        taken = buffer[:limit]
+        del buffer[:limit]
+        return taken
+
+
 class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
     def __init__(
         self,
+        step_id: str,
         conf: dict[str, Any],
         topic: str,
         partition: int,
@@ -128,8 +193,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         poll_timeout: float,
         until_end: bool,
     ) -> None:
-        self._consumer = Consumer(conf)
-        self._consumer.assign([TopicPartition(topic, partition, start)])
+        self._shared = _SharedConsumer.attach(step_id, conf, topic, partition, start)
         self._topic = topic
         self._partition = partition
         self._next = start
@@ -142,20 +206,14 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
     def next_batch(self) -> list[RawBatch]:
         if self._done:
             raise StopIteration
-        msgs = self._consumer.consume(self._batch_size, self._poll_timeout)
-        self._idle = not msgs
+        taken = self._shared.take(self._partition, self._batch_size, self._poll_timeout)
         good: list[Message] = []
-        for msg in msgs:
-            err = msg.error()
-            if err is None:
+        for msg in taken:
+            if msg is not None:
                 good.append(msg)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                self._done = self._until_end
-            elif err.fatal() or not err.retriable():
-                msg_ = f"consuming {self._topic}[{self._partition}] failed: {err}"
-                raise KafkaDeliveryError(msg_)
-            else:
-                _log.warning("consuming %s[%d]: %s", self._topic, self._partition, err)
+            elif self._until_end:
+                self._done = True
+        self._idle = not taken
         if not good:
             return []
         offsets = cast(list[int], [m.offset() for m in good])
@@ -167,7 +225,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
                 offsets=offsets,
                 keys=[m.key() for m in good],
                 values=[m.value() for m in good],
-                drained=len(msgs) < self._batch_size,
+                drained=self._shared.drained and not self._shared.buffers[self._partition],
             )
         ]
 
@@ -183,7 +241,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         return self._next
 
     def close(self) -> None:
-        self._consumer.close()
+        self._shared.detach(self._partition)
 
 
 class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
@@ -191,7 +249,8 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
 
     ``until_end`` stops each partition at the end it finds (partition EOF from the
     fetch high watermark — Tansu's ListOffsets answer cannot be trusted). Offsets
-    resume from bytewax recovery, not from consumer groups.
+    resume from bytewax recovery, not from consumer groups. The partitions a worker
+    reads share one consumer.
     """
 
     def __init__(
@@ -233,6 +292,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _BatchPartition:
         start = resume_state if resume_state is not None else OFFSET_BEGINNING
         return _BatchPartition(
+            step_id,
             self._conf,
             self._topic,
             int(for_part),
