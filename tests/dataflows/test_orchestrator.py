@@ -169,8 +169,8 @@ def test_the_pipeline_scales_out_under_lag_and_back_in(broker, tmp_path, uid):
         "sustain": "0.5s",
         "every": "0.5s",
     }
-    # small dispatches make the pipeline slow enough to fall behind for a while
-    path = _topology(tmp_path, broker, uid, batch=8, pipeline={"workers": 1, "scale": scale})
+    # one-record dispatches make the pipeline slow enough to fall behind for a while
+    path = _topology(tmp_path, broker, uid, batch=1, pipeline={"workers": 1, "scale": scale})
     n = 150_000
     topology, plan, uc, conf, values, positions, good, bad = feed(path, n=n, bad_every=0)
     with _Running(path) as up:
