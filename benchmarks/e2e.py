@@ -4,7 +4,7 @@
 
 On one local Tansu broker (127.0.0.1, 2 input partitions, ~220-byte JSON records of
 16 floats, an MLP 16→64→64→1, batch 256) it measures, in one run, each pipeline in a
-process of its own (so its peak memory is its own) on a fresh topic:
+process of its own (so its peak memory is its own) on a broker of its own:
 
 (a) onnxruntime alone on the same model at batch 1 / 32 / 256 / 2048 (the limit);
 (b) the loop a user writes instead: confluent-kafka consume (tuned for Tansu) → orjson
@@ -19,13 +19,14 @@ process of its own (so its peak memory is its own) on a fresh topic:
 Throughput is records / wall time from the first process start to the last process
 end, median of ``--repeat`` runs. Latency is produce → prediction (the prediction
 message's timestamp minus the record's), p50 / p99 over ``--latency-seconds`` of
-records produced at ``--rate`` per second after one warm-up record; the broker's CPU
-grows with a topic's size, so every run has fresh topics.
+records produced at ``--rate`` per second after one warm-up record. Tansu's CPU grows
+with what it holds, so every run starts a broker of its own, and runs are interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -35,8 +36,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -50,6 +52,7 @@ from operators.testing import make_mlp
 from topologies.plan import TopicSpec
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 QUIX_PYTHON = ROOT / ".venv-quix" / "bin" / "python"
 
 
@@ -150,12 +153,25 @@ def onnx_alone(model: Path, records: int) -> dict[int, float]:
 # ------------------------------------------------------------ pipelines, one run each
 
 
-class Bench:
-    """One broker, one model, the records; a fresh topic per run."""
+def _own_broker(run: Callable[..., T]) -> Callable[..., T]:
+    """Run a measurement on a broker of its own: Tansu's work grows with what it holds,
+    so a shared one would favour whichever pipeline runs first."""
 
-    def __init__(self, broker: LocalBroker, work: Path, n: int) -> None:
-        self.bootstrap = broker.bootstrap
-        self.broker_pid = broker.pid
+    @functools.wraps(run)
+    def wrapped(self: Bench, *args: Any, **kwargs: Any) -> T:
+        with LocalBroker() as broker:
+            self.bootstrap, self.broker_pid = broker.bootstrap, broker.pid
+            return run(self, *args, **kwargs)
+
+    return wrapped
+
+
+class Bench:
+    """One model, the records; a broker of its own and fresh topics for every run."""
+
+    def __init__(self, work: Path, n: int) -> None:
+        self.bootstrap = ""
+        self.broker_pid: int | None = None
         self._broker_mark = 0.0
         self.work = work
         self.n = n
@@ -200,12 +216,14 @@ class Bench:
             "cpu_us": sum(g.get("cpu", 0.0) for g in got) / self.n * 1e6,
         }
 
+    @_own_broker
     def loop(self) -> dict[str, float]:
         topic = self.fresh("loop")
         ensure_out(self.bootstrap, f"{topic}.out")
         got = _result(_child("loop", self.base(topic)), "the hand-written loop")
         return self.rates([got], f"{topic}.out")
 
+    @_own_broker
     def quix(self) -> dict[str, float]:
         topic = self.fresh("quix")
         ensure_out(self.bootstrap, f"{topic}.out")
@@ -226,6 +244,7 @@ class Bench:
             "window_model": str(self.window_model),
         }
 
+    @_own_broker
     def site(self, kind: str = "micro", processes: int = 1) -> dict[str, float]:
         topic = self.fresh(f"site{processes}")
         args = self.site_args(topic, kind)
@@ -238,15 +257,17 @@ class Bench:
             for i in range(processes)
         ]
         got = [_result(p, "the mlexec site dataflow") for p in procs]
-        if kind == "micro" and processes == 1:
-            self.store_runs.append(_result(_child("store", args), "the store phase"))
         if kind == "window":  # one prediction per key and window, not per record
             wall = max(g["end"] for g in got) - min(g["start"] for g in got)
             return {"rate": self.n / wall, "wall": self.n / wall, "rss_mb": got[0]["rss_mb"]}
-        return self.rates(got, out)
+        rates = self.rates(got, out)
+        if kind == "micro" and processes == 1:
+            self.store_runs.append(_result(_child("store", args), "the store phase"))
+        return rates
 
     # ------------------------------------------------------------ latency
 
+    @_own_broker
     def latency(self, pipeline: str, rate: int, seconds: float) -> tuple[float, float]:
         """p50 / p99 produce → prediction (ms) at ``rate`` records/s for ``seconds``."""
         topic = self.fresh(f"lat-{pipeline}", fill_it=False)
@@ -360,8 +381,8 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
 def _only(args: argparse.Namespace) -> None:
     """A quick look at some pipelines (profiling, tuning); the table needs them all."""
     parts = args.only.split(",")
-    with tempfile.TemporaryDirectory() as tmp, LocalBroker() as broker:
-        bench = Bench(broker, Path(tmp), args.records)
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(Path(tmp), args.records)
         runs = {
             "loop": bench.loop,
             "quix": bench.quix,
@@ -400,8 +421,8 @@ def main() -> None:
         return
     n = args.records
     quix = QUIX_PYTHON.exists()
-    with tempfile.TemporaryDirectory() as tmp, LocalBroker() as broker:
-        bench = Bench(broker, Path(tmp), n)
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(Path(tmp), n)
         size = statistics.mean(len(v) for _, v in bench.records[:1000])
         onnx = onnx_alone(bench.model, n)
         runs: dict[str, list[dict[str, float]]] = {}

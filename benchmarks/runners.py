@@ -181,9 +181,7 @@ def site_topology(args: dict[str, Any]) -> Path:
 
 def site(args: dict[str, Any]) -> dict[str, float]:
     """The mlexec site dataflow, one process of ``processes`` (bytewax cluster)."""
-    from bytewax.run import cli_main
-
-    from dataflows.run import prepare_site
+    from dataflows.run import execute, prepare_site
     from dataflows.site import build_flow
     from topologies import load_topology, plan_topology
 
@@ -200,9 +198,8 @@ def site(args: dict[str, Any]) -> dict[str, float]:
     )
     addresses = args.get("addresses")
     started, cpu = time.time(), cpu_seconds()
-    cli_main(
+    execute(
         flow,
-        workers_per_process=1,
         process_id=args.get("process_id") if processes > 1 else None,
         addresses=addresses if processes > 1 else None,
     )

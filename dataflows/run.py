@@ -10,6 +10,7 @@ store must never stall inference.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,7 +26,15 @@ from dataflows.site import build_flow
 from dataflows.usecase import UseCaseRuntime
 from topologies.plan import Plan
 
-__all__ = ["SiteRun", "prepare_resources", "prepare_site", "run_pipeline", "run_site", "run_store"]
+__all__ = [
+    "SiteRun",
+    "execute",
+    "prepare_resources",
+    "prepare_site",
+    "run_pipeline",
+    "run_site",
+    "run_store",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -65,9 +74,36 @@ def _recovery(state_dir: Path, flow: Dataflow) -> RecoveryConfig:
     return RecoveryConfig(db_dir)
 
 
+def execute(
+    flow: Dataflow,
+    *,
+    workers: int = 1,
+    epoch: timedelta = timedelta(seconds=2),
+    recovery: RecoveryConfig | None = None,
+    process_id: int | None = None,
+    addresses: list[str] | None = None,
+) -> None:
+    """Run ``flow`` in this process (one of ``addresses`` when it is a cluster).
+
+    Everything built before the run — modules, the model, the flow — moves out of the
+    garbage collector's sight (``gc.freeze``): the hot path allocates a parsed dict per
+    record, and collections would otherwise keep walking those long-lived objects.
+    """
+    gc.collect()
+    gc.freeze()
+    cli_main(
+        flow,
+        workers_per_process=workers,
+        epoch_interval=epoch,
+        recovery_config=recovery,
+        process_id=process_id,
+        addresses=addresses,
+    )
+
+
 def _execute(flow: Dataflow, state_dir: Path | None, workers: int, epoch: timedelta) -> None:
     recovery = _recovery(state_dir, flow) if state_dir is not None else None
-    cli_main(flow, workers_per_process=workers, epoch_interval=epoch, recovery_config=recovery)
+    execute(flow, workers=workers, epoch=epoch, recovery=recovery)
 
 
 def prepare_resources(run: SiteRun, *, tables: bool = True) -> None:

@@ -149,10 +149,10 @@ class MicroBatchLogic(StatefulBatchLogic[tuple[Records, bool], Dispatched, _Batc
     def on_batch(self, values: list[tuple[Records, bool]]) -> tuple[Iterable[Dispatched], bool]:
         if self._since is None:
             self._since = self._now()
-        drained = False
-        for records, drained in values:
+        for records, _ in values:
             self._pending.append(records)
             self._count += len(records)
+        drained = bool(values) and values[-1][1]  # after the newest batch, nothing waits
         full = self._count >= self._max or self._wait <= timedelta(0)
         if full or (self._eager and drained):
             return self._flush(), StatefulBatchLogic.RETAIN
