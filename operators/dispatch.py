@@ -40,6 +40,7 @@ from operators.records import DeadLetter, Records
 __all__ = [
     "NO_TIME",
     "Clock",
+    "Progress",
     "ConditionLogic",
     "CountLogic",
     "CronLogic",
@@ -53,6 +54,7 @@ __all__ = [
     "ms",
     "per_record",
     "split_by_bucket",
+    "utc_now",
 ]
 
 Clock = Callable[[], datetime]
@@ -60,7 +62,8 @@ Clock = Callable[[], datetime]
 NO_TIME = np.iinfo(np.int64).min
 
 
-def _utc_now() -> datetime:
+def utc_now() -> datetime:
+    """The wall clock every time-based rule uses unless a test gives it another."""
     return datetime.now(UTC)
 
 
@@ -134,7 +137,7 @@ class MicroBatchLogic(StatefulBatchLogic[tuple[Records, bool], Dispatched, _Batc
         max_records: int,
         max_wait: timedelta,
         resume: _BatchState | None = None,
-        now: Clock = _utc_now,
+        now: Clock = utc_now,
         *,
         eager: bool = False,
     ) -> None:
@@ -211,6 +214,62 @@ def _codes(keys: list[str], buckets: int) -> np.ndarray:
         dtype=np.int64,
         count=len(keys),
     )
+
+
+class Progress:
+    """How far each source partition has got in event time, and when it was last heard.
+
+    The watermark is the minimum over the partitions, as in Flink: one partition read
+    ahead of another does not run the other late. A partition silent for ``idle`` stops
+    holding the others back; one never heard from holds them until it has been silent
+    that long (a restart starts every partition's silence anew).
+    """
+
+    def __init__(
+        self,
+        partitions: int,
+        idle: timedelta,
+        started: datetime,
+        newest: dict[int, int] | None = None,
+    ) -> None:
+        self.partitions = partitions
+        self.idle = idle
+        self.newest: dict[int, int] = dict(newest or {})
+        self._heard = {p: started for p in range(partitions)}
+
+    def heard(self, piece: Slice, now: datetime) -> None:
+        """Take a slice's partition progress (after its rows were judged against the old)."""
+        self._heard[piece.partition] = now
+        if piece.newest != NO_TIME:
+            seen = self.newest.get(piece.partition, NO_TIME)
+            self.newest[piece.partition] = max(seen, piece.newest)
+
+    def of(self, partition: int) -> int:
+        return self.newest.get(partition, NO_TIME)
+
+    def newest_overall(self) -> int:
+        return max(self.newest.values(), default=NO_TIME)
+
+    def watermark(self, now: datetime, *, caught_up_when_idle: bool = False) -> int | None:
+        """The minimum over live partitions; ``None`` while a live one is unknown.
+
+        With ``caught_up_when_idle``, when every partition is silent the input is taken as
+        caught up and the slowest partition's progress is the watermark.
+        """
+        marks = []
+        for p in range(self.partitions):
+            if now - self._heard.get(p, now) >= self.idle:
+                continue  # silent: no longer holds the others back
+            seen = self.newest.get(p)
+            if seen is None:
+                return None  # a live partition we know nothing of yet
+            marks.append(seen)
+        marks.extend(t for p, t in self.newest.items() if p >= self.partitions)
+        if marks:
+            return min(marks)
+        if caught_up_when_idle:
+            return min(self.newest.values(), default=None)
+        return None
 
 
 def split_by_bucket(
@@ -367,7 +426,7 @@ class CronLogic(StatefulBatchLogic[Records, Dispatched, _CronState]):
         schedule: str,
         timezone: str = "UTC",
         resume: _CronState | None = None,
-        now: Clock = _utc_now,
+        now: Clock = utc_now,
     ) -> None:
         self._schedule = schedule
         self._zone = ZoneInfo(timezone)

@@ -19,22 +19,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import orjson
 from bytewax.operators import StatefulBatchLogic
 
-from operators.dispatch import NO_TIME, Clock, Dispatched, Reply, Request, Slice, ms
+from operators.dispatch import Clock, Dispatched, Progress, Reply, Request, Slice, ms, utc_now
 from operators.parse import ParseResult, RecordParser, parse_time
 from operators.records import DeadLetter, Records
 
 __all__ = ["RangeRequest", "RequestLogic", "RequestReader"]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -171,21 +167,20 @@ class RequestLogic(StatefulBatchLogic[Slice | RangeRequest, Dispatched, _Request
         max_records_per_key: int,
         idle_close: timedelta = timedelta(seconds=5),
         resume: _RequestState | None = None,
-        now: Clock = _utc_now,
+        now: Clock = utc_now,
     ) -> None:
-        self._partitions = partitions
         self._timeout = timeout
         self._keep = ms(keep)
         self._max = max_records_per_key
-        self._idle = idle_close
         self._now = now
         started = now()
         #: Per key, recent records in arrival chunks; least recently fed keys first.
         self._history: OrderedDict[str, list[Records]] = OrderedDict(
             (k, [v]) for k, v in (resume.history if resume else {}).items()
         )
-        self._progress: dict[int, int] = dict(resume.progress) if resume else {}
-        self._heard = {p: started for p in range(partitions)}
+        self._progress = Progress(
+            partitions, idle_close, started, resume.progress if resume else None
+        )
         self._waiting: list[_Waiting] = list(resume.waiting) if resume else []
 
     def on_batch(self, values: list[Slice | RangeRequest]) -> tuple[Iterable[Dispatched], bool]:
@@ -194,10 +189,7 @@ class RequestLogic(StatefulBatchLogic[Slice | RangeRequest, Dispatched, _Request
             if isinstance(item, RangeRequest):
                 self._waiting.append(_Waiting(item, now + self._timeout))
                 continue
-            self._heard[item.partition] = now
-            if item.newest != NO_TIME:
-                seen = self._progress.get(item.partition, NO_TIME)
-                self._progress[item.partition] = max(seen, item.newest)
+            self._progress.heard(item, now)
             if item.records is not None:
                 self._remember(item.records)
         return self._answer(now, self._watermark(now)), StatefulBatchLogic.RETAIN
@@ -216,33 +208,16 @@ class RequestLogic(StatefulBatchLogic[Slice | RangeRequest, Dispatched, _Request
     def snapshot(self) -> _RequestState:
         return _RequestState(
             history={k: self._kept(k) for k in list(self._history)},
-            progress=dict(self._progress),
+            progress=dict(self._progress.newest),
             waiting=list(self._waiting),
         )
 
     def _watermark(self, now: datetime) -> int | None:
-        """How far every partition has got; silent partitions stop holding it back.
-
-        When every partition is silent the input is caught up: what has arrived is all
-        there is for now, so the range up to the slowest partition is complete.
-        """
-        live, unknown = [], False
-        for p in range(self._partitions):
-            seen = self._progress.get(p)
-            if now - self._heard.get(p, now) >= self._idle:
-                continue
-            if seen is None:
-                unknown = True
-            else:
-                live.append(seen)
-        if unknown:
-            return None
-        if live:
-            return min(live)
-        return min(self._progress.values(), default=None)
+        # every partition silent: the input is caught up, what arrived is all there is
+        return self._progress.watermark(now, caught_up_when_idle=True)
 
     def _newest(self) -> int:
-        return max(self._progress.values(), default=NO_TIME)
+        return self._progress.newest_overall()
 
     def _remember(self, records: Records) -> None:
         """Add records to their keys' history; forget keys silent for longer than ``keep``."""

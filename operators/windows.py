@@ -22,20 +22,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
-from operators.dispatch import NO_TIME, Clock, Dispatched, Slice, late_letter, ms
+from operators.dispatch import (
+    NO_TIME,
+    Clock,
+    Dispatched,
+    Progress,
+    Slice,
+    late_letter,
+    ms,
+    utc_now,
+)
 from operators.records import Records
 
 __all__ = ["WindowLogic", "WindowShape"]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
         correct_for: timedelta = timedelta(hours=1),
         idle_close: timedelta = timedelta(seconds=5),
         resume: _WindowState | None = None,
-        now: Clock = _utc_now,
+        now: Clock = utc_now,
     ) -> None:
         if shape.kind == "session" and late == "correction":
             msg = (
@@ -112,7 +117,6 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
             )
             raise ValueError(msg)
         self._shape = shape
-        self._partitions = partitions
         self._lateness = ms(lateness)
         self._correct = late == "correction"
         self._correct_for = ms(correct_for)
@@ -125,9 +129,9 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
             self._chunks.append((resume.pending, resume.floors))
         #: No pending window ends before this: a lower watermark closes nothing.
         self._min_end = self._earliest_end(resume.pending) if resume and resume.pending else None
-        self._progress: dict[int, int] = dict(resume.progress) if resume else {}
-        #: Wall time each partition was last heard from; a restart starts every clock anew.
-        self._heard = {p: started for p in range(partitions)}
+        self._progress = Progress(
+            partitions, idle_close, started, resume.progress if resume else None
+        )
         self._closed_until = resume.closed_until if resume else None
         self._edges: dict[str, int] = dict(resume.session_edges) if resume else {}
         self._closed: dict[tuple[str, int], _Closed] = dict(resume.closed) if resume else {}
@@ -140,15 +144,12 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
         out: list[Dispatched] = []
         fresh: list[tuple[Records, np.ndarray]] = []
         for piece in values:
-            self._heard[piece.partition] = now
             if piece.records is not None and piece.before is not None:
                 self._last_arrival = now
                 admitted = self._admit(piece, out)
                 if admitted is not None:
                     fresh.append(admitted)
-            if piece.newest != NO_TIME:
-                seen = self._progress.get(piece.partition, NO_TIME)
-                self._progress[piece.partition] = max(seen, piece.newest)
+            self._progress.heard(piece, now)
         for records, floors in fresh:
             self._chunks.append((records, floors))
             earliest = self._earliest_end(records)
@@ -172,7 +173,7 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
         return _WindowState(
             pending=pending,
             floors=floors,
-            progress=dict(self._progress),
+            progress=dict(self._progress.newest),
             closed_until=self._closed_until,
             session_edges=dict(self._edges),
             closed=dict(self._closed),
@@ -182,17 +183,8 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
     # ------------------------------------------------------------ lateness
 
     def _watermark(self, now: datetime) -> int | None:
-        marks = []
-        for p in range(self._partitions):
-            if now - self._heard.get(p, now) >= self._idle:
-                continue  # silent: no longer holds the others back
-            seen = self._progress.get(p)
-            if seen is None:
-                return None  # a live partition we know nothing of yet
-            marks.append(seen)
-        extra = [t for p, t in self._progress.items() if p >= self._partitions]
-        marks.extend(extra)
-        return min(marks) - self._lateness if marks else None
+        slowest = self._progress.watermark(now)
+        return None if slowest is None else slowest - self._lateness
 
     def _admit(self, piece: Slice, out: list[Dispatched]) -> tuple[Records, np.ndarray] | None:
         """The piece's rows that go on, with their floors; the rest are late.
@@ -204,8 +196,7 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
         """
         records, before = piece.records, piece.before
         assert records is not None and before is not None
-        seen = self._progress.get(piece.partition, NO_TIME)
-        mark = np.maximum(before, seen)
+        mark = np.maximum(before, self._progress.of(piece.partition))
         mark = np.where(mark == NO_TIME, NO_TIME, mark - self._lateness)
         floor = np.where(
             mark == NO_TIME, NO_TIME, mark - self._correct_for if self._correct else mark
