@@ -389,6 +389,7 @@ def _only(args: argparse.Namespace) -> None:
             "site": bench.site,
             "site2": lambda: bench.site(processes=2),
             "window": lambda: bench.site("window"),
+            "site-collect": lambda: bench.site("micro-collect"),
         }
         for part in parts:
             if part == "latency":
@@ -413,7 +414,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20_000, help="paced rate for latency")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument(
-        "--only", help="measure just these, comma-separated: loop,quix,site,site2,window,latency"
+        "--only",
+        help="measure just these, comma-separated: loop,quix,site,site2,window,site-collect,latency",
     )
     args = parser.parse_args()
     if args.only:

@@ -145,8 +145,13 @@ def site_topology(args: dict[str, Any]) -> Path:
         dispatch = {"kind": "tumbling", "size": "10s", "lateness": "1s"}
         reduction = {"kind": "aggregate", "fields": {f: ["mean", "max"] for f in FIELDS}}
         model = args["window_model"]
-    else:
-        dispatch = {"kind": "microbatch", "max_records": BATCH, "max_wait": "20ms"}
+    else:  # "micro", or "micro-collect": collecting across polls (eager: false)
+        dispatch = {
+            "kind": "microbatch",
+            "max_records": BATCH,
+            "max_wait": "20ms",
+            "eager": args["kind"] == "micro",
+        }
         reduction = {"kind": "identity"}
         model = args["model"]
     doc = {

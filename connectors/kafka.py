@@ -110,8 +110,6 @@ class RawBatch:
     offsets: list[int]
     keys: list[bytes | None]
     values: list[bytes | None]
-    #: The poll found nothing more waiting: the partition is caught up.
-    drained: bool = False
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -131,8 +129,6 @@ class _SharedConsumer:
         self.consumer = Consumer(conf)
         self.topic = topic
         self.buffers: dict[int, list[Message | None]] = {}
-        #: The last poll gave fewer messages than asked for: nothing more was waiting.
-        self.drained = False
 
     @classmethod
     def attach(
@@ -161,7 +157,6 @@ class _SharedConsumer:
         buffer = self.buffers[partition]
         if not buffer:
             msgs = self.consumer.consume(limit, timeout)
-            self.drained = len(msgs) < limit
             for msg in msgs:
                 err = msg.error()
                 target = self.buffers.get(cast(int, msg.partition()))
@@ -225,7 +220,6 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
                 offsets=offsets,
                 keys=[m.key() for m in good],
                 values=[m.value() for m in good],
-                drained=self._shared.drained and not self._shared.buffers[self._partition],
             )
         ]
 

@@ -33,6 +33,7 @@ from operators.dispatch import (
     MicroBatchLogic,
     Reply,
     Slice,
+    eager_batches,
     late_letter,
     per_record,
     split_by_bucket,
@@ -120,18 +121,16 @@ def _dispatch(
     extra: list[Stream[Dispatched]] = []
     if isinstance(rule, PerRecord):
         return op.map(f"{n}_dispatch", good, lambda kv: per_record(kv[1])), bad
-    if isinstance(rule, MicroBatch):
-        flagged = op.filter_map(
-            f"{n}_good-drained",
-            parsed,
-            lambda r: (r.source, (r.records, r.drained)) if r.records is not None else None,
+    if isinstance(rule, MicroBatch) and rule.eager:
+        eager = op.flat_map(
+            f"{n}_dispatch", good, lambda kv: eager_batches(kv[1], rule.max_records)
         )
+        return eager, bad
+    if isinstance(rule, MicroBatch):
         dispatched = op.stateful_batch(
             f"{n}_dispatch",
-            flagged,
-            lambda state: MicroBatchLogic(
-                rule.max_records, rule.max_wait, resume=state, eager=rule.eager
-            ),
+            good,
+            lambda state: MicroBatchLogic(rule.max_records, rule.max_wait, resume=state),
         )
     elif isinstance(rule, Tumbling | Sliding | Session):
         shape = (

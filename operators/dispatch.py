@@ -6,8 +6,9 @@ into. Rules that count or wait hold bounded state that bytewax snapshots, so a
 restart resumes them:
 
 - per record (:func:`per_record`) — stateless; each record is its own group;
-- :class:`MicroBatchLogic` — at most ``max_records``, waiting at most ``max_wait``;
-  keyed by source partition so whole consumed batches pass through untouched;
+- micro-batch — :func:`eager_batches` cuts each consumed batch to ``max_records`` where
+  it was read; :class:`MicroBatchLogic` (``eager: false``) collects across polls up to
+  ``max_records``, waiting at most ``max_wait``, keyed by source partition;
 - event-time windows (tumbling, sliding, session) — :mod:`operators.windows`;
 - :class:`CountLogic` — every ``count`` records of a key;
 - :class:`CronLogic` — on a cron schedule, over what arrived since the last run;
@@ -50,6 +51,7 @@ __all__ = [
     "Request",
     "Slice",
     "bucket_of",
+    "eager_batches",
     "late_letter",
     "ms",
     "per_record",
@@ -124,13 +126,18 @@ class _BatchState:
     since: datetime | None
 
 
-class MicroBatchLogic(StatefulBatchLogic[tuple[Records, bool], Dispatched, _BatchState]):
-    """Collect records until ``max_records`` or until the oldest waited ``max_wait``.
+def eager_batches(records: Records, max_records: int) -> list[Dispatched]:
+    """The eager micro-batch: each consumed batch at once, cut to ``max_records``.
 
-    Items are ``(records, drained)``: with ``eager``, a batch after which the source
-    partition had nothing more waiting is dispatched at once — waiting longer could only
-    add latency, never records — while a backlog still fills batches of ``max_records``.
+    No wait and no state — a batch goes where it was read, with no exchange between
+    workers; a backlog still makes full batches because each poll takes up to the
+    source's batch size.
     """
+    return [Dispatched(records=part) for part in records.slices(max_records)]
+
+
+class MicroBatchLogic(StatefulBatchLogic[Records, Dispatched, _BatchState]):
+    """Collect records until ``max_records`` or until the oldest waited ``max_wait``."""
 
     def __init__(
         self,
@@ -138,26 +145,20 @@ class MicroBatchLogic(StatefulBatchLogic[tuple[Records, bool], Dispatched, _Batc
         max_wait: timedelta,
         resume: _BatchState | None = None,
         now: Clock = utc_now,
-        *,
-        eager: bool = False,
     ) -> None:
         self._max = max_records
         self._wait = max_wait
         self._now = now
-        self._eager = eager
         self._pending: list[Records] = list(resume.pending) if resume else []
         self._count = sum(len(r) for r in self._pending)
         self._since = resume.since if resume else None
 
-    def on_batch(self, values: list[tuple[Records, bool]]) -> tuple[Iterable[Dispatched], bool]:
+    def on_batch(self, values: list[Records]) -> tuple[Iterable[Dispatched], bool]:
         if self._since is None:
             self._since = self._now()
-        for records, _ in values:
-            self._pending.append(records)
-            self._count += len(records)
-        drained = bool(values) and values[-1][1]  # after the newest batch, nothing waits
-        full = self._count >= self._max or self._wait <= timedelta(0)
-        if full or (self._eager and drained):
+        self._pending.extend(values)
+        self._count += sum(len(v) for v in values)
+        if self._count >= self._max or self._wait <= timedelta(0):
             return self._flush(), StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
 

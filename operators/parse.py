@@ -46,8 +46,6 @@ class ParseResult:
     source: str
     records: Records | None
     dead: list[DeadLetter]
-    #: The source had nothing more waiting after this batch (it is caught up).
-    drained: bool = False
 
 
 class RecordParser:
@@ -89,12 +87,9 @@ class RecordParser:
         source = f"{batch.topic}:{batch.partition}"
         rows = self._parse_all(batch.values)
         columns = self._columnar(rows) if rows is not None else None
-        drained = bool(getattr(batch, "drained", False))
         if columns is not None:
-            records = self._records(batch, columns, range(len(batch.values)))
-            return ParseResult(source, records, [], drained)
-        result = self._parse_each(batch, source)
-        return ParseResult(result.source, result.records, result.dead, drained)
+            return ParseResult(source, self._records(batch, columns, range(len(batch.values))), [])
+        return self._parse_each(batch, source)
 
     # -------------------------------------------------------------- fast path
 

@@ -566,8 +566,9 @@ class MicroBatch(_Model):
     kind: Literal["microbatch"]
     max_records: int = Field(default=256, ge=1, le=1_000_000)
     max_wait: Duration = timedelta(milliseconds=50)
-    #: Dispatch as soon as the source partition has nothing more waiting (no wait that
-    #: could only add latency); ``false`` waits for ``max_records`` or ``max_wait``.
+    #: Dispatch each consumed batch at once, cut to ``max_records`` (no wait, no state,
+    #: no exchange between workers; a backlog still fills batches); ``false`` collects
+    #: across polls up to ``max_records``, waiting at most ``max_wait``.
     eager: bool = True
 
 

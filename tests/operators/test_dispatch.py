@@ -19,6 +19,7 @@ from operators.dispatch import (
     Dispatched,
     MicroBatchLogic,
     Slice,
+    eager_batches,
     per_record,
     split_by_bucket,
 )
@@ -114,8 +115,7 @@ def _run(items, logic):
 
 def test_micro_batches_never_exceed_max_records_and_keep_every_record_once():
     items = [
-        ("p0", (_records(0, list(range(i * 7, i * 7 + 7)), ["k"] * 7, [0] * 7), False))
-        for i in range(10)
+        ("p0", _records(0, list(range(i * 7, i * 7 + 7)), ["k"] * 7, [0] * 7)) for i in range(10)
     ]
     got = _run(items, lambda s: MicroBatchLogic(16, timedelta(seconds=60), resume=s))
     assert max(len(d.records) for d in got) <= 16
@@ -125,8 +125,8 @@ def test_micro_batches_never_exceed_max_records_and_keep_every_record_once():
 def test_a_partial_micro_batch_is_released_after_max_wait():
     clock = Clock()
     logic = MicroBatchLogic(100, timedelta(milliseconds=50), now=clock)
-    out, _ = logic.on_batch([(_records(0, [1, 2], ["a", "b"], [0, 0]), True)])
-    assert list(out) == []  # not eager: a drained source does not cut the wait short
+    out, _ = logic.on_batch([_records(0, [1, 2], ["a", "b"], [0, 0])])
+    assert list(out) == []
     assert logic.notify_at() == clock.now + timedelta(milliseconds=50)
     released, _ = logic.on_notify()
     assert [len(d.records) for d in released] == [2]
@@ -135,23 +135,22 @@ def test_a_partial_micro_batch_is_released_after_max_wait():
 
 def test_micro_batch_state_survives_a_snapshot_and_resume():
     logic = MicroBatchLogic(100, timedelta(seconds=1))
-    logic.on_batch([(_records(0, [1, 2, 3], ["a"] * 3, [0] * 3), False)])
+    logic.on_batch([_records(0, [1, 2, 3], ["a"] * 3, [0] * 3)])
     resumed = MicroBatchLogic(100, timedelta(seconds=1), resume=logic.snapshot())
     out, _ = resumed.on_eof()
     assert [d.records.record_ids for d in out] == [["raw:0:1", "raw:0:2", "raw:0:3"]]
 
 
-def test_an_eager_micro_batch_goes_when_its_source_is_drained_and_fills_on_a_backlog():
-    logic = MicroBatchLogic(4, timedelta(seconds=60), now=Clock(), eager=True)
-    out, _ = logic.on_batch([(_records(0, [0, 1, 2], ["a"] * 3, [0] * 3), False)])
-    assert list(out) == []  # more is waiting at the source: keep filling
-    out, _ = logic.on_batch([(_records(0, [3, 4, 5], ["a"] * 3, [0] * 3), False)])
+def test_an_eager_micro_batch_cuts_each_consumed_batch_and_waits_for_nothing():
+    out = eager_batches(_records(0, list(range(10)), ["a"] * 10, [0] * 10), 4)
     assert [d.records.record_ids for d in out] == [
-        [f"raw:0:{o}" for o in range(4)],
-        ["raw:0:4", "raw:0:5"],
+        [f"raw:0:{o}" for o in range(0, 4)],
+        [f"raw:0:{o}" for o in range(4, 8)],
+        ["raw:0:8", "raw:0:9"],
     ]
-    out, _ = logic.on_batch([(_records(0, [6], ["a"], [0]), True)])
-    assert [d.records.record_ids for d in out] == [["raw:0:6"]]  # caught up: no wait
+    assert [d.records.record_ids for d in eager_batches(_records(0, [7], ["a"], [0]), 4)] == [
+        ["raw:0:7"]
+    ]
 
 
 # ---------------------------------------------------------------- event-time windows
