@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -86,12 +86,14 @@ def output_span(bootstrap: str, topic: str, count: int) -> float:
         }
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-    first, last, seen, ended = None, None, 0, set()
+    first: int | None = None
+    last: int | None = None
+    seen, ended = 0, set[int]()
     deadline = time.monotonic() + 120
     while len(ended) < PARTITIONS and time.monotonic() < deadline:
         for m in consumer.consume(10_000, 0.5):
             if m.error() is not None:
-                ended.add(m.partition())
+                ended.add(cast(int, m.partition()))
                 continue
             stamp = m.timestamp()[1]
             first = stamp if first is None else min(first, stamp)
@@ -358,7 +360,8 @@ class _Collector:
         while not self._stop.is_set():
             for m in self._consumer.consume(1000, 0.1):
                 if m.error() is None:
-                    self.latencies.append(m.timestamp()[1] - orjson.loads(m.value())["time"])
+                    sent = orjson.loads(cast(bytes, m.value()))["time"]
+                    self.latencies.append(m.timestamp()[1] - sent)
 
     def wait(self, count: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -88,19 +88,20 @@ def loop(args: dict[str, Any]) -> dict[str, float]:
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     out_topic = f"{topic}.out"
-    seen, at_end = 0, set()
+    seen, at_end = 0, set[int]()
     started, cpu = time.time(), cpu_seconds()
     while seen < count and (args.get("follow") or len(at_end) < PARTITIONS):
         msgs = consumer.consume(BATCH, 0.1)
         good = []
         for m in msgs:
-            if m.error() is None:
+            err = m.error()
+            if err is None:
                 good.append(m)
-            elif m.error().code() == KafkaError._PARTITION_EOF:
-                at_end.add(m.partition())
+            elif err.code() == KafkaError._PARTITION_EOF:
+                at_end.add(cast(int, m.partition()))
         if not good:
             continue
-        rows = [orjson.loads(m.value()) for m in good]
+        rows = [orjson.loads(cast(bytes, m.value())) for m in good]
         x = np.array([[r[f] for f in FIELDS] for r in rows], dtype=np.float32)
         (y,) = session.run(None, {"x": x})
         for m, r, score in zip(good, rows, y[:, 0].tolist(), strict=True):
@@ -141,6 +142,7 @@ def site_topology(args: dict[str, Any]) -> Path:
     """A one-site topology of the benchmark's use case: micro-batch or tumbling window."""
     work = Path(args["work"])
     name = args["name"]
+    dispatch: dict[str, Any]
     if args["kind"] == "window":
         dispatch = {"kind": "tumbling", "size": "10s", "lateness": "1s"}
         reduction = {"kind": "aggregate", "fields": {f: ["mean", "max"] for f in FIELDS}}

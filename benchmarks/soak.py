@@ -87,10 +87,11 @@ def _produce(bootstrap: str, topic: str, rate: int, seconds: float, stop: thread
     while sent < limit and not stop.is_set():
         due = int((time.monotonic() - start) * rate)
         while sent < min(due, limit):
-            rec = {"sensor": f"s{sent % 50}", "ts": int(time.time() * 1000)}
+            key = f"s{sent % 50}"
+            rec: dict[str, object] = {"sensor": key, "ts": int(time.time() * 1000)}
             rec.update({f: round(rng.uniform(-3, 3), 4) for f in FIELDS})
             try:
-                producer.produce(topic, orjson.dumps(rec), key=rec["sensor"].encode())
+                producer.produce(topic, orjson.dumps(rec), key=key.encode())
                 sent += 1
             except BufferError:
                 producer.poll(0.05)
@@ -171,7 +172,8 @@ def main() -> None:
     print("| process | RSS first minute (MB) | RSS last minute (MB) | growth |")
     print("|---|---:|---:|---:|")
     for i, name in ((1, "pipeline"), (2, "store")):
-        a, b = mean([r[i] for r in first if r[i]]), mean([r[i] for r in last if r[i]])
+        a = mean([float(r[i]) for r in first if r[i]])  # type: ignore[arg-type]
+        b = mean([float(r[i]) for r in last if r[i]])  # type: ignore[arg-type]
         print(f"| {name} | {a:.1f} | {b:.1f} | {100 * (b - a) / a:+.1f} % |")
     print(
         f"max lag {max((r[3] or 0) for r in rows):,} records; restarts {rows[-1][5] if rows else 0}; pid {os.getpid()}"
