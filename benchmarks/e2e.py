@@ -74,18 +74,24 @@ def fill(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None
     produce_records({**conf, "linger.ms": 20, "batch.num.messages": 10000}, topic, records)
 
 
-def output_span(bootstrap: str, topic: str, count: int) -> float:
-    """Seconds from the first to the last message of ``topic`` (their producer timestamps)."""
+def from_start(bootstrap: str, topic: str, *, eof: bool) -> Consumer:
+    """A consumer of every partition of ``topic`` from its first message."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": "span",
+            "group.id": "bench-reader",
             "enable.auto.commit": False,
-            "enable.partition.eof": True,
+            "enable.partition.eof": eof,
             **CONSUMER_TUNING,
         }
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    return consumer
+
+
+def output_span(bootstrap: str, topic: str, count: int) -> float:
+    """Seconds from the first to the last message of ``topic`` (their producer timestamps)."""
+    consumer = from_start(bootstrap, topic, eof=True)
     first: int | None = None
     last: int | None = None
     seen, ended = 0, set[int]()
@@ -336,17 +342,7 @@ class _Collector:
     """Reads an output topic from the start; per prediction, its latency in ms."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": "lat",
-                "enable.auto.commit": False,
-                **CONSUMER_TUNING,
-            }
-        )
-        self._consumer.assign(
-            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)]
-        )
+        self._consumer = from_start(bootstrap, topic, eof=False)
         self.latencies: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
