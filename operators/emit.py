@@ -181,17 +181,8 @@ def read_reduced(batch: Any, columns: Sequence[str]) -> tuple[list[Reduced], lis
             req = doc.get("request")
             request = None if req is None else Request(req["request_id"], req["reply_to"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            dead.append(
-                DeadLetter(
-                    value=value,
-                    key=key,
-                    reason=f"not a reduced batch with columns {list(columns)}: {exc!r}",
-                    topic=batch.topic,
-                    partition=batch.partition,
-                    offset=offset,
-                    stage="infer",
-                )
-            )
+            reason = f"not a reduced batch with columns {list(columns)}: {exc!r}"
+            dead.append(DeadLetter.of_message(batch, offset, key, value, reason, "infer"))
             continue
         records = Records(ids, numeric, keys, times, cols)
         out.append(Reduced(records, correction=bool(doc.get("correction")), request=request))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,19 @@ class DeadLetter:
     partition: int
     offset: int
     stage: str = "parse"
+
+    @classmethod
+    def of_message(
+        cls,
+        batch: Any,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        stage: str,
+    ) -> DeadLetter:
+        """The message at ``offset`` of a consumed ``batch`` (topic, partition), and why."""
+        return cls(value, key, reason, batch.topic, batch.partition, offset, stage)
 
 
 @dataclass

@@ -130,16 +130,8 @@ class RequestReader:
 def _dead_request(
     batch: Any, offset: int, key: bytes | None, value: bytes | None, why: str
 ) -> Dispatched:
-    dead = DeadLetter(
-        value=value,
-        key=key,
-        reason=f"request without a request_id to reply to: {why}",
-        topic=batch.topic,
-        partition=batch.partition,
-        offset=offset,
-        stage="dispatch",
-    )
-    return Dispatched(late=[dead])
+    reason = f"request without a request_id to reply to: {why}"
+    return Dispatched(late=[DeadLetter.of_message(batch, offset, key, value, reason, "dispatch")])
 
 
 @dataclass

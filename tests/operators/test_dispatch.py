@@ -479,15 +479,14 @@ def _request(rid: str, key: str, start: int, end: int) -> RangeRequest:
     return RangeRequest(Request(rid, "uc.replies"), key, start, end)
 
 
+def _request_logic(clock: Clock, **kw) -> RequestLogic:
+    settings = {"partitions": 1, "timeout": timedelta(seconds=2), "keep": timedelta(hours=1)}
+    return RequestLogic(**{**settings, "max_records_per_key": 100, **kw}, now=clock)
+
+
 def test_a_range_request_waits_for_every_partition_then_scores_the_range():
     clock = Clock()
-    logic = RequestLogic(
-        partitions=2,
-        timeout=timedelta(seconds=10),
-        keep=timedelta(hours=1),
-        max_records_per_key=100,
-        now=clock,
-    )
+    logic = _request_logic(clock, partitions=2, timeout=timedelta(seconds=10))
     out, _ = logic.on_batch(
         [
             _request("r1", "a", 1_000, 3_000),
@@ -505,13 +504,7 @@ def test_a_range_request_waits_for_every_partition_then_scores_the_range():
 
 def test_unknown_keys_empty_ranges_and_timeouts_get_error_replies():
     clock = Clock()
-    logic = RequestLogic(
-        partitions=1,
-        timeout=timedelta(seconds=2),
-        keep=timedelta(hours=1),
-        max_records_per_key=100,
-        now=clock,
-    )
+    logic = _request_logic(clock)
     logic.on_batch([_slice(_records(0, [0], ["a"], [10_000]))])
     out, _ = logic.on_batch(
         [
@@ -531,13 +524,7 @@ def test_unknown_keys_empty_ranges_and_timeouts_get_error_replies():
 
 
 def test_history_is_bounded_per_key():
-    logic = RequestLogic(
-        partitions=1,
-        timeout=timedelta(seconds=1),
-        keep=timedelta(seconds=4),
-        max_records_per_key=3,
-        now=Clock(),
-    )
+    logic = _request_logic(Clock(), keep=timedelta(seconds=4), max_records_per_key=3)
     times = [0, 1_000, 2_000, 3_000, 4_000, 5_000]
     logic.on_batch([_slice(_records(0, list(range(6)), ["a"] * 6, times))])
     (answer, before), _ = logic.on_batch(
