@@ -43,6 +43,8 @@ __all__ = [
     "client_config",
     "end_offsets",
     "high_watermarks",
+    "PROGRESS",
+    "PRODUCED",
     "ensure_topics",
     "produce_records",
     "read_topic",
@@ -113,6 +115,15 @@ class RawBatch:
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+
+#: What this process's batch sources have read, per (topic, partition): the next offset
+#: to process, the fetch-side end of the partition (its high watermark; Tansu's
+#: ListOffsets answer cannot be trusted) and the records read since the process started.
+#: The runtime health (``dataflows.health``) reads it; lag is ``end - next``.
+PROGRESS: dict[tuple[str, int], list[int]] = {}
+#: Messages this process's batch sinks have handed to the broker, per topic.
+PRODUCED: dict[str, int] = {}
 
 
 class _SharedConsumer:
@@ -197,6 +208,10 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         self._until_end = until_end
         self._done = False
         self._idle = False
+        self._progress = PROGRESS.setdefault((topic, partition), [0, 0, 0])
+        self._progress[0] = max(start, 0)
+        self._progress[1] = max(self._progress[1], self._progress[0])
+        self._tp = TopicPartition(topic, partition)
 
     def next_batch(self) -> list[RawBatch]:
         if self._done:
@@ -209,10 +224,18 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
             elif self._until_end:
                 self._done = True
         self._idle = not taken
+        if taken:
+            _low, high = self._shared.consumer.get_watermark_offsets(self._tp, cached=True)
+            if high >= 0:
+                self._progress[1] = high
         if not good:
             return []
         offsets = cast(list[int], [m.offset() for m in good])
         self._next = offsets[-1] + 1
+        progress = self._progress
+        progress[0] = self._next
+        progress[1] = max(progress[1], self._next)
+        progress[2] += len(good)
         return [
             RawBatch(
                 topic=self._topic,
@@ -335,6 +358,7 @@ class _ProducerPart(StatefulSinkPartition[Outgoing, None]):
     def write_batch(self, items: list[Outgoing]) -> None:
         self._delivery.raise_if_failed()
         for out in items:
+            PRODUCED[out.topic] = PRODUCED.get(out.topic, 0) + len(out.values)
             if out.headers is not None:
                 self._produce_each(out)
             else:
@@ -426,7 +450,10 @@ class KafkaBatchSink(FixedPartitionedSink[Outgoing, None]):
 
 
 def produce_records(
-    conf: dict[str, Any], topic: str, records: Sequence[tuple[bytes | None, bytes]]
+    conf: dict[str, Any],
+    topic: str,
+    records: Sequence[tuple[bytes | None, bytes]],
+    headers: Sequence[list[tuple[str, bytes]]] | None = None,
 ) -> list[tuple[int, int]]:
     """Produce ``(key, value)`` records in order, idempotently; return each (partition, offset).
 
@@ -451,7 +478,13 @@ def produce_records(
     for i, (key, value) in enumerate(records):
         while True:
             try:
-                producer.produce(topic, value=value, key=key, on_delivery=delivered(i))
+                producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=cast(Any, headers[i] if headers is not None else None),
+                    on_delivery=delivered(i),
+                )
                 break
             except BufferError:
                 producer.poll(0.05)

@@ -128,8 +128,8 @@ class SampleStore(ABC):
         """Run a query and return its result."""
 
     @abstractmethod
-    def insert(self, table: SamplesTable, rows: pa.Table) -> None:
-        """Insert ``rows`` (Arrow, in ``table.arrow_schema()``) in one statement."""
+    def insert(self, table: SamplesTable | str, rows: pa.Table) -> None:
+        """Insert ``rows`` (Arrow, in the table's schema) into a table (or one by name)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection."""
@@ -209,11 +209,10 @@ class ChdbStore(SampleStore):
 
         return self._call(run)
 
-    def insert(self, table: SamplesTable, rows: pa.Table) -> None:
-        cols = ", ".join(f"`{name}`" for name in rows.column_names)
-        sql = (
-            f"INSERT INTO `{self.database}`.`{table.name}` ({cols}) SELECT {cols} FROM Python(data)"
-        )
+    def insert(self, table: SamplesTable | str, rows: pa.Table) -> None:
+        name = table if isinstance(table, str) else table.name
+        cols = ", ".join(f"`{col}`" for col in rows.column_names)
+        sql = f"INSERT INTO `{self.database}`.`{name}` ({cols}) SELECT {cols} FROM Python(data)"
 
         def run(sess: Any) -> None:
             data = rows  # noqa: F841 - chDB's Python() finds ``data`` among this frame's locals
@@ -267,11 +266,12 @@ class ClickHouseServerStore(SampleStore):
             msg = f"ClickHouse refused the query: {exc}"
             raise SampleStoreError(msg) from exc
 
-    def insert(self, table: SamplesTable, rows: pa.Table) -> None:
+    def insert(self, table: SamplesTable | str, rows: pa.Table) -> None:
+        name = table if isinstance(table, str) else table.name
         try:
-            self._client.insert_arrow(table.name, rows, database=self.database)
+            self._client.insert_arrow(name, rows, database=self.database)
         except Exception as exc:
-            msg = f"inserting {rows.num_rows} rows into {table.name} failed: {exc}"
+            msg = f"inserting {rows.num_rows} rows into {name} failed: {exc}"
             raise SampleStoreError(msg) from exc
 
     def close(self) -> None:

@@ -229,6 +229,14 @@ def run(
     part: Annotated[
         Part, typer.Option(help="all; or only the pipeline or the store dataflow.")
     ] = Part.all,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve runtime health to Prometheus on 127.0.0.1 at this port "
+            "(the store process of --part all at the next one).",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Run a site's dataflows: the pipelines of the use cases placed there, and the store.
 
@@ -252,17 +260,24 @@ def run(
         prepare_resources(prepared, tables=runs_store)  # chDB stays locked by its opener
         if runs_store:
             _exit_on(signal.SIGINT, signal.SIGTERM)
-            run_store(prepared, until_end=until_end, recovery=recovery)
+            run_store(prepared, until_end=until_end, recovery=recovery, metrics_port=metrics_port)
             return
         child = None
         if part is Part.all and prepared.store:
             argv = [sys.executable, "-m", "dataflows.cli", "run", str(topology), "--site", site]
             argv += ["--part", "store", *(["--usecase", usecase] if usecase else [])]
             argv += ["--no-recovery"] if no_recovery else []
+            argv += ["--metrics-port", str(metrics_port + 1)] if metrics_port else []
             child = subprocess.Popen(argv)
             _watch(child)
         _exit_on(signal.SIGINT, signal.SIGTERM, child=child)
-        run_pipeline(prepared, until_end=until_end, workers=workers, recovery=recovery)
+        run_pipeline(
+            prepared,
+            until_end=until_end,
+            workers=workers,
+            recovery=recovery,
+            metrics_port=metrics_port,
+        )
     except MlexecError as exc:
         raise _fail(exc, 1) from exc
 

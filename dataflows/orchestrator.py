@@ -63,10 +63,11 @@ def read_status(plan: Plan, site: str) -> dict[str, Any] | None:
     return Checkpoint(status_path(plan, site)).load()
 
 
-def pipeline_lag(plan: Plan, site: str) -> tuple[int, int] | None:
+def pipeline_lag(plan: Plan, site: str, usecase: str | None = None) -> tuple[int, int] | None:
     """(records behind, records processed) of the site's pipeline, from its recovery state.
 
-    ``None`` when the pipeline has not snapshotted yet.
+    For every use case, or only ``usecase``; ``None`` when the pipeline has not
+    snapshotted yet.
     """
     raw = _flow_lag(
         plan,
@@ -74,6 +75,7 @@ def pipeline_lag(plan: Plan, site: str) -> tuple[int, int] | None:
         "pipeline",
         "_raw",
         lambda uc: uc.read_name(uc.raw_topic, "connectors", "dispatch"),
+        usecase,
     )
     reduced = _flow_lag(  # inference of rows reduced on another site
         plan,
@@ -81,21 +83,32 @@ def pipeline_lag(plan: Plan, site: str) -> tuple[int, int] | None:
         "pipeline",
         "_reduced-in",
         lambda uc: uc.read_name(uc.reduced_topic, "dispatch", "infer"),
+        usecase,
     )
     if raw is None or reduced is None:
         return raw or reduced
     return raw[0] + reduced[0], raw[1] + reduced[1]
 
 
-def store_backlog(plan: Plan, site: str) -> tuple[int, int] | None:
+def store_backlog(plan: Plan, site: str, usecase: str | None = None) -> tuple[int, int] | None:
     """(samples waiting in Kafka, samples stored) of the site's store dataflow."""
     return _flow_lag(
-        plan, site, "store", "_samples", lambda uc: uc.read_name(uc.samples_topic, "infer", "store")
+        plan,
+        site,
+        "store",
+        "_samples",
+        lambda uc: uc.read_name(uc.samples_topic, "infer", "store"),
+        usecase,
     )
 
 
 def _flow_lag(
-    plan: Plan, site: str, part: str, suffix: str, topic_of: Callable[[UseCasePlan], str]
+    plan: Plan,
+    site: str,
+    part: str,
+    suffix: str,
+    topic_of: Callable[[UseCasePlan], str],
+    only: str | None = None,
 ) -> tuple[int, int] | None:
     flow = f"{plan.topology.name}-{site}-{part}"
     db_dir = Path(plan.topology.sites[site].state_dir) / "recovery" / flow
@@ -110,7 +123,7 @@ def _flow_lag(
             ).fetchall()
         for step_id, state_key, change in rows:
             usecase = step_id.rsplit(".", 1)[-1].removesuffix(suffix)
-            if usecase in plan.usecases and change is not None:
+            if usecase in plan.usecases and change is not None and only in (None, usecase):
                 offset = pickle.loads(change)  # noqa: S301 - our own recovery store
                 done[(usecase, int(state_key))] = int(offset)
     if not done:

@@ -22,6 +22,7 @@ from bytewax.run import cli_main
 
 from connectors.kafka import client_config, ensure_topics
 from connectors.samplestore import open_store
+from dataflows.health import Reporter, RuntimeHealth, serve_metrics
 from dataflows.site import build_flow
 from dataflows.usecase import UseCaseRuntime
 from topologies.plan import Plan
@@ -101,9 +102,28 @@ def execute(
     )
 
 
-def _execute(flow: Dataflow, state_dir: Path | None, workers: int, epoch: timedelta) -> None:
+def _execute(
+    flow: Dataflow,
+    state_dir: Path | None,
+    workers: int,
+    epoch: timedelta,
+    health: tuple[SiteRun, str, int | None, float] | None = None,
+) -> None:
+    """Run ``flow``; with ``health`` (run, part, metrics port, report interval) report it."""
     recovery = _recovery(state_dir, flow) if state_dir is not None else None
-    execute(flow, workers=workers, epoch=epoch, recovery=recovery)
+    reporter = None
+    if health is not None:
+        run, part, port, every = health
+        watched = RuntimeHealth(run.plan, run.site, part)
+        if port is not None:
+            serve_metrics(watched, port)
+        conf = client_config(run.plan.topology.sites[run.site].kafka)
+        reporter = Reporter(watched, conf, every).start()
+    try:
+        execute(flow, workers=workers, epoch=epoch, recovery=recovery)
+    finally:
+        if reporter is not None:
+            reporter.stop()
 
 
 def prepare_resources(run: SiteRun, *, tables: bool = True) -> None:
@@ -132,8 +152,14 @@ def run_pipeline(
     recovery: bool = True,
     epoch: timedelta = timedelta(seconds=2),
     batch_size: int = 1000,
+    metrics_port: int | None = None,
+    health_every: float = 10.0,
 ) -> None:
-    """Run the use cases' pipelines (raw → predictions, samples, dead letters)."""
+    """Run the use cases' pipelines (raw → predictions, samples, dead letters).
+
+    Runtime health goes to ``mlexec.metrics`` every ``health_every`` seconds and, with
+    ``metrics_port``, to Prometheus on 127.0.0.1.
+    """
     if not run.process:
         return
     site = run.plan.topology.sites[run.site]
@@ -146,7 +172,8 @@ def run_pipeline(
         producers=workers,
         site=run.site,
     )
-    _execute(flow, Path(site.state_dir) if recovery else None, workers, epoch)
+    health = (run, "pipeline", metrics_port, health_every)
+    _execute(flow, Path(site.state_dir) if recovery else None, workers, epoch, health)
 
 
 def run_store(
@@ -155,6 +182,8 @@ def run_store(
     until_end: bool = False,
     recovery: bool = True,
     epoch: timedelta = timedelta(seconds=2),
+    metrics_port: int | None = None,
+    health_every: float = 10.0,
 ) -> None:
     """Run the store dataflow (samples topics → the sample store), the one owner of chDB."""
     if not run.store:
@@ -167,7 +196,8 @@ def run_store(
         store_url=site.sample_store,
         until_end=until_end,
     )
-    _execute(flow, Path(site.state_dir) if recovery else None, 1, epoch)
+    health = (run, "store", metrics_port, health_every)
+    _execute(flow, Path(site.state_dir) if recovery else None, 1, epoch, health)
 
 
 def run_site(

@@ -24,6 +24,7 @@ from bytewax.dataflow import Dataflow, Stream
 
 from connectors.kafka import KafkaBatchSink, KafkaBatchSource, Outgoing, RawBatch
 from connectors.samplesink import SampleStoreSink
+from dataflows.health import observe_dispatch
 from dataflows.usecase import UseCaseRuntime
 from operators.dispatch import (
     ConditionLogic,
@@ -333,6 +334,7 @@ def _process_branch(
 def _publish(rt: UseCaseRuntime, reduced: Reduced, pred: Predictions) -> list[Outgoing]:
     plan = rt.plan
     model = rt.model
+    observe_dispatch(plan.name, pred.latency_ms, len(pred.records))
     values = prediction_values(pred, model.name, model.version, correction=reduced.correction)
     keys = pred.records.keys
     if reduced.request is not None:

@@ -26,7 +26,7 @@ from topologies.errors import TopologyError
 from topologies.plan import UseCasePlan
 from topologies.schema import Aggregate, OnnxReduction, PythonReduction
 
-__all__ = ["UseCaseRuntime", "samples_table"]
+__all__ = ["UseCaseRuntime", "samples_table", "watchable_columns"]
 
 
 def _fail(source: str, uc: str, path: str, message: str) -> TopologyError:
@@ -102,6 +102,7 @@ class UseCaseRuntime:
         except SamplingError as exc:
             raise _fail(source, plan.name, "sampling.keep_when", f"expected {exc}") from exc
         _check_outputs(plan, model, source)
+        _check_monitoring(plan, table, source)
         return cls(
             plan=plan,
             parser=RecordParser(uc.input.schema_, uc.input.key, uc.input.time, uc.input.time_unit),
@@ -162,6 +163,28 @@ def _check_outputs(plan: UseCasePlan, model: OnnxModel, source: str) -> None:
             ActionFilter(out.when)(example)
         except ActionFilterError as exc:
             raise _fail(source, plan.name, f"outputs.{i}.when", f"expected {exc}") from exc
+
+
+def watchable_columns(table: SamplesTable) -> list[str]:
+    """The samples table's columns monitoring can watch: features and scalar outputs."""
+    return [name for name, kind in table.columns if not kind.startswith("Array")]
+
+
+def _check_monitoring(plan: UseCasePlan, table: SamplesTable, source: str) -> None:
+    """Watched values and the accuracy output must be scalar columns of the samples table."""
+    monitoring = plan.usecase.monitoring
+    if monitoring is None:
+        return
+    columns = watchable_columns(table)
+    for name in monitoring.watch:
+        if name not in columns:
+            msg = f"a feature or scalar model output of {columns}, found {name!r}"
+            raise _fail(source, plan.name, f"monitoring.watch.{name}", msg)
+    accuracy = monitoring.accuracy
+    outputs = [name for name in columns if name not in plan.features]
+    if accuracy is not None and accuracy.output not in outputs:
+        msg = f"a scalar model output of {outputs}, found {accuracy.output!r}"
+        raise _fail(source, plan.name, "monitoring.accuracy.output", msg)
 
 
 def _example(plan: UseCasePlan, model: OnnxModel) -> Predictions:

@@ -138,8 +138,10 @@ def _resolve_model_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for uc in usecases.values():
         if not isinstance(uc, dict):
             continue
-        for section in ("model", "reduction"):  # the model and an ONNX pre-model
-            part = uc.get(section)
+        monitoring = uc.get("monitoring")
+        reference = monitoring.get("reference") if isinstance(monitoring, dict) else None
+        # the model, an ONNX pre-model, a monitoring reference file
+        for part in (uc.get("model"), uc.get("reduction"), reference):
             if isinstance(part, dict) and isinstance(part.get("path"), str):
                 path = Path(part["path"])
                 if not path.is_absolute():

@@ -22,6 +22,7 @@ from topologies.schema import (
 
 __all__ = [
     "ALERTS_TOPIC",
+    "METRICS_TOPIC",
     "MODELS_TOPIC",
     "STAGES",
     "Plan",
@@ -38,6 +39,8 @@ __all__ = [
 ALERTS_TOPIC = "mlexec.alerts"
 #: Model artifacts, compacted; published in the cloud, carried down to the edges.
 MODELS_TOPIC = "mlexec.models"
+#: Runtime health snapshots of every dataflow process, read by the monitor.
+METRICS_TOPIC = "mlexec.metrics"
 
 
 def remote_name(source_site: str, topic: str) -> str:
@@ -74,6 +77,8 @@ class UseCasePlan:
     #: On-request dispatch: where requests arrive and (by default) replies go.
     requests_topic: str
     replies_topic: str
+    #: Labels for predictions (by record id, or key and event time), read by the monitor.
+    feedback_topic: str
     #: Where outputs put what they could not deliver, with the last error.
     outputs_deadletter_topic: str
     #: Columns after reduction, in order: what a model can take as input.
@@ -120,6 +125,7 @@ class UseCasePlan:
             TopicSpec(self.predictions_topic, parts),
             TopicSpec(self.samples_topic, parts),
             TopicSpec(self.deadletter_topic, 1),
+            TopicSpec(self.feedback_topic, parts),
             *requests,
             *self.output_topics(),
         ]
@@ -183,7 +189,7 @@ class Plan:
 
     def topics_at(self, site: str) -> list[TopicSpec]:
         """Topics the processes of ``site`` read or write."""
-        seen: dict[str, TopicSpec] = {}
+        seen: dict[str, TopicSpec] = {METRICS_TOPIC: TopicSpec(METRICS_TOPIC, 1)}
         for uc in self.usecases_at(site):
             for spec in uc.topics():
                 seen.setdefault(spec.name, spec)
@@ -221,12 +227,23 @@ class Plan:
                         moves.setdefault((a, b), set()).add(topic)
         return moves
 
+    def metrics_topics_at(self, site: str) -> list[str]:
+        """The runtime health topics a monitor on ``site`` reads: its own, and its edges'."""
+        return [
+            METRICS_TOPIC,
+            *(
+                remote_name(link.source, METRICS_TOPIC)
+                for link in self.topology.links
+                if link.target == site
+            ),
+        ]
+
     def transfers(self) -> list[Transfer]:
-        """Both directions of every link: what the placement needs, alerts up, models down."""
+        """Both directions of every link: what the placement needs, alerts and health up, models down."""
         needs = self.needs()
         out = []
         for link in self.topology.links:
-            up = needs.get((link.source, link.target), set()) | {ALERTS_TOPIC}
+            up = needs.get((link.source, link.target), set()) | {ALERTS_TOPIC, METRICS_TOPIC}
             down = needs.get((link.target, link.source), set()) | {MODELS_TOPIC}
             out.append(Transfer(link.source, link.target, tuple(sorted(up))))
             out.append(Transfer(link.target, link.source, tuple(sorted(down))))
@@ -316,6 +333,7 @@ def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
             deadletter_topic=f"{name}.deadletter",
             requests_topic=f"{name}.requests",
             replies_topic=f"{name}.replies",
+            feedback_topic=f"{name}.feedback",
             outputs_deadletter_topic=f"{name}.outputs.deadletter",
             features=features,
             model_inputs=inputs,

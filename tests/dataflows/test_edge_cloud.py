@@ -102,6 +102,7 @@ def test_mm2_properties_carry_exactly_what_the_placement_needs(tmp_path, monkeyp
         "vib.samples",
         "vib.predictions",
         "mlexec.alerts",
+        "mlexec.metrics",
     }
     assert _names(props["cloud->edge.topics"]) == {MODELS_TOPIC}
     assert props["exactly.once.source.support"] == "enabled"
@@ -115,7 +116,11 @@ def test_mm2_properties_carry_exactly_what_the_placement_needs(tmp_path, monkeyp
     path.write_text(yaml.safe_dump(doc))
     plan = plan_topology(load_topology(path))
     props = _properties(render_mm2(plan, plan.topology.links[0]))
-    assert _names(props["edge->cloud.topics"]) == {"vib.predictions", "mlexec.alerts"}
+    assert _names(props["edge->cloud.topics"]) == {
+        "vib.predictions",
+        "mlexec.alerts",
+        "mlexec.metrics",
+    }
 
     # the command writes private files and prints no secret; validate neither
     out = tmp_path / "deploy"

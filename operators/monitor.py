@@ -1,0 +1,386 @@
+"""Monitoring as ClickHouse SQL: reference profiles, drift and quality, accuracy, alerts.
+
+Everything that reads many rows is one SQL statement run where the samples are
+(chDB or a ClickHouse server), never a Python loop over rows:
+
+- a *reference profile* per watched column — count, missing values, mean, standard
+  deviation, range, the inner edges of ``bins`` equal-frequency bins with the counts in
+  each, and ``GRID`` quantiles at the mid-points ``(i - 0.5) / GRID`` — is computed once
+  (:func:`profile_sql`, :func:`bin_counts_sql`) and stored in ``mlexec_references``;
+- one statement per evaluation (:func:`drift_sql`) scans the window's samples for every
+  watched column at once and computes each statistic from those aggregates and the
+  stored profile (read by scalar subqueries):
+
+  ======================  =====================================================
+  ``psi``                 Σ (a − e) · ln(a / e) over the reference bins, shares
+                          floored at 1e-6
+  ``js``                  Jensen–Shannon distance, base 2, over the same bins
+  ``ks``                  sup |F_cur − F_ref|, both CDFs read off the quantile
+                          grids (error ≤ 1 / GRID)
+  ``wasserstein``         mean |Q_cur(p) − Q_ref(p)| over the grid's levels
+  ``mean_shift``          |mean_cur − mean_ref| / std_ref
+  ``quantile_shift``      max over the 5/25/50/75/95 % quantiles of
+                          |Q_cur − Q_ref| / std_ref
+  ``null_rate``           missing (NaN) values / rows
+  ``out_of_range``        values outside the range / values present
+  ======================  =====================================================
+
+This module builds SQL and judges results; ``dataflows.monitor`` runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from topologies.schema import Thresholds
+
+__all__ = [
+    "ALERTS_TABLE",
+    "DRIFT_TABLE",
+    "FEEDBACK_COLUMNS",
+    "GRID",
+    "METRICS_TABLE",
+    "QUANTILE_SHIFT_LEVELS",
+    "REFERENCES_TABLE",
+    "Alert",
+    "accuracy_sql",
+    "feedback_ddl",
+    "reference_rows_ddl",
+    "tables_ddl",
+    "bin_counts_sql",
+    "drift_sql",
+    "judge",
+    "profile_sql",
+    "quote",
+    "sql_time",
+]
+
+#: Quantiles kept of every reference and window, at levels (i − 0.5) / GRID.
+GRID = 500
+#: The quantiles ``quantile_shift`` compares.
+QUANTILE_SHIFT_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
+_FLOOR = 1e-6
+
+REFERENCES_TABLE = "mlexec_references"
+DRIFT_TABLE = "mlexec_drift"
+ALERTS_TABLE = "mlexec_alerts"
+METRICS_TABLE = "mlexec_metrics"
+
+#: The feedback table's columns: a label for a record id, or for a key at an event time.
+FEEDBACK_COLUMNS: dict[str, str] = {
+    "record_id": "String",
+    "key": "String",
+    "event_time": "DateTime64(3, 'UTC')",
+    "label": "Float64",
+    "received_at": "DateTime64(3, 'UTC')",
+}
+
+
+def quote(text: str) -> str:
+    """A ClickHouse string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sql_time(moment: datetime) -> str:
+    """A ``DateTime64(3, 'UTC')`` literal, to the millisecond (as times are stored)."""
+    return f"fromUnixTimestamp64Milli(toInt64({int(moment.timestamp() * 1000)}), 'UTC')"
+
+
+def _ident(name: str) -> str:
+    return "`" + name.replace("`", "\\`") + "`"
+
+
+def _value(column: str) -> str:
+    return f"toFloat64({_ident(column)})"
+
+
+def _levels() -> str:
+    return ", ".join(f"{(i - 0.5) / GRID:.6f}" for i in range(1, GRID + 1))
+
+
+def profile_sql(source: str, columns: Sequence[str], bins: int) -> str:
+    """Count, missing, mean, std, min, max, bin edges and the quantile grid per column.
+
+    ``source`` is a table expression with a ``WHERE``, e.g. ``db.t FINAL WHERE ...``.
+    One row; column ``i``'s results are named ``c{i}_<what>``.
+    """
+    edges = ", ".join(f"{k / bins:.6f}" for k in range(1, bins))
+    parts = ["count() AS rows"]
+    for i, col in enumerate(columns):
+        v = _value(col)
+        ok = f"NOT isNaN({v})"
+        parts += [
+            f"countIf({ok}) AS c{i}_n",
+            f"avgIf({v}, {ok}) AS c{i}_mean",
+            f"stddevPopIf({v}, {ok}) AS c{i}_std",
+            f"minIf({v}, {ok}) AS c{i}_min",
+            f"maxIf({v}, {ok}) AS c{i}_max",
+            f"quantilesExactIf({edges})({v}, {ok}) AS c{i}_edges",
+            f"quantilesExactIf({_levels()})({v}, {ok}) AS c{i}_grid",
+        ]
+    return f"SELECT {', '.join(parts)} FROM {source}"
+
+
+def _cumulative(column: str, edges: str, bins: int) -> str:
+    """Values ≤ each inner edge, then all values present: the cumulative bin counts."""
+    v = _value(column)
+    return (
+        "["
+        + ", ".join(f"countIf({v} <= ({edges})[{k}])" for k in range(1, bins))
+        + f", countIf(NOT isNaN({v}))]"
+    )
+
+
+def _counts(cumulative: str) -> str:
+    return f"arrayMap(k -> {cumulative}[k] - if(k = 1, 0, {cumulative}[k - 1]), arrayEnumerate({cumulative}))"
+
+
+def bin_counts_sql(source: str, columns: Mapping[str, Sequence[float]]) -> str:
+    """The count of values in each bin between the given inner edges, per column."""
+    parts = []
+    for i, (col, edges) in enumerate(columns.items()):
+        literal = "[" + ", ".join(repr(float(e)) for e in edges) + "]"
+        cum = _cumulative(col, literal, len(edges) + 1)
+        parts.append(f"{_counts(cum)} AS c{i}_counts")
+    return f"SELECT {', '.join(parts)} FROM {source}"
+
+
+def drift_sql(
+    source: str,
+    database: str,
+    usecase: str,
+    reference: str,
+    columns: Sequence[str],
+    bins: int,
+    ranges: Mapping[str, tuple[float, float] | None],
+) -> str:
+    """Every statistic of every column over ``source``, against the stored profile.
+
+    One row: ``rows`` and, per column ``i``, ``c{i}_<statistic>``.
+    """
+    ref_table = f"{_ident(database)}.{REFERENCES_TABLE}"
+    withs, inner, outer = [], ["count() AS rows"], ["rows"]
+    for i, col in enumerate(columns):
+
+        def ref(what: str, i: int = i, col: str = col) -> str:
+            return (
+                f"(SELECT {what} FROM {ref_table} FINAL WHERE usecase = {quote(usecase)} "
+                f"AND reference = {quote(reference)} AND column = {quote(col)})"
+            )
+
+        withs += [
+            f"{ref('edges')} AS r{i}_edges",
+            f"{ref('counts')} AS r{i}_counts",
+            f"{ref('grid')} AS r{i}_grid",
+            f"{ref('mean')} AS r{i}_mean",
+            f"{ref('std')} AS r{i}_std",
+            f"{ref('min')} AS r{i}_min",
+            f"{ref('max')} AS r{i}_max",
+        ]
+        v = _value(col)
+        ok = f"NOT isNaN({v})"
+        low, high = ranges.get(col) or (f"r{i}_min", f"r{i}_max")
+        inner += [
+            f"countIf({ok}) AS c{i}_n",
+            f"countIf(isNaN({v})) AS c{i}_nulls",
+            f"countIf({ok} AND ({v} < {low} OR {v} > {high})) AS c{i}_outside",
+            f"avgIf({v}, {ok}) AS c{i}_mean",
+            f"{_counts(_cumulative(col, f'r{i}_edges', bins))} AS c{i}_counts",
+            f"quantilesExactIf({_levels()})({v}, {ok}) AS c{i}_grid",
+        ]
+        cur = f"arrayMap(x -> x / greatest(c{i}_n, 1), c{i}_counts)"
+        exp = f"arrayMap(x -> x / greatest(arraySum(r{i}_counts), 1), r{i}_counts)"
+        floor = f"greatest(x, {_FLOOR})"
+        psi = (
+            f"arraySum(arrayMap((a, e) -> (a - e) * ln(a / e), "
+            f"arrayMap(x -> {floor}, {cur}), arrayMap(x -> {floor}, {exp})))"
+        )
+        half = "if({p} > 0, {p} * log2(2 * {p} / ({p} + {q})), 0)"
+        js = (
+            f"sqrt(greatest(0, 0.5 * arraySum(arrayMap((a, e) -> {half.format(p='a', q='e')}, "
+            f"{cur}, {exp})) + 0.5 * arraySum(arrayMap((a, e) -> {half.format(p='e', q='a')}, "
+            f"{cur}, {exp}))))"
+        )
+        cdf_gap = (
+            "arrayMax(arrayMap((x, k) -> abs(arrayCount(y -> y <= x, {other}) / {n} "
+            "- (k - 0.5) / {n}), {grid}, arrayEnumerate({grid})))"
+        )
+        ks = (
+            f"greatest({cdf_gap.format(other=f'c{i}_grid', grid=f'r{i}_grid', n=GRID)}, "
+            f"{cdf_gap.format(other=f'r{i}_grid', grid=f'c{i}_grid', n=GRID)})"
+        )
+        std = f"greatest(r{i}_std, 1e-12)"
+        picks = ", ".join(str(int(q * GRID) + 1) for q in QUANTILE_SHIFT_LEVELS)
+        outer += [
+            f"c{i}_n",
+            f"{psi} AS c{i}_psi",
+            f"{js} AS c{i}_js",
+            f"{ks} AS c{i}_ks",
+            f"arrayAvg(arrayMap((a, b) -> abs(a - b), c{i}_grid, r{i}_grid)) AS c{i}_wasserstein",
+            f"abs(c{i}_mean - r{i}_mean) / {std} AS c{i}_mean_shift",
+            f"arrayMax(arrayMap(k -> abs(c{i}_grid[k] - r{i}_grid[k]), [{picks}])) / {std} "
+            f"AS c{i}_quantile_shift",
+            f"c{i}_nulls / greatest(rows, 1) AS c{i}_null_rate",
+            f"c{i}_outside / greatest(c{i}_n, 1) AS c{i}_out_of_range",
+        ]
+    return (
+        f"WITH {', '.join(withs)} SELECT {', '.join(outer)} "
+        f"FROM (SELECT {', '.join(inner)} FROM {source})"
+    )
+
+
+def accuracy_sql(samples: str, feedback: str, output: str, where: str) -> str:
+    """Labelled predictions per model version and variant: count, MAE, RMSE, error rate.
+
+    A label joins its prediction by record id, or by key and event time when it names no
+    record id; the latest label of a record wins.
+    """
+    labels = (
+        f"SELECT record_id, key, event_time, argMax(label, received_at) AS label "
+        f"FROM {feedback} GROUP BY record_id, key, event_time"
+    )
+    picked = (
+        f"SELECT record_id, key, event_time, model_version, variant, "
+        f"{_value(output)} AS predicted FROM {samples} FINAL WHERE {where}"
+    )
+    pairs = (
+        f"SELECT s.model_version AS version, s.variant AS variant, s.predicted AS predicted, "
+        f"f.label AS label FROM ({picked}) AS s INNER JOIN ({labels}) AS f "
+        "ON s.record_id = f.record_id WHERE f.record_id != '' "
+        f"UNION ALL SELECT s.model_version, s.variant, s.predicted, f.label "
+        f"FROM ({picked}) AS s INNER JOIN ({labels}) AS f "
+        "ON s.key = f.key AND s.event_time = f.event_time WHERE f.record_id = ''"
+    )
+    return (
+        "SELECT version, variant, count() AS labelled, avg(abs(predicted - label)) AS mae, "
+        "sqrt(avg(pow(predicted - label, 2))) AS rmse, avg(predicted != label) AS error_rate "
+        f"FROM ({pairs}) GROUP BY version, variant ORDER BY version, variant"
+    )
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A threshold crossed (or cleared): on ``mlexec.alerts`` and in the alerts table."""
+
+    usecase: str
+    #: drift, quality, accuracy or health
+    kind: str
+    #: The column, ``version/variant`` or health measure judged.
+    subject: str
+    statistic: str
+    value: float
+    threshold: float | None
+    #: warning, critical, or resolved
+    severity: str
+    at: datetime
+    window_start: datetime
+    window_end: datetime
+    reference: str = ""
+    site: str = ""
+
+    def message(self) -> str:
+        if self.severity == "resolved":
+            return f"{self.usecase}: {self.statistic} of {self.subject} back to {self.value:.4g}"
+        return (
+            f"{self.usecase}: {self.statistic} of {self.subject} is {self.value:.4g}, "
+            f"{self.severity} at {self.threshold:.4g}"
+        )
+
+    def as_json(self) -> dict[str, object]:
+        """The alert as a JSON object (times in epoch milliseconds)."""
+        return {
+            "kind": self.kind,
+            "usecase": self.usecase,
+            "site": self.site,
+            "subject": self.subject,
+            "statistic": self.statistic,
+            "value": self.value,
+            "threshold": self.threshold,
+            "severity": self.severity,
+            "reference": self.reference,
+            "at": int(self.at.timestamp() * 1000),
+            "window_start": int(self.window_start.timestamp() * 1000),
+            "window_end": int(self.window_end.timestamp() * 1000),
+            "message": self.message(),
+        }
+
+
+def judge(
+    values: Mapping[tuple[str, str], float],
+    thresholds: Mapping[tuple[str, str], Thresholds],
+    previous: Mapping[str, str],
+) -> list[tuple[str, str, float, float | None, str]]:
+    """Threshold crossings as (subject, statistic, value, threshold, severity).
+
+    Only changes are news: a severity is reported when it differs from ``previous``
+    (``"subject/statistic"`` → severity), and ``resolved`` when a value that had one
+    falls back under every threshold.
+    """
+    out = []
+    for (subject, stat), value in values.items():
+        limits = thresholds.get((subject, stat))
+        if limits is None or value != value:  # NaN: no data to judge
+            continue
+        severity = limits.severity(value)
+        before = previous.get(f"{subject}/{stat}")
+        if severity is not None and severity != before:
+            crossed = limits.critical if severity == "critical" else limits.warning
+            out.append((subject, stat, value, crossed, severity))
+        elif severity is None and before is not None:
+            out.append((subject, stat, value, None, "resolved"))
+    return out
+
+
+def tables_ddl(database: str) -> list[str]:
+    """``CREATE TABLE IF NOT EXISTS`` for the monitoring tables shared by every use case.
+
+    Profiles are replaced by a newer one of the same reference; drift results, alerts
+    and runtime metrics are kept for 90 days.
+    """
+    db = _ident(database)
+    keep = "TTL toDateTime(time) + INTERVAL 90 DAY"
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.{REFERENCES_TABLE} (usecase LowCardinality(String), "
+        "reference String, column String, rows UInt64, n UInt64, mean Float64, std Float64, "
+        "min Float64, max Float64, edges Array(Float64), counts Array(UInt64), "
+        "grid Array(Float64), created_at DateTime64(3, 'UTC')) "
+        "ENGINE = ReplacingMergeTree(created_at) ORDER BY (usecase, reference, column)",
+        f"CREATE TABLE IF NOT EXISTS {db}.{DRIFT_TABLE} (time DateTime64(3, 'UTC'), "
+        "usecase LowCardinality(String), column String, statistic LowCardinality(String), "
+        "value Float64, severity LowCardinality(String), rows UInt64, "
+        "window_start DateTime64(3, 'UTC'), window_end DateTime64(3, 'UTC'), reference String) "
+        f"ENGINE = MergeTree ORDER BY (usecase, column, statistic, time) {keep}",
+        f"CREATE TABLE IF NOT EXISTS {db}.{ALERTS_TABLE} (time DateTime64(3, 'UTC'), "
+        "usecase LowCardinality(String), site LowCardinality(String), "
+        "kind LowCardinality(String), subject String, statistic LowCardinality(String), "
+        "value Float64, threshold Nullable(Float64), severity LowCardinality(String), "
+        "window_start DateTime64(3, 'UTC'), window_end DateTime64(3, 'UTC'), "
+        f"reference String, message String) ENGINE = MergeTree ORDER BY (usecase, time) {keep}",
+        f"CREATE TABLE IF NOT EXISTS {db}.{METRICS_TABLE} (time DateTime64(3, 'UTC'), "
+        "site LowCardinality(String), part LowCardinality(String), "
+        "usecase LowCardinality(String), name LowCardinality(String), value Float64) "
+        "ENGINE = ReplacingMergeTree ORDER BY (site, part, usecase, name, time) "
+        f"{keep}",
+    ]
+
+
+def feedback_ddl(database: str, table: str, retention_seconds: int) -> str:
+    """The labels of one use case, kept as long as its samples."""
+    cols = ", ".join(f"{_ident(n)} {k}" for n, k in FEEDBACK_COLUMNS.items())
+    return (
+        f"CREATE TABLE IF NOT EXISTS {_ident(database)}.{_ident(table)} ({cols}) "
+        "ENGINE = ReplacingMergeTree(received_at) ORDER BY (record_id, key, event_time) "
+        f"TTL toDateTime(received_at) + INTERVAL {int(retention_seconds)} SECOND"
+    )
+
+
+def reference_rows_ddl(database: str, table: str, columns: Sequence[str]) -> list[str]:
+    """A use case's recorded reference rows (a file's, a model's training data)."""
+    name = f"{_ident(database)}.{_ident(table)}"
+    return [
+        f"CREATE TABLE IF NOT EXISTS {name} (reference String, recorded_at "
+        "DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY reference",
+        *(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {_ident(c)} Float64" for c in columns),
+    ]
