@@ -237,6 +237,10 @@ def run(
             min=1,
         ),
     ] = None,
+    health_every: Annotated[
+        float,
+        typer.Option(help="Seconds between runtime health snapshots on mlexec.metrics.", min=0.1),
+    ] = 10.0,
 ) -> None:
     """Run a site's dataflows: the pipelines of the use cases placed there, and the store.
 
@@ -268,6 +272,7 @@ def run(
             argv += ["--part", "store", *(["--usecase", usecase] if usecase else [])]
             argv += ["--no-recovery"] if no_recovery else []
             argv += ["--metrics-port", str(metrics_port + 1)] if metrics_port else []
+            argv += ["--health-every", str(health_every)]
             child = subprocess.Popen(argv)
             _watch(child)
         _exit_on(signal.SIGINT, signal.SIGTERM, child=child)
@@ -277,6 +282,7 @@ def run(
             workers=workers,
             recovery=recovery,
             metrics_port=metrics_port,
+            health_every=health_every,
         )
     except MlexecError as exc:
         raise _fail(exc, 1) from exc

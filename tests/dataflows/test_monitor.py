@@ -278,3 +278,56 @@ def test_a_file_reference_and_a_missing_model_reference_say_what_to_do(broker, t
         assert ev.drift == {}
         assert "mlexec monitor reference" in ev.notes[0]
         assert "model:7" in ev.notes[0]
+
+
+def test_accuracy_per_version_and_variant_from_labels_on_the_feedback_topic(broker, tmp_path, uid):
+    monitoring = {"accuracy": {"output": "y", "metric": "mae", "thresholds": {"warning": 0.3}}}
+    path = _direct_topology(tmp_path, broker.bootstrap, uid, monitoring)
+    topology = load_topology(path)
+    plan = plan_topology(topology)
+    (uc,) = plan.usecases.values()
+    conf = client_config(topology.sites["here"].kafka)
+    ensure_topics(conf, plan.topics_at("here"))
+    rng = np.random.default_rng(8)
+    n = 400
+    rows = _sample_rows(T0, n, rng)
+    noise = {"7": 0.1, "8": 0.6}
+    labels, expected = [], {"7": [], "8": []}
+    for i, row in enumerate(rows):
+        row["y"] = float(rng.uniform())
+        if i % 2:
+            row["model_version"], row["variant"] = "8", "canary"
+        if i % 5 == 4:
+            continue  # not every prediction gets a label
+        label = row["y"] + float(rng.choice([-1, 1])) * noise[row["model_version"]]
+        expected[row["model_version"]].append(abs(label - row["y"]))
+        if i % 3:
+            labels.append({"record_id": row["record_id"], "label": label})
+        else:  # by key and event time
+            labels.append({"key": row["key"], "time": row["event_time"], "label": label})
+    produce_records(conf, uc.feedback_topic, [(None, orjson.dumps(x)) for x in labels])
+    produce_records(conf, uc.feedback_topic, [(b"k", b'{"record_id": "r1", "label": "yes"}')])
+    with open_store(topology.sites["here"].sample_store) as store:
+        table = samples_table(uc)
+        store.ensure_table(table)
+        store.insert(table, rows_to_arrow(table, rows))
+        monitor = Monitor(plan, "here", store)
+        monitor.prepare()
+        (ev,) = monitor.run_once(_at(T0 + HOUR_MS))
+        by = {r["version"]: r for r in ev.accuracy}
+        assert {v: r["variant"] for v, r in by.items()} == {"7": "production", "8": "canary"}
+        for version, errors in expected.items():
+            assert by[version]["labelled"] == len(errors)
+            assert by[version]["mae"] == pytest.approx(np.mean(errors))
+            assert by[version]["rmse"] == pytest.approx(np.sqrt(np.mean(np.square(errors))))
+        (alert,) = ev.alerts
+        assert (alert.kind, alert.subject, alert.statistic) == ("accuracy", "8/canary", "mae")
+        # labels are stored once: a second round ingests nothing new
+        assert monitor.ingest() == {"feedback": 0, "metrics": 0, "rejected": 0}
+        stored = store.query(f"SELECT count() AS n FROM feedback_uc{uid}")["n"][0]
+        assert stored == len(labels)
+    # the unreadable label is a dead letter with the reason
+    (dead,) = read_topic(conf, uc.deadletter_topic)
+    assert dead[1] == b'{"record_id": "r1", "label": "yes"}'
+    reason = dict(dead[2])["mlexec.reason"].decode()
+    assert "numeric label" in reason and "'yes'" in reason

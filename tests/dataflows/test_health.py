@@ -1,0 +1,130 @@
+"""Runtime health of a running pipeline: its Prometheus endpoint, its lag while paused,
+its snapshots in the metrics table, and a lag alert raised and resolved."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from connectors.broker import free_port
+from connectors.kafka import read_topic
+from connectors.samplestore import open_store
+from dataflows.monitor import Monitor
+from dataflows.orchestrator import pipeline_lag
+from tests.dataflows.spine import feed, spine_topology
+
+pytestmark = pytest.mark.integration
+
+
+def _scrape(port: int, usecase: str) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("usecase") == usecase:
+                out[sample.name] = sample.value
+    return out
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _processed(conf: dict[str, Any], uc: Any) -> dict[int, int]:
+    """Per raw partition, one past the highest offset that left as a prediction or dead letter."""
+    done: dict[int, int] = {}
+    for _k, value, *_ in read_topic(conf, uc.predictions_topic):
+        _topic, partition, offset = orjson.loads(value)["id"].rsplit(":", 2)
+        done[int(partition)] = max(done.get(int(partition), 0), int(offset) + 1)
+    for _k, _v, headers, *_ in read_topic(conf, uc.deadletter_topic):
+        h = dict(headers)
+        partition, offset = int(h["mlexec.partition"]), int(h["mlexec.offset"])
+        done[partition] = max(done.get(partition, 0), offset + 1)
+    return done
+
+
+def test_lag_of_a_paused_pipeline_is_end_minus_processed_and_prometheus_serves_its_health(
+    broker, tmp_path, uid
+):
+    path = spine_topology(
+        tmp_path,
+        broker.bootstrap,
+        uid,
+        "{kind: microbatch, max_records: 64}",
+        "{kind: identity}",
+        "{rate: 0.0}",
+        monitoring={"health": {"lag": {"warning": 500}}},
+    )
+    topology, plan, uc, conf, _values, _pos, good, bad = feed(path, 1000, bad_every=10)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dataflows.cli", "run", str(path), "--site", "here"]
+        + ["--part", "pipeline", "--metrics-port", str(port), "--health-every", "0.5"],
+        cwd=os.getcwd(),
+    )
+    try:
+        _wait(lambda: pipeline_lag(plan, "here") == (0, 1000), 90, "the first 1,000 records")
+        health = _scrape(port, uc.name)
+        assert health["mlexec_records_in_total"] == 1000
+        assert health["mlexec_predictions_total"] == len(good) == 900
+        assert health["mlexec_deadletters_total"] == len(bad) == 100
+        assert health["mlexec_lag"] == 0
+        assert health["mlexec_dispatches_total"] >= 900 / 64
+        assert 0 < health["mlexec_latency_p50_ms"] <= health["mlexec_latency_p99_ms"]
+        assert 1 <= health["mlexec_dispatch_rows"] <= 64
+
+        proc.send_signal(signal.SIGSTOP)  # paused: it holds its consumers, processes nothing
+        *_, positions, _good, _bad = feed(path, 700, bad_every=0, start=1000)
+        ends: dict[int, int] = {}
+        for partition, offset in positions:
+            ends[partition] = max(ends.get(partition, 0), offset + 1)
+        done = _processed(conf, uc)
+        expected = sum(end - done.get(p, 0) for p, end in ends.items())
+        assert expected == 700
+        assert pipeline_lag(plan, "here") == (700, 1000)
+        with open_store(topology.sites["here"].sample_store) as store:
+            monitor = Monitor(plan, "here", store)
+            monitor.prepare()
+            (row,) = [r for r in monitor.own_lag(datetime.now(UTC)) if r["name"] == "lag"]
+            assert row["value"] == expected
+            (ev,) = monitor.run_once()
+            assert ev.health["lag"] == 700
+            (alert,) = ev.alerts
+            assert (alert.kind, alert.statistic, alert.severity) == ("health", "lag", "warning")
+
+        proc.send_signal(signal.SIGCONT)
+        _wait(lambda: pipeline_lag(plan, "here") == (0, 1700), 90, "the paused records")
+        _wait(lambda: _scrape(port, uc.name)["mlexec_records_in_total"] == 1700, 30, "a scrape")
+        assert _scrape(port, uc.name)["mlexec_lag"] == 0
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        proc.wait(60)
+    with open_store(topology.sites["here"].sample_store) as store:
+        monitor = Monitor(plan, "here", store)
+        (ev,) = monitor.run_once()
+        assert [(a.statistic, a.severity) for a in ev.alerts] == [("lag", "resolved")]
+        reported = store.query(
+            "SELECT part, name, max(value) AS top FROM mlexec_metrics "
+            f"WHERE usecase = '{uc.name}' GROUP BY part, name"
+        )
+        top = {(p, n): v for p, n, v in reported.iter_rows()}
+        assert top[("pipeline", "records_in")] == 1700  # the snapshot sent at stop
+        assert top[("pipeline", "deadletters")] == 100
+        assert top[("monitor", "lag")] == 700
+        assert ("pipeline", "records_in_per_s") in top
