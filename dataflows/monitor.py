@@ -65,7 +65,15 @@ from topologies.schema import (
     Thresholds,
 )
 
-__all__ = ["Evaluation", "Monitor", "MonitorError", "feedback_table", "reference_table"]
+__all__ = [
+    "Evaluation",
+    "Monitor",
+    "MonitorError",
+    "feedback_table",
+    "latest",
+    "read_reference_file",
+    "reference_table",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -273,7 +281,7 @@ class Monitor:
             )
             self._profile(uc, name, source, list(mon.watch))
         elif isinstance(ref, FileReference):
-            self.record_reference(uc, _read_file(ref.path), name)
+            self.record_reference(uc, read_reference_file(ref.path), name)
         else:
             latest = self.store.query(
                 f"SELECT max(recorded_at) AS at, count() AS n FROM {self._db}.`{reference_table(uc)}` "
@@ -695,7 +703,8 @@ def _metric_rows(value: bytes | None) -> list[dict[str, Any]]:
         return []
 
 
-def _read_file(path: str) -> pl.DataFrame:
+def read_reference_file(path: str) -> pl.DataFrame:
+    """Reference rows from a Parquet or CSV file."""
     file = Path(path)
     if not file.is_file():
         msg = f"the reference file {path} does not exist"
@@ -705,3 +714,24 @@ def _read_file(path: str) -> pl.DataFrame:
     except Exception as exc:
         msg = f"cannot read the reference file {path}: {exc}"
         raise MonitorError(msg) from exc
+
+
+def latest(store: SampleStore, uc: UseCasePlan) -> dict[str, pl.DataFrame]:
+    """What ``mlexec monitor show`` prints: the latest evaluation, health and alerts."""
+    db, name = f"`{store.database}`", quote(uc.name)
+    return {
+        "drift": store.query(
+            f"SELECT column, statistic, value, severity, rows, window_end FROM {db}.{DRIFT_TABLE} "
+            f"WHERE usecase = {name} AND time = (SELECT max(time) FROM {db}.{DRIFT_TABLE} "
+            f"WHERE usecase = {name}) ORDER BY column, statistic"
+        ),
+        "health": store.query(
+            f"SELECT site, part, name, argMax(value, time) AS value, max(time) AS at "
+            f"FROM {db}.{METRICS_TABLE} WHERE usecase = {name} GROUP BY site, part, name "
+            "ORDER BY site, part, name"
+        ),
+        "alerts": store.query(
+            f"SELECT time, severity, kind, message FROM {db}.{ALERTS_TABLE} "
+            f"WHERE usecase = {name} ORDER BY time DESC LIMIT 10"
+        ),
+    }

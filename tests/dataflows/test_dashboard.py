@@ -1,0 +1,134 @@
+"""The monitoring dashboard in a real headless Chromium, with every host but 127.0.0.1 unreachable."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from connectors.kafka import client_config, ensure_topics, produce_records
+from connectors.samplesink import rows_to_arrow
+from connectors.samplestore import open_store
+from dataflows.dashboard import Dashboard, DashboardData
+from dataflows.monitor import Monitor
+from dataflows.usecase import samples_table
+from tests.dataflows.spine import FIELDS, T0
+from tests.dataflows.test_monitor import HOUR_MS, _at, _direct_topology, _monitoring, _sample_rows
+from topologies import load_topology, plan_topology
+
+pytestmark = pytest.mark.integration
+
+_OFFLINE = "MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
+
+
+def _chromium() -> str:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        pytest.fail("chromium is not installed: `make test` installs Debian's chromium package")
+    return binary
+
+
+def _browse(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            _chromium(),
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            f"--host-resolver-rules={_OFFLINE}",
+            "--window-size=1400,1500",
+            "--virtual-time-budget=20000",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_dashboard_draws_every_plot_from_the_store_offline(broker, tmp_path, uid):
+    path = _direct_topology(
+        tmp_path,
+        broker.bootstrap,
+        uid,
+        _monitoring(T0, watch={f: {"psi": {"warning": 0.1}} for f in FIELDS[:4]}),
+    )
+    topology = load_topology(path)
+    plan = plan_topology(topology)
+    (uc,) = plan.usecases.values()
+    conf = client_config(topology.sites["here"].kafka)
+    ensure_topics(conf, plan.topics_at("here"))
+    rng = np.random.default_rng(4)
+    n = 2000
+    rows = _sample_rows(T0, n, rng)
+    for hour in (1, 2, 3):  # f1 drifts further each hour
+        shifted = rng.normal(size=n) + 0.4 * hour
+        rows += _sample_rows(T0 + hour * HOUR_MS, n, rng, f1=shifted)
+    for row in rows:
+        row["y"] = float(rng.beta(2, 5))
+    now_ms = int(time.time() * 1000)
+    snapshots = [
+        {
+            "time": now_ms - (5 - i) * 10_000,
+            "site": "here",
+            "part": "pipeline",
+            "rows": [
+                {"usecase": uc.name, "name": "records_in_per_s", "value": 1000.0 + i},
+                {"usecase": uc.name, "name": "predictions_per_s", "value": 990.0 + i},
+                {"usecase": uc.name, "name": "latency_p50_ms", "value": 0.2},
+                {"usecase": uc.name, "name": "latency_p99_ms", "value": 0.9},
+                {"usecase": uc.name, "name": "lag", "value": float(100 * i)},
+            ],
+        }
+        for i in range(5)
+    ]
+    produce_records(conf, "mlexec.metrics", [(b"here/pipeline", orjson.dumps(s)) for s in snapshots])
+    with open_store(topology.sites["here"].sample_store) as store:
+        table = samples_table(uc)
+        store.ensure_table(table)
+        store.insert(table, rows_to_arrow(table, rows))
+        monitor = Monitor(plan, "here", store)
+        monitor.prepare()
+        for hour in (2, 3, 4):
+            monitor.run_once(_at(T0 + hour * HOUR_MS))
+        board = Dashboard(DashboardData(plan, "here", store, hours=24 * 365 * 10), port=0).start()
+        try:
+            page = httpx.get(board.url, timeout=10).text
+            assert not re.search(r"(src|href)=[\"']https?://", page)  # every asset is local
+            data = httpx.get(f"{board.url}api/usecase?name={uc.name}", timeout=10).json()
+            assert set(data["drift"]["psi"]) == set(FIELDS[:4])
+            assert len(data["drift"]["psi"]["f1"]["v"]) == 3
+            assert sorted(data["throughput"]) == ["predictions_per_s", "records_in_per_s"]
+
+            dom = _browse(board.url, "--dump-dom")
+            assert dom.returncode == 0, dom.stderr[-2000:]
+            html = dom.stdout
+            assert f'data-loaded="{uc.name}"' in html
+            for plot in ("drift", "predictions", "latency", "throughput", "lag", "alerts"):
+                match = re.search(rf'id="{plot}"[^>]*data-points="(\d+)"', html)
+                assert match is not None, f"{plot} was not drawn"
+                assert int(match.group(1)) > 0, f"{plot} holds no data"
+            assert html.count("main-svg") >= 5  # plotly drew its SVGs
+            assert "psi of f1" in html  # the alerts table
+
+            shot = Path(tmp_path / "dashboard.png")
+            taken = _browse(board.url, f"--screenshot={shot}")
+            assert taken.returncode == 0, taken.stderr[-2000:]
+            assert shot.stat().st_size > 20_000
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            keep = Path("test-artifacts")
+            keep.mkdir(exist_ok=True)
+            shutil.copy(shot, keep / "dashboard.png")
+        finally:
+            board.close()
