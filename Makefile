@@ -30,6 +30,9 @@ system-deps:
 	@command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || { \
 	  echo "installing stunnel4 (the TLS tests put it in front of the local broker)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (the dashboard test loads the page headless)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
@@ -52,4 +55,4 @@ bench: $(STAMP) $(QUIX_STAMP)
 	$(BIN)/python -m benchmarks.e2e
 
 clean:
-	rm -rf $(VENV) .venv-quix .mlexec .pytest_cache
+	rm -rf $(VENV) .venv-quix .mlexec .pytest_cache test-artifacts

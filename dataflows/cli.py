@@ -521,33 +521,56 @@ class Rendering(StrEnum):
     """What ``mlexec render`` writes."""
 
     mm2 = "mm2"
+    grafana = "grafana"
 
 
 @app.command()
 def render(
     topology: TopologyArg,
-    what: Annotated[Rendering, typer.Argument(help="mm2: MirrorMaker 2 properties per link.")],
+    what: Annotated[
+        Rendering,
+        typer.Argument(
+            help="mm2: MirrorMaker 2 properties per link; grafana: Grafana provisioning "
+            "(ClickHouse datasource and monitoring dashboard) per ClickHouse-server site."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="The directory to write to.")] = Path("deploy"),
 ) -> None:
-    """Write what the infrastructure needs: MirrorMaker 2 properties for every link.
+    """Write what the infrastructure needs: MirrorMaker 2 properties, Grafana provisioning.
 
-    Files are private (mode 0600): with SASL they hold the credentials.
+    MirrorMaker 2 properties are private (mode 0600): with SASL they hold the
+    credentials. Grafana's files hold none (its password comes from its environment)
+    and must be readable by the Grafana container's user.
     """
-    from topologies.render import render_mm2
+    from topologies.render import render_grafana, render_mm2
 
     try:
         topo, plan = _load(topology)
     except MlexecError as exc:
         raise _fail(exc) from exc
-    if not topo.links:
-        raise _fail(TopologyError(f"{topology}: links: no links to render MirrorMaker 2 for"))
-    out.mkdir(parents=True, exist_ok=True)
-    for link in topo.links:
-        path = out / f"mm2-{link.source}-{link.target}.properties"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    files: dict[str, str] = {}
+    if what is Rendering.mm2:
+        if not topo.links:
+            raise _fail(TopologyError(f"{topology}: links: no links to render MirrorMaker 2 for"))
+        for link in topo.links:
+            files[f"mm2-{link.source}-{link.target}.properties"] = render_mm2(plan, link)
+    else:
+        servers = [
+            s for s, site in topo.sites.items() if site.sample_store.startswith("clickhouse")
+        ]
+        if not servers:
+            msg = f"{topology}: sites: no site has a ClickHouse server store for Grafana to read"
+            raise _fail(TopologyError(msg))
+        for name in servers:
+            files.update(render_grafana(plan, name))
+    for relative, text in files.items():
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = 0o600 if what is Rendering.mm2 else 0o644
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "w") as f:
-            f.write(render_mm2(plan, link))
-        os.chmod(path, 0o600)
+            f.write(text)
+        os.chmod(path, mode)
         console.print(f"wrote {path}")
 
 

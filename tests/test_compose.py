@@ -14,12 +14,17 @@ from topologies import load_topology, plan_topology
 from topologies.render import render_mm2
 
 ROOT = Path(__file__).resolve().parents[1]
-SECRETS = {"MLEXEC_EDGE_PASSWORD": "edge-pw", "MLEXEC_CLOUD_PASSWORD": "cloud-pw"}
+SECRETS = {
+    "MLEXEC_EDGE_PASSWORD": "edge-pw",
+    "MLEXEC_CLOUD_PASSWORD": "cloud-pw",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-pw",
+}
 MLEXEC_SERVICES = {
     "edge-connectors": ("connect", "edge"),
     "edge-site": ("run", "edge"),
     "cloud-site": ("run", "cloud"),
     "cloud-act": ("act", "cloud"),
+    "cloud-monitor": ("monitor run", "cloud"),
 }
 
 
@@ -50,6 +55,7 @@ def test_compose_file_renders_with_docker_compose_config():
         "kafka-cloud",
         "mirror-maker",
         "clickhouse",
+        "grafana",
         *MLEXEC_SERVICES,
     }
     for service in rendered["services"].values():
@@ -72,7 +78,7 @@ def test_compose_refuses_to_start_without_the_secrets():
         env=env,
     )
     assert done.returncode != 0
-    assert "MLEXEC_EDGE_PASSWORD" in done.stderr or "MLEXEC_CLOUD_PASSWORD" in done.stderr
+    assert any(name in done.stderr for name in SECRETS)
 
 
 @pytest.mark.parametrize("service", sorted(MLEXEC_SERVICES))
@@ -100,7 +106,7 @@ def test_each_mlexec_service_runs_its_site_of_the_topology_against_the_stack(mon
     )
     assert "./deploy/certs:/certs:ro" in spec["volumes"]
     # the service has work on its site
-    stages = {"connect": "connectors", "run": None, "act": "act"}[verb]
+    stages = {"connect": "connectors", "run": None, "act": "act", "monitor run": "store"}[verb]
     uc = plan.usecases["readings"]
     if stages is not None:
         assert uc.site(stages) == site
@@ -129,3 +135,36 @@ def test_mirror_maker_runs_the_properties_mlexec_renders(monkeypatch):
         jaas = env["KAFKA_LISTENER_NAME_SASL__SSL_PLAIN_SASL_JAAS_CONFIG"]
         assert 'user_mlexec="${MLEXEC_' in jaas
         assert env["KAFKA_SSL_KEYSTORE_LOCATION"] == f"/certs/{broker}.pem"
+
+
+def test_grafana_is_provisioned_with_what_mlexec_renders(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from dataflows.cli import app
+    from topologies.render import GRAFANA_DATASOURCE
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    grafana = compose["services"]["grafana"]
+    assert grafana["environment"]["GF_INSTALL_PLUGINS"] == GRAFANA_DATASOURCE["type"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(
+        app, ["render", str(ROOT / "topologies/edge-cloud.yaml"), "grafana", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    source = yaml.safe_load((tmp_path / "grafana/provisioning/datasources/mlexec.yaml").read_text())
+    (ds,) = source["datasources"]
+    assert (ds["type"], ds["uid"]) == (GRAFANA_DATASOURCE["type"], GRAFANA_DATASOURCE["uid"])
+    assert ds["jsonData"]["host"] == "clickhouse" and ds["jsonData"]["port"] == 8123
+    assert ds["jsonData"]["defaultDatabase"] == "mlexec"
+    # the password is Grafana's own environment variable, which compose sets
+    assert ds["secureJsonData"]["password"] == "${CLICKHOUSE_PASSWORD}"
+    assert "CLICKHOUSE_PASSWORD" in grafana["environment"]
+    provider = yaml.safe_load((tmp_path / "grafana/provisioning/dashboards/mlexec.yaml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    board = yaml.safe_load((tmp_path / "grafana/dashboards/mlexec-cloud.json").read_text())
+    assert board["templating"]["list"][0]["query"] == "readings"
+    assert {p["datasource"]["uid"] for p in board["panels"]} == {"mlexec-clickhouse"}
+    assert (tmp_path / "grafana/dashboards/mlexec-cloud.json").stat().st_mode & 0o777 == 0o644

@@ -1,4 +1,4 @@
-"""What the infrastructure needs, rendered from a topology: MirrorMaker 2 properties.
+"""What the infrastructure needs, rendered from a topology: MirrorMaker 2 properties, Grafana.
 
 Pure text, no I/O: ``mlexec render TOPOLOGY mm2`` writes it. One properties file per
 link, for MirrorMaker 2 in dedicated mode (``connect-mirror-maker.sh``): both clusters
@@ -15,7 +15,7 @@ import re
 from topologies.plan import Plan, Transfer
 from topologies.schema import KafkaSettings, TransferLink
 
-__all__ = ["render_mm2"]
+__all__ = ["GRAFANA_DATASOURCE", "grafana_panels", "render_grafana", "render_mm2"]
 
 _JAAS = {
     "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
@@ -107,3 +107,171 @@ def render_mm2(plan: Plan, link: TransferLink) -> str:
         "config.providers.dir.class = org.apache.kafka.common.config.provider.DirectoryConfigProvider",
     ]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------- Grafana
+
+#: The datasource every rendered panel queries (the ClickHouse plugin's type).
+GRAFANA_DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "mlexec-clickhouse"}
+
+
+def _panel(
+    pid: int, title: str, sql: str, x: int, y: int, kind: str = "timeseries", w: int = 12
+) -> dict[str, object]:
+    return {
+        "id": pid,
+        "type": kind,
+        "title": title,
+        "datasource": GRAFANA_DATASOURCE,
+        "gridPos": {"x": x, "y": y, "w": w, "h": 8},
+        "targets": [
+            {
+                "refId": "A",
+                "datasource": GRAFANA_DATASOURCE,
+                "editorType": "sql",
+                "queryType": "timeseries" if kind == "timeseries" else "table",
+                "format": 0 if kind == "timeseries" else 1,
+                "rawSql": sql,
+            }
+        ],
+    }
+
+
+def grafana_panels(database: str) -> list[dict[str, object]]:
+    """The monitoring dashboard's panels; ``$usecase`` and ``$statistic`` are its variables."""
+    db = f"`{database}`"
+    uc = "usecase = '${usecase}'"
+
+    def metric(names: str) -> str:
+        return (
+            f"SELECT time, name, max(value) AS value FROM {db}.mlexec_metrics WHERE {uc} "
+            f"AND name IN ({names}) AND $__timeFilter(time) GROUP BY time, name ORDER BY time"
+        )
+
+    return [
+        _panel(
+            1,
+            "Drift per watched value ($statistic)",
+            f"SELECT time, column, value FROM {db}.mlexec_drift WHERE {uc} "
+            "AND statistic = '${statistic}' AND $__timeFilter(time) ORDER BY time",
+            0,
+            0,
+        ),
+        _panel(
+            2,
+            "Data quality (missing and out-of-range shares)",
+            f"SELECT time, concat(column, ' ', statistic) AS series, value FROM {db}.mlexec_drift "
+            f"WHERE {uc} AND statistic IN ('null_rate', 'out_of_range') AND $__timeFilter(time) "
+            "ORDER BY time",
+            12,
+            0,
+        ),
+        _panel(
+            3,
+            "Accuracy per model version / variant",
+            f"SELECT time, concat(column, ' ', statistic) AS series, value FROM {db}.mlexec_drift "
+            f"WHERE {uc} AND statistic IN ('mae', 'rmse', 'error_rate') AND $__timeFilter(time) "
+            "ORDER BY time",
+            0,
+            8,
+        ),
+        _panel(4, "Inference latency (ms)", metric("'latency_p50_ms', 'latency_p99_ms'"), 12, 8),
+        _panel(
+            5,
+            "Throughput (records/s)",
+            metric("'records_in_per_s', 'predictions_per_s', 'deadletters_per_s'"),
+            0,
+            16,
+        ),
+        _panel(
+            6, "Lag and sample-store backlog (records)", metric("'lag', 'store_backlog'"), 12, 16
+        ),
+        _panel(
+            7,
+            "Alerts",
+            f"SELECT time, severity, kind, site, message FROM {db}.mlexec_alerts WHERE {uc} "
+            "AND $__timeFilter(time) ORDER BY time DESC LIMIT 200",
+            0,
+            24,
+            kind="table",
+            w=24,
+        ),
+    ]
+
+
+def render_grafana(plan: Plan, site: str) -> dict[str, str]:
+    """Grafana provisioning for ``site``'s ClickHouse server: relative path → file text.
+
+    A datasource (password from ``$CLICKHOUSE_PASSWORD`` in Grafana's environment, never
+    written), a dashboard provider, and the dashboard: drift, quality, accuracy,
+    latency, throughput, lag and alerts of the use cases stored there.
+    """
+    import json
+    from urllib.parse import unquote, urlparse
+
+    url = urlparse(plan.topology.sites[site].sample_store)
+    if url.scheme not in ("clickhouse", "clickhouses"):
+        msg = f"sites.{site}.sample_store: Grafana reads a ClickHouse server; found {url.scheme}://"
+        raise ValueError(msg)
+    database = url.path.strip("/") or "mlexec"
+    datasource = {
+        "apiVersion": 1,
+        "datasources": [
+            {
+                "name": f"mlexec {site}",
+                **GRAFANA_DATASOURCE,
+                "access": "proxy",
+                "isDefault": True,
+                "jsonData": {
+                    "host": url.hostname,
+                    "port": url.port or 8123,
+                    "protocol": "http",
+                    "secure": url.scheme == "clickhouses",
+                    "username": unquote(url.username or "default"),
+                    "defaultDatabase": database,
+                },
+                "secureJsonData": {"password": "${CLICKHOUSE_PASSWORD}"},
+            }
+        ],
+    }
+    provider = {
+        "apiVersion": 1,
+        "providers": [
+            {
+                "name": "mlexec",
+                "type": "file",
+                "options": {"path": "/var/lib/grafana/dashboards"},
+            }
+        ],
+    }
+    stored = [uc.name for uc in plan.chosen_at(site, stage="store")]
+    statistics = ["psi", "ks", "js", "wasserstein", "mean_shift", "quantile_shift"]
+    dashboard = {
+        "uid": f"mlexec-{plan.topology.name}-{site}",
+        "title": f"mlexec · {plan.topology.name} · {site}",
+        "schemaVersion": 39,
+        "time": {"from": "now-24h", "to": "now"},
+        "refresh": "1m",
+        "templating": {
+            "list": [
+                {
+                    "name": "usecase",
+                    "type": "custom",
+                    "query": ",".join(stored),
+                    "current": {"text": stored[0], "value": stored[0]} if stored else {},
+                },
+                {
+                    "name": "statistic",
+                    "type": "custom",
+                    "query": ",".join(statistics),
+                    "current": {"text": "psi", "value": "psi"},
+                },
+            ]
+        },
+        "panels": grafana_panels(database),
+    }
+    return {
+        "grafana/provisioning/datasources/mlexec.yaml": json.dumps(datasource, indent=2),
+        "grafana/provisioning/dashboards/mlexec.yaml": json.dumps(provider, indent=2),
+        f"grafana/dashboards/mlexec-{site}.json": json.dumps(dashboard, indent=2),
+    }
