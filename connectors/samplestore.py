@@ -278,14 +278,61 @@ class ClickHouseServerStore(SampleStore):
         self._client.close()
 
 
+class _SharedChdb(SampleStore):
+    """One opener's handle on the process's chDB store of a directory.
+
+    chDB allows one engine per process and directory, so the store sink, the monitor
+    and the dashboard of one process share one :class:`ChdbStore` (one owner thread);
+    the last handle closed closes it.
+    """
+
+    _open: dict[Path, tuple[ChdbStore, int]] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, path: Path) -> None:
+        with self._lock:
+            store, handles = self._open.get(path) or (ChdbStore(path), 0)
+            self._open[path] = (store, handles + 1)
+        self._store: ChdbStore | None = store
+        self._path = path
+        self.database = store.database
+
+    def _inner(self) -> ChdbStore:
+        if self._store is None:
+            msg = f"this handle on the chDB store at {self._path} is closed"
+            raise SampleStoreError(msg)
+        return self._store
+
+    def command(self, sql: str) -> None:
+        self._inner().command(sql)
+
+    def query(self, sql: str) -> pl.DataFrame:
+        return self._inner().query(sql)
+
+    def insert(self, table: SamplesTable | str, rows: pa.Table) -> None:
+        self._inner().insert(table, rows)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is None:
+                return
+            store, handles = self._open[self._path]
+            if handles == 1:
+                del self._open[self._path]
+                store.close()
+            else:
+                self._open[self._path] = (store, handles - 1)
+            self._store = None
+
+
 def open_store(url: str) -> SampleStore:
-    """The backend for a sample-store URL."""
+    """The backend for a sample-store URL (chDB: this process's shared store of the directory)."""
     if url.startswith("chdb://"):
         path = url[len("chdb://") :]
         if not path:
             msg = f"a chDB store URL needs a directory: chdb:///path/to/dir, found {url!r}"
             raise SampleStoreError(msg)
-        return ChdbStore(path)
+        return _SharedChdb(Path(path).resolve())
     if url.startswith(("clickhouse://", "clickhouses://")):
         return ClickHouseServerStore(url)
     msg = f"a sample-store URL chdb:///dir or clickhouse://user:pass@host:port/db, found {url!r}"

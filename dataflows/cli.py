@@ -241,6 +241,14 @@ def run(
         float,
         typer.Option(help="Seconds between runtime health snapshots on mlexec.metrics.", min=0.1),
     ] = 10.0,
+    monitor: Annotated[
+        bool,
+        typer.Option(help="Run the stored use cases' monitoring in the store process."),
+    ] = True,
+    dashboard_port: Annotated[
+        int | None,
+        typer.Option(help="Serve the monitoring dashboard from the store process on this port."),
+    ] = None,
 ) -> None:
     """Run a site's dataflows: the pipelines of the use cases placed there, and the store.
 
@@ -264,7 +272,15 @@ def run(
         prepare_resources(prepared, tables=runs_store)  # chDB stays locked by its opener
         if runs_store:
             _exit_on(signal.SIGINT, signal.SIGTERM)
-            run_store(prepared, until_end=until_end, recovery=recovery, metrics_port=metrics_port)
+            run_store(
+                prepared,
+                until_end=until_end,
+                recovery=recovery,
+                metrics_port=metrics_port,
+                health_every=health_every,
+                monitor=monitor,
+                dashboard_port=dashboard_port,
+            )
             return
         child = None
         if part is Part.all and prepared.store:
@@ -273,6 +289,8 @@ def run(
             argv += ["--no-recovery"] if no_recovery else []
             argv += ["--metrics-port", str(metrics_port + 1)] if metrics_port else []
             argv += ["--health-every", str(health_every)]
+            argv += [] if monitor else ["--no-monitor"]
+            argv += ["--dashboard-port", str(dashboard_port)] if dashboard_port else []
             child = subprocess.Popen(argv)
             _watch(child)
         _exit_on(signal.SIGINT, signal.SIGTERM, child=child)

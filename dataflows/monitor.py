@@ -548,8 +548,8 @@ class Monitor:
         while not stop.is_set():
             try:
                 self.run_once()
-            except MlexecError as exc:
-                _log.error("monitoring round failed: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - a bad round must not end the schedule
+                _log.error("monitoring round failed, retrying in %gs: %s", self.every(), exc)
             stop.wait(self.every())
 
 

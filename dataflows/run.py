@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -184,8 +186,15 @@ def run_store(
     epoch: timedelta = timedelta(seconds=2),
     metrics_port: int | None = None,
     health_every: float = 10.0,
+    monitor: bool = True,
+    dashboard_port: int | None = None,
 ) -> None:
-    """Run the store dataflow (samples topics → the sample store), the one owner of chDB."""
+    """Run the store dataflow (samples topics → the sample store), the one owner of chDB.
+
+    Run continuously, the store process also hosts the site's monitoring (every
+    ``monitoring.every`` of the use cases stored here) and, with ``dashboard_port``,
+    the monitoring page — they share its store, which an embedded chDB requires.
+    """
     if not run.store:
         return
     site = run.plan.topology.sites[run.site]
@@ -197,7 +206,37 @@ def run_store(
         until_end=until_end,
     )
     health = (run, "store", metrics_port, health_every)
-    _execute(flow, Path(site.state_dir) if recovery else None, 1, epoch, health)
+    with ExitStack() as hosted:
+        if not until_end:
+            _host_monitoring(run, hosted, monitor, dashboard_port)
+        _execute(flow, Path(site.state_dir) if recovery else None, 1, epoch, health)
+
+
+def _host_monitoring(
+    run: SiteRun, hosted: ExitStack, monitor: bool, dashboard_port: int | None
+) -> None:
+    """Start the monitor's schedule and the dashboard beside the store dataflow."""
+    from dataflows.dashboard import Dashboard, DashboardData
+    from dataflows.monitor import Monitor
+
+    monitored = [rt for rt in run.store if rt.plan.usecase.monitoring is not None]
+    if not (monitored and monitor) and dashboard_port is None:
+        return
+    store = hosted.enter_context(open_store(run.plan.topology.sites[run.site].sample_store))
+    if monitored and monitor:
+        watcher = Monitor(run.plan, run.site, store)
+        watcher.prepare()
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=watcher.run, args=(stop,), name="mlexec-monitor", daemon=True
+        )
+        thread.start()
+        hosted.callback(thread.join, 30.0)
+        hosted.callback(stop.set)
+    if dashboard_port is not None:
+        board = Dashboard(DashboardData(run.plan, run.site, store), dashboard_port).start()
+        hosted.callback(board.close)
+        _log.warning("monitoring dashboard at %s", board.url)
 
 
 def run_site(

@@ -24,7 +24,6 @@ MLEXEC_SERVICES = {
     "edge-site": ("run", "edge"),
     "cloud-site": ("run", "cloud"),
     "cloud-act": ("act", "cloud"),
-    "cloud-monitor": ("monitor run", "cloud"),
 }
 
 
@@ -106,7 +105,7 @@ def test_each_mlexec_service_runs_its_site_of_the_topology_against_the_stack(mon
     )
     assert "./deploy/certs:/certs:ro" in spec["volumes"]
     # the service has work on its site
-    stages = {"connect": "connectors", "run": None, "act": "act", "monitor run": "store"}[verb]
+    stages = {"connect": "connectors", "run": None, "act": "act"}[verb]
     uc = plan.usecases["readings"]
     if stages is not None:
         assert uc.site(stages) == site
@@ -162,7 +161,9 @@ def test_grafana_is_provisioned_with_what_mlexec_renders(monkeypatch, tmp_path):
     # the password is Grafana's own environment variable, which compose sets
     assert ds["secureJsonData"]["password"] == "${CLICKHOUSE_PASSWORD}"
     assert "CLICKHOUSE_PASSWORD" in grafana["environment"]
-    provider = yaml.safe_load((tmp_path / "grafana/provisioning/dashboards/mlexec.yaml").read_text())
+    provider = yaml.safe_load(
+        (tmp_path / "grafana/provisioning/dashboards/mlexec.yaml").read_text()
+    )
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     board = yaml.safe_load((tmp_path / "grafana/dashboards/mlexec-cloud.json").read_text())
     assert board["templating"]["list"][0]["query"] == "readings"

@@ -128,3 +128,72 @@ def test_lag_of_a_paused_pipeline_is_end_minus_processed_and_prometheus_serves_i
         assert top[("pipeline", "deadletters")] == 100
         assert top[("monitor", "lag")] == 700
         assert ("pipeline", "records_in_per_s") in top
+
+
+def test_a_running_site_monitors_on_its_schedule_and_serves_the_dashboard(broker, tmp_path, uid):
+    """``mlexec run``: the store process stores samples, evaluates every second, alerts."""
+    import random
+
+    from connectors.kafka import client_config, ensure_topics, produce_records
+    from tests.dataflows.spine import FIELDS
+    from topologies import load_topology, plan_topology
+
+    hour = 3_600_000
+    start = (int(time.time() * 1000) // hour - 3) * hour
+    reference = {
+        "kind": "range",
+        "start": datetime.fromtimestamp(start / 1000, UTC).isoformat(),
+        "end": datetime.fromtimestamp((start + hour) / 1000, UTC).isoformat(),
+    }
+    path = spine_topology(
+        tmp_path,
+        broker.bootstrap,
+        uid,
+        "{kind: microbatch, max_records: 256}",
+        "{kind: identity}",
+        "{rate: 1.0}",
+        monitoring={
+            "every": "1s",
+            "window": "2h",
+            "reference": reference,
+            "watch": {f: {"psi": {"warning": 0.2}} for f in FIELDS[:6]},
+        },
+    )
+    topology = load_topology(path)
+    plan = plan_topology(topology)
+    (uc,) = plan.usecases.values()
+    conf = client_config(topology.sites["here"].kafka)
+    ensure_topics(conf, plan.topics_at("here"))
+    rng = random.Random(2)
+    records = []
+    for i in range(3000):  # 1,000 in the reference hour, 2,000 in the last two, f2 shifted
+        late = i >= 1000
+        ts = start + (hour + (i - 1000) * (2 * hour // 2000) if late else i * (hour // 1000))
+        rec = {"sensor": f"s{i % 8}", "ts": ts, **{f: rng.uniform(-3, 3) for f in FIELDS}}
+        if late:
+            rec["f2"] += 2.0
+        records.append(rec)
+    produce_records(conf, uc.raw_topic, [(r["sensor"].encode(), orjson.dumps(r)) for r in records])
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dataflows.cli", "run", str(path), "--site", "here"]
+        + ["--dashboard-port", str(port), "--health-every", "1"],
+        cwd=os.getcwd(),
+    )
+    try:
+
+        def alerted() -> list[dict[str, Any]]:
+            found = [orjson.loads(v) for _k, v, *_ in read_topic(conf, "mlexec.alerts")]
+            return [a for a in found if a["usecase"] == uc.name]
+
+        _wait(lambda: alerted(), 120, "a drift alert from the running site")
+        assert {(a["subject"], a["statistic"]) for a in alerted()} == {("f2", "psi")}
+        board = httpx.get(f"http://127.0.0.1:{port}/api/usecase?name={uc.name}", timeout=10)
+        drift = board.json()["drift"]["psi"]
+        assert set(drift) == set(FIELDS[:6])
+        assert (
+            max(drift["f2"]["v"]) > 0.2 > max(max(drift[f]["v"]) for f in FIELDS[:6] if f != "f2")
+        )
+    finally:
+        proc.terminate()
+        proc.wait(60)
