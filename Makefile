@@ -53,6 +53,7 @@ $(QUIX_STAMP): benchmarks/quix-requirements.txt
 
 bench: $(STAMP) $(QUIX_STAMP)
 	$(BIN)/python -m benchmarks.e2e
+	$(BIN)/python -m benchmarks.drift
 
 clean:
 	rm -rf $(VENV) .venv-quix .mlexec .pytest_cache test-artifacts

@@ -42,6 +42,15 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: Session settings of both backends: monitoring's statements over many watched columns
+#: (every column's quantile levels spelled out) exceed ClickHouse's default 256 KiB
+#: query size and 50,000 syntax-tree elements.
+SESSION_SETTINGS = {
+    "max_query_size": 64 << 20,
+    "max_ast_elements": 10_000_000,
+    "max_expanded_ast_elements": 10_000_000,
+}
+
 #: Columns every samples table has; feature and output names may not reuse them.
 RESERVED_COLUMNS: dict[str, str] = {
     "record_id": "String",
@@ -167,6 +176,8 @@ class ChdbStore(SampleStore):
             # Unqualified table names in user SQL (mlexec query) mean the store's database.
             sess.query(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
             sess.query(f"USE `{self.database}`")
+            for name, value in SESSION_SETTINGS.items():
+                sess.query(f"SET {name} = {value}")
         except Exception as exc:  # noqa: BLE001 - reported to the opener
             started.set_exception(
                 SampleStoreError(f"cannot open the chDB store at {self.path}: {exc}")
@@ -244,6 +255,7 @@ class ClickHouseServerStore(SampleStore):
                 username=unquote(parsed.username or "default"),
                 password=unquote(parsed.password or ""),
                 secure=parsed.scheme == "clickhouses",
+                settings=SESSION_SETTINGS,
             )
             # Unqualified table names in user SQL (mlexec query) mean the store's database.
             self._client.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")

@@ -59,6 +59,11 @@ __all__ = [
 
 #: Quantiles kept of every reference and window, at levels (i − 0.5) / GRID.
 GRID = 500
+#: Quantiles are read off the sorted values, of at most this many per column (a fixed-seed
+#: uniform sample beyond): exact up to it, CDF error ~ 1 / sqrt(GRID_SAMPLE) past it.
+#: (ClickHouse's quantilesExact takes O(rows) per level: 22 s for 500 levels × 50
+#: columns × 1 M rows here, against 1.3 s for sorting once.)
+GRID_SAMPLE = 1_000_000
 #: The quantiles ``quantile_shift`` compares.
 QUANTILE_SHIFT_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
 _FLOOR = 1e-6
@@ -96,8 +101,21 @@ def _value(column: str) -> str:
     return f"toFloat64({_ident(column)})"
 
 
-def _levels() -> str:
-    return ", ".join(f"{(i - 0.5) / GRID:.6f}" for i in range(1, GRID + 1))
+def _sorted(column: str) -> str:
+    """The column's values present (NaN left out), sorted; sampled beyond GRID_SAMPLE."""
+    v = _value(column)
+    return f"arraySort(groupArraySampleIf({GRID_SAMPLE}, 1)({v}, NOT isNaN({v})))"
+
+
+def _pick(values: str, levels: str) -> str:
+    """The ``levels`` quantiles of sorted ``values``: the element at floor(level · n)."""
+    return (
+        f"if(empty({values}), [], arrayMap(q -> {values}[least(length({values}), "
+        f"toUInt64(floor(q * length({values}))) + 1)], {levels}))"
+    )
+
+
+_GRID_LEVELS = f"arrayMap(k -> (k - 0.5) / {GRID}, range(1, {GRID + 1}))"
 
 
 def profile_sql(source: str, columns: Sequence[str], bins: int) -> str:
@@ -106,21 +124,25 @@ def profile_sql(source: str, columns: Sequence[str], bins: int) -> str:
     ``source`` is a table expression with a ``WHERE``, e.g. ``db.t FINAL WHERE ...``.
     One row; column ``i``'s results are named ``c{i}_<what>``.
     """
-    edges = ", ".join(f"{k / bins:.6f}" for k in range(1, bins))
-    parts = ["count() AS rows"]
+    edges = f"arrayMap(k -> k / {bins}, range(1, {bins}))"
+    inner, outer = ["count() AS rows"], ["rows"]
     for i, col in enumerate(columns):
         v = _value(col)
         ok = f"NOT isNaN({v})"
-        parts += [
+        inner += [
             f"countIf({ok}) AS c{i}_n",
             f"avgIf({v}, {ok}) AS c{i}_mean",
             f"stddevPopIf({v}, {ok}) AS c{i}_std",
             f"minIf({v}, {ok}) AS c{i}_min",
             f"maxIf({v}, {ok}) AS c{i}_max",
-            f"quantilesExactIf({edges})({v}, {ok}) AS c{i}_edges",
-            f"quantilesExactIf({_levels()})({v}, {ok}) AS c{i}_grid",
+            f"{_sorted(col)} AS c{i}_sorted",
         ]
-    return f"SELECT {', '.join(parts)} FROM {source}"
+        outer += [
+            *(f"c{i}_{what}" for what in ("n", "mean", "std", "min", "max")),
+            f"{_pick(f'c{i}_sorted', edges)} AS c{i}_edges",
+            f"{_pick(f'c{i}_sorted', _GRID_LEVELS)} AS c{i}_grid",
+        ]
+    return f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM {source})"
 
 
 def _cumulative(column: str, edges: str, bins: int) -> str:
@@ -163,22 +185,13 @@ def drift_sql(
     ref_table = f"{_ident(database)}.{REFERENCES_TABLE}"
     withs, inner, outer = [], ["count() AS rows"], ["rows"]
     for i, col in enumerate(columns):
-
-        def ref(what: str, i: int = i, col: str = col) -> str:
-            return (
-                f"(SELECT {what} FROM {ref_table} FINAL WHERE usecase = {quote(usecase)} "
-                f"AND reference = {quote(reference)} AND column = {quote(col)})"
-            )
-
-        withs += [
-            f"{ref('edges')} AS r{i}_edges",
-            f"{ref('counts')} AS r{i}_counts",
-            f"{ref('grid')} AS r{i}_grid",
-            f"{ref('mean')} AS r{i}_mean",
-            f"{ref('std')} AS r{i}_std",
-            f"{ref('min')} AS r{i}_min",
-            f"{ref('max')} AS r{i}_max",
-        ]
+        profile = ("edges", "counts", "grid", "mean", "std", "min", "max")
+        withs.append(
+            f"(SELECT tuple({', '.join(profile)}) FROM {ref_table} FINAL "
+            f"WHERE usecase = {quote(usecase)} AND reference = {quote(reference)} "
+            f"AND column = {quote(col)}) AS r{i}"
+        )
+        withs += [f"r{i}.{k} AS r{i}_{what}" for k, what in enumerate(profile, start=1)]
         v = _value(col)
         ok = f"NOT isNaN({v})"
         low, high = ranges.get(col) or (f"r{i}_min", f"r{i}_max")
@@ -188,7 +201,7 @@ def drift_sql(
             f"countIf({ok} AND ({v} < {low} OR {v} > {high})) AS c{i}_outside",
             f"avgIf({v}, {ok}) AS c{i}_mean",
             f"{_counts(_cumulative(col, f'r{i}_edges', bins))} AS c{i}_counts",
-            f"quantilesExactIf({_levels()})({v}, {ok}) AS c{i}_grid",
+            f"{_sorted(col)} AS c{i}_sorted",
         ]
         cur = f"arrayMap(x -> x / greatest(c{i}_n, 1), c{i}_counts)"
         exp = f"arrayMap(x -> x / greatest(arraySum(r{i}_counts), 1), r{i}_counts)"
@@ -215,6 +228,7 @@ def drift_sql(
         picks = ", ".join(str(int(q * GRID) + 1) for q in QUANTILE_SHIFT_LEVELS)
         outer += [
             f"c{i}_n",
+            f"{_pick(f'c{i}_sorted', _GRID_LEVELS)} AS c{i}_grid",
             f"{psi} AS c{i}_psi",
             f"{js} AS c{i}_js",
             f"{ks} AS c{i}_ks",
