@@ -166,6 +166,31 @@ def validate(topology: TopologyArg) -> None:
             days = rt.table.retention_seconds / 86400
             tables.add_row(site, rt.table.name, f"{days:g} d", cols)
     console.print(tables)
+    watching = Table(title="monitoring (in the store site's mlexec run)", title_justify="left")
+    for col in ("site", "use case", "every / window", "reference", "watched", "also"):
+        watching.add_column(col)
+    for uc in plan.usecases.values():
+        mon = uc.usecase.monitoring
+        if mon is None:
+            continue
+        also = (
+            [f"accuracy ({mon.accuracy.metric} of {mon.accuracy.output})"] if mon.accuracy else []
+        )
+        also += [
+            f"health ({n})"
+            for n in ("lag", "deadletter_rate", "latency_p99_ms", "store_backlog")
+            if getattr(mon.health, n)
+        ]
+        watching.add_row(
+            uc.site("store"),
+            uc.name,
+            f"{mon.every.total_seconds():g} s / {mon.window.total_seconds():g} s",
+            mon.reference.kind if mon.reference else "-",
+            ", ".join(f"{c} ({', '.join(w.thresholds())})" for c, w in mon.watch.items()),
+            ", ".join(also),
+        )
+    if watching.row_count:
+        console.print(watching)
 
 
 def _reads(conn: Connector) -> str:

@@ -1,11 +1,12 @@
 """``mlexec demo``: the whole spine from nothing, on embedded defaults.
 
-It starts a local broker, makes synthetic sensor data (a CSV with a few broken rows)
-and two models trained on it (scikit-learn → ONNX), reads the CSV into the raw topic
-with the topology's CSV connector (broken rows are dead-lettered there), runs the demo
-topology's site to the end, delivers alarms with its file output, and reports what
-happened, using SQL on the sample store for the monitoring numbers. It stops the broker
-before it returns.
+It starts a local broker, makes synthetic sensor data (a CSV with a few broken rows;
+the pressure sensor drifts in the last 30 % of the time) and two models trained on the
+first 70 % (scikit-learn → ONNX), records that training data as the models' monitoring
+reference, reads the CSV into the raw topic with the topology's CSV connector (broken
+rows are dead-lettered there), runs the demo topology's site to the end, delivers
+alarms with its file output, sends the true labels to the feedback topic, runs the
+monitoring once, and reports what happened. It stops the broker before it returns.
 """
 
 from __future__ import annotations
@@ -21,20 +22,32 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import orjson
 import polars as pl
 
 from connectors.broker import LocalBroker
-from connectors.kafka import client_config, read_topic
-from connectors.samplestore import open_store
+from connectors.kafka import client_config, produce_records, read_topic
+from connectors.samplestore import SampleStore, open_store
 from dataflows.act import prepare_outputs, run_outputs
 from dataflows.connect import prepare_connectors, run_connectors
+from dataflows.monitor import Evaluation, Monitor
 from dataflows.run import prepare_resources, prepare_site, run_site
 from topologies import load_topology, plan_topology
 from topologies.errors import MlexecError
+from topologies.plan import Plan
 
-__all__ = ["DemoReport", "make_models", "make_sensor_csv", "run_demo", "sensor_frame"]
+__all__ = [
+    "DemoReport",
+    "make_models",
+    "make_sensor_csv",
+    "run_demo",
+    "sensor_frame",
+    "training_frame",
+]
 
 FEATURES = ["temperature", "vibration", "current", "rpm", "pressure"]
+#: The share of the time (from the start) the models are trained on; the rest is served.
+TRAINED = 0.7
 WINDOW_FIELDS = {
     "temperature": ["mean", "max"],
     "vibration": ["mean", "std", "max", "rms"],
@@ -61,7 +74,9 @@ def sensor_frame(
     vibration = np.abs(rng.normal(1.0, 0.15, n) + anomaly * rng.normal(1.5, 0.5, n))
     current = rng.normal(12.0, 0.8, n) + anomaly * rng.normal(3.0, 1.0, n)
     rpm = rng.normal(1480.0, 15.0, n) - anomaly * rng.normal(120.0, 30.0, n)
-    pressure = rng.normal(4.0, 0.2, n)
+    # the pressure sensor drifts up to +0.8 bar (4 standard deviations) over the last 30 %
+    progress = np.tile(np.arange(seconds) / seconds, machines)
+    pressure = rng.normal(4.0, 0.2, n) + np.clip((progress - TRAINED) / (1 - TRAINED), 0, 1) * 0.8
     frame = pl.DataFrame(
         {
             "machine": machine,
@@ -105,8 +120,15 @@ def window_frame(frame: pl.DataFrame, size_ms: int = 10_000) -> pl.DataFrame:
     )
 
 
+def training_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """The readings of the first ``TRAINED`` share of the time: what the models learn from."""
+    start, end = frame["ts"].min(), frame["ts"].max()
+    assert isinstance(start, int) and isinstance(end, int)
+    return frame.filter(pl.col("ts") < start + (end - start) * TRAINED)
+
+
 def make_models(frame: pl.DataFrame, out_dir: Path) -> dict[str, Path]:
-    """Train the reading and window models and export them to ONNX."""
+    """Train the reading and window models on ``frame`` and export them to ONNX."""
     try:
         from skl2onnx import to_onnx
         from sklearn.ensemble import IsolationForest
@@ -172,6 +194,48 @@ def demo_topology_path() -> Path:
     return Path(str(resources.files("topologies").joinpath("demo.yaml")))
 
 
+def _monitor(plan: Plan, store: SampleStore, trained_on: pl.DataFrame) -> list[Evaluation]:
+    """Record the training data as each model's reference, then evaluate once."""
+    monitor = Monitor(plan, "edge", store)
+    monitor.prepare()
+    readings, windows = plan.usecases["readings"], plan.usecases["windows"]
+    monitor.record_reference(readings, trained_on, monitor.reference_name(readings))
+    monitor.record_reference(windows, window_frame(trained_on), monitor.reference_name(windows))
+    return monitor.run_once()
+
+
+def _monitoring_tables(evaluations: list[Evaluation]) -> dict[str, pl.DataFrame]:
+    """Drift against the training data, accuracy against the labels, the alerts raised."""
+    drift = pl.DataFrame(
+        [
+            {"use case": ev.usecase, "column": col, "statistic": stat, "value": round(v, 4)}
+            for ev in evaluations
+            for (col, stat), v in ev.drift.items()
+            if (col, stat) in ev.thresholds and stat not in ("error_rate", "mae", "rmse")
+        ]
+    )
+    accuracy = pl.DataFrame(
+        [
+            {
+                "model version": row["version"],
+                "variant": row["variant"],
+                "labelled samples": row["labelled"],
+                "error rate": round(row["error_rate"], 4),
+            }
+            for ev in evaluations
+            for row in ev.accuracy
+        ]
+    )
+    alerts = pl.DataFrame(
+        [{"severity": a.severity, "alert": a.message()} for ev in evaluations for a in ev.alerts]
+    )
+    return {
+        "drift against the training data (watched values)": drift,
+        "readings: accuracy against the labels on readings.feedback": accuracy,
+        "alerts raised (also on mlexec.alerts)": alerts,
+    }
+
+
 def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoReport:
     """Run the demo in ``work_dir`` (wiped first) and return its report."""
     work_dir = work_dir.resolve()
@@ -180,7 +244,8 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
     frame = sensor_frame(machines, seconds)
     csv_path = work_dir / "sensors.csv"
     broken = make_sensor_csv(frame, csv_path)
-    make_models(frame, work_dir)
+    trained_on = training_frame(frame)
+    make_models(trained_on, work_dir)
 
     with (
         LocalBroker() as broker,
@@ -202,6 +267,18 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
             n: len(read_topic(conf, uc.predictions_topic)) for n, uc in plan.usecases.items()
         }
         dead = {n: len(read_topic(conf, uc.deadletter_topic)) for n, uc in plan.usecases.items()}
+        # the truth arrives later, by machine and time, on the feedback topic
+        truth = frame.select("machine", "ts", "anomaly").rows()
+        produce_records(
+            conf,
+            plan.usecases["readings"].feedback_topic,
+            [
+                (m.encode(), orjson.dumps({"key": m, "time": t, "label": int(a)}))
+                for m, t, a in truth
+            ],
+        )
+        with open_store(topology.sites["edge"].sample_store) as store:
+            evaluations = _monitor(plan, store, trained_on)
 
     with open_store(topology.sites["edge"].sample_store) as store:
         db = store.database
@@ -226,6 +303,7 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
                    round(avgIf(vibration_rms, label = -1), 3) AS flagged_vibration_rms
             FROM `{db}`.`{plan.usecases["windows"].table}` FINAL"""
         )
+        monitoring.update(_monitoring_tables(evaluations))
     return DemoReport(
         records_in=sum(c.read for c in connectors.statuses),
         broken_in=broken,

@@ -113,3 +113,16 @@ def test_every_aggregation_is_in_the_readme_table():
     for row in _table_rows("## Dispatch rules and reductions", "aggregation"):
         named |= {re.sub(r"\(.*\)", "", n).strip() for n in re.findall(r"`([^`]+)`", row[0])}
     assert named == set(AGGREGATIONS)
+
+
+def test_the_monitoring_example_validates_and_the_table_names_every_statistic():
+    from topologies.schema import STATISTICS, Monitoring
+
+    doc = _yaml_block_after("## Monitoring")
+    checked = Monitoring.model_validate(doc["monitoring"])
+    assert checked.reference is not None and checked.reference.kind == "range"
+    assert checked.accuracy is not None and checked.health.lag is not None
+    judged = {s for w in checked.watch.values() for s in w.thresholds()}
+    assert judged == {"psi", "ks", "mean_shift", "null_rate", "out_of_range"}
+    rows = _table_rows("## Monitoring", "statistic")
+    assert sorted(r[0].strip("`") for r in rows) == sorted(STATISTICS)

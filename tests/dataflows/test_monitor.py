@@ -4,6 +4,7 @@ accuracy against feedback labels, alerts on mlexec.alerts and in the alerts tabl
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -331,3 +332,65 @@ def test_accuracy_per_version_and_variant_from_labels_on_the_feedback_topic(brok
     assert dead[1] == b'{"record_id": "r1", "label": "yes"}'
     reason = dict(dead[2])["mlexec.reason"].decode()
     assert "numeric label" in reason and "'yes'" in reason
+
+
+def test_monitor_commands_record_a_reference_evaluate_and_show(broker, tmp_path, uid):
+    import time
+
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from dataflows.cli import app
+
+    rng = np.random.default_rng(21)
+    train = pl.DataFrame({f: rng.normal(size=1000) for f in FIELDS})
+    train.write_parquet(tmp_path / "train.parquet")
+    watch = {"f0": {"psi": {"warning": 0.1}}, "f1": {"psi": {"warning": 0.1}}}
+    path = _direct_topology(
+        tmp_path, broker.bootstrap, uid, {"reference": {"kind": "model"}, "watch": watch}
+    )
+    topology = load_topology(path)
+    plan = plan_topology(topology)
+    (uc,) = plan.usecases.values()
+    ensure_topics(client_config(topology.sites["here"].kafka), plan.topics_at("here"))
+    start = int(time.time() * 1000) - HOUR_MS // 2
+    shifted = rng.normal(size=1000) + 1.0
+    with open_store(topology.sites["here"].sample_store) as store:
+        table = samples_table(uc)
+        store.ensure_table(table)
+        rows = _sample_rows(start, 1000, rng, f0=shifted)
+        for row in rows:
+            row["event_time"] = start + (row["event_time"] - start) // 2  # within the last hour
+        store.insert(table, rows_to_arrow(table, rows))
+
+    runner = CliRunner()
+
+    def text(args: list[str]) -> str:
+        done = runner.invoke(app, args)
+        assert done.exit_code == 0, done.output
+        return " ".join(done.output.split())  # as read, whatever the terminal's width
+
+    out = text(["monitor", "run", str(path), "--once"])
+    assert "no training data is recorded as reference 'model:7'" in out
+    assert "mlexec monitor reference" in out
+
+    data = tmp_path / "train.parquet"
+    out = text(["monitor", "reference", str(path), "--usecase", uc.name, "--data", str(data)])
+    assert f"recorded 1,000 rows of {data} as reference model:7" in out
+
+    out = text(["monitor", "run", str(path), "--once"])
+    assert "1,000 samples" in out
+    assert "warning" in out and "psi of f0" in out
+    assert "psi of f1" not in out
+
+    done = runner.invoke(app, ["monitor", "show", str(path), "--usecase", uc.name])
+    assert done.exit_code == 0, done.output
+    lines = done.output.splitlines()
+    rows = {m.group(1): ln for ln in lines if (m := re.match(r"^\W*(f\d)\W+psi\W", ln))}
+    assert set(rows) == {"f0", "f1"}
+    assert "warning" in rows["f0"]
+    assert re.search(r"\Wok\W", rows["f1"])
+    assert any("psi of f0" in ln for ln in lines)  # the alerts table
+
+    done = runner.invoke(app, ["monitor", "show", str(path), "--usecase", "nope"])
+    assert done.exit_code == 1 and "no use case 'nope'" in done.output
