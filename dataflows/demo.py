@@ -210,7 +210,7 @@ def _monitoring_tables(evaluations: list[Evaluation]) -> dict[str, pl.DataFrame]
         [
             {"use case": ev.usecase, "column": col, "statistic": stat, "value": round(v, 4)}
             for ev in evaluations
-            for (col, stat), v in ev.drift.items()
+            for (col, stat), v in ev.values.items()
             if (col, stat) in ev.thresholds and stat not in ("error_rate", "mae", "rmse")
         ]
     )

@@ -30,7 +30,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from connectors.kafka import client_config, produce_records, read_topic
+from connectors.kafka import client_config, ensure_topics, produce_records, read_topic
 from connectors.runner import Checkpoint
 from connectors.samplestore import SampleStore
 from dataflows.orchestrator import pipeline_lag, store_backlog
@@ -55,7 +55,7 @@ from operators.monitor import (
 )
 from operators.records import DeadLetter
 from topologies.errors import MlexecError
-from topologies.plan import ALERTS_TOPIC, Plan, UseCasePlan
+from topologies.plan import ALERTS_TOPIC, Plan, TopicSpec, UseCasePlan
 from topologies.schema import (
     STATISTICS,
     FileReference,
@@ -111,8 +111,9 @@ class Evaluation:
     window_end: datetime
     rows: int = 0
     reference: str = ""
-    #: (column, statistic) → value
-    drift: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: (subject, statistic) → value: every statistic of every watched column, the accuracy
+    #: metric per ``version/variant``, and ``("health", measure)`` for judged health
+    values: dict[tuple[str, str], float] = field(default_factory=dict)
     #: per (model version, variant): labelled, mae, rmse, error_rate
     accuracy: list[dict[str, Any]] = field(default_factory=list)
     #: measure → latest value
@@ -154,7 +155,18 @@ class Monitor:
     # ----------------------------------------------------------------- tables
 
     def prepare(self) -> None:
-        """Create the monitoring tables, and each use case's samples, labels and reference rows."""
+        """Create its topics and tables: monitoring's, and each use case's samples and labels."""
+        ensure_topics(
+            self.conf,
+            [
+                TopicSpec(ALERTS_TOPIC, 1),
+                *(self.plan.topic_spec(t) for t in self.plan.metrics_topics_at(self.site)),
+                *(
+                    TopicSpec(uc.feedback_topic, uc.usecase.input.partitions)
+                    for uc in self.usecases
+                ),
+            ],
+        )
         for ddl in tables_ddl(self.store.database):
             self.store.command(ddl)
         for uc in self.usecases:
@@ -378,7 +390,7 @@ class Monitor:
             return
         for i, col in enumerate(columns):
             for stat in STATISTICS:
-                ev.drift[(col, stat)] = _num(row[f"c{i}_{stat}"])
+                ev.values[(col, stat)] = _num(row[f"c{i}_{stat}"])
             for stat, limits in mon.watch[col].thresholds().items():
                 thresholds[(col, stat)] = limits
 
@@ -399,7 +411,7 @@ class Monitor:
             ev.accuracy.append(row)
             if row["labelled"] >= acc.min_labels:
                 subject = f"{row['version']}/{row['variant']}"
-                ev.drift[(subject, acc.metric)] = float(row[acc.metric])
+                ev.values[(subject, acc.metric)] = float(row[acc.metric])
                 thresholds[(subject, acc.metric)] = acc.thresholds
 
     def _health(
@@ -422,13 +434,13 @@ class Monitor:
         for name in ("lag", "deadletter_rate", "latency_p99_ms", "store_backlog"):
             limits = getattr(mon.health, name)
             if limits is not None and name in ev.health:
-                ev.drift[("health", name)] = ev.health[name]
+                ev.values[("health", name)] = ev.health[name]
                 thresholds[("health", name)] = limits
 
     def _write_drift(self, ev: Evaluation, now: datetime) -> None:
         rows = [
             (col, stat, value)
-            for (col, stat), value in ev.drift.items()
+            for (col, stat), value in ev.values.items()
             if col != "health" and value == value
         ]
         if not rows:
@@ -477,7 +489,7 @@ class Monitor:
                 continue
             ev = self.evaluate(uc, now)
             previous = severities.get(uc.name, {})
-            for subject, stat, value, limit, severity in judge(ev.drift, ev.thresholds, previous):
+            for subject, stat, value, limit, severity in judge(ev.values, ev.thresholds, previous):
                 kind = (
                     "health"
                     if subject == "health"

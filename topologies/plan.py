@@ -189,7 +189,7 @@ class Plan:
 
     def topics_at(self, site: str) -> list[TopicSpec]:
         """Topics the processes of ``site`` read or write."""
-        seen: dict[str, TopicSpec] = {METRICS_TOPIC: TopicSpec(METRICS_TOPIC, 1)}
+        seen: dict[str, TopicSpec] = {METRICS_TOPIC: self.topic_spec(METRICS_TOPIC)}
         for uc in self.usecases_at(site):
             for spec in uc.topics():
                 seen.setdefault(spec.name, spec)
@@ -253,6 +253,8 @@ class Plan:
         """Partitions and configs of a topic the topology names (alerts, models included)."""
         if name == MODELS_TOPIC:
             return TopicSpec(name, 1, (("cleanup.policy", "compact"),))
+        if name.endswith(METRICS_TOPIC):  # health snapshots: a week is plenty in Kafka
+            return TopicSpec(name, 1, (("retention.ms", str(7 * 86_400_000)),))
         for uc in self.usecases.values():
             for spec in uc.topics():
                 if spec.name == name:

@@ -126,18 +126,18 @@ def test_a_shift_in_one_feature_alerts_for_that_feature_only_and_equals_scipy(
             cur = _column(store, uc.table, f, T0 + HOUR_MS, T0 + 2 * HOUR_MS)
             assert len(ref) == len(cur) == n
             psi, js = _psi_js(ref, cur, edges[f])
-            assert ev.drift[(f, "psi")] == pytest.approx(psi, rel=1e-9, abs=1e-12)
-            assert ev.drift[(f, "js")] == pytest.approx(js, rel=1e-9, abs=1e-12)
+            assert ev.values[(f, "psi")] == pytest.approx(psi, rel=1e-9, abs=1e-12)
+            assert ev.values[(f, "js")] == pytest.approx(js, rel=1e-9, abs=1e-12)
             ks = stats.ks_2samp(cur, ref).statistic
-            assert ev.drift[(f, "ks")] == pytest.approx(ks, abs=1.5 / GRID)
+            assert ev.values[(f, "ks")] == pytest.approx(ks, abs=1.5 / GRID)
             w = stats.wasserstein_distance(cur, ref)
-            assert ev.drift[(f, "wasserstein")] == pytest.approx(w, rel=0.03, abs=0.01)
+            assert ev.values[(f, "wasserstein")] == pytest.approx(w, rel=0.03, abs=0.01)
             shift = abs(cur.mean() - ref.mean()) / ref.std()
-            assert ev.drift[(f, "mean_shift")] == pytest.approx(shift, rel=1e-6, abs=1e-9)
+            assert ev.values[(f, "mean_shift")] == pytest.approx(shift, rel=1e-6, abs=1e-9)
             # numpy's default bins differ from the stored equal-frequency edges a little
             e = np.quantile(ref, np.arange(1, 10) / 10)
-            assert ev.drift[(f, "psi")] == pytest.approx(_psi_js(ref, cur, list(e))[0], abs=0.01)
-        assert ev.drift[("f3", "ks")] == pytest.approx(1 / 6, abs=0.03)
+            assert ev.values[(f, "psi")] == pytest.approx(_psi_js(ref, cur, list(e))[0], abs=0.01)
+        assert ev.values[("f3", "ks")] == pytest.approx(1 / 6, abs=0.03)
 
         # the alerts are on the topic and in the table; a lasting drift does not alert again
         on_topic = [orjson.loads(v) for _k, v, *_ in read_topic(conf, "mlexec.alerts")]
@@ -220,7 +220,7 @@ def test_unshifted_data_raises_no_alert_over_several_seeds_and_quality_is_judged
             (ev,) = monitor.run_once(_at(start + 2 * HOUR_MS))
             assert ev.rows == n
             assert ev.alerts == [], [a.message() for a in ev.alerts]
-            assert len(ev.drift) == len(FIELDS) * 8
+            assert len(ev.values) == len(FIELDS) * 8
 
     # the last seed's next hour: f5 misses 5 % of its values, f6 leaves its range 4 %
     start = T0 + len(seeds) * 10 * HOUR_MS - 8 * HOUR_MS
@@ -276,7 +276,7 @@ def test_a_file_reference_and_a_missing_model_reference_say_what_to_do(broker, t
     with open_store(topology.sites["here"].sample_store) as store:
         monitor = Monitor(plan, "here", store)
         (ev,) = monitor.run_once(_at(T0 + HOUR_MS))
-        assert ev.drift == {}
+        assert ev.values == {}
         assert "mlexec monitor reference" in ev.notes[0]
         assert "model:7" in ev.notes[0]
 
