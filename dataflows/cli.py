@@ -836,15 +836,20 @@ def monitor_run(
                 for ev in monitor.run_once():
                     _print_evaluation(ev)
                 return
-            stop = threading.Event()
-            _interrupt_on(signal.SIGINT, signal.SIGTERM)
             console.print(f"monitoring site {where} every {monitor.every():g}s; Ctrl-C stops")
-            try:
-                monitor.run(stop)
-            except KeyboardInterrupt:
-                stop.set()
+            _until_interrupted(monitor.run)
     except MlexecError as exc:
         raise _fail(exc, 1) from exc
+
+
+def _until_interrupted(serve: Callable[[threading.Event], None]) -> None:
+    """Run ``serve(stop)`` in the foreground until SIGINT or SIGTERM sets ``stop``."""
+    stop = threading.Event()
+    _interrupt_on(signal.SIGINT, signal.SIGTERM)
+    try:
+        serve(stop)
+    except KeyboardInterrupt:
+        stop.set()
 
 
 def _print_evaluation(ev) -> None:  # type: ignore[no-untyped-def]
@@ -965,12 +970,7 @@ def monitor_dashboard(
                 f"monitoring dashboard of site {where} at [bold]{board.url}[/]; Ctrl-C stops"
             )
             sys.stdout.flush()
-            stop = threading.Event()
-            _interrupt_on(signal.SIGINT, signal.SIGTERM)
-            try:
-                board.serve(stop)
-            except KeyboardInterrupt:
-                board.close()
+            _until_interrupted(board.serve)
     except MlexecError as exc:
         raise _fail(exc, 1) from exc
 

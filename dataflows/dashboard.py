@@ -177,10 +177,12 @@ class Dashboard:
         return self
 
     def serve(self, stop: threading.Event) -> None:
-        """Serve until ``stop``."""
+        """Serve until ``stop`` (or an interrupt)."""
         self.start()
-        stop.wait()
-        self.close()
+        try:
+            stop.wait()
+        finally:
+            self.close()
 
     def close(self) -> None:
         self._server.shutdown()

@@ -354,7 +354,6 @@ class Monitor:
         start = now - mon.window
         ev = Evaluation(uc.name, start, now)
         where = f"event_time >= {sql_time(start)} AND event_time < {sql_time(now)}"
-        thresholds = ev.thresholds
         if mon.watch:
             ev.reference = self.reference_name(uc)
             try:
@@ -362,10 +361,10 @@ class Monitor:
             except MonitorError as exc:
                 ev.notes.append(str(exc))
             else:
-                self._drift(uc, mon, ev, where, thresholds)
+                self._drift(uc, mon, ev, where)
         if mon.accuracy is not None:
-            self._accuracy(uc, mon, ev, where, thresholds)
-        self._health(uc, mon, ev, now, thresholds)
+            self._accuracy(uc, mon, ev, where)
+        self._health(uc, mon, ev, now)
         self._write_drift(ev, now)
         return ev
 
@@ -375,7 +374,6 @@ class Monitor:
         mon: Monitoring,
         ev: Evaluation,
         where: str,
-        thresholds: dict[tuple[str, str], Thresholds],
     ) -> None:
         columns = list(mon.watch)
         ranges = {c: w.range for c, w in mon.watch.items()}
@@ -392,7 +390,7 @@ class Monitor:
             for stat in STATISTICS:
                 ev.values[(col, stat)] = _num(row[f"c{i}_{stat}"])
             for stat, limits in mon.watch[col].thresholds().items():
-                thresholds[(col, stat)] = limits
+                ev.thresholds[(col, stat)] = limits
 
     def _accuracy(
         self,
@@ -400,7 +398,6 @@ class Monitor:
         mon: Monitoring,
         ev: Evaluation,
         where: str,
-        thresholds: dict[tuple[str, str], Thresholds],
     ) -> None:
         acc = mon.accuracy
         assert acc is not None
@@ -412,7 +409,7 @@ class Monitor:
             if row["labelled"] >= acc.min_labels:
                 subject = f"{row['version']}/{row['variant']}"
                 ev.values[(subject, acc.metric)] = float(row[acc.metric])
-                thresholds[(subject, acc.metric)] = acc.thresholds
+                ev.thresholds[(subject, acc.metric)] = acc.thresholds
 
     def _health(
         self,
@@ -420,7 +417,6 @@ class Monitor:
         mon: Monitoring,
         ev: Evaluation,
         now: datetime,
-        thresholds: dict[tuple[str, str], Thresholds],
     ) -> None:
         recent = now - max(mon.every * 3, timedelta(minutes=1))
         frame = self.store.query(
@@ -435,7 +431,7 @@ class Monitor:
             limits = getattr(mon.health, name)
             if limits is not None and name in ev.health:
                 ev.values[("health", name)] = ev.health[name]
-                thresholds[("health", name)] = limits
+                ev.thresholds[("health", name)] = limits
 
     def _write_drift(self, ev: Evaluation, now: datetime) -> None:
         rows = [

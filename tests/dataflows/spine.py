@@ -97,13 +97,19 @@ def malformed_record(i: int, rng: random.Random) -> tuple[bytes, str]:
     return orjson.dumps(good), "list for timestamp"
 
 
-def feed(path: Path, n: int, bad_every: int, seed: int = 1, start: int = 0):
-    """Produce ``n`` records (every ``bad_every``-th malformed) numbered from ``start``."""
+def prepared(path: Path):
+    """The one-site topology at ``path`` loaded, planned, and its topics created."""
     topology = load_topology(path)
     plan = plan_topology(topology)
     (uc,) = plan.usecases.values()
     conf = client_config(topology.sites["here"].kafka)
     ensure_topics(conf, plan.topics_at("here"))
+    return topology, plan, uc, conf
+
+
+def feed(path: Path, n: int, bad_every: int, seed: int = 1, start: int = 0):
+    """Produce ``n`` records (every ``bad_every``-th malformed) numbered from ``start``."""
+    topology, plan, uc, conf = prepared(path)
     rng = random.Random(seed)
     values, keys, good, bad = [], [], {}, {}
     for i in range(start, start + n):

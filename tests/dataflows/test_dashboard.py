@@ -13,15 +13,14 @@ import numpy as np
 import orjson
 import pytest
 
-from connectors.kafka import client_config, ensure_topics, produce_records
+from connectors.kafka import produce_records
 from connectors.samplesink import rows_to_arrow
 from connectors.samplestore import open_store
 from dataflows.dashboard import Dashboard, DashboardData
 from dataflows.monitor import Monitor
 from dataflows.usecase import samples_table
-from tests.dataflows.spine import FIELDS, T0
+from tests.dataflows.spine import FIELDS, T0, prepared
 from tests.dataflows.test_monitor import HOUR_MS, _at, _direct_topology, _monitoring, _sample_rows
-from topologies import load_topology, plan_topology
 from topologies.render import grafana_panels
 
 pytestmark = pytest.mark.integration
@@ -65,11 +64,7 @@ def test_the_dashboard_draws_every_plot_from_the_store_offline(broker, tmp_path,
         uid,
         _monitoring(T0, watch={f: {"psi": {"warning": 0.1}} for f in FIELDS[:4]}),
     )
-    topology = load_topology(path)
-    plan = plan_topology(topology)
-    (uc,) = plan.usecases.values()
-    conf = client_config(topology.sites["here"].kafka)
-    ensure_topics(conf, plan.topics_at("here"))
+    topology, plan, uc, conf = prepared(path)
     rng = np.random.default_rng(4)
     n = 2000
     rows = _sample_rows(T0, n, rng)

@@ -21,7 +21,7 @@ from connectors.kafka import read_topic
 from connectors.samplestore import open_store
 from dataflows.monitor import Monitor
 from dataflows.orchestrator import pipeline_lag
-from tests.dataflows.spine import feed, spine_topology
+from tests.dataflows.spine import feed, prepared, spine_topology
 
 pytestmark = pytest.mark.integration
 
@@ -134,9 +134,8 @@ def test_a_running_site_monitors_on_its_schedule_and_serves_the_dashboard(broker
     """``mlexec run``: the store process stores samples, evaluates every second, alerts."""
     import random
 
-    from connectors.kafka import client_config, ensure_topics, produce_records
+    from connectors.kafka import produce_records
     from tests.dataflows.spine import FIELDS
-    from topologies import load_topology, plan_topology
 
     hour = 3_600_000
     start = (int(time.time() * 1000) // hour - 3) * hour
@@ -159,11 +158,7 @@ def test_a_running_site_monitors_on_its_schedule_and_serves_the_dashboard(broker
             "watch": {f: {"psi": {"warning": 0.2}} for f in FIELDS[:6]},
         },
     )
-    topology = load_topology(path)
-    plan = plan_topology(topology)
-    (uc,) = plan.usecases.values()
-    conf = client_config(topology.sites["here"].kafka)
-    ensure_topics(conf, plan.topics_at("here"))
+    topology, plan, uc, conf = prepared(path)
     rng = random.Random(2)
     records = []
     for i in range(3000):  # 1,000 in the reference hour, 2,000 in the last two, f2 shifted

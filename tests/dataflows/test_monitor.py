@@ -22,7 +22,7 @@ from connectors.samplestore import open_store
 from dataflows.monitor import Monitor
 from dataflows.usecase import samples_table
 from operators.monitor import GRID
-from tests.dataflows.spine import FIELDS, T0, run_to_end, spine_topology
+from tests.dataflows.spine import FIELDS, T0, prepared, run_to_end, spine_topology
 from topologies import load_topology, plan_topology
 
 pytestmark = pytest.mark.integration
@@ -88,11 +88,7 @@ def test_a_shift_in_one_feature_alerts_for_that_feature_only_and_equals_scipy(
         "{rate: 1.0}",
         monitoring=_monitoring(T0, watch=watch),
     )
-    topology = load_topology(path)
-    plan = plan_topology(topology)
-    (uc,) = plan.usecases.values()
-    conf = client_config(topology.sites["here"].kafka)
-    ensure_topics(conf, plan.topics_at("here"))
+    topology, plan, uc, conf = prepared(path)
     rng = random.Random(5)
     n = 4000
     records = []
@@ -284,11 +280,7 @@ def test_a_file_reference_and_a_missing_model_reference_say_what_to_do(broker, t
 def test_accuracy_per_version_and_variant_from_labels_on_the_feedback_topic(broker, tmp_path, uid):
     monitoring = {"accuracy": {"output": "y", "metric": "mae", "thresholds": {"warning": 0.3}}}
     path = _direct_topology(tmp_path, broker.bootstrap, uid, monitoring)
-    topology = load_topology(path)
-    plan = plan_topology(topology)
-    (uc,) = plan.usecases.values()
-    conf = client_config(topology.sites["here"].kafka)
-    ensure_topics(conf, plan.topics_at("here"))
+    topology, plan, uc, conf = prepared(path)
     rng = np.random.default_rng(8)
     n = 400
     rows = _sample_rows(T0, n, rng)
@@ -349,10 +341,7 @@ def test_monitor_commands_record_a_reference_evaluate_and_show(broker, tmp_path,
     path = _direct_topology(
         tmp_path, broker.bootstrap, uid, {"reference": {"kind": "model"}, "watch": watch}
     )
-    topology = load_topology(path)
-    plan = plan_topology(topology)
-    (uc,) = plan.usecases.values()
-    ensure_topics(client_config(topology.sites["here"].kafka), plan.topics_at("here"))
+    topology, plan, uc, _conf = prepared(path)
     start = int(time.time() * 1000) - HOUR_MS // 2
     shifted = rng.normal(size=1000) + 1.0
     with open_store(topology.sites["here"].sample_store) as store:
