@@ -14,13 +14,17 @@ import orjson
 import pytest
 
 from connectors.kafka import produce_records
-from connectors.samplesink import rows_to_arrow
 from connectors.samplestore import open_store
 from dataflows.dashboard import Dashboard, DashboardData
-from dataflows.monitor import Monitor
-from dataflows.usecase import samples_table
 from tests.dataflows.spine import FIELDS, T0, prepared
-from tests.dataflows.test_monitor import HOUR_MS, _at, _direct_topology, _monitoring, _sample_rows
+from tests.dataflows.test_monitor import (
+    HOUR_MS,
+    _at,
+    _direct_topology,
+    _monitor_over,
+    _monitoring,
+    _sample_rows,
+)
 from topologies.render import grafana_panels
 
 pytestmark = pytest.mark.integration
@@ -93,11 +97,7 @@ def test_the_dashboard_draws_every_plot_from_the_store_offline(broker, tmp_path,
         conf, "mlexec.metrics", [(b"here/pipeline", orjson.dumps(s)) for s in snapshots]
     )
     with open_store(topology.sites["here"].sample_store) as store:
-        table = samples_table(uc)
-        store.ensure_table(table)
-        store.insert(table, rows_to_arrow(table, rows))
-        monitor = Monitor(plan, "here", store)
-        monitor.prepare()
+        monitor = _monitor_over(store, plan, uc, rows)
         for hour in (2, 3, 4):
             monitor.run_once(_at(T0 + hour * HOUR_MS))
         board = Dashboard(DashboardData(plan, "here", store, hours=24 * 365 * 10), port=0).start()

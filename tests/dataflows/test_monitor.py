@@ -189,6 +189,16 @@ def _sample_rows(
     return rows
 
 
+def _monitor_over(store: Any, plan: Any, uc: Any, rows: list[dict[str, Any]]) -> Monitor:
+    """Sample rows written straight into the use case's table, and a prepared monitor."""
+    table = samples_table(uc)
+    store.ensure_table(table)
+    store.insert(table, rows_to_arrow(table, rows))
+    monitor = Monitor(plan, "here", store)
+    monitor.prepare()
+    return monitor
+
+
 def test_unshifted_data_raises_no_alert_over_several_seeds_and_quality_is_judged(
     broker, tmp_path, uid
 ):
@@ -206,13 +216,9 @@ def test_unshifted_data_raises_no_alert_over_several_seeds_and_quality_is_judged
         store_url = topology.sites["here"].sample_store
         ensure_topics(client_config(topology.sites["here"].kafka), plan.topics_at("here"))
         with open_store(store_url) as store:
-            table = samples_table(uc)
-            store.ensure_table(table)
             rng = np.random.default_rng(seed)
             rows = _sample_rows(start, n, rng) + _sample_rows(start + HOUR_MS, n, rng)
-            store.insert(table, rows_to_arrow(table, rows))
-            monitor = Monitor(plan, "here", store)
-            monitor.prepare()
+            monitor = _monitor_over(store, plan, uc, rows)
             (ev,) = monitor.run_once(_at(start + 2 * HOUR_MS))
             assert ev.rows == n
             assert ev.alerts == [], [a.message() for a in ev.alerts]
@@ -301,11 +307,7 @@ def test_accuracy_per_version_and_variant_from_labels_on_the_feedback_topic(brok
     produce_records(conf, uc.feedback_topic, [(None, orjson.dumps(x)) for x in labels])
     produce_records(conf, uc.feedback_topic, [(b"k", b'{"record_id": "r1", "label": "yes"}')])
     with open_store(topology.sites["here"].sample_store) as store:
-        table = samples_table(uc)
-        store.ensure_table(table)
-        store.insert(table, rows_to_arrow(table, rows))
-        monitor = Monitor(plan, "here", store)
-        monitor.prepare()
+        monitor = _monitor_over(store, plan, uc, rows)
         (ev,) = monitor.run_once(_at(T0 + HOUR_MS))
         by = {r["version"]: r for r in ev.accuracy}
         assert {v: r["variant"] for v, r in by.items()} == {"7": "production", "8": "canary"}
