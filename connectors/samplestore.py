@@ -8,8 +8,9 @@ One interface, two backends chosen by URL, running the same DDL and SQL:
   is handed to it through a queue.
 - ``clickhouse://user:pass@host:port/db`` — a ClickHouse server via clickhouse-connect.
 
-Tables are ``ReplacingMergeTree`` ordered by ``record_id`` (a replay de-duplicates at
-merge time; read with ``FINAL``) with a per-use-case TTL on event time.
+Tables are ``ReplacingMergeTree`` ordered by ``record_id`` and ``variant`` (a replay
+de-duplicates at merge time, read with ``FINAL``; a shadow model's sample of a record
+stands beside the production one) with a per-use-case TTL on event time.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class SamplesTable:
             f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.name}` (\n  {cols}\n)\n"
             "ENGINE = ReplacingMergeTree(sampled_at)\n"
             "PARTITION BY toYYYYMM(event_time)\n"
-            "ORDER BY record_id\n"
+            "ORDER BY (record_id, variant)\n"
             f"TTL {self.ttl()}"
         )
 

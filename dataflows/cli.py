@@ -975,6 +975,185 @@ def monitor_dashboard(
         raise _fail(exc, 1) from exc
 
 
+# ------------------------------------------------------------------ model life cycle
+
+model_app = typer.Typer(
+    help="Model versions on the registry (mlexec.models): publish, stages, rollback, compare.",
+    no_args_is_help=True,
+)
+app.add_typer(model_app, name="model")
+
+ModelUsecaseOpt = Annotated[str, typer.Option("--usecase", "-u", help="The use case.")]
+RegistrySiteOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--site",
+        "-s",
+        help="The site whose registry to write; default: where models come down from to "
+        "the use case's infer site (the cloud), or that site itself.",
+    ),
+]
+
+
+def _registry(topology: Path, usecase: str, site: str | None):  # type: ignore[no-untyped-def]
+    """(plan, use case plan, Kafka config) of the registry to use."""
+    from connectors.kafka import client_config
+
+    _, plan = _load(topology)
+    if usecase not in plan.usecases:
+        msg = f"no use case {usecase!r}; use cases: {sorted(plan.usecases)}"
+        raise TopologyError(msg)
+    uc = plan.usecases[usecase]
+    if site is None:
+        infer = uc.site("infer")
+        down = [link.target for link in plan.topology.links if link.source == infer]
+        site = down[0] if down else infer
+    plan.require_site(site)
+    return plan, uc, client_config(plan.topology.sites[site].kafka)
+
+
+class Stage(StrEnum):
+    """The stage ``mlexec model publish`` puts a version in."""
+
+    candidate = "candidate"
+    shadow = "shadow"
+    canary = "canary"
+    production = "production"
+
+
+@model_app.command("publish")
+def model_publish(
+    topology: TopologyArg,
+    model: Annotated[Path, typer.Argument(help="The ONNX file.", exists=True, dir_okay=False)],
+    usecase: ModelUsecaseOpt,
+    version: Annotated[str, typer.Option(help="The version it becomes (immutable).")],
+    stage: Annotated[Stage, typer.Option(help="What it does once published.")] = Stage.candidate,
+    traffic: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="A canary's share of the keys.")
+    ] = 0.0,
+    site: RegistrySiteOpt = None,
+) -> None:
+    """Put a model version on the registry, checked against the use case, in chunks."""
+    from dataflows.models import publish_model
+
+    try:
+        plan, uc, conf = _registry(topology, usecase, site)
+        manifest, routing = publish_model(plan, conf, uc, model, version, stage.value, traffic)
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+    console.print(
+        f"published {usecase} version {version}: {manifest.size:,} bytes in {manifest.chunks} "
+        f"chunk(s), sha256 {manifest.sha256[:16]}…; {routing.change}",
+        highlight=False,
+    )
+
+
+@model_app.command("list")
+def model_list(
+    topology: TopologyArg,
+    usecase: Annotated[str | None, typer.Option("--usecase", "-u", help="Only this one.")] = None,
+    site: RegistrySiteOpt = None,
+) -> None:
+    """The versions on the registry and what each does now."""
+    from dataflows.models import current_routing, read_registry
+
+    try:
+        _, plan = _load(topology)
+        names = [usecase] if usecase else list(plan.usecases)
+        listing = []
+        for name in names:
+            plan, uc, conf = _registry(topology, name, site)
+            registry = read_registry(conf)
+            listing.append((uc, registry, current_routing(registry, uc)))
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+    for uc, registry, routing in listing:
+        table = Table(
+            title=f"{uc.name}: {routing.change or 'the topology model serves'}",
+            title_justify="left",
+        )
+        for col in ("version", "stage", "sha256", "bytes", "published"):
+            table.add_column(col)
+        versions = [m for (u, _), m in registry.manifests.items() if u == uc.name]
+        if not any(m.version == uc.usecase.model.version for m in versions):
+            table.add_row(
+                uc.usecase.model.version,
+                routing.stage_of(uc.usecase.model.version),
+                "(topology file)",
+                "",
+                "",
+            )
+        for m in sorted(versions, key=lambda m: m.published_at):
+            published = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.published_at / 1000))
+            table.add_row(
+                m.version, routing.stage_of(m.version), m.sha256[:16], f"{m.size:,}", published
+            )
+        console.print(table)
+
+
+def _change(topology: Path, usecase: str, site: str | None, change):  # type: ignore[no-untyped-def]
+    from dataflows.models import change_routing
+
+    try:
+        _, uc, conf = _registry(topology, usecase, site)
+        routing = change_routing(conf, uc, change)
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+    console.print(f"{usecase}: {routing.change}", highlight=False)
+
+
+VersionOpt = Annotated[str, typer.Option(help="The version.")]
+
+
+@model_app.command("promote")
+def model_promote(
+    topology: TopologyArg,
+    usecase: ModelUsecaseOpt,
+    version: VersionOpt,
+    site: RegistrySiteOpt = None,
+) -> None:
+    """Make a version serve production; the one before can be rolled back to."""
+    _change(topology, usecase, site, lambda r: r.promote(version))
+
+
+@model_app.command("rollback")
+def model_rollback(
+    topology: TopologyArg, usecase: ModelUsecaseOpt, site: RegistrySiteOpt = None
+) -> None:
+    """Serve the previous production version again (and end any canary)."""
+    _change(topology, usecase, site, lambda r: r.rollback())
+
+
+@model_app.command("retire")
+def model_retire(
+    topology: TopologyArg,
+    usecase: ModelUsecaseOpt,
+    version: VersionOpt,
+    site: RegistrySiteOpt = None,
+) -> None:
+    """Stop a version serving (shadow, canary or A/B); production is promoted away first."""
+    _change(topology, usecase, site, lambda r: r.retire(version))
+
+
+@model_app.command("split")
+def model_split(
+    topology: TopologyArg,
+    usecase: ModelUsecaseOpt,
+    variants: Annotated[list[str], typer.Argument(help="NAME=VERSION:SHARE, e.g. A=3:0.5 B=4:0.5")],
+    site: RegistrySiteOpt = None,
+) -> None:
+    """A/B test: split the keys between named variants (the rest stays on production)."""
+    parsed = []
+    for text in variants:
+        name, _, rest = text.partition("=")
+        version, _, share = rest.rpartition(":")
+        try:
+            parsed.append((name, version, float(share)))
+        except ValueError:
+            raise _fail(TopologyError(f"a variant NAME=VERSION:SHARE, found {text!r}")) from None
+    _change(topology, usecase, site, lambda r: r.split(parsed))
+
+
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(

@@ -25,6 +25,7 @@ from bytewax.run import cli_main
 from connectors.kafka import client_config, ensure_topics
 from connectors.samplestore import open_store
 from dataflows.health import Reporter, RuntimeHealth, serve_metrics
+from dataflows.models import RegistryWatcher
 from dataflows.site import build_flow
 from dataflows.usecase import UseCaseRuntime
 from topologies.plan import Plan
@@ -175,7 +176,19 @@ def run_pipeline(
         site=run.site,
     )
     health = (run, "pipeline", metrics_port, health_every)
-    _execute(flow, Path(site.state_dir) if recovery else None, workers, epoch, health)
+    routers = {rt.plan.name: rt.router for rt in run.process if rt.plan.site("infer") == run.site}
+    watcher = None
+    if routers:
+        cache = Path(site.state_dir) / "models"
+        watcher = RegistryWatcher(run.plan, run.site, routers, client_config(site.kafka), cache)
+        watcher.catch_up()  # the first batch already uses what the registry says
+        if not until_end:
+            watcher.start()
+    try:
+        _execute(flow, Path(site.state_dir) if recovery else None, workers, epoch, health)
+    finally:
+        if watcher is not None:
+            watcher.stop()
 
 
 def run_store(

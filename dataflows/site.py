@@ -25,6 +25,7 @@ from bytewax.dataflow import Dataflow, Stream
 from connectors.kafka import KafkaBatchSink, KafkaBatchSource, Outgoing, RawBatch
 from connectors.samplesink import SampleStoreSink
 from dataflows.health import observe_dispatch
+from dataflows.models import Inferred
 from dataflows.usecase import UseCaseRuntime
 from operators.dispatch import (
     ConditionLogic,
@@ -48,7 +49,6 @@ from operators.emit import (
     reply_value,
     sample_values,
 )
-from operators.infer import Predictions
 from operators.parse import ParseResult
 from operators.records import DeadLetter, Records
 from operators.reduce import Reduced, ReductionError, StatefulReduceLogic
@@ -326,26 +326,41 @@ def _process_branch(
         if reduced is None:
             reduced, bad_reduced = _reduced_source(flow, rt, conf, until_end)
             out.append(bad_reduced)
-        predicted = op.map(f"{n}_infer", reduced, lambda r: (r, rt.model(r.records)))
+        predicted = op.map(f"{n}_infer", reduced, lambda r: (r, rt.router(r.records)))
         out.append(op.flat_map(f"{n}_publish", predicted, lambda rp: _publish(rt, *rp)))
     return op.merge(f"{n}_out", *out)
 
 
-def _publish(rt: UseCaseRuntime, reduced: Reduced, pred: Predictions) -> list[Outgoing]:
+def _publish(rt: UseCaseRuntime, reduced: Reduced, groups: list[Inferred]) -> list[Outgoing]:
+    """Predictions (or the reply) and samples of one dispatch, per serving variant.
+
+    Shadow predictions go to the samples only: never to the predictions topic, a reply
+    or an actuator.
+    """
     plan = rt.plan
-    model = rt.model
-    observe_dispatch(plan.name, pred.latency_ms, len(pred.records))
-    values = prediction_values(pred, model.name, model.version, correction=reduced.correction)
-    keys = pred.records.keys
+    out: list[Outgoing] = []
+    answered: list[bytes] = []
+    for group in groups:
+        pred, model, variant = group.predictions, group.model, group.variant
+        if not group.shadow:
+            observe_dispatch(plan.name, pred.latency_ms, len(pred.records))
+            values = prediction_values(
+                pred, model.name, model.version, variant, correction=reduced.correction
+            )
+            if reduced.request is not None:
+                answered += values
+            else:
+                out.append(Outgoing(plan.predictions_topic, values, pred.records.keys))
+        keep, reasons = rt.sampler(pred)
+        if keep.any():
+            samples = sample_values(
+                pred, keep, reasons, plan.features, model.name, model.version, variant
+            )
+            out.append(Outgoing(plan.samples_topic, samples))
     if reduced.request is not None:
         request = reduced.request
-        out = [Outgoing(request.reply_to, [reply_value(request, values)], [request.request_id])]
-    else:
-        out = [Outgoing(plan.predictions_topic, values, keys)]
-    keep, reasons = rt.sampler(pred)
-    if keep.any():
-        samples = sample_values(pred, keep, reasons, plan.features, model.name, model.version)
-        out.append(Outgoing(plan.samples_topic, samples))
+        reply = Outgoing(request.reply_to, [reply_value(request, answered)], [request.request_id])
+        out.insert(0, reply)
     return out
 
 

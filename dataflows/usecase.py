@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from connectors.samplestore import RESERVED_COLUMNS, SamplesTable
+from dataflows.models import ModelRouter
 from operators.act import ActionFilter, ActionFilterError
 from operators.dispatch import Dispatched
 from operators.emit import prediction_values
@@ -78,6 +79,8 @@ class UseCaseRuntime:
     model: OnnxModel
     sampler: Sampler
     table: SamplesTable
+    #: The versions serving (the topology's model until the registry says otherwise).
+    router: ModelRouter
 
     @classmethod
     def build(cls, plan: UseCasePlan, source: str = "<topology>") -> UseCaseRuntime:
@@ -110,6 +113,7 @@ class UseCaseRuntime:
             model=model,
             sampler=sampler,
             table=table,
+            router=ModelRouter(plan, model),
         )
 
 

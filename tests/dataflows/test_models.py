@@ -1,0 +1,352 @@
+"""The model life cycle on the real broker and chDB: publish, hot-swap, rollback, canary,
+A/B, shadow, large and tampered artifacts."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from connectors.kafka import produce_records, read_topic
+from connectors.samplestore import open_store
+from dataflows.cli import app
+from operators.registry import artifact_messages, key_shares, manifest_of, routing_message
+from operators.testing import make_mlp
+from tests.dataflows.spine import FIELDS, T0, prepared, run_to_end, spine_topology
+
+pytestmark = pytest.mark.integration
+
+
+def _model(path: Path, seed: int, hidden: tuple[int, ...] = (32,)) -> Path:
+    return make_mlp(path, inputs=16, hidden=hidden, seed=seed)
+
+
+def _records(n: int, start: int = 0, keys: int = 8, seed: int = 1) -> list[dict[str, Any]]:
+    rng = random.Random(seed + start)
+    out = []
+    for i in range(start, start + n):
+        rec: dict[str, Any] = {"sensor": f"k{i % keys}", "ts": T0 + i * 10}
+        rec.update({f: round(rng.uniform(-3, 3), 4) for f in FIELDS})
+        out.append(rec)
+    return out
+
+
+def _produce(conf: dict[str, Any], topic: str, records: list[dict[str, Any]]) -> set[str]:
+    """Produce ``records``; their record ids."""
+    positions = produce_records(
+        conf, topic, [(r["sensor"].encode(), orjson.dumps(r)) for r in records]
+    )
+    return {f"{topic}:{p}:{o}" for p, o in positions}
+
+
+def _predictions(conf: dict[str, Any], topic: str) -> list[dict[str, Any]]:
+    return [orjson.loads(v) for _k, v, *_ in read_topic(conf, topic, timeout=60)]
+
+
+def _expected(model: Path, records: dict[str, dict[str, Any]], ids: list[str]) -> np.ndarray:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    x = np.asarray([[records[i][f] for f in FIELDS] for i in ids], dtype=np.float32)
+    return session.run(None, {"x": x})[0][:, 0]
+
+
+def _cli(*args: str) -> str:
+    done = CliRunner().invoke(app, ["model", *args])
+    assert done.exit_code == 0, done.output
+    return " ".join(done.output.split())
+
+
+def _by_id(conf: dict[str, Any], topic: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each raw record by its record id (topic:partition:offset), read back from the topic."""
+    out = {}
+    for _k, value, _h, partition, offset in read_topic(conf, topic, timeout=60):
+        out[f"{topic}:{partition}:{offset}"] = orjson.loads(value)
+    assert len(out) == len(records)
+    return out
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_running_dataflow_swaps_versions_on_publish_and_rollback_without_a_restart(
+    broker, tmp_path, uid
+):
+    path = spine_topology(
+        tmp_path,
+        broker.bootstrap,
+        uid,
+        "{kind: microbatch, max_records: 64}",
+        "{kind: identity}",
+        "{rate: 0.0}",
+    )
+    topology, plan, uc, conf = prepared(path)
+    v7, v8 = tmp_path / "model.onnx", _model(tmp_path / "v8.onnx", seed=8)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dataflows.cli",
+            "run",
+            str(path),
+            "--site",
+            "here",
+            "--part",
+            "pipeline",
+        ],
+        cwd=os.getcwd(),
+    )
+    try:
+        _produce(conf, uc.raw_topic, _records(1500))
+        _wait(
+            lambda: len(_predictions(conf, uc.predictions_topic)) == 1500,
+            90,
+            "the first predictions",
+        )
+
+        # records keep coming while v8 is published: the swap lands between two batches
+        feeding = threading.Thread(
+            target=lambda: [
+                (_produce(conf, uc.raw_topic, _records(100, 1500 + 100 * i)), time.sleep(0.05))
+                for i in range(30)
+            ]
+        )
+        feeding.start()
+        time.sleep(0.4)
+        out = _cli(
+            "publish",
+            str(path),
+            str(v8),
+            "--usecase",
+            uc.name,
+            "--version",
+            "8",
+            "--stage",
+            "production",
+        )
+        assert "version 8" in out and "8 promoted to production" in out
+        feeding.join()
+        _wait(lambda: len(_predictions(conf, uc.predictions_topic)) >= 4500, 90, "all predictions")
+        preds = _predictions(conf, uc.predictions_topic)
+        ids = [p["id"] for p in preds]
+        assert len(ids) == len(set(ids)) == 4500  # none lost, none doubled
+        records = _by_id(conf, uc.raw_topic, list(range(4500)))
+        by_partition: dict[str, list[tuple[int, str]]] = {}
+        for p in preds:
+            _topic, partition, offset = p["id"].rsplit(":", 2)
+            by_partition.setdefault(partition, []).append((int(offset), p["version"]))
+        for rows in by_partition.values():
+            versions = [v for _, v in sorted(rows)]
+            switch = versions.index("8")  # once a partition sees v8, only v8 follows
+            assert set(versions[:switch]) == {"7"} and set(versions[switch:]) == {"8"}
+        for version, model in (("7", v7), ("8", v8)):
+            mine = [p for p in preds if p["version"] == version]
+            assert mine and all(p["variant"] == "production" for p in mine)
+            want = _expected(model, records, [p["id"] for p in mine])
+            got = np.asarray([p["outputs"]["y"] for p in mine])
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+        out = _cli("rollback", str(path), "--usecase", uc.name)
+        assert "rolled back from 8 to 7" in out
+        time.sleep(1.5)  # the watcher polls every 0.2 s
+        late = _produce(conf, uc.raw_topic, _records(500, 4500))
+        _wait(
+            lambda: len(_predictions(conf, uc.predictions_topic)) >= 5000,
+            90,
+            "the rolled-back ones",
+        )
+        after = [p for p in _predictions(conf, uc.predictions_topic) if p["id"] in late]
+        assert len(after) == 500 and {p["version"] for p in after} == {"7"}
+        listed = _cli("list", str(path), "--usecase", uc.name)
+        assert re.search(r"\b7\W+production\W", listed) and re.search(r"\b8\W+retired\W", listed)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_canary_shares_keys_stickily_across_a_restart_and_ab_splits_by_variant(
+    broker, tmp_path, uid
+):
+    path = spine_topology(
+        tmp_path,
+        broker.bootstrap,
+        uid,
+        "{kind: microbatch, max_records: 256}",
+        "{kind: identity}",
+        "{rate: 0.0}",
+    )
+    topology, plan, uc, conf = prepared(path)
+    v8 = _model(tmp_path / "v8.onnx", seed=8)
+    _cli(
+        "publish",
+        str(path),
+        str(v8),
+        "--usecase",
+        uc.name,
+        "--version",
+        "8",
+        "--stage",
+        "canary",
+        "--traffic",
+        "0.1",
+    )
+    n = 10_000
+    _produce(conf, uc.raw_topic, _records(n, keys=n))
+    run_to_end(path)
+    first = {
+        p["key"]: (p["variant"], p["version"]) for p in _predictions(conf, uc.predictions_topic)
+    }
+    assert len(first) == n
+    canary = {k for k, (variant, _) in first.items() if variant == "canary"}
+    assert all(first[k][1] == "8" for k in canary)
+    assert all(v == ("production", "7") for k, v in first.items() if k not in canary)
+    sigma = (0.1 * 0.9 / n) ** 0.5
+    assert abs(len(canary) / n - 0.1) < 4 * sigma
+    shares = key_shares(list(first))
+    assert canary == {k for k, s in zip(first, shares, strict=True) if s < 0.1}
+
+    # a restart (the flow resumes from recovery): the same keys, the same variants
+    again = _produce(conf, uc.raw_topic, _records(n, start=n, keys=n))
+    run_to_end(path)
+    second = [p for p in _predictions(conf, uc.predictions_topic) if p["id"] in again]
+    assert len(second) == n
+    assert all(first[p["key"]] == (p["variant"], p["version"]) for p in second)
+
+    # A/B: half the keys each, named
+    _cli("split", str(path), "--usecase", uc.name, "A=7:0.5", "B=8:0.5")
+    split = _produce(conf, uc.raw_topic, _records(4000, start=2 * n, keys=4000))
+    run_to_end(path)
+    third = [p for p in _predictions(conf, uc.predictions_topic) if p["id"] in split]
+    counts = {v: sum(p["variant"] == v for p in third) for v in ("A", "B")}
+    assert sum(counts.values()) == 4000 and abs(counts["A"] / 4000 - 0.5) < 0.05
+    assert all(p["version"] == {"A": "7", "B": "8"}[p["variant"]] for p in third)
+
+
+def test_shadow_predictions_go_to_the_sample_store_only(broker, tmp_path, uid):
+    path = spine_topology(
+        tmp_path,
+        broker.bootstrap,
+        uid,
+        "{kind: microbatch, max_records: 256}",
+        "{kind: identity}",
+        "{rate: 1.0}",
+    )
+    topology, plan, uc, conf = prepared(path)
+    v9 = _model(tmp_path / "v9.onnx", seed=9)
+    _cli("publish", str(path), str(v9), "--usecase", uc.name, "--version", "9", "--stage", "shadow")
+    records = _records(800)
+    _produce(conf, uc.raw_topic, records)
+    run_to_end(path)
+    preds = _predictions(conf, uc.predictions_topic)
+    assert len(preds) == 800
+    assert {(p["version"], p["variant"]) for p in preds} == {("7", "production")}
+    with open_store(topology.sites["here"].sample_store) as store:
+        rows = store.query(
+            f"SELECT record_id, model_version, variant, y FROM {uc.table} FINAL ORDER BY record_id"
+        )
+    shadow = rows.filter(rows["variant"] == "shadow")
+    assert shadow.height == 800 and set(shadow["model_version"]) == {"9"}
+    assert rows.filter(rows["variant"] == "production").height == 800
+    by_id = _by_id(conf, uc.raw_topic, records)
+    want = _expected(v9, by_id, shadow["record_id"].to_list())
+    np.testing.assert_allclose(shadow["y"].to_numpy(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_5_mb_model_serves_and_a_tampered_or_unfit_one_is_refused(broker, tmp_path, uid):
+    path = spine_topology(
+        tmp_path,
+        broker.bootstrap,
+        uid,
+        "{kind: microbatch, max_records: 256}",
+        "{kind: identity}",
+        "{rate: 0.0}",
+    )
+    topology, plan, uc, conf = prepared(path)
+    big = _model(tmp_path / "big.onnx", seed=10, hidden=(1300, 1000))
+    assert big.stat().st_size > 5_000_000
+    out = _cli(
+        "publish",
+        str(path),
+        str(big),
+        "--usecase",
+        uc.name,
+        "--version",
+        "10",
+        "--stage",
+        "production",
+    )
+    assert "in 11 chunk(s)" in out
+    first = _records(600)
+    _produce(conf, uc.raw_topic, first)
+    run_to_end(path)
+    preds = _predictions(conf, uc.predictions_topic)
+    assert {p["version"] for p in preds} == {"10"}
+    by_id = _by_id(conf, uc.raw_topic, first)
+    want = _expected(big, by_id, [p["id"] for p in preds])
+    np.testing.assert_allclose([p["outputs"]["y"] for p in preds], want, rtol=1e-5, atol=1e-6)
+
+    # version 11 with one chunk changed on the way: refused, 10 keeps serving, an alert
+    v11 = _model(tmp_path / "v11.onnx", seed=11, hidden=(1300, 1000))
+    data = v11.read_bytes()
+    manifest = manifest_of(
+        uc.name,
+        "mlp",
+        "11",
+        data,
+        [("x", ["n", 16])],
+        [("y", "float", ["n", 1])],
+        "production",
+        0.0,
+    )
+    messages = artifact_messages(manifest, data)
+    key, chunk = messages[3]
+    messages[3] = (key, chunk[:100] + bytes([chunk[100] ^ 0xFF]) + chunk[101:])
+    from operators.registry import Routing
+
+    produce_records(
+        conf,
+        "mlexec.models",
+        [*messages, routing_message(Routing(uc.name, production="10").promote("11"))],
+    )
+    tail = _produce(conf, uc.raw_topic, _records(300, 600))
+    run_to_end(path)
+    later = [p for p in _predictions(conf, uc.predictions_topic) if p["id"] in tail]
+    assert len(later) == 300 and {p["version"] for p in later} == {"10"}
+    alerts = [orjson.loads(v) for _k, v, *_ in read_topic(conf, "mlexec.alerts")]
+    (refused,) = [a for a in alerts if a["usecase"] == uc.name and a["kind"] == "model"]
+    assert "sha256" in refused["message"] and "10 keeps serving" in refused["message"]
+
+    # a model that does not fit the use case is refused before it is published
+    make_mlp(tmp_path / "narrow.onnx", inputs=8, hidden=(4,), seed=1)
+    done = CliRunner().invoke(
+        app,
+        [
+            "model",
+            "publish",
+            str(path),
+            str(tmp_path / "narrow.onnx"),
+            "--usecase",
+            uc.name,
+            "--version",
+            "12",
+        ],
+    )
+    assert done.exit_code == 1
+    assert "takes 8 features" in " ".join(done.output.split())
