@@ -1004,10 +1004,9 @@ def _registry(topology: Path, usecase: str, site: str | None):  # type: ignore[n
         msg = f"no use case {usecase!r}; use cases: {sorted(plan.usecases)}"
         raise TopologyError(msg)
     uc = plan.usecases[usecase]
-    if site is None:
-        infer = uc.site("infer")
-        down = [link.target for link in plan.topology.links if link.source == infer]
-        site = down[0] if down else infer
+    from dataflows.models import registry_site
+
+    site = site or registry_site(plan, uc)
     plan.require_site(site)
     return plan, uc, client_config(plan.topology.sites[site].kafka)
 
@@ -1152,6 +1151,84 @@ def model_split(
         except ValueError:
             raise _fail(TopologyError(f"a variant NAME=VERSION:SHARE, found {text!r}")) from None
     _change(topology, usecase, site, lambda r: r.split(parsed))
+
+
+@model_app.command("compare")
+def model_compare(
+    topology: TopologyArg,
+    usecase: ModelUsecaseOpt,
+    window: Annotated[
+        str, typer.Option(help="How far back from the newest sample, e.g. 1h.")
+    ] = "1h",
+) -> None:
+    """Per version and variant: samples, latency, distance to production's predictions, error."""
+    from datetime import timedelta
+
+    from connectors.samplestore import open_store
+    from dataflows.lifecycle import compare
+    from topologies.schema import parse_duration
+
+    try:
+        _, plan = _load(topology)
+        uc = plan.usecases.get(usecase)
+        if uc is None:
+            msg = f"no use case {usecase!r}; use cases: {sorted(plan.usecases)}"
+            raise TopologyError(msg)
+        span = parse_duration(window)
+        assert isinstance(span, timedelta)
+        with open_store(plan.topology.sites[uc.site("store")].sample_store) as store:
+            newest = store.query(
+                f"SELECT max(event_time) AS t FROM `{store.database}`.`{uc.table}`"
+            )["t"][0]
+            if newest is None:
+                msg = f"{usecase} has no samples yet"
+                raise TopologyError(msg)
+            table = compare(store, uc, newest - span, newest + timedelta(milliseconds=1))
+    except (MlexecError, ValueError) as exc:
+        raise _fail(exc, 1) from exc
+    view = Table(
+        title=f"{usecase}: versions over the last {window} of samples", title_justify="left"
+    )
+    for col in table.columns:
+        view.add_column(col, justify="left" if col in ("version", "variant") else "right")
+    for row in table.iter_rows():
+        view.add_row(
+            *("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row)
+        )
+    console.print(view)
+
+
+@app.command()
+def train(
+    topology: TopologyArg,
+    usecase: ModelUsecaseOpt,
+    version: Annotated[str | None, typer.Option(help="Default: the next number.")] = None,
+) -> None:
+    """Train a new version on the labelled samples; publish it when it beats production."""
+    from connectors.samplestore import open_store
+    from dataflows.lifecycle import train as train_version
+    from dataflows.monitor import Monitor
+
+    try:
+        plan, uc, conf = _registry(topology, usecase, None)
+        site = uc.site("store")
+        with open_store(plan.topology.sites[site].sample_store) as store:
+            monitor = Monitor(plan, site, store, usecase=usecase, source=str(topology))
+            monitor.prepare()
+            monitor.ingest()  # the labels that arrived since the last round
+            watched = set(uc.usecase.monitoring.watch) if uc.usecase.monitoring else set()
+            recorder = monitor.record_reference if watched and watched <= set(uc.features) else None
+            done = train_version(
+                plan, site, store, conf, uc, version=version, record_reference=recorder
+            )
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+    console.print(
+        f"trained {usecase} version {done.version} on {done.rows:,} labelled samples; on the "
+        f"{done.holdout:,} latest held out: {done.metric} {done.candidate_error:.4g} against "
+        f"production {done.production_version}'s {done.production_error:.4g}; {done.change}",
+        highlight=False,
+    )
 
 
 def main() -> None:

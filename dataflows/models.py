@@ -50,10 +50,19 @@ __all__ = [
     "check_fits",
     "publish_model",
     "read_registry",
+    "current_routing",
+    "registry_site",
     "registry_topics",
 ]
 
 _log = logging.getLogger(__name__)
+
+
+def registry_site(plan: Plan, uc: UseCasePlan) -> str:
+    """Where a use case's versions are published: whence models come down to its infer site."""
+    infer = uc.site("infer")
+    down = [link.target for link in plan.topology.links if link.source == infer]
+    return down[0] if down else infer
 
 
 def registry_topics(plan: Plan, site: str) -> list[str]:

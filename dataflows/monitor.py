@@ -518,9 +518,53 @@ class Monitor:
                     previous[key] = severity
             severities[uc.name] = previous
             self._alert(ev.alerts)
+            self._life_cycle(uc, ev, now)
             out.append(ev)
         self._state.save({**(self._state.load() or {}), "severities": severities})
         return out
+
+    def _life_cycle(self, uc: UseCasePlan, ev: Evaluation, now: datetime) -> None:
+        """Retrain on the alerts the topology names; promote or roll back the canary."""
+        from dataflows.lifecycle import apply_policy, lifecycle_event, train
+        from dataflows.models import registry_site
+
+        life = uc.usecase.lifecycle
+        if life is None:
+            return
+        conf = client_config(self.plan.topology.sites[registry_site(self.plan, uc)].kafka)
+        spec = life.training
+        triggers = [
+            a
+            for a in ev.alerts
+            if spec is not None and a.kind in spec.retrain_on and a.severity != "resolved"
+        ]
+        if spec is not None and triggers:
+            state = self._state.load() or {}
+            trained = state.get("trained_at", {}).get(uc.name, 0)
+            if now.timestamp() - trained >= spec.cooldown.total_seconds():
+                watched = set(_monitoring(uc).watch)
+                recorder = self.record_reference if watched <= set(uc.features) else None
+                try:
+                    done = train(
+                        self.plan, self.site, self.store, conf, uc, record_reference=recorder
+                    )
+                except MlexecError as exc:
+                    lifecycle_event(
+                        conf, self.site, uc, "warning", f"{uc.name}: retraining failed: {exc}"
+                    )
+                else:
+                    lifecycle_event(
+                        conf,
+                        self.site,
+                        uc,
+                        "info",
+                        f"{uc.name}: retrained on {triggers[0].message}: version {done.version} "
+                        f"{done.metric} {done.candidate_error:.4g} on {done.holdout} held-out rows, "
+                        f"production {done.production_version} {done.production_error:.4g}; {done.change}",
+                    )
+                state.setdefault("trained_at", {})[uc.name] = now.timestamp()
+                self._state.save(state)
+        apply_policy(self.store, conf, self.site, uc, ev.window_start, ev.window_end)
 
     def _alert(self, alerts: list[Alert]) -> None:
         if not alerts:

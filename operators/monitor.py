@@ -46,6 +46,9 @@ __all__ = [
     "REFERENCES_TABLE",
     "Alert",
     "accuracy_sql",
+    "grid_ks",
+    "training_sql",
+    "variants_sql",
     "feedback_ddl",
     "reference_rows_ddl",
     "tables_ddl",
@@ -251,22 +254,8 @@ def accuracy_sql(samples: str, feedback: str, output: str, where: str) -> str:
     A label joins its prediction by record id, or by key and event time when it names no
     record id; the latest label of a record wins.
     """
-    labels = (
-        f"SELECT record_id, key, event_time, argMax(label, received_at) AS label "
-        f"FROM {feedback} GROUP BY record_id, key, event_time"
-    )
-    picked = (
-        f"SELECT record_id, key, event_time, model_version, variant, "
-        f"{_value(output)} AS predicted FROM {samples} FINAL WHERE {where}"
-    )
-    pairs = (
-        f"SELECT s.model_version AS version, s.variant AS variant, s.predicted AS predicted, "
-        f"f.label AS label FROM ({picked}) AS s INNER JOIN ({labels}) AS f "
-        "ON s.record_id = f.record_id WHERE f.record_id != '' "
-        f"UNION ALL SELECT s.model_version, s.variant, s.predicted, f.label "
-        f"FROM ({picked}) AS s INNER JOIN ({labels}) AS f "
-        "ON s.key = f.key AND s.event_time = f.event_time WHERE f.record_id = ''"
-    )
+    picked = f"model_version AS version, variant, {_value(output)} AS predicted"
+    pairs = _labelled_pairs(samples, feedback, picked, where)
     return (
         "SELECT version, variant, count() AS labelled, avg(abs(predicted - label)) AS mae, "
         "sqrt(avg(pow(predicted - label, 2))) AS rmse, avg(predicted != label) AS error_rate "
@@ -398,3 +387,60 @@ def reference_rows_ddl(database: str, table: str, columns: Sequence[str]) -> lis
         "DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY reference",
         *(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {_ident(c)} Float64" for c in columns),
     ]
+
+
+def variants_sql(samples: str, output: str, where: str) -> str:
+    """Per model version and variant: samples, batch latency p50/p99, mean output, its grid."""
+    return (
+        f"SELECT version, variant, samples, latency_p50_ms, latency_p99_ms, mean_output, "
+        f"{_pick('sorted', _GRID_LEVELS)} AS grid FROM (SELECT model_version AS version, variant, "
+        "count() AS samples, quantile(0.5)(inference_ms) AS latency_p50_ms, "
+        f"quantile(0.99)(inference_ms) AS latency_p99_ms, avg({_value(output)}) AS mean_output, "
+        f"{_sorted(output)} AS sorted FROM {samples} FINAL WHERE {where} "
+        "GROUP BY version, variant) ORDER BY version, variant"
+    )
+
+
+def _labelled_pairs(samples: str, feedback: str, picked_columns: str, where: str) -> str:
+    """Sampled predictions joined with their latest label (by record id, or key and time)."""
+    labels = (
+        f"SELECT record_id, key, event_time, argMax(label, received_at) AS label "
+        f"FROM {feedback} GROUP BY record_id, key, event_time"
+    )
+    picked = (
+        f"SELECT record_id, key, event_time, {picked_columns} FROM {samples} FINAL WHERE {where}"
+    )
+    return (
+        f"SELECT s.*, f.label AS label FROM ({picked}) AS s INNER JOIN ({labels}) AS f "
+        "ON s.record_id = f.record_id WHERE f.record_id != '' "
+        f"UNION ALL SELECT s.*, f.label AS label FROM ({picked}) AS s INNER JOIN ({labels}) AS f "
+        "ON s.key = f.key AND s.event_time = f.event_time WHERE f.record_id = ''"
+    )
+
+
+def training_sql(samples: str, feedback: str, features: Sequence[str]) -> str:
+    """Labelled feature rows for training, one per record, in event-time order.
+
+    A record sampled by several variants (production, canary, shadow) counts once: the
+    features are the same, the labels too.
+    """
+    cols = ", ".join(_ident(f) for f in features)
+    pairs = _labelled_pairs(samples, feedback, cols, "variant != 'shadow'")
+    firsts = ", ".join(f"any({_ident(f)}) AS {_ident(f)}" for f in features)
+    return (
+        f"SELECT record_id, any(event_time) AS event_time, {firsts}, any(label) AS label "
+        f"FROM ({pairs}) GROUP BY record_id ORDER BY event_time, record_id"
+    )
+
+
+def grid_ks(a: Sequence[float], b: Sequence[float]) -> float:
+    """The Kolmogorov–Smirnov distance of two distributions given as mid-point quantile grids."""
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if not len(x) or not len(y):
+        return float("nan")
+    points = np.concatenate([x, y])
+    fx = np.searchsorted(np.sort(x), points, side="right") / len(x)
+    fy = np.searchsorted(np.sort(y), points, side="right") / len(y)
+    return float(np.max(np.abs(fx - fy)))

@@ -28,6 +28,8 @@ from pydantic import (
 )
 
 __all__ = [
+    "Lifecycle",
+    "Training",
     "STATISTICS",
     "Accuracy",
     "FileReference",
@@ -1156,6 +1158,47 @@ class Monitoring(_Model):
         return self
 
 
+# ---------------------------------------------------------------- model life cycle
+
+
+class Training(_Model):
+    """How ``mlexec train`` (or a retraining trigger) makes a new version."""
+
+    #: ``module:function``: takes a polars DataFrame of sampled features and ``label``
+    #: (plus ``event_time``), returns an ONNX model (``onnx.ModelProto``, bytes or a path).
+    entrypoint: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    #: The latest share of the labelled rows (by event time) kept out to evaluate on.
+    holdout: float = Field(default=0.2, gt=0.0, lt=1.0)
+    #: Fewer labelled samples than this: no training.
+    min_rows: int = Field(default=200, ge=10)
+    #: A new version better than production starts as a canary on this share of keys
+    #: (0: it stays a candidate for someone to promote).
+    canary: float = Field(default=0.1, ge=0.0, lt=1.0)
+    #: Alerts of these kinds (warning or critical) start a training, at most once per
+    #: ``cooldown``.
+    retrain_on: list[Literal["drift", "quality", "accuracy"]] = []
+    cooldown: Duration = timedelta(hours=1)
+
+
+class Lifecycle(_Model):
+    """When the monitor promotes a canary or rolls it back, from their comparison.
+
+    Errors are ``monitoring.accuracy``'s metric of its output against the labels.
+    """
+
+    #: Labelled samples each of the canary and production need before the policy acts.
+    min_labels: int = Field(default=50, ge=1)
+    #: Promote the canary when its error is lower than production's by at least this.
+    promote_when_better_by: float | None = Field(default=0.0, ge=0.0)
+    #: Roll the canary back when its error is higher than production's by more than this...
+    rollback_when_worse_by: float | None = Field(default=0.0, ge=0.0)
+    #: ...or when its predictions' distribution is this far (KS) from production's.
+    rollback_when_distance_above: float | None = Field(default=None, gt=0.0, le=1.0)
+    #: Samples each needs before the distribution is compared.
+    min_samples: int = Field(default=200, ge=10)
+    training: Training | None = None
+
+
 class UseCase(_Model):
     """One model's whole use case, from raw topic to sample store."""
 
@@ -1170,6 +1213,7 @@ class UseCase(_Model):
     retention: Duration = timedelta(days=30)
     outputs: list[Output] = []
     monitoring: Monitoring | None = None
+    lifecycle: Lifecycle | None = None
 
     @field_validator("retention")
     @classmethod
@@ -1200,6 +1244,18 @@ class UseCase(_Model):
                         f"schema field, found none for {missing}"
                     )
                     raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _lifecycle_judged_by_accuracy(self) -> UseCase:
+        if self.lifecycle is not None and (
+            self.monitoring is None or self.monitoring.accuracy is None
+        ):
+            msg = (
+                "lifecycle: promotion, rollback and training compare errors against labels: "
+                "declare monitoring.accuracy (the output and metric), found none"
+            )
+            raise ValueError(msg)
         return self
 
     @model_validator(mode="after")
