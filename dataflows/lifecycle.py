@@ -283,7 +283,10 @@ def train(
             raise MlexecError(msg) from exc
         change = published.change
         if record_reference is not None:
-            record_reference(uc, fit_on, f"model:{new}")
+            try:  # the new version's monitoring reference: its training data
+                record_reference(uc, fit_on, f"model:{new}")
+            except MlexecError as exc:
+                _log.warning("%s: the training data of %s is not recorded: %s", uc.name, new, exc)
     return Trained(
         version=new,
         rows=fit_on.height,

@@ -543,7 +543,7 @@ class Monitor:
             trained = state.get("trained_at", {}).get(uc.name, 0)
             if now.timestamp() - trained >= spec.cooldown.total_seconds():
                 watched = set(_monitoring(uc).watch)
-                recorder = self.record_reference if watched <= set(uc.features) else None
+                recorder = self.record_reference if watched and watched <= set(uc.features) else None
                 try:
                     done = train(
                         self.plan, self.site, self.store, conf, uc, record_reference=recorder
@@ -558,7 +558,7 @@ class Monitor:
                         self.site,
                         uc,
                         "info",
-                        f"{uc.name}: retrained on {triggers[0].message}: version {done.version} "
+                        f"{uc.name}: retrained on {triggers[0].message()}: version {done.version} "
                         f"{done.metric} {done.candidate_error:.4g} on {done.holdout} held-out rows, "
                         f"production {done.production_version} {done.production_error:.4g}; {done.change}",
                     )

@@ -63,7 +63,7 @@ def _expected(model: Path, records: dict[str, dict[str, Any]], ids: list[str]) -
 
 
 def _cli(*args: str) -> str:
-    done = CliRunner().invoke(app, ["model", *args])
+    done = CliRunner().invoke(app, ["model", *args], env={"COLUMNS": "240"})
     assert done.exit_code == 0, done.output
     return " ".join(done.output.split())
 
@@ -350,3 +350,192 @@ def test_a_5_mb_model_serves_and_a_tampered_or_unfit_one_is_refused(broker, tmp_
     )
     assert done.exit_code == 1
     assert "takes 8 features" in " ".join(done.output.split())
+
+
+def test_drift_to_promotion_train_publish_canary_promote_end_to_end(broker, tmp_path, uid):
+    """An inaccurate production model, labels on the feedback topic: the accuracy alert
+    trains a better version, it serves a canary, the policy promotes it."""
+    from dataflows.monitor import Monitor
+    from operators.testing import make_linear
+
+    rng = np.random.default_rng(5)
+    truth = rng.normal(size=(16, 1))
+    monitoring = {
+        "window": "1h",
+        "accuracy": {"output": "y", "metric": "mae", "thresholds": {"warning": 0.5}},
+    }
+    lifecycle = {
+        "min_labels": 50,
+        "promote_when_better_by": 0.1,
+        "rollback_when_worse_by": 0.1,
+        "training": {
+            "entrypoint": "tests.dataflows.trainers:fit_linear",
+            "min_rows": 300,
+            "canary": 0.3,
+            "retrain_on": ["accuracy"],
+        },
+    }
+    path = spine_topology(
+        tmp_path,
+        broker.bootstrap,
+        uid,
+        "{kind: microbatch, max_records: 256}",
+        "{kind: identity}",
+        "{rate: 1.0}",
+        monitoring=monitoring,
+        lifecycle=lifecycle,
+    )
+    make_linear(tmp_path / "model.onnx", truth + rng.normal(scale=0.5, size=(16, 1)))  # v7: off
+    topology, plan, uc, conf = prepared(path)
+
+    def serve(n: int, start: int) -> None:
+        """n records through the site; their true labels onto the feedback topic."""
+        records = _records(n, start, keys=500)
+        ids = _produce(conf, uc.raw_topic, records)
+        run_to_end(path)
+        by_id = _by_id_of(conf, uc.raw_topic, ids)
+        labels = [
+            (
+                None,
+                orjson.dumps(
+                    {"record_id": i, "label": float(np.dot([r[f] for f in FIELDS], truth[:, 0]))}
+                ),
+            )
+            for i, r in by_id.items()
+        ]
+        produce_records(conf, uc.feedback_topic, labels)
+
+    serve(1000, 0)
+    store_url = topology.sites["here"].sample_store
+    with open_store(store_url) as store:
+        monitor = Monitor(plan, "here", store)
+        monitor.prepare()
+        (ev,) = monitor.run_once(_ms(T0 + 3_600_000))
+    (accuracy,) = [a for a in ev.alerts if a.kind == "accuracy"]
+    assert accuracy.subject == "7/production"
+    events = _lifecycle(conf, uc.name)
+    assert len(events) == 1 and "retrained" in events[0] and "version 8" in events[0]
+    assert "8 canary 30%" in events[0]
+    listed = _cli("list", str(path), "--usecase", uc.name)
+    assert re.search(r"\b8\W+canary 30%", listed)
+
+    serve(2000, 1000)  # the canary serves its share of the keys
+    compared = _cli("compare", str(path), "--usecase", uc.name, "--window", "2h")
+    assert "canary" in compared and "production" in compared
+    with open_store(store_url) as store:
+        monitor = Monitor(plan, "here", store)
+        (ev,) = monitor.run_once(_ms(T0 + 3_600_000))
+    events = _lifecycle(conf, uc.name)
+    assert len(events) == 2 and "canary 8" in events[1] and "promoted to production" in events[1]
+
+    serve(500, 3000)  # everything on 8 now
+    preds = _predictions(conf, uc.predictions_topic)
+    last = sorted(preds, key=lambda p: p["time"])[-500:]
+    assert {(p["version"], p["variant"]) for p in last} == {("8", "production")}
+    # and version 8 is the better model on those records
+    errors = [abs(p["outputs"]["y"] - _label(p, conf, uc, truth)) for p in last[:50]]
+    assert np.mean(errors) < 0.1
+
+
+def _ms(ms: int):  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _by_id_of(conf: dict[str, Any], topic: str, ids: set[str]) -> dict[str, Any]:
+    out = {}
+    for _k, value, _h, partition, offset in read_topic(conf, topic, timeout=60):
+        rid = f"{topic}:{partition}:{offset}"
+        if rid in ids:
+            out[rid] = orjson.loads(value)
+    return out
+
+
+def _lifecycle(conf: dict[str, Any], usecase: str) -> list[str]:
+    alerts = [orjson.loads(v) for _k, v, *_ in read_topic(conf, "mlexec.alerts")]
+    return [a["message"] for a in alerts if a["usecase"] == usecase and a["kind"] == "lifecycle"]
+
+
+def _label(pred: dict[str, Any], conf: dict[str, Any], uc: Any, truth: np.ndarray) -> float:
+    rec = _by_id_of(conf, uc.raw_topic, {pred["id"]})[pred["id"]]
+    return float(np.dot([rec[f] for f in FIELDS], truth[:, 0]))
+
+
+def test_a_worse_canary_is_rolled_back_by_policy_and_train_publishes_a_better_candidate(
+    broker, tmp_path, uid
+):
+    from dataflows.monitor import Monitor
+    from operators.testing import make_linear
+
+    rng = np.random.default_rng(6)
+    truth = rng.normal(size=(16, 1))
+    path = spine_topology(
+        tmp_path,
+        broker.bootstrap,
+        uid,
+        "{kind: microbatch, max_records: 256}",
+        "{kind: identity}",
+        "{rate: 1.0}",
+        monitoring={"accuracy": {"output": "y", "metric": "rmse", "thresholds": {"critical": 99}}},
+        lifecycle={
+            "min_labels": 50,
+            "rollback_when_worse_by": 0.2,
+            "promote_when_better_by": 0.2,
+            "training": {
+                "entrypoint": "tests.dataflows.trainers:fit_linear",
+                "min_rows": 300,
+                "canary": 0,
+            },
+        },
+    )
+    make_linear(tmp_path / "model.onnx", truth + rng.normal(scale=0.1, size=(16, 1)))  # v7: close
+    worse = make_linear(tmp_path / "v8.onnx", truth + rng.normal(scale=1.0, size=(16, 1)))
+    topology, plan, uc, conf = prepared(path)
+    out = _cli(
+        "publish",
+        str(path),
+        str(worse),
+        "--usecase",
+        uc.name,
+        "--version",
+        "8",
+        "--stage",
+        "canary",
+        "--traffic",
+        "0.5",
+    )
+    assert "8 canary 50%" in out
+    records = _records(1200, keys=300)
+    ids = _produce(conf, uc.raw_topic, records)
+    run_to_end(path)
+    by_id = _by_id_of(conf, uc.raw_topic, ids)
+    produce_records(
+        conf,
+        uc.feedback_topic,
+        [
+            (
+                None,
+                orjson.dumps(
+                    {"record_id": i, "label": float(np.dot([r[f] for f in FIELDS], truth[:, 0]))}
+                ),
+            )
+            for i, r in by_id.items()
+        ],
+    )
+    with open_store(topology.sites["here"].sample_store) as store:
+        monitor = Monitor(plan, "here", store)
+        monitor.prepare()
+        monitor.run_once(_ms(T0 + 3_600_000))
+    (event,) = _lifecycle(conf, uc.name)
+    assert "canary 8 rmse" in event and "rolled back" in event
+    listed = _cli("list", str(path), "--usecase", uc.name)
+    assert re.search(r"\b8\W+retired", listed) and re.search(r"\b7\W+production", listed)
+
+    # by hand: mlexec train fits on the labelled samples and beats 7 on the held-out rows
+    done = CliRunner().invoke(app, ["train", str(path), "--usecase", uc.name])
+    assert done.exit_code == 0, done.output
+    text = " ".join(done.output.split())
+    assert "trained" in text and "version 9" in text and "9 published as a candidate" in text
+    listed = _cli("list", str(path), "--usecase", uc.name)
+    assert re.search(r"\b9\W+candidate", listed)
