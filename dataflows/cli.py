@@ -1031,18 +1031,46 @@ def model_publish(
         float, typer.Option(min=0.0, max=1.0, help="A canary's share of the keys.")
     ] = 0.0,
     site: RegistrySiteOpt = None,
+    training_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Parquet/CSV it was trained on: recorded as the monitoring reference model:V "
+            "in the use case's sample store.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Put a model version on the registry, checked against the use case, in chunks."""
+    from connectors.samplestore import open_store
     from dataflows.models import publish_model
+    from dataflows.monitor import Monitor, read_reference_file
 
     try:
         plan, uc, conf = _registry(topology, usecase, site)
+        frame = read_reference_file(str(training_data)) if training_data else None
+        if frame is not None:
+            watched = list(uc.usecase.monitoring.watch) if uc.usecase.monitoring else []
+            missing = [c for c in watched if c not in frame.columns]
+            if not watched or missing:
+                msg = (
+                    f"--training-data: {training_data} becomes the reference of the watched values "
+                    f"({watched or 'none: declare monitoring.watch'}); missing columns: {missing}"
+                )
+                raise TopologyError(msg)
         manifest, routing = publish_model(plan, conf, uc, model, version, stage.value, traffic)
+        if frame is not None:
+            where = uc.site("store")
+            with open_store(plan.topology.sites[where].sample_store) as store:
+                monitor = Monitor(plan, where, store, usecase=usecase, source=str(topology))
+                monitor.prepare()
+                monitor.record_reference(uc, frame, f"model:{version}")
     except MlexecError as exc:
         raise _fail(exc, 1) from exc
     console.print(
         f"published {usecase} version {version}: {manifest.size:,} bytes in {manifest.chunks} "
-        f"chunk(s), sha256 {manifest.sha256[:16]}…; {routing.change}",
+        f"chunk(s), sha256 {manifest.sha256[:16]}…; {routing.change}"
+        + (f"; its training data is reference model:{version}" if training_data else ""),
         highlight=False,
     )
 

@@ -543,7 +543,9 @@ class Monitor:
             trained = state.get("trained_at", {}).get(uc.name, 0)
             if now.timestamp() - trained >= spec.cooldown.total_seconds():
                 watched = set(_monitoring(uc).watch)
-                recorder = self.record_reference if watched and watched <= set(uc.features) else None
+                recorder = (
+                    self.record_reference if watched and watched <= set(uc.features) else None
+                )
                 try:
                     done = train(
                         self.plan, self.site, self.store, conf, uc, record_reference=recorder

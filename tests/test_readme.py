@@ -126,3 +126,21 @@ def test_the_monitoring_example_validates_and_the_table_names_every_statistic():
     assert judged == {"psi", "ks", "mean_shift", "null_rate", "out_of_range"}
     rows = _table_rows("## Monitoring", "statistic")
     assert sorted(r[0].strip("`") for r in rows) == sorted(STATISTICS)
+
+
+def test_the_life_cycle_example_validates():
+    doc = _yaml_block_after("## Model life cycle")
+    checked = UseCase.model_validate(
+        {
+            "input": {
+                "key": "k",
+                "time": "t",
+                "schema": {"k": "str", "t": "timestamp", "x": "float"},
+            },
+            "dispatch": {"kind": "microbatch"},
+            "model": {"name": "m", "version": "1", "path": "m.onnx"},
+            **doc,
+        }
+    )
+    assert checked.lifecycle is not None and checked.lifecycle.training is not None
+    assert checked.lifecycle.training.retrain_on == ["drift", "accuracy"]

@@ -385,3 +385,16 @@ def test_monitor_commands_record_a_reference_evaluate_and_show(broker, tmp_path,
 
     done = runner.invoke(app, ["monitor", "show", str(path), "--usecase", "nope"])
     assert done.exit_code == 1 and "no use case 'nope'" in done.output
+
+    # publishing a version with its training data records its reference
+    from operators.testing import make_mlp
+
+    v8 = make_mlp(tmp_path / "v8.onnx", inputs=16, hidden=(8,), seed=8)
+    args = ["model", "publish", str(path), str(v8), "--usecase", uc.name, "--version", "8"]
+    out = text([*args, "--training-data", str(data)])
+    assert "its training data is reference model:8" in out
+    with open_store(topology.sites["here"].sample_store) as store:
+        refs = store.query(
+            "SELECT column, n FROM mlexec_references FINAL WHERE reference = 'model:8'"
+        )
+    assert sorted(refs["column"].to_list()) == ["f0", "f1"] and set(refs["n"]) == {1000}
