@@ -424,3 +424,50 @@ def test_reduction_on_the_edge_and_inference_in_the_cloud_predict_as_one_site(tm
     assert split.keys() == reference.keys()
     for record_id, y in reference.items():
         assert split[record_id] == pytest.approx(y, abs=1e-6), record_id
+
+
+@pytest.mark.integration
+def test_a_version_published_in_the_cloud_comes_down_and_serves_on_the_edge(tmp_path):
+    with LocalBroker() as edge, LocalBroker() as cloud:
+        path = tmp_path / "plant.yaml"
+        path.write_text(yaml.safe_dump(_doc(tmp_path, edge.bootstrap, cloud.bootstrap)))
+        plan = plan_topology(load_topology(path))
+        uc = plan.usecases["vib"]
+        edge_conf = client_config(plan.topology.sites["edge"].kafka)
+        edge_run = prepare_site(plan, "edge")
+        prepare_resources(edge_run)
+        prepare_resources(prepare_site(plan, "cloud"))
+        _feed(edge_conf, uc.raw_topic, 0, 500)
+        run_pipeline(edge_run, until_end=True)
+
+        v2 = make_mlp(tmp_path / "v2.onnx", inputs=len(FIELDS), hidden=(16,), seed=6)
+        done = CliRunner().invoke(
+            app,
+            [
+                "model",
+                "publish",
+                str(path),
+                str(v2),
+                "--usecase",
+                "vib",
+                "--version",
+                "2",
+                "--stage",
+                "production",
+            ],
+        )
+        assert done.exit_code == 0, done.output
+        assert read_topic(
+            {"bootstrap.servers": cloud.bootstrap}, MODELS_TOPIC
+        )  # published up there
+        assert not read_topic(edge_conf, MODELS_TOPIC)  # not on the edge's own registry
+        run_mirror(prepare_mirror(plan, "edge:cloud", once=True), once=True)  # models come down
+
+        _feed(edge_conf, uc.raw_topic, 500, 500)
+        run_pipeline(edge_run, until_end=True)
+        preds = [orjson.loads(v) for _k, v, *_ in read_topic(edge_conf, uc.predictions_topic)]
+        versions = {}
+        for p in preds:
+            versions.setdefault(p["version"], 0)
+            versions[p["version"]] += 1
+        assert versions == {"1": 500, "2": 500}
