@@ -173,6 +173,7 @@ def validate(topology: TopologyArg) -> None:
         mon = uc.usecase.monitoring
         if mon is None:
             continue
+        life = uc.usecase.lifecycle
         also = (
             [f"accuracy ({mon.accuracy.metric} of {mon.accuracy.output})"] if mon.accuracy else []
         )
@@ -181,6 +182,10 @@ def validate(topology: TopologyArg) -> None:
             for n in ("lag", "deadletter_rate", "latency_p99_ms", "store_backlog")
             if getattr(mon.health, n)
         ]
+        if life is not None:
+            also.append("canary policy")
+            if life.training is not None:
+                also.append(f"training ({life.training.entrypoint})")
         watching.add_row(
             uc.site("store"),
             uc.name,

@@ -351,6 +351,47 @@ MISTAKES = {
         "usecases.vib.reduction.path",
         ["pre.onnx"],
     ),
+    "watched column that does not exist": (
+        lambda d: d["usecases"]["vib"].update(
+            monitoring={"reference": {"kind": "model"}, "watch": {"c": {}}}
+        ),
+        "usecases.vib.monitoring.watch.c",
+        ["a feature or scalar model output", "'c'"],
+    ),
+    "drift without a reference": (
+        lambda d: d["usecases"]["vib"].update(
+            monitoring={"watch": {"a": {"ks": {"warning": 0.1}}}}
+        ),
+        "usecases.vib.monitoring.reference",
+        ["a reference", "found none"],
+    ),
+    "thresholds in the wrong order": (
+        lambda d: d["usecases"]["vib"].update(
+            monitoring={"watch": {"a": {"null_rate": {"warning": 0.5, "critical": 0.1}}}}
+        ),
+        "usecases.vib.monitoring.watch.a.null_rate",
+        ["critical (0.1) at least warning (0.5)"],
+    ),
+    "accuracy of a feature": (
+        lambda d: d["usecases"]["vib"].update(
+            monitoring={"accuracy": {"output": "a", "thresholds": {"warning": 1}}}
+        ),
+        "usecases.vib.monitoring.accuracy.output",
+        ["a scalar model output", "'a'"],
+    ),
+    "lifecycle without accuracy": (
+        lambda d: d["usecases"]["vib"].update(lifecycle={"min_labels": 10}),
+        "usecases.vib.lifecycle",
+        ["monitoring.accuracy", "found none"],
+    ),
+    "training entry point that is not module:function": (
+        lambda d: d["usecases"]["vib"].update(
+            monitoring={"accuracy": {"output": "y", "thresholds": {"warning": 1}}},
+            lifecycle={"training": {"entrypoint": "train.py"}},
+        ),
+        "usecases.vib.lifecycle.training.entrypoint",
+        ["train.py"],
+    ),
     "sasl without credentials": (
         lambda d: d["sites"]["edge"]["kafka"].update(security={"protocol": "sasl_ssl"}),
         "sites.edge.kafka.security",
