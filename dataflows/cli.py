@@ -1148,6 +1148,21 @@ def model_promote(
     _change(topology, usecase, site, lambda r: r.promote(version))
 
 
+@model_app.command("stage")
+def model_stage(
+    topology: TopologyArg,
+    usecase: ModelUsecaseOpt,
+    version: VersionOpt,
+    stage: Annotated[Stage, typer.Option(help="What it does from now on.")],
+    traffic: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="A canary's share of the keys.")
+    ] = 0.0,
+    site: RegistrySiteOpt = None,
+) -> None:
+    """Move a published version to a stage: a candidate to shadow or canary, and so on."""
+    _change(topology, usecase, site, lambda r: r.publish(version, stage.value, traffic))
+
+
 @model_app.command("rollback")
 def model_rollback(
     topology: TopologyArg, usecase: ModelUsecaseOpt, site: RegistrySiteOpt = None

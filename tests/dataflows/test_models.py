@@ -333,7 +333,30 @@ def test_a_5_mb_model_serves_and_a_tampered_or_unfit_one_is_refused(broker, tmp_
     (refused,) = [a for a in alerts if a["usecase"] == uc.name and a["kind"] == "model"]
     assert "sha256" in refused["message"] and "10 keeps serving" in refused["message"]
 
-    # a model that does not fit the use case is refused before it is published
+    # a model that does not fit the use case is refused by the dataflow when it is pushed
+    # onto the registry past the command's check, and before it is published by the command
+    narrow = make_mlp(tmp_path / "narrow.onnx", inputs=8, hidden=(4,), seed=1).read_bytes()
+    unfit = manifest_of(
+        uc.name,
+        "mlp",
+        "12",
+        narrow,
+        [("x", ["n", 8])],
+        [("y", "float", ["n", 1])],
+        "production",
+        0.0,
+    )
+    routing = Routing(uc.name, production="10").promote("12")
+    produce_records(
+        conf, "mlexec.models", [*artifact_messages(unfit, narrow), routing_message(routing)]
+    )
+    tail = _produce(conf, uc.raw_topic, _records(200, 900))
+    run_to_end(path)
+    later = [p for p in _predictions(conf, uc.predictions_topic) if p["id"] in tail]
+    assert len(later) == 200 and {p["version"] for p in later} == {"10"}
+    alerts = [orjson.loads(v) for _k, v, *_ in read_topic(conf, "mlexec.alerts")]
+    refused = [a["message"] for a in alerts if a["usecase"] == uc.name and a["kind"] == "model"]
+    assert len(refused) == 2 and "version 12 takes 8 features" in refused[1]
     make_mlp(tmp_path / "narrow.onnx", inputs=8, hidden=(4,), seed=1)
     done = CliRunner().invoke(
         app,
@@ -539,3 +562,21 @@ def test_a_worse_canary_is_rolled_back_by_policy_and_train_publishes_a_better_ca
     assert "trained" in text and "version 9" in text and "9 published as a candidate" in text
     listed = _cli("list", str(path), "--usecase", uc.name)
     assert re.search(r"\b9\W+candidate", listed)
+    out = _cli(
+        "stage",
+        str(path),
+        "--usecase",
+        uc.name,
+        "--version",
+        "9",
+        "--stage",
+        "canary",
+        "--traffic",
+        "0.2",
+    )
+    assert "9 canary 20%" in out
+    done = CliRunner().invoke(
+        app,
+        ["model", "stage", str(path), "--usecase", uc.name, "--version", "77", "--stage", "shadow"],
+    )
+    assert done.exit_code == 1 and "no published version 77" in " ".join(done.output.split())
