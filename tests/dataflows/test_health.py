@@ -21,7 +21,7 @@ from connectors.kafka import read_topic
 from connectors.samplestore import open_store
 from dataflows.monitor import Monitor
 from dataflows.orchestrator import pipeline_lag
-from tests.dataflows.spine import feed, prepared, spine_topology
+from tests.dataflows.spine import feed, prepared, spine_topology, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,15 +34,6 @@ def _scrape(port: int, usecase: str) -> dict[str, float]:
             if sample.labels.get("usecase") == usecase:
                 out[sample.name] = sample.value
     return out
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _processed(conf: dict[str, Any], uc: Any) -> dict[int, int]:
@@ -78,7 +69,7 @@ def test_lag_of_a_paused_pipeline_is_end_minus_processed_and_prometheus_serves_i
         cwd=os.getcwd(),
     )
     try:
-        _wait(lambda: pipeline_lag(plan, "here") == (0, 1000), 90, "the first 1,000 records")
+        wait_for(lambda: pipeline_lag(plan, "here") == (0, 1000), 90, "the first 1,000 records")
         health = _scrape(port, uc.name)
         assert health["mlexec_records_in_total"] == 1000
         assert health["mlexec_predictions_total"] == len(good) == 900
@@ -108,8 +99,8 @@ def test_lag_of_a_paused_pipeline_is_end_minus_processed_and_prometheus_serves_i
             assert (alert.kind, alert.statistic, alert.severity) == ("health", "lag", "warning")
 
         proc.send_signal(signal.SIGCONT)
-        _wait(lambda: pipeline_lag(plan, "here") == (0, 1700), 90, "the paused records")
-        _wait(lambda: _scrape(port, uc.name)["mlexec_records_in_total"] == 1700, 30, "a scrape")
+        wait_for(lambda: pipeline_lag(plan, "here") == (0, 1700), 90, "the paused records")
+        wait_for(lambda: _scrape(port, uc.name)["mlexec_records_in_total"] == 1700, 30, "a scrape")
         assert _scrape(port, uc.name)["mlexec_lag"] == 0
     finally:
         proc.send_signal(signal.SIGCONT)
@@ -181,7 +172,7 @@ def test_a_running_site_monitors_on_its_schedule_and_serves_the_dashboard(broker
             found = [orjson.loads(v) for _k, v, *_ in read_topic(conf, "mlexec.alerts")]
             return [a for a in found if a["usecase"] == uc.name]
 
-        _wait(lambda: alerted(), 120, "a drift alert from the running site")
+        wait_for(lambda: alerted(), 120, "a drift alert from the running site")
         assert {(a["subject"], a["statistic"]) for a in alerted()} == {("f2", "psi")}
         board = httpx.get(f"http://127.0.0.1:{port}/api/usecase?name={uc.name}", timeout=10)
         drift = board.json()["drift"]["psi"]

@@ -25,7 +25,7 @@ from connectors.samplestore import open_store
 from dataflows.cli import app
 from operators.registry import artifact_messages, key_shares, manifest_of, routing_message
 from operators.testing import make_mlp
-from tests.dataflows.spine import FIELDS, T0, prepared, run_to_end, spine_topology
+from tests.dataflows.spine import FIELDS, T0, prepared, run_to_end, spine_topology, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,42 +62,40 @@ def _expected(model: Path, records: dict[str, dict[str, Any]], ids: list[str]) -
     return session.run(None, {"x": x})[0][:, 0]
 
 
+def _site(tmp_path: Path, broker: Any, uid: str, rate: float, batch: int = 256, **usecase: Any):  # type: ignore[no-untyped-def]
+    """A one-site use case (identity reduction, micro-batches, sampling at ``rate``), ready."""
+    path = spine_topology(
+        tmp_path,
+        broker.bootstrap,
+        uid,
+        f"{{kind: microbatch, max_records: {batch}}}",
+        "{kind: identity}",
+        f"{{rate: {rate}}}",
+        **usecase,
+    )
+    return (path, *prepared(path))
+
+
 def _cli(*args: str) -> str:
     done = CliRunner().invoke(app, ["model", *args], env={"COLUMNS": "240"})
     assert done.exit_code == 0, done.output
     return " ".join(done.output.split())
 
 
-def _by_id(conf: dict[str, Any], topic: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each raw record by its record id (topic:partition:offset), read back from the topic."""
+def _by_id(conf: dict[str, Any], topic: str, ids: Any = None) -> dict[str, Any]:
+    """Raw records by record id (topic:partition:offset), read back: all, or those in ``ids``."""
     out = {}
     for _k, value, _h, partition, offset in read_topic(conf, topic, timeout=60):
-        out[f"{topic}:{partition}:{offset}"] = orjson.loads(value)
-    assert len(out) == len(records)
+        rid = f"{topic}:{partition}:{offset}"
+        if ids is None or rid in ids:
+            out[rid] = orjson.loads(value)
     return out
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_running_dataflow_swaps_versions_on_publish_and_rollback_without_a_restart(
     broker, tmp_path, uid
 ):
-    path = spine_topology(
-        tmp_path,
-        broker.bootstrap,
-        uid,
-        "{kind: microbatch, max_records: 64}",
-        "{kind: identity}",
-        "{rate: 0.0}",
-    )
-    topology, plan, uc, conf = prepared(path)
+    path, topology, plan, uc, conf = _site(tmp_path, broker, uid, 0.0, batch=64)
     v7, v8 = tmp_path / "model.onnx", _model(tmp_path / "v8.onnx", seed=8)
     proc = subprocess.Popen(
         [
@@ -115,7 +113,7 @@ def test_a_running_dataflow_swaps_versions_on_publish_and_rollback_without_a_res
     )
     try:
         _produce(conf, uc.raw_topic, _records(1500))
-        _wait(
+        wait_for(
             lambda: len(_predictions(conf, uc.predictions_topic)) == 1500,
             90,
             "the first predictions",
@@ -143,11 +141,14 @@ def test_a_running_dataflow_swaps_versions_on_publish_and_rollback_without_a_res
         )
         assert "version 8" in out and "8 promoted to production" in out
         feeding.join()
-        _wait(lambda: len(_predictions(conf, uc.predictions_topic)) >= 4500, 90, "all predictions")
+        wait_for(
+            lambda: len(_predictions(conf, uc.predictions_topic)) >= 4500, 90, "all predictions"
+        )
         preds = _predictions(conf, uc.predictions_topic)
         ids = [p["id"] for p in preds]
         assert len(ids) == len(set(ids)) == 4500  # none lost, none doubled
-        records = _by_id(conf, uc.raw_topic, list(range(4500)))
+        records = _by_id(conf, uc.raw_topic)
+        assert len(records) == 4500
         by_partition: dict[str, list[tuple[int, str]]] = {}
         for p in preds:
             _topic, partition, offset = p["id"].rsplit(":", 2)
@@ -167,7 +168,7 @@ def test_a_running_dataflow_swaps_versions_on_publish_and_rollback_without_a_res
         assert "rolled back from 8 to 7" in out
         time.sleep(1.5)  # the watcher polls every 0.2 s
         late = _produce(conf, uc.raw_topic, _records(500, 4500))
-        _wait(
+        wait_for(
             lambda: len(_predictions(conf, uc.predictions_topic)) >= 5000,
             90,
             "the rolled-back ones",
@@ -184,15 +185,7 @@ def test_a_running_dataflow_swaps_versions_on_publish_and_rollback_without_a_res
 def test_canary_shares_keys_stickily_across_a_restart_and_ab_splits_by_variant(
     broker, tmp_path, uid
 ):
-    path = spine_topology(
-        tmp_path,
-        broker.bootstrap,
-        uid,
-        "{kind: microbatch, max_records: 256}",
-        "{kind: identity}",
-        "{rate: 0.0}",
-    )
-    topology, plan, uc, conf = prepared(path)
+    path, topology, plan, uc, conf = _site(tmp_path, broker, uid, 0.0)
     v8 = _model(tmp_path / "v8.onnx", seed=8)
     _cli(
         "publish",
@@ -240,15 +233,7 @@ def test_canary_shares_keys_stickily_across_a_restart_and_ab_splits_by_variant(
 
 
 def test_shadow_predictions_go_to_the_sample_store_only(broker, tmp_path, uid):
-    path = spine_topology(
-        tmp_path,
-        broker.bootstrap,
-        uid,
-        "{kind: microbatch, max_records: 256}",
-        "{kind: identity}",
-        "{rate: 1.0}",
-    )
-    topology, plan, uc, conf = prepared(path)
+    path, topology, plan, uc, conf = _site(tmp_path, broker, uid, 1.0)
     v9 = _model(tmp_path / "v9.onnx", seed=9)
     _cli("publish", str(path), str(v9), "--usecase", uc.name, "--version", "9", "--stage", "shadow")
     records = _records(800)
@@ -264,21 +249,13 @@ def test_shadow_predictions_go_to_the_sample_store_only(broker, tmp_path, uid):
     shadow = rows.filter(rows["variant"] == "shadow")
     assert shadow.height == 800 and set(shadow["model_version"]) == {"9"}
     assert rows.filter(rows["variant"] == "production").height == 800
-    by_id = _by_id(conf, uc.raw_topic, records)
+    by_id = _by_id(conf, uc.raw_topic)
     want = _expected(v9, by_id, shadow["record_id"].to_list())
     np.testing.assert_allclose(shadow["y"].to_numpy(), want, rtol=1e-6, atol=1e-7)
 
 
 def test_a_5_mb_model_serves_and_a_tampered_or_unfit_one_is_refused(broker, tmp_path, uid):
-    path = spine_topology(
-        tmp_path,
-        broker.bootstrap,
-        uid,
-        "{kind: microbatch, max_records: 256}",
-        "{kind: identity}",
-        "{rate: 0.0}",
-    )
-    topology, plan, uc, conf = prepared(path)
+    path, topology, plan, uc, conf = _site(tmp_path, broker, uid, 0.0)
     big = _model(tmp_path / "big.onnx", seed=10, hidden=(1300, 1000))
     assert big.stat().st_size > 5_000_000
     out = _cli(
@@ -298,7 +275,7 @@ def test_a_5_mb_model_serves_and_a_tampered_or_unfit_one_is_refused(broker, tmp_
     run_to_end(path)
     preds = _predictions(conf, uc.predictions_topic)
     assert {p["version"] for p in preds} == {"10"}
-    by_id = _by_id(conf, uc.raw_topic, first)
+    by_id = _by_id(conf, uc.raw_topic)
     want = _expected(big, by_id, [p["id"] for p in preds])
     np.testing.assert_allclose([p["outputs"]["y"] for p in preds], want, rtol=1e-5, atol=1e-6)
 
@@ -398,25 +375,17 @@ def test_drift_to_promotion_train_publish_canary_promote_end_to_end(broker, tmp_
             "retrain_on": ["accuracy"],
         },
     }
-    path = spine_topology(
-        tmp_path,
-        broker.bootstrap,
-        uid,
-        "{kind: microbatch, max_records: 256}",
-        "{kind: identity}",
-        "{rate: 1.0}",
-        monitoring=monitoring,
-        lifecycle=lifecycle,
+    path, topology, plan, uc, conf = _site(
+        tmp_path, broker, uid, 1.0, monitoring=monitoring, lifecycle=lifecycle
     )
     make_linear(tmp_path / "model.onnx", truth + rng.normal(scale=0.5, size=(16, 1)))  # v7: off
-    topology, plan, uc, conf = prepared(path)
 
     def serve(n: int, start: int) -> None:
         """n records through the site; their true labels onto the feedback topic."""
         records = _records(n, start, keys=500)
         ids = _produce(conf, uc.raw_topic, records)
         run_to_end(path)
-        by_id = _by_id_of(conf, uc.raw_topic, ids)
+        by_id = _by_id(conf, uc.raw_topic, ids)
         labels = [
             (
                 None,
@@ -466,22 +435,13 @@ def _ms(ms: int):  # type: ignore[no-untyped-def]
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _by_id_of(conf: dict[str, Any], topic: str, ids: set[str]) -> dict[str, Any]:
-    out = {}
-    for _k, value, _h, partition, offset in read_topic(conf, topic, timeout=60):
-        rid = f"{topic}:{partition}:{offset}"
-        if rid in ids:
-            out[rid] = orjson.loads(value)
-    return out
-
-
 def _lifecycle(conf: dict[str, Any], usecase: str) -> list[str]:
     alerts = [orjson.loads(v) for _k, v, *_ in read_topic(conf, "mlexec.alerts")]
     return [a["message"] for a in alerts if a["usecase"] == usecase and a["kind"] == "lifecycle"]
 
 
 def _label(pred: dict[str, Any], conf: dict[str, Any], uc: Any, truth: np.ndarray) -> float:
-    rec = _by_id_of(conf, uc.raw_topic, {pred["id"]})[pred["id"]]
+    rec = _by_id(conf, uc.raw_topic, {pred["id"]})[pred["id"]]
     return float(np.dot([rec[f] for f in FIELDS], truth[:, 0]))
 
 
@@ -532,7 +492,7 @@ def test_a_worse_canary_is_rolled_back_by_policy_and_train_publishes_a_better_ca
     records = _records(1200, keys=300)
     ids = _produce(conf, uc.raw_topic, records)
     run_to_end(path)
-    by_id = _by_id_of(conf, uc.raw_topic, ids)
+    by_id = _by_id(conf, uc.raw_topic, ids)
     produce_records(
         conf,
         uc.feedback_topic,
