@@ -31,6 +31,7 @@ import polars as pl
 from connectors.kafka import produce_records
 from connectors.samplestore import SampleStore
 from dataflows.models import change_routing, current_routing, publish_model, read_registry
+from dataflows.monitor import feedback_table
 from operators.monitor import accuracy_sql, grid_ks, sql_time, training_sql, variants_sql
 from operators.reduce import ReductionError, load_entrypoint
 from operators.registry import Assembler, RegistryError, Routing
@@ -55,7 +56,7 @@ def compare(store: SampleStore, uc: UseCasePlan, start: datetime, end: datetime)
     acc = _accuracy(uc)
     db = f"`{store.database}`"
     where = f"event_time >= {sql_time(start)} AND event_time < {sql_time(end)}"
-    samples, feedback = f"{db}.`{uc.table}`", f"{db}.`feedback_{uc.table.removeprefix('samples_')}`"
+    samples, feedback = f"{db}.`{uc.table}`", f"{db}.`{feedback_table(uc)}`"
     stats = store.query(variants_sql(samples, acc.output, where))
     errors = store.query(accuracy_sql(samples, feedback, acc.output, where))
     if not stats.height:
@@ -245,7 +246,7 @@ def train(
     spec = life.training
     acc = _accuracy(uc)
     db = f"`{store.database}`"
-    feedback = f"{db}.`feedback_{uc.table.removeprefix('samples_')}`"
+    feedback = f"{db}.`{feedback_table(uc)}`"
     frame = store.query(training_sql(f"{db}.`{uc.table}`", feedback, list(uc.features)))
     if frame.height < spec.min_rows:
         msg = f"{uc.name}: {frame.height} labelled samples; training needs {spec.min_rows}"
