@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from connectors.kafka import produce_records, read_topic
 from connectors.samplestore import open_store
 from dataflows.cli import app
-from operators.registry import artifact_messages, key_shares, manifest_of, routing_message
+from operators.registry import Routing, artifact_messages, key_shares, manifest_of, routing_message
 from operators.testing import make_mlp
 from tests.dataflows.spine import FIELDS, T0, prepared, run_to_end, spine_topology, wait_for
 
@@ -74,6 +74,38 @@ def _site(tmp_path: Path, broker: Any, uid: str, rate: float, batch: int = 256, 
         **usecase,
     )
     return (path, *prepared(path))
+
+
+def _pushed(usecase: str, version: str, data: bytes, width: int) -> list[tuple[bytes, bytes]]:
+    """A version's messages as a publisher would write them, unchecked, made production."""
+    manifest = manifest_of(
+        usecase,
+        "mlp",
+        version,
+        data,
+        [("x", ["n", width])],
+        [("y", "float", ["n", 1])],
+        "production",
+        0.0,
+    )
+    routing = Routing(usecase, production="10").promote(version)
+    return [*artifact_messages(manifest, data), routing_message(routing)]
+
+
+def _still_serving(
+    path: Path, conf: dict[str, Any], uc: Any, messages: Any, version: str, first: int
+) -> list[str]:
+    """Push ``messages`` onto the registry, run 200 records: ``version`` predicts them all.
+
+    Returns the use case's ``model`` alerts so far.
+    """
+    produce_records(conf, "mlexec.models", messages)
+    ids = _produce(conf, uc.raw_topic, _records(200, first))
+    run_to_end(path)
+    later = [p for p in _predictions(conf, uc.predictions_topic) if p["id"] in ids]
+    assert len(later) == 200 and {p["version"] for p in later} == {version}
+    alerts = [orjson.loads(v) for _k, v, *_ in read_topic(conf, "mlexec.alerts")]
+    return [a["message"] for a in alerts if a["usecase"] == uc.name and a["kind"] == "model"]
 
 
 def _cli(*args: str) -> str:
@@ -280,61 +312,18 @@ def test_a_5_mb_model_serves_and_a_tampered_or_unfit_one_is_refused(broker, tmp_
     np.testing.assert_allclose([p["outputs"]["y"] for p in preds], want, rtol=1e-5, atol=1e-6)
 
     # version 11 with one chunk changed on the way: refused, 10 keeps serving, an alert
-    v11 = _model(tmp_path / "v11.onnx", seed=11, hidden=(1300, 1000))
-    data = v11.read_bytes()
-    manifest = manifest_of(
-        uc.name,
-        "mlp",
-        "11",
-        data,
-        [("x", ["n", 16])],
-        [("y", "float", ["n", 1])],
-        "production",
-        0.0,
-    )
-    messages = artifact_messages(manifest, data)
+    data = _model(tmp_path / "v11.onnx", seed=11, hidden=(1300, 1000)).read_bytes()
+    messages = _pushed(uc.name, "11", data, 16)
     key, chunk = messages[3]
     messages[3] = (key, chunk[:100] + bytes([chunk[100] ^ 0xFF]) + chunk[101:])
-    from operators.registry import Routing
-
-    produce_records(
-        conf,
-        "mlexec.models",
-        [*messages, routing_message(Routing(uc.name, production="10").promote("11"))],
-    )
-    tail = _produce(conf, uc.raw_topic, _records(300, 600))
-    run_to_end(path)
-    later = [p for p in _predictions(conf, uc.predictions_topic) if p["id"] in tail]
-    assert len(later) == 300 and {p["version"] for p in later} == {"10"}
-    alerts = [orjson.loads(v) for _k, v, *_ in read_topic(conf, "mlexec.alerts")]
-    (refused,) = [a for a in alerts if a["usecase"] == uc.name and a["kind"] == "model"]
-    assert "sha256" in refused["message"] and "10 keeps serving" in refused["message"]
+    refused = _still_serving(path, conf, uc, messages, "10", first=600)
+    assert len(refused) == 1 and "sha256" in refused[0] and "10 keeps serving" in refused[0]
 
     # a model that does not fit the use case is refused by the dataflow when it is pushed
     # onto the registry past the command's check, and before it is published by the command
     narrow = make_mlp(tmp_path / "narrow.onnx", inputs=8, hidden=(4,), seed=1).read_bytes()
-    unfit = manifest_of(
-        uc.name,
-        "mlp",
-        "12",
-        narrow,
-        [("x", ["n", 8])],
-        [("y", "float", ["n", 1])],
-        "production",
-        0.0,
-    )
-    routing = Routing(uc.name, production="10").promote("12")
-    produce_records(
-        conf, "mlexec.models", [*artifact_messages(unfit, narrow), routing_message(routing)]
-    )
-    tail = _produce(conf, uc.raw_topic, _records(200, 900))
-    run_to_end(path)
-    later = [p for p in _predictions(conf, uc.predictions_topic) if p["id"] in tail]
-    assert len(later) == 200 and {p["version"] for p in later} == {"10"}
-    alerts = [orjson.loads(v) for _k, v, *_ in read_topic(conf, "mlexec.alerts")]
-    refused = [a["message"] for a in alerts if a["usecase"] == uc.name and a["kind"] == "model"]
+    refused = _still_serving(path, conf, uc, _pushed(uc.name, "12", narrow, 8), "10", first=900)
     assert len(refused) == 2 and "version 12 takes 8 features" in refused[1]
-    make_mlp(tmp_path / "narrow.onnx", inputs=8, hidden=(4,), seed=1)
     done = CliRunner().invoke(
         app,
         [

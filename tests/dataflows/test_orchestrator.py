@@ -21,7 +21,7 @@ import yaml
 from connectors.kafka import read_topic
 from connectors.samplestore import open_store
 from dataflows.orchestrator import Supervisor, pipeline_lag, read_status, store_backlog
-from tests.dataflows.spine import FIELDS, feed, spine_topology
+from tests.dataflows.spine import FIELDS, feed, spine_topology, wait_for
 from topologies import load_topology, plan_topology
 
 pytestmark = pytest.mark.integration
@@ -41,15 +41,6 @@ def _topology(tmp_path: Path, broker: Any, uid: str, batch: int = 256, **site: A
         doc["sites"]["here"].update(site)
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
-
-
-def _wait(predicate: Any, timeout: float, what: str, every: float = 0.3) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class _Running:
@@ -98,7 +89,7 @@ def test_kill_9_of_the_pipeline_at_five_points_loses_nothing_and_doubles_no_samp
     points = sorted(rng.uniform(0.05, 0.85) for _ in range(5))
     with _Running(path) as up:
         for share in points:
-            _wait(
+            wait_for(
                 lambda s=share: (pipeline_lag(up.plan, "here") or (1, 0))[1] >= s * n,
                 120,
                 f"{share:.0%} processed",
@@ -107,15 +98,15 @@ def test_kill_9_of_the_pipeline_at_five_points_loses_nothing_and_doubles_no_samp
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
             kills += 1
-            _wait(lambda old=pid: up.pid("pipeline") not in (None, old), 30, "a restart")
-        _wait(lambda: up.caught_up(n), 180, "the pipeline to catch up")
+            wait_for(lambda old=pid: up.pid("pipeline") not in (None, old), 30, "a restart")
+        wait_for(lambda: up.caught_up(n), 180, "the pipeline to catch up")
         samples_written = _sample_ids(conf, uc.samples_topic)
 
         def stored() -> bool:
             # the store process owns chDB: ask it through its status, not its directory
             return read_status(up.plan, "here") is not None
 
-        _wait(stored, 10, "a status")
+        wait_for(stored, 10, "a status")
         time.sleep(3)  # the store flushes its last rows
         restarts = up.sup.parts["pipeline"].restarts
     assert kills == 5 and restarts >= 5, points
@@ -145,11 +136,11 @@ def test_a_store_away_for_a_while_loses_no_sample(broker, tmp_path, uid):
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     with _Running(path) as up:
-        _wait(lambda: up.caught_up(20_000), 120, "the pipeline to catch up")
-        _wait(lambda: up.sup.parts["store"].restarts >= 1, 30, "the store to fail and restart")
+        wait_for(lambda: up.caught_up(20_000), 120, "the pipeline to catch up")
+        wait_for(lambda: up.sup.parts["store"].restarts >= 1, 30, "the store to fail and restart")
         holder.wait(30)  # the store comes back
-        _wait(lambda: up.sup.parts["store"].state == "running", 30, "the store running again")
-        _wait(
+        wait_for(lambda: up.sup.parts["store"].state == "running", 30, "the store running again")
+        wait_for(
             lambda: (store_backlog(up.plan, "here") or (1, 0))[0] == 0,
             60,
             "the samples that waited in Kafka to be stored",
@@ -174,8 +165,10 @@ def test_the_pipeline_scales_out_under_lag_and_back_in(broker, tmp_path, uid):
     n = 150_000
     topology, plan, uc, conf, values, positions, good, bad = feed(path, n=n, bad_every=0)
     with _Running(path) as up:
-        _wait(lambda: up.sup.parts["pipeline"].workers == 2, 120, "a second worker")
-        _wait(lambda: up.sup.parts["pipeline"].workers == 1 and up.caught_up(n), 180, "back to one")
+        wait_for(lambda: up.sup.parts["pipeline"].workers == 2, 120, "a second worker")
+        wait_for(
+            lambda: up.sup.parts["pipeline"].workers == 1 and up.caught_up(n), 180, "back to one"
+        )
     workers = [h["workers"] for h in up.sup.history]
     assert 2 in workers and workers[-1] in (1, 2)
     predictions = {}
@@ -199,7 +192,7 @@ def test_up_and_status_from_the_command_line_and_sigterm_stops_everything(broker
     )
     plan = plan_topology(load_topology(path))
     try:
-        _wait(
+        wait_for(
             lambda: (pipeline_lag(plan, "here") or (1, 0))[1] >= 2_000, 60, "the records processed"
         )
         shown = subprocess.run(
