@@ -777,6 +777,9 @@ def _exit_on(*signals: signal.Signals, child: subprocess.Popen[bytes] | None = N
                 child.wait(30)
             except subprocess.TimeoutExpired:
                 child.kill()
+        from dataflows.health import flush_reporters
+
+        flush_reporters()  # the runtime health up to this moment, for the monitor
         os._exit(128 + signum)
 
     for sig in signals:

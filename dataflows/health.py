@@ -30,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from connectors.kafka import PRODUCED, PROGRESS
 from topologies.plan import METRICS_TOPIC, Plan
 
-__all__ = ["Reporter", "RuntimeHealth", "observe_dispatch", "serve_metrics"]
+__all__ = ["Reporter", "RuntimeHealth", "flush_reporters", "observe_dispatch", "serve_metrics"]
 
 _log = logging.getLogger(__name__)
 
@@ -173,6 +173,7 @@ class Reporter:
 
     def start(self) -> Reporter:
         self._thread.start()
+        _RUNNING.append(self)
         return self
 
     def send(self) -> None:
@@ -191,12 +192,27 @@ class Reporter:
 
     def stop(self) -> None:
         self._stop.set()
+        if self in _RUNNING:
+            _RUNNING.remove(self)
         self._thread.join(5.0)
+        self.final()
+
+    def final(self, timeout: float = 5.0) -> None:
+        """Send a last snapshot and wait (at most ``timeout``) for it to be delivered."""
         try:
             self.send()
         except Exception as exc:  # noqa: BLE001
             _log.warning("sending runtime health failed: %s", exc)
-        self._producer.flush(5.0)
+        self._producer.flush(timeout)
+
+
+_RUNNING: list[Reporter] = []
+
+
+def flush_reporters(timeout: float = 5.0) -> None:
+    """The last snapshot of every running reporter: for a process about to exit at once."""
+    for reporter in list(_RUNNING):
+        reporter.final(timeout)
 
 
 def serve_metrics(health: RuntimeHealth, port: int) -> None:

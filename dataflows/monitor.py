@@ -274,8 +274,11 @@ class Monitor:
         self._profile(uc, name, source, columns)
         return frame.height
 
-    def ensure_reference(self, uc: UseCasePlan) -> str:
-        """Profile the use case's reference unless every watched column has one stored."""
+    def ensure_reference(self, uc: UseCasePlan, now: datetime | None = None) -> str:
+        """Profile the use case's reference unless every watched column has one stored.
+
+        A range reference is profiled once its range is over (``now`` past its end).
+        """
         mon = _monitoring(uc)
         name = self.reference_name(uc)
         have = self.store.query(
@@ -287,6 +290,12 @@ class Monitor:
             return name
         ref = mon.reference
         if isinstance(ref, RangeReference):
+            if now is not None and now < ref.end:
+                msg = (
+                    f"the reference range of {uc.name} ends at {ref.end.isoformat()}; "
+                    "it is profiled once it is over"
+                )
+                raise MonitorError(msg)
             source = (
                 f"{self._db}.`{uc.table}` FINAL WHERE event_time >= {sql_time(ref.start)} "
                 f"AND event_time < {sql_time(ref.end)}"
@@ -357,7 +366,7 @@ class Monitor:
         if mon.watch:
             ev.reference = self.reference_name(uc)
             try:
-                self.ensure_reference(uc)
+                self.ensure_reference(uc, now)
             except MonitorError as exc:
                 ev.notes.append(str(exc))
             else:

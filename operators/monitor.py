@@ -112,9 +112,9 @@ def _sorted(column: str) -> str:
 
 def _pick(values: str, levels: str) -> str:
     """The ``levels`` quantiles of sorted ``values``: the element at floor(level · n)."""
-    return (
-        f"if(empty({values}), [], arrayMap(q -> {values}[least(length({values}), "
-        f"toUInt64(floor(q * length({values}))) + 1)], {levels}))"
+    return (  # no values (an empty window): NaN at every level, so the arrays still pair up
+        f"if(empty({values}), arrayMap(q -> nan, {levels}), arrayMap(q -> {values}[least("
+        f"length({values}), toUInt64(floor(q * length({values}))) + 1)], {levels}))"
     )
 
 

@@ -154,7 +154,7 @@ def test_a_running_dataflow_swaps_versions_on_publish_and_rollback_without_a_res
         # records keep coming while v8 is published: the swap lands between two batches
         feeding = threading.Thread(
             target=lambda: [
-                (_produce(conf, uc.raw_topic, _records(100, 1500 + 100 * i)), time.sleep(0.05))
+                (_produce(conf, uc.raw_topic, _records(100, 1500 + 100 * i)), time.sleep(0.1))
                 for i in range(30)
             ]
         )

@@ -398,3 +398,20 @@ def test_monitor_commands_record_a_reference_evaluate_and_show(broker, tmp_path,
             "SELECT column, n FROM mlexec_references FINAL WHERE reference = 'model:8'"
         )
     assert sorted(refs["column"].to_list()) == ["f0", "f1"] and set(refs["n"]) == {1000}
+
+
+def test_a_range_reference_is_profiled_only_once_it_is_over(broker, tmp_path, uid):
+    path = _direct_topology(tmp_path, broker.bootstrap, uid, _monitoring(T0, watch={"f0": {}}))
+    topology, plan, uc, _conf = prepared(path)
+    rng = np.random.default_rng(2)
+    with open_store(topology.sites["here"].sample_store) as store:
+        monitor = _monitor_over(store, plan, uc, _sample_rows(T0, 500, rng))
+        (early,) = monitor.run_once(_at(T0 + HOUR_MS // 2))  # half of the range has come
+        assert early.values == {} and "profiled once it is over" in early.notes[0]
+        assert store.query("SELECT count() AS n FROM mlexec_references")["n"][0] == 0
+        (later,) = monitor.run_once(_at(T0 + 2 * HOUR_MS))  # an empty window: no verdict
+        assert (
+            later.rows == 0 and later.values == {} and "0 samples in the window" in later.notes[0]
+        )
+        prof = store.query("SELECT n FROM mlexec_references FINAL WHERE column = 'f0'")
+        assert prof["n"][0] == 500
