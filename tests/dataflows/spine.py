@@ -68,6 +68,21 @@ def spine_topology(
     return path
 
 
+def identity_site(
+    tmp: Path, bootstrap: str, uid: str, rate: float, batch: int = 256, **usecase: Any
+) -> Path:
+    """The spine topology with micro-batches of ``batch``, no reduction, sampling at ``rate``."""
+    return spine_topology(
+        tmp,
+        bootstrap,
+        uid,
+        f"{{kind: microbatch, max_records: {batch}}}",
+        "{kind: identity}",
+        f"{{rate: {rate}}}",
+        **usecase,
+    )
+
+
 def good_record(i: int, rng: random.Random, keys: int = 8, step_ms: int = 100) -> dict[str, Any]:
     rec: dict[str, Any] = {"sensor": f"s{i % keys}", "ts": T0 + i * step_ms}
     rec.update({f: round(rng.uniform(-3, 3), 4) for f in FIELDS})

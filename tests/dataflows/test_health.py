@@ -21,7 +21,7 @@ from connectors.kafka import read_topic
 from connectors.samplestore import open_store
 from dataflows.monitor import Monitor
 from dataflows.orchestrator import pipeline_lag
-from tests.dataflows.spine import feed, prepared, spine_topology, wait_for
+from tests.dataflows.spine import feed, identity_site, prepared, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,13 +52,12 @@ def _processed(conf: dict[str, Any], uc: Any) -> dict[int, int]:
 def test_lag_of_a_paused_pipeline_is_end_minus_processed_and_prometheus_serves_its_health(
     broker, tmp_path, uid
 ):
-    path = spine_topology(
+    path = identity_site(
         tmp_path,
         broker.bootstrap,
         uid,
-        "{kind: microbatch, max_records: 64}",
-        "{kind: identity}",
-        "{rate: 0.0}",
+        0.0,
+        batch=64,
         monitoring={"health": {"lag": {"warning": 500}}},
     )
     topology, plan, uc, conf, _values, _pos, good, bad = feed(path, 1000, bad_every=10)
@@ -135,13 +134,11 @@ def test_a_running_site_monitors_on_its_schedule_and_serves_the_dashboard(broker
         "start": datetime.fromtimestamp(start / 1000, UTC).isoformat(),
         "end": datetime.fromtimestamp((start + hour) / 1000, UTC).isoformat(),
     }
-    path = spine_topology(
+    path = identity_site(
         tmp_path,
         broker.bootstrap,
         uid,
-        "{kind: microbatch, max_records: 256}",
-        "{kind: identity}",
-        "{rate: 1.0}",
+        1.0,
         monitoring={
             "every": "1s",
             "window": "3h",  # all 2,000 shifted records, whatever the minute

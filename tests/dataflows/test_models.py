@@ -25,7 +25,14 @@ from connectors.samplestore import open_store
 from dataflows.cli import app
 from operators.registry import Routing, artifact_messages, key_shares, manifest_of, routing_message
 from operators.testing import make_mlp
-from tests.dataflows.spine import FIELDS, T0, prepared, run_to_end, spine_topology, wait_for
+from tests.dataflows.spine import (
+    FIELDS,
+    T0,
+    identity_site,
+    prepared,
+    run_to_end,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -64,15 +71,7 @@ def _expected(model: Path, records: dict[str, dict[str, Any]], ids: list[str]) -
 
 def _site(tmp_path: Path, broker: Any, uid: str, rate: float, batch: int = 256, **usecase: Any):  # type: ignore[no-untyped-def]
     """A one-site use case (identity reduction, micro-batches, sampling at ``rate``), ready."""
-    path = spine_topology(
-        tmp_path,
-        broker.bootstrap,
-        uid,
-        f"{{kind: microbatch, max_records: {batch}}}",
-        "{kind: identity}",
-        f"{{rate: {rate}}}",
-        **usecase,
-    )
+    path = identity_site(tmp_path, broker.bootstrap, uid, rate, batch, **usecase)
     return (path, *prepared(path))
 
 
@@ -442,13 +441,11 @@ def test_a_worse_canary_is_rolled_back_by_policy_and_train_publishes_a_better_ca
 
     rng = np.random.default_rng(6)
     truth = rng.normal(size=(16, 1))
-    path = spine_topology(
+    path = identity_site(
         tmp_path,
         broker.bootstrap,
         uid,
-        "{kind: microbatch, max_records: 256}",
-        "{kind: identity}",
-        "{rate: 1.0}",
+        1.0,
         monitoring={"accuracy": {"output": "y", "metric": "rmse", "thresholds": {"critical": 99}}},
         lifecycle={
             "min_labels": 50,

@@ -22,7 +22,7 @@ from connectors.samplestore import open_store
 from dataflows.monitor import Monitor
 from dataflows.usecase import samples_table
 from operators.monitor import GRID
-from tests.dataflows.spine import FIELDS, T0, prepared, run_to_end, spine_topology
+from tests.dataflows.spine import FIELDS, T0, identity_site, prepared, run_to_end
 from topologies import load_topology, plan_topology
 
 pytestmark = pytest.mark.integration
@@ -79,13 +79,11 @@ def test_a_shift_in_one_feature_alerts_for_that_feature_only_and_equals_scipy(
 ):
     """Records through the real dataflow into chDB; f3 shifted by 1.0 in the second hour."""
     watch = {f: {"psi": _ALL["psi"], "ks": _ALL["ks"]} for f in FIELDS}
-    path = spine_topology(
+    path = identity_site(
         tmp_path,
         broker.bootstrap,
         uid,
-        "{kind: microbatch, max_records: 256}",
-        "{kind: identity}",
-        "{rate: 1.0}",
+        1.0,
         monitoring=_monitoring(T0, watch=watch),
     )
     topology, plan, uc, conf = prepared(path)
@@ -154,16 +152,7 @@ def test_a_shift_in_one_feature_alerts_for_that_feature_only_and_equals_scipy(
 
 def _direct_topology(tmp: Path, bootstrap: str, uid: str, monitoring: dict[str, Any]) -> Path:
     """A use case whose samples the test writes straight into the store."""
-    path = spine_topology(
-        tmp,
-        bootstrap,
-        uid,
-        "{kind: microbatch}",
-        "{kind: identity}",
-        "{rate: 1.0}",
-        monitoring=monitoring,
-    )
-    return path
+    return identity_site(tmp, bootstrap, uid, 1.0, monitoring=monitoring)
 
 
 def _sample_rows(
