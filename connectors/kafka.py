@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import (
@@ -25,6 +26,7 @@ from confluent_kafka import (
     KafkaException,
     Message,
     Producer,
+    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -40,6 +42,11 @@ __all__ = [
     "KafkaDeliveryError",
     "Outgoing",
     "RawBatch",
+    "SourceState",
+    "TopicChangedError",
+    "resume_offset",
+    "send_alert",
+    "topic_identity",
     "client_config",
     "end_offsets",
     "high_watermarks",
@@ -66,7 +73,13 @@ class KafkaDeliveryError(MlexecError):
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:
     """Librdkafka settings for a site: bootstrap, security and the site's extras."""
     sec = kafka.security
-    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap, "security.protocol": sec.protocol}
+    conf: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap,
+        "security.protocol": sec.protocol,
+        # mlexec creates every topic with its declared partitions (ensure_topics); a topic
+        # the broker made up on a write (4 partitions on Tansu) would never be read
+        "allow.auto.create.topics": False,
+    }
     if sec.ca:
         conf["ssl.ca.location"] = sec.ca
     if sec.cert and sec.key:
@@ -126,6 +139,44 @@ PROGRESS: dict[tuple[str, int], list[int]] = {}
 PRODUCED: dict[str, int] = {}
 
 
+#: Seconds between looks at whether a source's topic is still the one it reads.
+_IDENTITY_EVERY = 2.0
+
+
+class TopicChangedError(MlexecError):
+    """A topic a dataflow reads vanished, was re-created or changed its partitions."""
+
+
+def topic_identity(admin: AdminClient, topic: str, timeout: float = 10.0) -> tuple[str, int] | None:
+    """The topic's id and partition count as the broker says now; ``None`` if it is missing."""
+    try:
+        found = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
+        desc = found[topic].result(timeout)
+    except KafkaException as exc:
+        if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return None
+        raise
+    return str(desc.topic_id), len(desc.partitions)
+
+
+def send_alert(conf: dict[str, Any], alert: dict[str, Any]) -> None:
+    """One alert on ``mlexec.alerts`` (created if missing); a failure to send is logged."""
+    from topologies.plan import ALERTS_TOPIC
+
+    _log.error("%s: %s", alert.get("kind", "alert"), alert.get("message"))
+    try:
+        ensure_topics(conf, [TopicSpec(ALERTS_TOPIC, 1)], timeout=10.0)
+        key = str(alert.get("usecase") or "").encode()
+        produce_records(conf, ALERTS_TOPIC, [(key, orjson.dumps(alert))])
+    except Exception as exc:  # noqa: BLE001 - an alert that cannot be sent is still logged
+        _log.error("could not send the alert: %s", exc)
+
+
+def _admin_conf(conf: dict[str, Any]) -> dict[str, Any]:
+    consumer_only = ("fetch.", "group.", "enable.", "auto.offset.")
+    return {k: v for k, v in conf.items() if not k.startswith(consumer_only)}
+
+
 class _SharedConsumer:
     """One consumer for every partition of a topic that one worker of one step reads.
 
@@ -140,6 +191,41 @@ class _SharedConsumer:
         self.consumer = Consumer(conf)
         self.topic = topic
         self.buffers: dict[int, list[Message | None]] = {}
+        #: Partitions whose position was past the log's end: (position, low, high).
+        self.reset: dict[int, tuple[int, int, int]] = {}
+        self.admin = AdminClient(_admin_conf(conf))
+        self.identity: tuple[str, int] | None = None
+        self._looked = 0.0
+
+    def check_identity(self) -> None:
+        """Every few seconds: the topic must still be the one first read, same partitions.
+
+        A broker that lost its log (a memory broker restarted) or a topic deleted and
+        made again must never be read on from the old offsets; the dataflow stops with
+        the reason, its supervisor restarts it, and the new start reads the new log
+        from its beginning with an alert (see :class:`_BatchPartition`).
+        """
+        now = time.monotonic()
+        if now - self._looked < _IDENTITY_EVERY:
+            return
+        self._looked = now
+        try:
+            found = topic_identity(self.admin, self.topic, timeout=5.0)
+        except KafkaException as exc:  # broker unreachable: librdkafka keeps retrying
+            _log.info("cannot describe %s now: %s", self.topic, exc)
+            return
+        if self.identity is None:
+            self.identity = found
+            return
+        if found != self.identity:
+            was = f"id {self.identity[0]}, {self.identity[1]} partitions"
+            now_is = "missing" if found is None else f"id {found[0]}, {found[1]} partitions"
+            msg = (
+                f"topic {self.topic!r} changed under the dataflow ({was} → {now_is}): the "
+                "broker lost or re-created it; stopping so that a restart creates the "
+                "declared topics and reads the new log from its start"
+            )
+            raise TopicChangedError(msg)
 
     @classmethod
     def attach(
@@ -177,6 +263,8 @@ class _SharedConsumer:
                     target.append(msg)
                 elif err.code() == KafkaError._PARTITION_EOF:
                     target.append(None)
+                elif err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    self._restart_partition(cast(int, msg.partition()))
                 elif err.fatal() or not err.retriable():
                     text = f"consuming {self.topic}[{msg.partition()}] failed: {err}"
                     raise KafkaDeliveryError(text)
@@ -186,20 +274,53 @@ class _SharedConsumer:
         del buffer[:limit]
         return taken
 
+    def _restart_partition(self, partition: int) -> None:
+        """The position is past the log's end (truncated, re-created): read from its start."""
+        tp = TopicPartition(self.topic, partition)
+        position = self.consumer.position([tp])[0].offset
+        low, high = self.consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
+        self.reset[partition] = (position, low, high)
+        self.buffers[partition] = []
+        self.consumer.incremental_unassign([tp])
+        self.consumer.incremental_assign([TopicPartition(self.topic, partition, OFFSET_BEGINNING)])
 
-class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
+
+#: A source partition's state: the next offset and the id of the topic it belongs to.
+SourceState = tuple[int, str | None]
+
+
+class _BatchPartition(StatefulSourcePartition[RawBatch, SourceState]):
     def __init__(
         self,
         step_id: str,
         conf: dict[str, Any],
         topic: str,
         partition: int,
-        start: int,
+        resume: int | SourceState | None,
         batch_size: int,
         poll_timeout: float,
         until_end: bool,
+        context: dict[str, Any],
     ) -> None:
+        self._conf = conf
+        self._context = context
+        start, seen = _resume_of(resume)
+        identity = topic_identity(AdminClient(_admin_conf(conf)), topic)
+        if identity is None:
+            msg = f"topic {topic!r} does not exist on {conf['bootstrap.servers']}"
+            raise TopicChangedError(msg)
+        self._topic_id = identity[0]
+        if seen is not None and seen != self._topic_id and start > 0:
+            self._alert(
+                f"{topic}[{partition}] is a new log (topic id {seen} → {self._topic_id}: the "
+                f"broker lost or re-created it); the recovery state was at offset {start}, "
+                "reading the new log from its start — records of the old log after that "
+                "offset that no copy holds are gone"
+            )
+            start = OFFSET_BEGINNING
         self._shared = _SharedConsumer.attach(step_id, conf, topic, partition, start)
+        if self._shared.identity is None:
+            self._shared.identity = identity
         self._topic = topic
         self._partition = partition
         self._next = start
@@ -213,10 +334,31 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         self._progress[1] = max(self._progress[1], self._progress[0])
         self._tp = TopicPartition(topic, partition)
 
+    def _alert(self, message: str) -> None:
+        send_alert(
+            self._conf,
+            {
+                "kind": "input",
+                "severity": "critical",
+                "message": message,
+                "at": int(time.time() * 1000),
+                **self._context,
+            },
+        )
+
     def next_batch(self) -> list[RawBatch]:
         if self._done:
             raise StopIteration
+        self._shared.check_identity()
         taken = self._shared.take(self._partition, self._batch_size, self._poll_timeout)
+        reset = self._shared.reset.pop(self._partition, None)
+        if reset is not None:
+            position, low, high = reset
+            self._alert(
+                f"{self._topic}[{self._partition}]: the position {position} is past the "
+                f"log's end (offsets {low}..{high}): the log was truncated or re-created; "
+                "reading on from its start"
+            )
         good: list[Message] = []
         for msg in taken:
             if msg is not None:
@@ -254,14 +396,27 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         """
         return datetime.now(UTC) + _IDLE_PAUSE if self._idle else None
 
-    def snapshot(self) -> int:
-        return self._next
+    def snapshot(self) -> SourceState:
+        return (self._next, self._topic_id)
 
     def close(self) -> None:
         self._shared.detach(self._partition)
 
 
-class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
+def _resume_of(resume: int | SourceState | None) -> tuple[int, str | None]:
+    if resume is None:
+        return OFFSET_BEGINNING, None
+    if isinstance(resume, int):  # the state before topic ids were kept
+        return resume, None
+    return resume[0], resume[1]
+
+
+def resume_offset(state: Any) -> int:
+    """The next offset in a batch source partition's recovery state (either form)."""
+    return _resume_of(state)[0]
+
+
+class KafkaBatchSource(FixedPartitionedSource[RawBatch, SourceState]):
     """Every partition of ``topic``, one :class:`RawBatch` per poll.
 
     ``until_end`` stops each partition at the end it finds (partition EOF from the
@@ -279,6 +434,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         poll_timeout: float = 0.0,
         until_end: bool = False,
         group: str = "mlexec",
+        context: dict[str, Any] | None = None,
     ) -> None:
         self._conf = {
             **conf,
@@ -286,37 +442,37 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             "group.id": group,
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            # a position past the end is an error to notice, never a silent jump
+            "auto.offset.reset": "error",
         }
+        #: What alerts of this source name (use case, site).
+        self._context = dict(context or {})
         self._topic = topic
         self._batch_size = batch_size
         self._poll_timeout = poll_timeout
         self._until_end = until_end
 
     def list_parts(self) -> list[str]:
-        admin = AdminClient(
-            {
-                k: v
-                for k, v in self._conf.items()
-                if not k.startswith(("fetch.", "group.", "enable."))
-            }
-        )
+        admin = AdminClient(_admin_conf(self._conf))
         meta = admin.list_topics(self._topic, timeout=30.0).topics.get(self._topic)
         if meta is None or meta.error is not None or not meta.partitions:
             msg = f"topic {self._topic!r} does not exist on {self._conf['bootstrap.servers']}"
             raise MlexecError(msg)
         return [str(p) for p in sorted(meta.partitions)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _BatchPartition:
-        start = resume_state if resume_state is not None else OFFSET_BEGINNING
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | SourceState | None
+    ) -> _BatchPartition:
         return _BatchPartition(
             step_id,
             self._conf,
             self._topic,
             int(for_part),
-            start,
+            resume_state,
             self._batch_size,
             self._poll_timeout,
             self._until_end,
+            self._context,
         )
 
 

@@ -62,6 +62,8 @@ PRODUCER_SETTINGS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
     "linger.ms": 5,
+    # a topic the broker lost fails the batch in 30 s (then made again), not in 5 min
+    "message.timeout.ms": 30_000,
 }
 
 
@@ -157,6 +159,9 @@ class SiteParts(Generic[R]):
             msg = f"site {self.site!r} has no {self.kind}s to run"
             raise TopologyError(msg)
         ensure_topics(self.kafka_conf, self.topics)
+        for runner in self.runners:  # a broker that lost them: made again on each restart
+            if hasattr(runner, "topic_specs"):
+                runner.topic_specs = list(self.topics)
         run_all(self.runners, stop or threading.Event(), once=once, kind=self.kind)
 
 
@@ -242,6 +247,8 @@ class ConnectorRunner:
         self._batch = batch
         self._backoff = backoff
         self._id_header = (HEADER_CONNECTOR, connector_id.encode())
+        #: The topics to (re)create at every start, set by the site's runner set.
+        self.topic_specs: list[TopicSpec] = []
 
     # ------------------------------------------------------------------ loop
 
@@ -261,6 +268,8 @@ class ConnectorRunner:
         )
 
     def _run(self, stop: threading.Event, once: bool) -> None:
+        if self.topic_specs:
+            ensure_topics(self._conf, self.topic_specs)
         saved = self.checkpoint.load()
         if saved is None:
             offsets = {t: end_offsets(self._conf, t) for t in self._topics}

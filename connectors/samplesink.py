@@ -89,7 +89,8 @@ class _StorePartition(StatefulSinkPartition[tuple[str, list[dict[str, Any]]], Pe
         return True
 
     def snapshot(self) -> Pending:
-        self._flush(list(self._pending))
+        if time.monotonic() >= self._retry_at:  # during an outage: at the backoff it said
+            self._flush(list(self._pending))
         return {k: list(v) for k, v in self._pending.items()}
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ import polars as pl
 import pyarrow as pa
 
 from topologies.errors import MlexecError
+from topologies.secrets import mask_url
 
 __all__ = [
     "RESERVED_COLUMNS",
@@ -343,10 +344,10 @@ def open_store(url: str) -> SampleStore:
     if url.startswith("chdb://"):
         path = url[len("chdb://") :]
         if not path:
-            msg = f"a chDB store URL needs a directory: chdb:///path/to/dir, found {url!r}"
+            msg = f"a chDB store URL needs a directory: chdb:///path/to/dir, found {mask_url(url)!r}"
             raise SampleStoreError(msg)
         return _SharedChdb(Path(path).resolve())
     if url.startswith(("clickhouse://", "clickhouses://")):
         return ClickHouseServerStore(url)
-    msg = f"a sample-store URL chdb:///dir or clickhouse://user:pass@host:port/db, found {url!r}"
+    msg = f"a sample-store URL chdb:///dir or clickhouse://user:pass@host:port/db, found {mask_url(url)!r}"
     raise SampleStoreError(msg)

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from dataflows.locks import SiteBusyError, SiteLock, child_env, describe, die_with_parent, holder
 from topologies.errors import MlexecError, TopologyError
 from topologies.schema import (
     Connector,
@@ -31,6 +33,7 @@ from topologies.schema import (
     Output,
     SqlConnector,
 )
+from topologies.secrets import mask_text, mask_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -61,7 +64,9 @@ MetricsPortOpt = Annotated[
 
 
 def _fail(exc: Exception, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    err_console.print(
+        f"[bold red]error:[/] {escape(mask_text(str(exc)))}", highlight=False, soft_wrap=True
+    )
     return typer.Exit(code)
 
 
@@ -90,9 +95,9 @@ def validate(topology: TopologyArg) -> None:
     for name, site in topo.sites.items():
         sites.add_row(
             name,
-            site.kafka.bootstrap,
+            mask_url(site.kafka.bootstrap),
             site.kafka.security.protocol,
-            site.sample_store,
+            mask_url(site.sample_store),
             site.state_dir,
         )
     console.print(sites)
@@ -203,7 +208,7 @@ def _reads(conn: Connector) -> str:
     if isinstance(conn, CsvConnector | LogfileConnector):
         return conn.path
     if isinstance(conn, HttpConnector):
-        return f"{conn.url} ({conn.cron or f'every {conn.every}'})"
+        return f"{mask_url(conn.url)} ({conn.cron or f'every {conn.every}'})"
     if isinstance(conn, SqlConnector):
         return f"{conn.table or 'query'} by {conn.cursor}"
     if isinstance(conn, MqttConnector):
@@ -225,7 +230,7 @@ def _debounce_text(out: Output) -> str:
 def _delivers_to(out: Output) -> str:
     """Where an output delivers, for people (no secrets)."""
     if isinstance(out, HttpOutput):
-        return out.url
+        return mask_url(out.url)
     if isinstance(out, MqttOutput):
         return f"mqtt://{out.broker.host}:{out.broker.port} {out.topic}"
     if isinstance(out, FileOutput):
@@ -294,11 +299,21 @@ def run(
             msg = f"site {site!r} runs no dispatch, infer or store stage of {usecase or 'any use case'}"
             raise TopologyError(msg)
         recovery = not no_recovery
+        state_dir = plan.topology.sites[site].state_dir
+        runs_store = part is Part.store or (part is Part.all and not prepared.process)
+        held = (
+            ["pipeline", "store"]
+            if until_end and part is Part.all
+            else ["store"]
+            if runs_store
+            else ["pipeline"]
+        )
+        for name in held:  # before anything starts; a refusal touches nothing
+            SiteLock(site, state_dir, name).acquire()
         if until_end and part is Part.all:
             _exit_on(signal.SIGINT, signal.SIGTERM)
             run_site(prepared, workers=workers, recovery=recovery)
             return
-        runs_store = part is Part.store or (part is Part.all and not prepared.process)
         prepare_resources(prepared, tables=runs_store)  # chDB stays locked by its opener
         if runs_store:
             _exit_on(signal.SIGINT, signal.SIGTERM)
@@ -321,19 +336,35 @@ def run(
             argv += ["--health-every", str(health_every)]
             argv += [] if monitor else ["--no-monitor"]
             argv += ["--dashboard-port", str(dashboard_port)] if dashboard_port else []
-            child = subprocess.Popen(argv)
+            child = subprocess.Popen(argv, env=child_env())
             _watch(child)
         _exit_on(signal.SIGINT, signal.SIGTERM, child=child)
-        run_pipeline(
-            prepared,
-            until_end=until_end,
-            workers=workers,
-            recovery=recovery,
-            metrics_port=metrics_port,
-            health_every=health_every,
-        )
+        try:
+            run_pipeline(
+                prepared,
+                until_end=until_end,
+                workers=workers,
+                recovery=recovery,
+                metrics_port=metrics_port,
+                health_every=health_every,
+            )
+        finally:
+            _stop_child(child)
     except MlexecError as exc:
         raise _fail(exc, 1) from exc
+
+
+def _stop_child(child: subprocess.Popen[bytes] | None) -> None:
+    """A run that ends, however it ends, stops its store process: none outlives it."""
+    if child is None or child.poll() is not None:
+        return
+    _stopping.set()
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(30)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def _watch(child: subprocess.Popen[bytes]) -> None:
@@ -372,6 +403,8 @@ def connect(
 
     try:
         _, plan = _load(topology)
+        plan.require_site(site)
+        SiteLock(site, plan.topology.sites[site].state_dir, "connect").acquire()
         prepared = prepare_connectors(plan, site, usecase, once=once)
         collector = ConnectorCollector(prepared.statuses)
         try:
@@ -407,6 +440,8 @@ def act(
 
     try:
         _, plan = _load(topology)
+        plan.require_site(site)
+        SiteLock(site, plan.topology.sites[site].state_dir, "act").acquire()
         prepared = prepare_outputs(plan, site, usecase)
         collector = OutputCollector(prepared.statuses)
         try:
@@ -458,6 +493,13 @@ def up(topology: TopologyArg, site: SiteOpt) -> None:
 
     try:
         _, plan = _load(topology)
+        plan.require_site(site)
+        state_dir = plan.topology.sites[site].state_dir
+        SiteLock(site, state_dir, "up").acquire()
+        for part in ("pipeline", "store", "connect", "act"):  # a part run by hand
+            found = holder(state_dir, part)
+            if found is not None:
+                raise SiteBusyError(describe(site, part, found) + "; stop it first")
         supervisor = Supervisor(plan, site, topology)
     except MlexecError as exc:
         raise _fail(exc, 1) from exc
@@ -470,18 +512,26 @@ def up(topology: TopologyArg, site: SiteOpt) -> None:
 @app.command()
 def status(topology: TopologyArg, site: SiteOpt) -> None:
     """Show a site's supervised processes, the pipeline's lag and throughput, restarts."""
+    import shutil
+
     from dataflows.orchestrator import pipeline_lag, read_status, store_backlog
 
     try:
         _, plan = _load(topology)
         plan.require_site(site)
         found = read_status(plan, site)
-        lag = pipeline_lag(plan, site)
-        backlog = store_backlog(plan, site)
     except MlexecError as exc:
         raise _fail(exc, 1) from exc
     if found is None:
         raise _fail(MlexecError(f"site {site!r} has not been started with `mlexec up`"), 1)
+    measured: dict[str, tuple[int, int] | str | None] = {}
+    for name, measure in (("pipeline", pipeline_lag), ("store", store_backlog)):
+        try:
+            measured[name] = measure(plan, site)
+        except Exception as exc:  # noqa: BLE001 - say what cannot be measured, never 0
+            measured[name] = f"cannot be measured: {exc}"
+    state_dir = Path(plan.topology.sites[site].state_dir)
+    runs = holder(state_dir, "up")
     age = time.time() - found["written_at"]
     table = Table(title=f"site {site} (status written {age:.0f}s ago)", title_justify="left")
     for col in ("process", "pid", "state", "restarts", "last exit", "workers"):
@@ -496,12 +546,81 @@ def status(topology: TopologyArg, site: SiteOpt) -> None:
             "" if part["workers"] is None else str(part["workers"]),
         )
     console.print(table)
+    if runs is None:
+        console.print("the supervisor (`mlexec up`) is not running: the states above are its last")
+    for what, problem in (found.get("problems") or {}).items():
+        console.print(f"[bold red]problem:[/] {what}: {problem}", highlight=False, soft_wrap=True)
+    try:
+        free = shutil.disk_usage(state_dir).free
+    except OSError:
+        free = None
+    if free is not None and free < 16 * 1024 * 1024:
+        console.print(
+            f"[bold red]problem:[/] the disk of {state_dir} has {free:,} bytes free; "
+            "recovery and checkpoints need room, the site resumes once there is",
+            highlight=False,
+        )
     history = found.get("history") or []
     rate = f", {history[-1]['rate']:,.0f} records/s" if history else ""
-    if lag is not None:
+    lag, backlog = measured["pipeline"], measured["store"]
+    if isinstance(lag, str):
+        console.print(f"pipeline: lag {lag}", highlight=False, soft_wrap=True)
+    elif lag is not None:
         console.print(f"pipeline: {lag[0]:,} records behind, {lag[1]:,} processed{rate}")
-    if backlog is not None:
-        console.print(f"store: {backlog[0]:,} samples waiting in Kafka, {backlog[1]:,} stored")
+    elif "pipeline" in {p["name"] for p in found["parts"]}:
+        console.print("pipeline: lag unknown until its first snapshot (no records processed yet)")
+    if isinstance(backlog, str):
+        console.print(f"store: backlog {backlog}", highlight=False, soft_wrap=True)
+    elif backlog is not None:
+        console.print(
+            f"store: {backlog[0]:,} samples waiting in Kafka, {backlog[1]:,} read by the store "
+            "(stored, or held in its recovery state for a retry)"
+        )
+
+
+@app.command()
+def reset(
+    topology: TopologyArg,
+    site: SiteOpt,
+    part: Annotated[
+        Part, typer.Option(help="all; or only the pipeline's or the store's recovery.")
+    ] = Part.all,
+) -> None:
+    """Forget a site's dataflow recovery state on purpose: the next run starts over.
+
+    Refused while any part of the site runs. Connector checkpoints, the model cache and
+    the sample store are kept; the dataflows read their topics again from the beginning
+    (the store de-duplicates samples by record id).
+    """
+    import shutil
+
+    try:
+        _, plan = _load(topology)
+        plan.require_site(site)
+        state_dir = Path(plan.topology.sites[site].state_dir)
+        locks = []
+        for name in ("up", "pipeline", "store"):
+            try:
+                locks.append(SiteLock(site, state_dir, name).acquire())
+            except SiteBusyError as exc:
+                msg = f"{exc}; reset refused while the site runs"
+                raise SiteBusyError(msg) from None
+        removed = []
+        try:
+            for name in ("pipeline", "store") if part is Part.all else (part.value,):
+                flow = state_dir / "recovery" / f"{plan.topology.name}-{site}-{name}"
+                if flow.exists():
+                    shutil.rmtree(flow)
+                    removed.append(str(flow))
+        finally:
+            for lock in locks:
+                lock.release()
+    except MlexecError as exc:
+        raise _fail(exc, 1) from exc
+    if removed:
+        console.print("removed the recovery state " + ", ".join(removed), highlight=False)
+    else:
+        console.print(f"site {site!r} has no recovery state to reset", highlight=False)
 
 
 def _run_parts(
@@ -1284,10 +1403,24 @@ def train(
 
 def main() -> None:
     """Console-script entry point."""
+    die_with_parent()
     logging.basicConfig(
         level=os.environ.get("MLEXEC_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_MaskSecrets())
     app()
+
+
+class _MaskSecrets(logging.Filter):
+    """No log line carries a URL's password, whoever wrote it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        masked = mask_text(text)
+        if masked != text:
+            record.msg, record.args = masked, None
+        return True
 
 
 if __name__ == "__main__":

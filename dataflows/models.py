@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,13 @@ import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from connectors.kafka import CONSUMER_TUNING, ensure_topics, produce_records, read_topic
+from connectors.kafka import (
+    CONSUMER_TUNING,
+    ensure_topics,
+    produce_records,
+    read_topic,
+    send_alert,
+)
 from operators.infer import ModelError, ModelInfo, OnnxModel, Predictions, describe_model
 from operators.records import Records
 from operators.registry import (
@@ -40,12 +46,14 @@ from operators.registry import (
     manifest_of,
     routing_message,
 )
-from topologies.plan import ALERTS_TOPIC, MODELS_TOPIC, Plan, UseCasePlan, remote_name
+from topologies.errors import MlexecError
+from topologies.plan import MODELS_TOPIC, Plan, UseCasePlan, remote_name
 
 __all__ = [
     "Inferred",
     "ModelRouter",
     "RegistryWatcher",
+    "ServeError",
     "change_routing",
     "check_fits",
     "publish_model",
@@ -118,8 +126,36 @@ class _Served:
     models: dict[str, OnnxModel]
 
 
+class ServeError(MlexecError):
+    """A version failed on a batch at serve time; the router fell back (see ``message``)."""
+
+    def __init__(self, version: str, reason: str, fallback: str | None) -> None:
+        self.version = version
+        self.reason = reason
+        self.fallback = fallback
+        then = (
+            f"version {fallback} serves instead"
+            if fallback
+            else "no version that served before is left to fall back to"
+        )
+        super().__init__(f"model version {version} failed at serve time: {reason}; {then}")
+
+
+class _VersionFailed(Exception):
+    def __init__(self, version: str, exc: Exception) -> None:
+        self.version = version
+        self.reason = f"{type(exc).__name__}: {str(exc)[:500]}"
+
+
 class ModelRouter:
-    """The versions serving one use case and the split of its keys between them."""
+    """The versions serving one use case and the split of its keys between them.
+
+    A version that raises on a batch at serve time never stops the flow: the router
+    falls back to the last production version that served (as Triton's explicit model
+    control and KServe's last good revision do), remembers the failed version in
+    :attr:`failed` so the registry's routing to it is not applied again, and raises
+    :class:`ServeError` for that batch, whose records the dataflow dead-letters.
+    """
 
     def __init__(self, plan: UseCasePlan, default: OnnxModel) -> None:
         self.plan = plan
@@ -127,6 +163,12 @@ class ModelRouter:
         self._served = _Served(
             Routing(plan.name, production=default.version), {default.version: default}
         )
+        #: The last production version that served a batch, and its session.
+        self._good: OnnxModel | None = None
+        #: Versions that failed at serve time → why.
+        self.failed: dict[str, str] = {}
+        #: Called with the fallback routing (the registry watcher persists it).
+        self.on_fallback: Callable[[Routing, str], None] | None = None
 
     @property
     def routing(self) -> Routing:
@@ -141,6 +183,44 @@ class ModelRouter:
 
     def __call__(self, records: Records) -> list[Inferred]:
         served = self._served  # one read per batch: a swap never splits a batch
+        try:
+            out = self._route(served, records)
+        except _VersionFailed as failed:
+            raise self._fall_back(served, failed.version, failed.reason) from None
+        production = served.models.get(served.routing.production or "")
+        if production is not None:
+            self._good = production
+        return out
+
+    def _fall_back(self, served: _Served, version: str, reason: str) -> ServeError:
+        self.failed[version] = reason
+        routing, models = served.routing, dict(served.models)
+        good = self._good if self._good is not None and self._good.version != version else None
+        if version == routing.production:
+            fallback = good.version if good is not None else None
+            if good is not None:
+                models[good.version] = good
+        else:
+            fallback = routing.production
+        change = f"version {version} failed at serve time; {fallback or 'nothing'} serves"
+        if fallback is not None and self._served is served:
+            new = replace(
+                routing,
+                production=fallback,
+                canary=None if routing.canary and routing.canary[0] == version else routing.canary,
+                ab=tuple(a for a in routing.ab if a[1] != version),
+                shadow=tuple(v for v in routing.shadow if v != version),
+                change=change,
+            )
+            self.swap(new, {v: models[v] for v in new.serving() if v in models})
+            if self.on_fallback is not None:
+                try:
+                    self.on_fallback(new, version)
+                except Exception as exc:  # noqa: BLE001 - persisting it must not stop serving
+                    _log.error("could not record the fallback routing: %s", exc)
+        return ServeError(version, reason, fallback)
+
+    def _route(self, served: _Served, records: Records) -> list[Inferred]:
         routing, models = served.routing, served.models
         assert routing.production is not None
         production = models[routing.production]
@@ -158,17 +238,24 @@ class ModelRouter:
                 taken |= mask
                 if mask.any():
                     model = models[version]
-                    out.append(Inferred(model(records.take(mask)), model, variant))
+                    out.append(Inferred(_run(model, records.take(mask)), model, variant))
             rest = ~taken
             if rest.any():
                 part = records if rest.all() else records.take(rest)
-                out.append(Inferred(production(part), production, "production"))
+                out.append(Inferred(_run(production, part), production, "production"))
         else:
-            out.append(Inferred(production(records), production, "production"))
+            out.append(Inferred(_run(production, records), production, "production"))
         for version in routing.shadow:
             model = models[version]
-            out.append(Inferred(model(records), model, "shadow", shadow=True))
+            out.append(Inferred(_run(model, records), model, "shadow", shadow=True))
         return out
+
+
+def _run(model: OnnxModel, records: Records) -> Predictions:
+    try:
+        return model(records)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise _VersionFailed(model.version, exc) from exc
 
 
 # ----------------------------------------------------------------------- watcher
@@ -212,6 +299,11 @@ class RegistryWatcher:
             for key, value, _headers, _partition, offset in messages:
                 self.registry.add(key, value)
                 self._next[topic] = offset + 1
+        for name, router in self.routers.items():
+            router.failed.update(self._failed(name))
+            router.on_fallback = lambda routing, version, name=name: self._fell_back(
+                name, routing, version
+            )
         for name in self.routers:
             saved = self._saved(name)  # what served before a restart serves until replaced
             if saved is not None:
@@ -258,6 +350,23 @@ class RegistryWatcher:
         finally:
             consumer.close()
 
+    def _failed(self, usecase: str) -> dict[str, str]:
+        path = self.cache_dir / usecase / "failed.json"
+        return dict(orjson.loads(path.read_bytes())) if path.exists() else {}
+
+    def _fell_back(self, usecase: str, routing: Routing, version: str) -> None:
+        """A version failed at serve time: keep the fallback and the failure across restarts."""
+        router = self.routers[usecase]
+        self._write(usecase, "failed.json", orjson.dumps(router.failed))
+        self._write(usecase, "serving.json", routing.value())
+        self._alert(usecase, f"{routing.change} ({router.failed.get(version, '')})")
+
+    def _write(self, usecase: str, name: str, data: bytes) -> None:
+        path = self.cache_dir / usecase / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_bytes(data)
+        path.with_suffix(".tmp").replace(path)
+
     def _saved(self, usecase: str) -> Routing | None:
         path = self.cache_dir / usecase / "serving.json"
         return Routing.parse(path.read_bytes()) if path.exists() else None
@@ -268,6 +377,18 @@ class RegistryWatcher:
         routing = routing or self.registry.routings.get(usecase)
         if routing is None or routing == router.routing:
             return True
+        broken = sorted(routing.serving() & set(router.failed))
+        if broken:
+            key = (usecase, routing.change)
+            if key not in self._refused:
+                self._refused.add(key)
+                self._alert(
+                    usecase,
+                    f"version {broken[0]} failed at serve time ({router.failed[broken[0]]}); "
+                    f"{routing.change or 'the new routing'} is not applied, "
+                    f"{router.routing.production} keeps serving",
+                )
+            return False
         loaded = router.models()
         models: dict[str, OnnxModel] = {}
         try:
@@ -284,10 +405,7 @@ class RegistryWatcher:
                 )
             return False
         router.swap(routing, models)
-        saved = self.cache_dir / usecase / "serving.json"
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.with_suffix(".tmp").write_bytes(routing.value())
-        saved.with_suffix(".tmp").replace(saved)
+        self._write(usecase, "serving.json", routing.value())
         _log.warning("%s: %s", usecase, routing.change or "routing changed")
         return True
 
@@ -321,7 +439,6 @@ class RegistryWatcher:
             raise RegistryError(msg) from exc
 
     def _alert(self, usecase: str, message: str) -> None:
-        _log.error("model registry: %s", message)
         alert = {
             "kind": "model",
             "usecase": usecase,
@@ -330,10 +447,7 @@ class RegistryWatcher:
             "message": message,
             "at": int(time.time() * 1000),
         }
-        try:
-            produce_records(self.conf, ALERTS_TOPIC, [(usecase.encode(), orjson.dumps(alert))])
-        except Exception as exc:  # noqa: BLE001 - an alert that cannot be sent is logged
-            _log.error("could not send the alert: %s", exc)
+        send_alert(self.conf, alert)
 
 
 # ---------------------------------------------------------------------- clients

@@ -33,7 +33,7 @@ import pyarrow as pa
 from connectors.kafka import client_config, ensure_topics, produce_records, read_topic
 from connectors.runner import Checkpoint
 from connectors.samplestore import SampleStore
-from dataflows.orchestrator import pipeline_lag, store_backlog
+from dataflows.orchestrator import LagUnknown, pipeline_lag, store_backlog
 from dataflows.usecase import samples_table, watchable_columns
 from operators.emit import deadletter_headers
 from operators.monitor import (
@@ -219,10 +219,12 @@ class Monitor:
         """Lag and store backlog of this site's dataflows, from their recovery state."""
         rows = []
         for uc in self.plan.usecases_at(self.site):
-            for name, measured in (
-                ("lag", pipeline_lag(self.plan, self.site, uc.name)),
-                ("store_backlog", store_backlog(self.plan, self.site, uc.name)),
-            ):
+            for name, measure in (("lag", pipeline_lag), ("store_backlog", store_backlog)):
+                try:
+                    measured = measure(self.plan, self.site, uc.name)
+                except LagUnknown as exc:  # nothing to write rather than a wrong 0
+                    _log.warning("%s of %s cannot be measured: %s", name, uc.name, exc)
+                    measured = None
                 if measured is not None:
                     rows.append(
                         {

@@ -18,6 +18,7 @@ it stays below ``in_below``. ``mlexec status`` reads the status file it keeps.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
@@ -32,12 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from connectors.kafka import client_config, high_watermarks
+from connectors.kafka import client_config, high_watermarks, resume_offset
 from connectors.runner import Checkpoint
+from dataflows.locks import child_env
 from dataflows.run import prepare_site
+from topologies.errors import MlexecError
 from topologies.plan import Plan, UseCasePlan
 
 __all__ = [
+    "LagUnknown",
     "PartStatus",
     "Supervisor",
     "pipeline_lag",
@@ -114,30 +118,56 @@ def _flow_lag(
     db_dir = Path(plan.topology.sites[site].state_dir) / "recovery" / flow
     done: dict[tuple[str, int], int] = {}
     for db in sorted(db_dir.glob("part-*.sqlite3")):
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            rows = conn.execute(
-                "SELECT step_id, state_key, ser_change FROM snaps s WHERE snap_epoch = "
-                "(SELECT max(snap_epoch) FROM snaps t WHERE t.step_id = s.step_id "
-                "AND t.state_key = s.state_key) AND step_id LIKE ? ESCAPE '\\'",
-                (f"%{suffix.replace('_', chr(92) + '_')}",),
-            ).fetchall()
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                rows = conn.execute(
+                    "SELECT step_id, state_key, ser_change FROM snaps s WHERE snap_epoch = "
+                    "(SELECT max(snap_epoch) FROM snaps t WHERE t.step_id = s.step_id "
+                    "AND t.state_key = s.state_key) AND step_id LIKE ? ESCAPE '\\'",
+                    (f"%{suffix.replace('_', chr(92) + '_')}",),
+                ).fetchall()
+        except sqlite3.Error as exc:  # created but not yet initialised, or being replaced
+            _log.info("recovery state %s not readable yet: %s", db, exc)
+            continue
         for step_id, state_key, change in rows:
             usecase = step_id.rsplit(".", 1)[-1].removesuffix(suffix)
             if usecase in plan.usecases and change is not None and only in (None, usecase):
-                offset = pickle.loads(change)  # noqa: S301 - our own recovery store
-                done[(usecase, int(state_key))] = int(offset)
+                state = pickle.loads(change)  # noqa: S301 - our own recovery store
+                done[(usecase, int(state_key))] = resume_offset(state)
     if not done:
         return None
     conf = client_config(plan.topology.sites[site].kafka)
     behind = processed = 0
     ends: dict[str, dict[int, int]] = {}
+    past: list[str] = []
     for (usecase, partition), offset in done.items():
+        offset = max(offset, 0)  # before the first record the state says "the beginning"
         topic = topic_of(plan.usecases[usecase])
         if topic not in ends:
             ends[topic] = high_watermarks(conf, topic)
-        behind += max(0, ends[topic].get(partition, offset) - offset)
+            if not ends[topic]:
+                msg = f"topic {topic!r} is missing on {conf.get('bootstrap.servers')}"
+                raise LagUnknown(msg)
+        end = ends[topic].get(partition)
+        if end is None:
+            msg = f"partition {partition} of {topic!r} is missing (was the topic re-created?)"
+            raise LagUnknown(msg)
+        if offset > end:
+            past.append(f"{topic}[{partition}] processed to {offset}, log ends at {end}")
+        behind += max(0, end - offset)
         processed += offset
+    if past:
+        msg = (
+            "the broker's log is shorter than what was processed — it lost its log "
+            "(a restart of a memory broker?); the dataflow starts over on the new log: "
+            + "; ".join(past[:4])
+        )
+        raise LagUnknown(msg)
     return behind, processed
+
+
+class LagUnknown(MlexecError):
+    """The lag cannot be measured right now; the message says why."""
 
 
 @dataclass
@@ -210,6 +240,8 @@ class Supervisor:
         self._next_check = 0.0
         self._next_write = 0.0
         self._last_lag: tuple[float, int, int] | None = None
+        #: What of the supervisor's own work fails right now, and why.
+        self.problems: dict[str, str] = {}
 
     def _add(self, name: str, argv: list[str]) -> None:
         self.parts[name] = PartStatus(name, argv, backoff=self._backoff[0])
@@ -217,23 +249,42 @@ class Supervisor:
     # ---------------------------------------------------------------- running
 
     def run(self, stop: threading.Event) -> None:
-        """Supervise until ``stop`` is set; then stop every process and write the status."""
+        """Supervise until ``stop`` is set; then stop every process and write the status.
+
+        No error of the supervisor's own bookkeeping — the status file (a full disk),
+        reading the lag, scaling, starting a process — stops the site: it is logged,
+        kept in :attr:`problems` for ``mlexec status`` and tried again on the next tick.
+        """
         try:
             while not stop.is_set():
                 now = self._clock()
                 for part in self.parts.values():
-                    self._watch(part, now)
+                    self._guarded(f"process {part.name}", self._watch, part, now)
                 if self.policy is not None and "pipeline" in self.parts and now >= self._next_check:
                     self._next_check = now + self.policy.every.total_seconds()
-                    self._scale(now)
+                    self._guarded("scaling", self._scale, now)
                 if now >= self._next_write:
                     self._next_write = now + 1.0
-                    self._write()
+                    self._guarded("status file", self._write)
                 stop.wait(_TICK)
         finally:
             for part in self.parts.values():
                 self._stop(part, "stopped")
-            self._write()
+            self._guarded("status file", self._write)
+
+    def _guarded(self, what: str, step: Callable[..., None], *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must never stop the site
+            text = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                text = f"the disk of {exc.filename or 'the state directory'} is full ({exc})"
+            if self.problems.get(what) != text:
+                _log.error("%s: %s (the site keeps running; retrying)", what, text)
+            self.problems[what] = text
+        else:
+            if self.problems.pop(what, None) is not None:
+                _log.warning("%s: works again", what)
 
     def _argv(self, part: PartStatus) -> list[str]:
         if part.name == "pipeline":
@@ -257,7 +308,9 @@ class Supervisor:
             part.backoff = min(part.backoff * 2, self._backoff[1])
             return
         if now >= part.next_start:
-            part.process = subprocess.Popen(self._argv(part), start_new_session=True)
+            part.process = subprocess.Popen(
+                self._argv(part), start_new_session=True, env=child_env()
+            )
             part.pid = part.process.pid
             part.started_at = now
             part.state = "running"
@@ -316,6 +369,7 @@ class Supervisor:
                 "parts": [p.public() for p in self.parts.values()],
                 "lag": None if lag is None else {"behind": lag[1], "processed": lag[2]},
                 "history": self.history,
+                "problems": self.problems,
                 "written_at": time.time(),
             }
         )

@@ -25,7 +25,7 @@ from bytewax.dataflow import Dataflow, Stream
 from connectors.kafka import KafkaBatchSink, KafkaBatchSource, Outgoing, RawBatch
 from connectors.samplesink import SampleStoreSink
 from dataflows.health import observe_dispatch
-from dataflows.models import Inferred
+from dataflows.models import Inferred, ServeError
 from dataflows.usecase import UseCaseRuntime
 from operators.dispatch import (
     ConditionLogic,
@@ -42,6 +42,7 @@ from operators.dispatch import (
 )
 from operators.emit import (
     deadletter_headers,
+    deadletter_value,
     error_reply,
     prediction_values,
     read_reduced,
@@ -75,7 +76,7 @@ WINDOW_BUCKETS = 16
 def _deadletters(topic: str, dead: list[DeadLetter]) -> Outgoing:
     return Outgoing(
         topic=topic,
-        values=[d.value or b"" for d in dead],
+        values=[deadletter_value(d) for d in dead],
         keys=[d.key for d in dead],
         headers=[deadletter_headers(d) for d in dead],
     )
@@ -104,7 +105,12 @@ def _dispatch(
     n = plan.name
     raw_name = plan.read_name(plan.raw_topic, "connectors", "dispatch")
     source = KafkaBatchSource(
-        conf, raw_name, until_end=until_end, batch_size=batch_size, group=f"mlexec-{n}"
+        conf,
+        raw_name,
+        until_end=until_end,
+        batch_size=batch_size,
+        group=f"mlexec-{n}",
+        context={"usecase": n},
     )
     raw: Stream[RawBatch] = op.input(f"{n}_raw", flow, source)
     parsed: Stream[ParseResult] = op.map(f"{n}_parse", raw, rt.parser)
@@ -158,7 +164,11 @@ def _dispatch(
     elif isinstance(rule, OnRequest):
         reader = RequestReader(rt.parser, plan.replies_topic)
         requests_source = KafkaBatchSource(
-            conf, plan.requests_topic, until_end=until_end, group=f"mlexec-{n}-requests"
+            conf,
+            plan.requests_topic,
+            until_end=until_end,
+            group=f"mlexec-{n}-requests",
+            context={"usecase": n},
         )
         read = op.map(
             f"{n}_read-requests", op.input(f"{n}_requests", flow, requests_source), reader
@@ -273,7 +283,9 @@ def _reduced_source(
     plan = rt.plan
     n = plan.name
     name = plan.read_name(plan.reduced_topic, "dispatch", "infer")
-    source = KafkaBatchSource(conf, name, until_end=until_end, group=f"mlexec-{n}-infer")
+    source = KafkaBatchSource(
+        conf, name, until_end=until_end, group=f"mlexec-{n}-infer", context={"usecase": n}
+    )
     read = op.map(
         f"{n}_read-reduced",
         op.input(f"{n}_reduced-in", flow, source),
@@ -326,18 +338,32 @@ def _process_branch(
         if reduced is None:
             reduced, bad_reduced = _reduced_source(flow, rt, conf, until_end)
             out.append(bad_reduced)
-        predicted = op.map(f"{n}_infer", reduced, lambda r: (r, rt.router(r.records)))
+        predicted = op.map(f"{n}_infer", reduced, lambda r: _infer(rt, r))
         out.append(op.flat_map(f"{n}_publish", predicted, lambda rp: _publish(rt, *rp)))
     return op.merge(f"{n}_out", *out)
 
 
-def _publish(rt: UseCaseRuntime, reduced: Reduced, groups: list[Inferred]) -> list[Outgoing]:
+def _infer(rt: UseCaseRuntime, reduced: Reduced) -> tuple[Reduced, list[Inferred] | ServeError]:
+    """The dispatch's predictions, or the failure of a version (the router fell back)."""
+    try:
+        return reduced, rt.router(reduced.records)
+    except ServeError as exc:
+        return reduced, exc
+
+
+def _publish(
+    rt: UseCaseRuntime, reduced: Reduced, groups: list[Inferred] | ServeError
+) -> list[Outgoing]:
     """Predictions (or the reply) and samples of one dispatch, per serving variant.
 
     Shadow predictions go to the samples only: never to the predictions topic, a reply
-    or an actuator.
+    or an actuator. A dispatch a version failed on is dead-lettered with the reason.
     """
     plan = rt.plan
+    if isinstance(groups, ServeError):
+        recs = reduced.records
+        dead = [replace(late_letter(recs, i, str(groups)), stage="infer") for i in range(len(recs))]
+        return [_deadletters(plan.deadletter_topic, dead)]
     out: list[Outgoing] = []
     answered: list[bytes] = []
     for group in groups:
@@ -398,7 +424,9 @@ def _store_branch(
     plan = rt.plan
     n = plan.name
     samples = plan.read_name(plan.samples_topic, "infer", "store")
-    source = KafkaBatchSource(conf, samples, until_end=until_end, group=f"mlexec-{n}-store")
+    source = KafkaBatchSource(
+        conf, samples, until_end=until_end, group=f"mlexec-{n}-store", context={"usecase": n}
+    )
     raw = op.input(f"{n}_samples", flow, source)
     split = op.map(f"{n}_sample-rows", raw, lambda b: _sample_rows(rt, b))
     rows = op.filter_map(

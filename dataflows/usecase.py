@@ -25,7 +25,13 @@ from operators.reduce import Reducer, ReductionError
 from operators.sample import Sampler, SamplingError
 from topologies.errors import TopologyError
 from topologies.plan import UseCasePlan
-from topologies.schema import Aggregate, OnnxReduction, PythonReduction
+from topologies.schema import (
+    Aggregate,
+    MicroBatch,
+    OnnxReduction,
+    PerRecord,
+    PythonReduction,
+)
 
 __all__ = ["UseCaseRuntime", "samples_table", "watchable_columns"]
 
@@ -108,7 +114,16 @@ class UseCaseRuntime:
         _check_monitoring(plan, table, source)
         return cls(
             plan=plan,
-            parser=RecordParser(uc.input.schema_, uc.input.key, uc.input.time, uc.input.time_unit),
+            parser=RecordParser(
+                uc.input.schema_,
+                uc.input.key,
+                uc.input.time,
+                uc.input.time_unit,
+                earliest_ms=int(uc.input.earliest_time.timestamp() * 1000),
+                max_ahead_ms=int(uc.input.max_ahead.total_seconds() * 1000),
+                # rules that hold records may dead-letter them later: keep their bytes
+                keep_raw=not isinstance(uc.dispatch, PerRecord | MicroBatch),
+            ),
             reducer=reducer,
             model=model,
             sampler=sampler,

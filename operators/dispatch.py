@@ -305,8 +305,22 @@ def split_by_bucket(
 
 
 def late_letter(records: Records, i: int, reason: str) -> DeadLetter:
-    """Row ``i`` of ``records`` as a dead letter of the dispatch stage."""
+    """Row ``i`` of ``records`` as a dead letter of the dispatch stage.
+
+    With the original bytes where the parser kept them (rules that hold records), so the
+    dead letter can be replayed; otherwise the row as JSON (``key``, ``time``, fields).
+    """
     topic, partition, offset = _source_of(records.record_ids[i])
+    if records.raw is not None:
+        return DeadLetter(
+            value=records.raw[i],
+            key=records.keys[i].encode(),
+            reason=reason,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            stage="dispatch",
+        )
     value = orjson.dumps(
         {
             "key": records.keys[i],

@@ -21,7 +21,9 @@ from operators.records import DeadLetter, Records
 from operators.reduce import Reduced
 
 __all__ = [
+    "DEADLETTER_MAX_BYTES",
     "deadletter_headers",
+    "deadletter_value",
     "error_reply",
     "prediction_values",
     "read_reduced",
@@ -117,15 +119,41 @@ def sample_values(
     return rows
 
 
+#: The largest dead-letter value produced: Kafka's default message limit is 1 MB
+#: (librdkafka's ``message.max.bytes``, a topic's ``max.message.bytes``), and a record
+#: too large to re-produce must not halt the flow at its offset.
+DEADLETTER_MAX_BYTES = 512 * 1024
+
+
+def deadletter_value(dead: DeadLetter) -> bytes:
+    """The dead letter's bytes: the original, cut to :data:`DEADLETTER_MAX_BYTES`."""
+    value = dead.value or b""
+    return value if len(value) <= DEADLETTER_MAX_BYTES else value[:DEADLETTER_MAX_BYTES]
+
+
 def deadletter_headers(dead: DeadLetter) -> list[tuple[str, bytes]]:
-    """Headers that say where a dead letter came from and why it is one."""
-    return [
-        ("mlexec.reason", dead.reason.encode()),
+    """Headers that say where a dead letter came from and why it is one.
+
+    A value cut to the limit says so, with its original size: the whole original stays
+    at ``mlexec.topic`` / ``mlexec.partition`` / ``mlexec.offset`` while its retention lasts.
+    """
+    size = len(dead.value or b"")
+    reason = dead.reason
+    if size > DEADLETTER_MAX_BYTES:
+        reason += (
+            f" (the value of {size:,} bytes is cut to its first {DEADLETTER_MAX_BYTES:,}; "
+            "the original is at the source topic, partition and offset)"
+        )
+    headers = [
+        ("mlexec.reason", reason[:4096].encode()),
         ("mlexec.stage", dead.stage.encode()),
         ("mlexec.topic", dead.topic.encode()),
         ("mlexec.partition", str(dead.partition).encode()),
         ("mlexec.offset", str(dead.offset).encode()),
     ]
+    if size > DEADLETTER_MAX_BYTES:
+        headers += [("mlexec.truncated", b"true"), ("mlexec.original_size", str(size).encode())]
+    return headers
 
 
 def reply_value(request: Request, predictions: list[bytes]) -> bytes:

@@ -58,9 +58,24 @@ class RecordParser:
     """
 
     def __init__(
-        self, schema: Mapping[str, str], key: str, time: str, time_unit: str = "ms"
+        self,
+        schema: Mapping[str, str],
+        key: str,
+        time: str,
+        time_unit: str = "ms",
+        *,
+        earliest_ms: int = 0,
+        max_ahead_ms: int = 86_400_000,
+        keep_raw: bool = False,
+        now_ms: Callable[[], int] | None = None,
     ) -> None:
         self.schema = dict(schema)
+        #: Event times before this or more than ``max_ahead_ms`` past the wall clock are
+        #: implausible: such a record is a dead letter and never moves a watermark.
+        self.earliest_ms = earliest_ms
+        self.max_ahead_ms = max_ahead_ms
+        self.keep_raw = keep_raw
+        self._now_ms = now_ms or _wall_ms
         self.time_unit = time_unit
         self.ms_per_unit = self._ms_per_unit = _MS_PER_UNIT[time_unit]
         self.key = key
@@ -138,14 +153,18 @@ class RecordParser:
             keys = list(map(str, keys))
         time_types = set(map(type, times_raw))
         if time_types <= {int, float}:
-            times = (np.array(times_raw, dtype=np.float64) * self._ms_per_unit).astype(np.int64)
-        elif time_types == {str}:
+            floats = np.array(times_raw, dtype=np.float64) * self._ms_per_unit
+        elif time_types <= {int, float, str}:  # ISO strings, or a mix with epoch numbers
             try:
-                times = np.array([_epoch_ms(t) for t in times_raw], dtype=np.int64)
-            except ValueError:
+                floats = np.array([self._time_ms(t) for t in times_raw], dtype=np.float64)
+            except (ValueError, OverflowError):
                 return None
         else:
             return None
+        low, high = self._bounds()
+        if not bool(((floats >= low) & (floats <= high)).all()):  # also false for NaN
+            return None
+        times = floats.astype(np.int64)
         block = blocks[0] if len(blocks) == 1 else np.hstack(blocks) if blocks else np.empty((n, 0))
         return _Columns(keys, times, block)
 
@@ -174,10 +193,23 @@ class RecordParser:
         records = None
         if good_rows:
             columns = self._columnar(good_rows)
-            if columns is None:  # pragma: no cover - every row passed _check_one
-                msg = "records that pass one by one failed as a batch"
-                raise RuntimeError(msg)
-            records = self._records(batch, columns, good_at)
+            if columns is None:
+                # Never raise on data: read the rows that pass alone one by one, and
+                # dead-letter any that still cannot be read with the others.
+                kept_rows, kept_at = [], []
+                for row, i in zip(good_rows, good_at, strict=True):
+                    if self._columnar([row]) is None:
+                        reason = "record passed the field checks but could not be read as columns"
+                        dead.append(DeadLetter.of_message(
+                            batch, batch.offsets[i], batch.keys[i], batch.values[i], reason, "parse"
+                        ))  # fmt: skip
+                    else:
+                        kept_rows.append(row)
+                        kept_at.append(i)
+                columns = self._columnar(kept_rows) if kept_rows else None
+                good_at = kept_at
+            if columns is not None:
+                records = self._records(batch, columns, good_at)
         return ParseResult(source, records, dead)
 
     def _check_one(self, value: bytes | None) -> tuple[dict[str, Any] | None, str]:
@@ -195,7 +227,32 @@ class RecordParser:
             reason = _field_problem(kind, row[name])
             if reason:
                 return None, f"field {name!r}: {reason}"
-        return row, ""
+        problem = self._time_problem(row[self.time])
+        return (None, problem) if problem else (row, "")
+
+    def _time_ms(self, value: Any) -> float:
+        """An event time (epoch number in ``time_unit``, or ISO 8601) in epoch ms."""
+        if type(value) is str:
+            return float(_epoch_ms(value))
+        return float(value) * self._ms_per_unit
+
+    def _bounds(self) -> tuple[float, float]:
+        return float(self.earliest_ms), float(self._now_ms() + self.max_ahead_ms)
+
+    def _time_problem(self, value: Any) -> str:
+        """Why an event time is implausible (before ``earliest``, too far ahead), or ``""``."""
+        try:
+            at = self._time_ms(value)
+        except (ValueError, OverflowError):
+            return f"field {self.time!r}: not a usable event time: {_short(value)}"
+        low, high = self._bounds()
+        if at >= low and at <= high:
+            return ""
+        return (
+            f"field {self.time!r}: event time {_short(value)} is outside the plausible range "
+            f"[{_iso(low)}, {_iso(high)}] (input.earliest_time, input.max_ahead; "
+            "a wrong unit or a broken clock?)"
+        )
 
     # ------------------------------------------------------------- columns
 
@@ -203,7 +260,9 @@ class RecordParser:
         offsets = batch.offsets
         idx = [offsets[i] for i in at]
         prefix = f"{batch.topic}:{batch.partition}:"
+        values = batch.values
         return Records(
+            raw=[values[i] for i in at] if self.keep_raw else None,
             record_ids=[prefix + str(o) for o in idx],
             ids=(np.uint64(batch.partition) << np.uint64(48)) | np.asarray(idx, dtype=np.uint64),
             keys=columns.keys,
@@ -250,6 +309,17 @@ def _epoch_ms(value: Any) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
+
+
+def _wall_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def _iso(epoch_ms: float) -> str:
+    try:
+        return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return f"{epoch_ms:.0f} ms"
 
 
 def _short(value: Any) -> str:

@@ -64,6 +64,9 @@ class Records:
     #: made them so: the model input without a copy per column.
     block: np.ndarray | None = None
     block_names: tuple[str, ...] = ()
+    #: The original message bytes of each row, kept where a row may later become a dead
+    #: letter (windows, stateful rules), so that dead letter carries what was consumed.
+    raw: list[bytes | None] | None = None
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -85,6 +88,7 @@ class Records:
             [self.keys[i] for i in positions],
             self.times[positions],
             lambda a: a[positions],
+            None if self.raw is None else [self.raw[i] for i in positions],
         )
 
     def slices(self, size: int) -> list[Records]:
@@ -98,6 +102,7 @@ class Records:
                 self.keys[i : i + size],
                 self.times[i : i + size],
                 lambda a, i=i: a[i : i + size],  # type: ignore[misc]
+                None if self.raw is None else self.raw[i : i + size],
             )
             for i in range(0, len(self), size)
         ]
@@ -109,6 +114,7 @@ class Records:
         keys: list[str],
         times: np.ndarray,
         rows: Callable[[np.ndarray], np.ndarray],
+        raw: list[bytes | None] | None = None,
     ) -> Records:
         """A batch of some of these rows; ``rows`` selects them from any array."""
         block = None if self.block is None else rows(self.block)
@@ -120,6 +126,7 @@ class Records:
             columns=_columns(block, self.block_names, self.columns, rows),
             block=block,
             block_names=self.block_names,
+            raw=raw,
         )
 
     @staticmethod
@@ -144,6 +151,11 @@ class Records:
             columns=_columns(block, names, loose, lambda a: a),
             block=block,
             block_names=names,
+            raw=(
+                [v for p in parts for v in p.raw]  # type: ignore[union-attr]
+                if all(p.raw is not None for p in parts)
+                else None
+            ),
         )
 
 

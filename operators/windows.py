@@ -135,7 +135,9 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
         self._closed_until = resume.closed_until if resume else None
         self._edges: dict[str, int] = dict(resume.session_edges) if resume else {}
         self._closed: dict[tuple[str, int], _Closed] = dict(resume.closed) if resume else {}
-        self._last_arrival = resume.last_arrival if resume else None
+        # A restart's own silence is not the source's: the idle close of the windows
+        # resumed open counts from now, not from the last record before the restart.
+        self._last_arrival = started if self._chunks else None
 
     # ------------------------------------------------------------ bytewax
 
@@ -220,6 +222,13 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
                 out.append(self._correction(records.keys[i], start))
         joins = np.zeros(len(records), dtype=bool)
         joins[rows[~refused & ~emitted]] = True
+        if not self._correct and emitted.any():
+            # a window already emitted (idle close, end of input) takes no more rows:
+            # they are dead letters with the reason, never silently dropped
+            refused_rows = set(np.unique(rows[refused]).tolist())
+            for i in np.unique(rows[emitted]).tolist():
+                if not joins[i] and i not in refused_rows:
+                    self._refuse_emitted(records, i, starts[emitted & (rows == i)], out)
         if not joins.any():
             return None
         return (records, floor) if joins.all() else (records.take(joins), floor[joins])
@@ -261,6 +270,19 @@ class WindowLogic(StatefulBatchLogic[Slice, Dispatched, _WindowState]):
             f"late: event time {int(records.times[i])} ms is behind the watermark ({mark} ms)"
             + (f" by more than correct_for ({self._correct_for} ms)" if self._correct else "")
             + f"; its window(s) {spans} closed"
+        )
+        out.append(Dispatched(late=[late_letter(records, i, reason)]))
+
+    def _refuse_emitted(
+        self, records: Records, i: int, starts: np.ndarray, out: list[Dispatched]
+    ) -> None:
+        size = self._shape.size_ms
+        spans = ", ".join(f"[{s}, {s + size})" for s in starts.tolist())
+        reason = (
+            f"late: event time {int(records.times[i])} ms falls in window(s) {spans} of key "
+            f"{records.keys[i]!r} that were already emitted (windows up to "
+            f"{self._closed_until} ms are closed: idle_close or the end of the input closed "
+            "them); late: correction re-emits such a window instead"
         )
         out.append(Dispatched(late=[late_letter(records, i, reason)]))
 

@@ -189,7 +189,10 @@ class Plan:
 
     def topics_at(self, site: str) -> list[TopicSpec]:
         """Topics the processes of ``site`` read or write."""
-        seen: dict[str, TopicSpec] = {METRICS_TOPIC: self.topic_spec(METRICS_TOPIC)}
+        # every process may report health or raise an alert, and follows the registry
+        seen: dict[str, TopicSpec] = {
+            name: self.topic_spec(name) for name in (METRICS_TOPIC, ALERTS_TOPIC, MODELS_TOPIC)
+        }
         for uc in self.usecases_at(site):
             for spec in uc.topics():
                 seen.setdefault(spec.name, spec)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import jmespath
@@ -543,6 +543,10 @@ class Input(_Model):
     time: str
     #: Unit of numeric event times; ISO 8601 strings are read as they are.
     time_unit: Literal["s", "ms", "us", "ns"] = "ms"
+    #: Plausible event times: not before ``earliest_time`` and not more than ``max_ahead``
+    #: past the wall clock. A record outside is a dead letter and never moves a watermark.
+    earliest_time: AwareDatetime = datetime(1970, 1, 1, tzinfo=UTC)
+    max_ahead: Duration = timedelta(days=1)
 
     @model_validator(mode="after")
     def _key_and_time_declared(self) -> Input:

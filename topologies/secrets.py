@@ -1,0 +1,48 @@
+"""Secrets never printed: masking for URLs and text shown to people or written to logs.
+
+Credentials declared as ``SecretStr`` (SASL, MQTT and HTTP header values, a SQL URL)
+are never shown at all. URLs that are plain strings — a ClickHouse sample-store URL
+``clickhouse://user:pass@host/db``, a web endpoint with ``?token=…`` — are shown with
+the password and secret-looking query values replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+__all__ = ["MASK", "mask_text", "mask_url"]
+
+MASK = "***"
+_SECRET_NAMES = re.compile(
+    r"pass|pwd|secret|token|key|auth|sig|signature|credential|session", re.IGNORECASE
+)
+#: ``scheme://user:password@`` anywhere in a text.
+_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@"
+)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password and secret-looking query values masked."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return mask_text(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else netloc
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, MASK if _SECRET_NAMES.search(k) else v) for k, v in pairs], safe="*")
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def mask_text(text: str) -> str:
+    """Any ``scheme://user:password@`` inside ``text`` with the password masked."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
