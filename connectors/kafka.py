@@ -174,7 +174,8 @@ def send_alert(conf: dict[str, Any], alert: dict[str, Any]) -> None:
 
 def _admin_conf(conf: dict[str, Any]) -> dict[str, Any]:
     consumer_only = ("fetch.", "group.", "enable.", "auto.offset.")
-    return {k: v for k, v in conf.items() if not k.startswith(consumer_only)}
+    # errors only: a short-lived admin client otherwise logs its purged queue at exit
+    return {"log_level": 3, **{k: v for k, v in conf.items() if not k.startswith(consumer_only)}}
 
 
 class _SharedConsumer:

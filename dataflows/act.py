@@ -30,7 +30,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from connectors.kafka import CONSUMER_TUNING, KafkaDeliveryError, client_config
+from connectors.kafka import CONSUMER_TUNING, KafkaDeliveryError, client_config, ensure_topics
 from connectors.outputs import Action, FileSink, HttpSink, KafkaSink, MqttSink, OutputSink
 from connectors.runner import Checkpoint, SiteParts, StatusCollector, run_restarting
 from operators.act import ActionFilter, ActionFilterError, Debouncer
@@ -305,8 +305,11 @@ def _make_sink(
     config: Output, conf: dict[str, Any], output_id: str, state: dict[str, Any] | None
 ) -> OutputSink:
     if isinstance(config, KafkaOutput):
-        target = client_config(config.kafka) if config.kafka is not None else conf
-        return KafkaSink(config, target)
+        if config.kafka is not None:  # another cluster: its topic is made here, never auto
+            target = client_config(config.kafka)
+            ensure_topics(target, [TopicSpec(config.topic, 1)])
+            return KafkaSink(config, target)
+        return KafkaSink(config, conf)
     if isinstance(config, HttpOutput):
         return HttpSink(config)
     if isinstance(config, MqttOutput):

@@ -350,7 +350,7 @@ def run(
             )
         finally:
             _stop_child(child)
-    except MlexecError as exc:
+    except (MlexecError, OSError) as exc:  # OSError: the state directory, said in one line
         raise _fail(exc, 1) from exc
 
 

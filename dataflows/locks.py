@@ -44,6 +44,8 @@ PARTS = ("up", "pipeline", "store", "connect", "act")
 #: Set for a child process: the pid of the parent it must not outlive.
 PARENT_ENV = "MLEXEC_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
+#: The locks this process holds (an unreferenced lock would be closed, hence released).
+_HELD: list[SiteLock] = []
 
 
 class SiteBusyError(MlexecError):
@@ -117,9 +119,12 @@ class SiteLock:
         f.write(orjson.dumps({"pid": os.getpid(), "command": command, "since": time.time()}))
         f.flush()
         self._file = f
+        _HELD.append(self)  # held for the life of the process unless released
         return self
 
     def release(self) -> None:
+        if self in _HELD:
+            _HELD.remove(self)
         if self._file is not None:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()

@@ -196,6 +196,8 @@ class ModelRouter:
         self.failed[version] = reason
         routing, models = served.routing, dict(served.models)
         good = self._good if self._good is not None and self._good.version != version else None
+        if good is None and self.default.version != version:
+            good = self.default  # the topology's own model, checked at start: the last resort
         if version == routing.production:
             fallback = good.version if good is not None else None
             if good is not None:

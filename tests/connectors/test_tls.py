@@ -20,8 +20,9 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from connectors.broker import LocalBroker, free_port
-from connectors.kafka import client_config, produce_records, read_topic
+from connectors.kafka import client_config, ensure_topics, produce_records, read_topic
 from topologies import parse_topology
+from topologies.plan import TopicSpec
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +136,7 @@ def _reachable(conf: dict) -> bool:
 
 def test_a_client_with_the_ca_round_trips_records_over_tls(tls, pki, uid):
     conf = _site_conf(tls, {"protocol": "ssl", "ca": str(pki / "ca.pem")})
+    ensure_topics(conf, [TopicSpec(f"tls-{uid}", 1)])
     produce_records(conf, f"tls-{uid}", [(b"k", b"over tls %d" % i) for i in range(50)])
     got = sorted(v for _, v, _, _, _ in read_topic(conf, f"tls-{uid}"))
     assert got == sorted(b"over tls %d" % i for i in range(50))
@@ -156,6 +158,7 @@ def test_mutual_tls_takes_our_client_certificate_and_refuses_another(mtls, pki, 
     }
     rogue = {**ours, "cert": str(pki / "rogue.pem"), "key": str(pki / "rogue.key")}
     conf = _site_conf(mtls, ours)
+    ensure_topics(conf, [TopicSpec(f"mtls-{uid}", 1)])
     produce_records(conf, f"mtls-{uid}", [(b"k", b"mutual")])
     assert [v for _, v, _, _, _ in read_topic(conf, f"mtls-{uid}")] == [b"mutual"]
     assert not _reachable(_site_conf(mtls, rogue))

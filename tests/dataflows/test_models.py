@@ -526,3 +526,70 @@ def test_a_worse_canary_is_rolled_back_by_policy_and_train_publishes_a_better_ca
         ["model", "stage", str(path), "--usecase", uc.name, "--version", "77", "--stage", "shadow"],
     )
     assert done.exit_code == 1 and "no published version 77" in " ".join(done.output.split())
+
+
+def _double_input(path: Path, seed: int) -> bytes:
+    """An MLP of 16 features whose input is double: the use case feeds float32."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(_model(path, seed=seed)))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.DOUBLE
+    for node in model.graph.node:
+        node.input[:] = ["x_f" if i == "x" else i for i in node.input]
+    model.graph.node.insert(0, helper.make_node("Cast", ["x"], ["x_f"], to=TensorProto.FLOAT))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_a_version_that_fails_at_serve_time_falls_back_and_dead_letters_its_batch(
+    broker, tmp_path, uid
+):
+    """Double where the use case feeds float, pushed past the publish check: the flow goes
+    on — the batch it failed on is dead-lettered, a model alert goes out, the topology's
+    version serves every later record, and a restart does not serve the bad one again."""
+    path, topology, plan, uc, conf = _site(tmp_path, broker, uid, 0.0)
+    data = _double_input(tmp_path / "double.onnx", seed=12)
+    manifest = manifest_of(
+        uc.name,
+        "mlp",
+        "12",
+        data,
+        [("x", ["n", 16])],
+        [("y", "float", ["n", 1])],
+        "production",
+        0.0,
+    )
+    routing = Routing(uc.name, production="7").promote("12")
+    produce_records(
+        conf, "mlexec.models", [*artifact_messages(manifest, data), routing_message(routing)]
+    )
+    first = _produce(conf, uc.raw_topic, _records(600))
+    run_to_end(path)
+    preds = {p["id"]: p for p in _predictions(conf, uc.predictions_topic)}
+    dead = {
+        f"{dict(h)['mlexec.topic'].decode()}:{dict(h)['mlexec.partition'].decode()}:"
+        f"{dict(h)['mlexec.offset'].decode()}": dict(h)
+        for _k, _v, h, *_ in read_topic(conf, uc.deadletter_topic)
+    }
+    assert set(preds) | set(dead) == first and not set(preds) & set(dead)  # each once
+    assert dead and all(h["mlexec.stage"] == b"infer" for h in dead.values())
+    reason = next(iter(dead.values()))["mlexec.reason"].decode()
+    assert "version 12 failed at serve time" in reason and "7 serves instead" in reason
+    assert {p["version"] for p in preds.values()} == {"7"}
+    by_id = _by_id(conf, uc.raw_topic)
+    ids = sorted(preds)
+    want = _expected(tmp_path / "model.onnx", by_id, ids)
+    np.testing.assert_allclose([preds[i]["outputs"]["y"] for i in ids], want, rtol=1e-5, atol=1e-6)
+    alerts = [orjson.loads(v) for _k, v, *_ in read_topic(conf, "mlexec.alerts")]
+    model_alerts = [a for a in alerts if a["usecase"] == uc.name and a["kind"] == "model"]
+    assert (
+        len(model_alerts) == 1 and "version 12 failed at serve time" in model_alerts[0]["message"]
+    )
+
+    # a restart reads the same registry: 12 is not served again, nothing is dead-lettered
+    later = _produce(conf, uc.raw_topic, _records(200, 600))
+    run_to_end(path)
+    again = {p["id"]: p for p in _predictions(conf, uc.predictions_topic) if p["id"] in later}
+    assert set(again) == later and {p["version"] for p in again.values()} == {"7"}
+    assert len(read_topic(conf, uc.deadletter_topic)) == len(dead)
