@@ -125,6 +125,9 @@ class RawBatch:
     offsets: list[int]
     keys: list[bytes | None]
     values: list[bytes | None]
+    #: The name record ids are made of: the topic, or ``<topic>@<log>`` once the topic's
+    #: log was found re-created (offsets start again, and ids must not repeat old ones).
+    label: str = ""
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -286,8 +289,9 @@ class _SharedConsumer:
         self.consumer.incremental_assign([TopicPartition(self.topic, partition, OFFSET_BEGINNING)])
 
 
-#: A source partition's state: the next offset and the id of the topic it belongs to.
-SourceState = tuple[int, str | None]
+#: A source partition's state: the next offset, the id of the topic it belongs to and
+#: the label its record ids carry.
+SourceState = tuple[int, str | None, str]
 
 
 class _BatchPartition(StatefulSourcePartition[RawBatch, SourceState]):
@@ -297,7 +301,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, SourceState]):
         conf: dict[str, Any],
         topic: str,
         partition: int,
-        resume: int | SourceState | None,
+        resume: Any,
         batch_size: int,
         poll_timeout: float,
         until_end: bool,
@@ -305,17 +309,20 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, SourceState]):
     ) -> None:
         self._conf = conf
         self._context = context
-        start, seen = _resume_of(resume)
+        start, seen, label = _resume_of(resume)
         identity = topic_identity(AdminClient(_admin_conf(conf)), topic)
         if identity is None:
             msg = f"topic {topic!r} does not exist on {conf['bootstrap.servers']}"
             raise TopicChangedError(msg)
         self._topic_id = identity[0]
+        self._label = label or topic
         if seen is not None and seen != self._topic_id and start > 0:
+            self._label = f"{topic}@{zlib.crc32(self._topic_id.encode()):08x}"
             self._alert(
                 f"{topic}[{partition}] is a new log (topic id {seen} → {self._topic_id}: the "
                 f"broker lost or re-created it); the recovery state was at offset {start}, "
-                "reading the new log from its start — records of the old log after that "
+                "reading the new log from its start, its record ids as "
+                f"{self._label}:{partition}:<offset> — records of the old log after that "
                 "offset that no copy holds are gone"
             )
             start = OFFSET_BEGINNING
@@ -386,6 +393,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, SourceState]):
                 offsets=offsets,
                 keys=[m.key() for m in good],
                 values=[m.value() for m in good],
+                label=self._label,
             )
         ]
 
@@ -398,18 +406,18 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, SourceState]):
         return datetime.now(UTC) + _IDLE_PAUSE if self._idle else None
 
     def snapshot(self) -> SourceState:
-        return (self._next, self._topic_id)
+        return (self._next, self._topic_id, self._label)
 
     def close(self) -> None:
         self._shared.detach(self._partition)
 
 
-def _resume_of(resume: int | SourceState | None) -> tuple[int, str | None]:
+def _resume_of(resume: Any) -> tuple[int, str | None, str]:
     if resume is None:
-        return OFFSET_BEGINNING, None
+        return OFFSET_BEGINNING, None, ""
     if isinstance(resume, int):  # the state before topic ids were kept
-        return resume, None
-    return resume[0], resume[1]
+        return resume, None, ""
+    return resume[0], resume[1], resume[2] if len(resume) > 2 else ""
 
 
 def resume_offset(state: Any) -> int:
@@ -462,7 +470,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, SourceState]):
         return [str(p) for p in sorted(meta.partitions)]
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: int | SourceState | None
+        self, step_id: str, for_part: str, resume_state: Any
     ) -> _BatchPartition:
         return _BatchPartition(
             step_id,

@@ -30,7 +30,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from connectors.kafka import PRODUCED, PROGRESS
 from topologies.plan import METRICS_TOPIC, Plan
 
-__all__ = ["Reporter", "RuntimeHealth", "flush_reporters", "observe_dispatch", "serve_metrics"]
+__all__ = [
+    "Reporter",
+    "RuntimeHealth",
+    "flush_reporters",
+    "observe_dispatch",
+    "observe_expired",
+    "serve_metrics",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +60,27 @@ def observe_dispatch(usecase: str, latency_ms: float, rows: int) -> None:
     totals[1] += rows
 
 
+#: Per use case: sample rows that reached the store already past their retention (the
+#: TTL on event time deletes them at once: historical data, or a clock far behind).
+_EXPIRED: dict[str, int] = {}
+
+
+def observe_expired(usecase: str, rows: int, retention: str) -> None:
+    """Count sample rows stored already past retention; warn once per use case."""
+    if rows <= 0:
+        return
+    if usecase not in _EXPIRED:
+        _log.warning(
+            "%s: %d sample rows arrived with event times already past the retention of %s "
+            "(or before 1970); the store's TTL removes them at once. Counted as "
+            "samples_expired; give the use case a longer retention to keep historical data",
+            usecase,
+            rows,
+            retention,
+        )
+    _EXPIRED[usecase] = _EXPIRED.get(usecase, 0) + rows
+
+
 #: Counters (the rest are gauges), with their help text.
 _COUNTERS = {
     "records_in": "Records read from the raw (or reduced) topics",
@@ -61,6 +89,7 @@ _COUNTERS = {
     "samples": "Sample rows written to the samples topic",
     "dispatches": "Dispatches run through the model",
     "samples_read": "Sample rows the store dataflow read",
+    "samples_expired": "Sample rows that arrived past their retention (removed by the TTL)",
 }
 _GAUGES = {
     "lag": "Records behind the end of the topics this process reads",
@@ -115,6 +144,9 @@ class RuntimeHealth:
             role = self._writes.get(topic)
             if role is not None:
                 add(role[0], role[1], count)
+        for uc, expired in list(_EXPIRED.items()):
+            if any(u == uc and kind == "store" for u, kind in self._reads.values()):
+                add(uc, "samples_expired", expired)
         for uc, recent in list(_DISPATCHES.items()):
             if not any(u == uc for u, _ in self._writes.values()):
                 continue

@@ -14,6 +14,7 @@ object per record; every Kafka write of a worker goes through one producer.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, cast
@@ -24,7 +25,7 @@ from bytewax.dataflow import Dataflow, Stream
 
 from connectors.kafka import KafkaBatchSink, KafkaBatchSource, Outgoing, RawBatch
 from connectors.samplesink import SampleStoreSink
-from dataflows.health import observe_dispatch
+from dataflows.health import observe_dispatch, observe_expired
 from dataflows.models import Inferred, ServeError
 from dataflows.usecase import UseCaseRuntime
 from operators.dispatch import (
@@ -415,6 +416,15 @@ def _sample_rows(rt: UseCaseRuntime, batch: RawBatch) -> tuple[Any, list[DeadLet
             )
         else:
             rows.append(row)
+    if rows:
+        retention_ms = rt.table.retention_seconds * 1000
+        oldest = int(time.time() * 1000) - retention_ms
+        expired = sum(
+            1
+            for r in rows
+            if not isinstance(r["event_time"], int) or r["event_time"] < max(oldest, 0)
+        )
+        observe_expired(rt.plan.name, expired, str(rt.plan.usecase.retention))
     return rows, dead
 
 

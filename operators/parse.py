@@ -259,7 +259,7 @@ class RecordParser:
     def _records(self, batch: Any, columns: _Columns, at: Any) -> Records:
         offsets = batch.offsets
         idx = [offsets[i] for i in at]
-        prefix = f"{batch.topic}:{batch.partition}:"
+        prefix = f"{getattr(batch, 'label', '') or batch.topic}:{batch.partition}:"
         values = batch.values
         return Records(
             raw=[values[i] for i in at] if self.keep_raw else None,
