@@ -42,6 +42,7 @@ __all__ = [
     "KafkaDeliveryError",
     "Outgoing",
     "RawBatch",
+    "STALLS",
     "SourceState",
     "TopicChangedError",
     "resume_offset",
@@ -144,6 +145,12 @@ PRODUCED: dict[str, int] = {}
 
 #: Seconds between looks at whether a source's topic is still the one it reads.
 _IDENTITY_EVERY = 2.0
+#: Seconds of empty fetches while behind before the slow path is assumed, and how long
+#: the longer fetch wait is then kept.
+_STALL_AFTER = 2.0
+_SLOW_FOR = 60.0
+#: Per topic, how often this process's sources found the broker's fetches stalled.
+STALLS: dict[str, int] = {}
 
 
 class TopicChangedError(MlexecError):
@@ -192,8 +199,15 @@ class _SharedConsumer:
     _shared: dict[tuple[str, int], _SharedConsumer] = {}
 
     def __init__(self, conf: dict[str, Any], topic: str) -> None:
+        self.conf = conf
         self.consumer = Consumer(conf)
         self.topic = topic
+        #: Per partition, the next offset to read (to re-create the consumer in place).
+        self.next_of: dict[int, int] = {}
+        self._empty_since: float | None = None
+        self._looked_behind = 0.0
+        #: Until when fetches wait long (the broker's slow path), or 0.
+        self._slow_until = 0.0
         self.buffers: dict[int, list[Message | None]] = {}
         #: Partitions whose position was past the log's end: (position, low, high).
         self.reset: dict[int, tuple[int, int, int]] = {}
@@ -242,11 +256,13 @@ class _SharedConsumer:
         if shared is None:
             shared = cls._shared[key] = cls(conf, topic)
         shared.buffers[partition] = []
+        shared.next_of[partition] = start
         shared.consumer.incremental_assign([TopicPartition(topic, partition, start)])
         return shared
 
     def detach(self, partition: int) -> None:
         self.buffers.pop(partition, None)
+        self.next_of.pop(partition, None)
         if not self.buffers:
             for key, shared in list(self._shared.items()):
                 if shared is self:
@@ -258,6 +274,7 @@ class _SharedConsumer:
         buffer = self.buffers[partition]
         if not buffer:
             msgs = self.consumer.consume(limit, timeout)
+            self._watch_stall(bool(msgs))
             for msg in msgs:
                 err = msg.error()
                 target = self.buffers.get(cast(int, msg.partition()))
@@ -265,6 +282,7 @@ class _SharedConsumer:
                     continue
                 if err is None:
                     target.append(msg)
+                    self.next_of[cast(int, msg.partition())] = cast(int, msg.offset()) + 1
                 elif err.code() == KafkaError._PARTITION_EOF:
                     target.append(None)
                 elif err.code() == KafkaError._AUTO_OFFSET_RESET:
@@ -278,6 +296,62 @@ class _SharedConsumer:
         del buffer[:limit]
         return taken
 
+    def _watch_stall(self, got: bool) -> None:
+        """Fetches that return nothing while records wait: the broker's slow path.
+
+        The local Tansu broker gives up a fetch at ``fetch.wait.max.ms`` and answers
+        nothing when the log holds many tiny batches (a trickle of 1-2 records a write);
+        the short wait mlexec uses for latency then never reads again. Seen for
+        ``_STALL_AFTER`` seconds, the consumer is made again with librdkafka's default
+        wait for ``_SLOW_FOR`` seconds (then the short wait is tried again).
+        """
+        now = time.monotonic()
+        if got:
+            self._empty_since = None
+            if self._slow_until and now > self._slow_until:
+                self._remake(dict(CONSUMER_TUNING), slow=False)
+            return
+        if self._empty_since is None:
+            self._empty_since = now
+            return
+        if (
+            self._slow_until
+            or now - self._empty_since < _STALL_AFTER
+            or now - self._looked_behind < _STALL_AFTER
+        ):
+            return
+        self._looked_behind = now
+        if self._behind():
+            STALLS[self.topic] = STALLS.get(self.topic, 0) + 1
+            _log.warning(
+                "fetches from %s return nothing while records wait (the broker's slow path "
+                "for a topic of many tiny batches?); reading with longer fetch waits for %.0fs",
+                self.topic,
+                _SLOW_FOR,
+            )
+            self._remake({"fetch.wait.max.ms": 500}, slow=True)
+
+    def _behind(self) -> bool:
+        for partition, at in self.next_of.items():
+            try:
+                low, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), timeout=2.0, cached=False
+                )
+            except KafkaException:
+                return False
+            if high > max(at, low):
+                return True
+        return False
+
+    def _remake(self, tuning: dict[str, Any], *, slow: bool) -> None:
+        self.consumer.close()
+        self.consumer = Consumer({**self.conf, **tuning})
+        self.consumer.assign(
+            [TopicPartition(self.topic, p, at) for p, at in sorted(self.next_of.items())]
+        )
+        self._slow_until = time.monotonic() + _SLOW_FOR if slow else 0.0
+        self._empty_since = None
+
     def _restart_partition(self, partition: int) -> None:
         """The position is past the log's end (truncated, re-created): read from its start."""
         tp = TopicPartition(self.topic, partition)
@@ -285,6 +359,7 @@ class _SharedConsumer:
         low, high = self.consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
         self.reset[partition] = (position, low, high)
         self.buffers[partition] = []
+        self.next_of[partition] = OFFSET_BEGINNING
         self.consumer.incremental_unassign([tp])
         self.consumer.incremental_assign([TopicPartition(self.topic, partition, OFFSET_BEGINNING)])
 

@@ -6,8 +6,9 @@ step the runner asks :meth:`OutputSink.commit` whether everything delivered so f
 durable, and only then checkpoints its offsets on the predictions topic: a file sink
 fsyncs (JSON lines) or writes whole files (Parquet), the others are durable once
 acknowledged. Deliveries are at least once and carry the record id (``Idempotency-Key``
-for HTTP, the ``id`` field everywhere); the file sink is exactly once, because a restart
-cuts its files back to the checkpointed size.
+for HTTP, the ``id`` field everywhere); the file sink is exactly once per message of the
+predictions topic, because a restart cuts its files back to the checkpointed size (a
+pipeline restart can repeat a prediction id on that topic: drop repeats by ``id``).
 """
 
 from __future__ import annotations

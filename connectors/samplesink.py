@@ -65,6 +65,11 @@ class _StorePartition(StatefulSinkPartition[tuple[str, list[dict[str, Any]]], Pe
         ]
         if due and now >= self._retry_at:
             self._flush(due)
+        # A long outage: past the cap, wait here for the store rather than hold the rows
+        # in memory (and in every snapshot); the samples wait in Kafka meanwhile.
+        while sum(len(r) for r in self._pending.values()) > self._max_rows * 4:
+            time.sleep(max(0.0, self._retry_at - time.monotonic()))
+            self._flush(list(self._pending))
 
     def _flush(self, tables: list[str]) -> bool:
         for name in tables:

@@ -514,7 +514,7 @@ def status(topology: TopologyArg, site: SiteOpt) -> None:
     """Show a site's supervised processes, the pipeline's lag and throughput, restarts."""
     import shutil
 
-    from dataflows.orchestrator import pipeline_lag, read_status, store_backlog
+    from dataflows.orchestrator import pipeline_lag, read_status, stalled, store_backlog
 
     try:
         _, plan = _load(topology)
@@ -562,6 +562,14 @@ def status(topology: TopologyArg, site: SiteOpt) -> None:
         )
     history = found.get("history") or []
     rate = f", {history[-1]['rate']:,.0f} records/s" if history else ""
+    stuck = stalled(history)
+    if stuck is not None:
+        console.print(
+            f"[bold red]problem:[/] the pipeline processed nothing for {stuck[1]:.0f}s while "
+            f"{stuck[0]:,} records waited (stalled: see its log; a topic of many tiny batches "
+            "on the embedded broker is a known cause, docs/reliability.md)",
+            highlight=False,
+        )
     lag, backlog = measured["pipeline"], measured["store"]
     if isinstance(lag, str):
         console.print(f"pipeline: lag {lag}", highlight=False, soft_wrap=True)

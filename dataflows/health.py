@@ -27,7 +27,7 @@ import orjson
 from confluent_kafka import Producer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from connectors.kafka import PRODUCED, PROGRESS
+from connectors.kafka import PRODUCED, PROGRESS, STALLS
 from topologies.plan import METRICS_TOPIC, Plan
 
 __all__ = [
@@ -90,6 +90,7 @@ _COUNTERS = {
     "dispatches": "Dispatches run through the model",
     "samples_read": "Sample rows the store dataflow read",
     "samples_expired": "Sample rows that arrived past their retention (removed by the TTL)",
+    "fetch_stalls": "Times the broker's fetches stayed empty while records waited",
 }
 _GAUGES = {
     "lag": "Records behind the end of the topics this process reads",
@@ -144,6 +145,10 @@ class RuntimeHealth:
             role = self._writes.get(topic)
             if role is not None:
                 add(role[0], role[1], count)
+        for topic, stalls in list(STALLS.items()):
+            role = self._reads.get(topic)
+            if role is not None:
+                add(role[0], "fetch_stalls", stalls)
         for uc, expired in list(_EXPIRED.items()):
             if any(u == uc and kind == "store" for u, kind in self._reads.values()):
                 add(uc, "samples_expired", expired)

@@ -42,6 +42,7 @@ from topologies.plan import Plan, UseCasePlan
 
 __all__ = [
     "LagUnknown",
+    "stalled",
     "PartStatus",
     "Supervisor",
     "pipeline_lag",
@@ -53,6 +54,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _HEALTHY = 60.0  # seconds up after which the restart backoff starts again from 1 s
+_OBSERVE_EVERY = 5.0  # seconds between lag readings without a scale policy
 _TICK = 0.2
 
 
@@ -166,6 +168,24 @@ def _flow_lag(
     return behind, processed
 
 
+def stalled(history: list[dict[str, Any]], *, at_least: float = 30.0) -> tuple[int, float] | None:
+    """(records waiting, seconds) of a pipeline that has stopped processing, or ``None``.
+
+    Read off the supervisor's lag history: nothing processed for ``at_least`` seconds
+    while records waited.
+    """
+    if not history or history[-1]["lag"] <= 0 or "processed" not in history[-1]:
+        return None
+    last = history[-1]
+    since = last["at"]
+    for entry in reversed(history):
+        if entry.get("processed") != last["processed"] or entry["lag"] <= 0:
+            break
+        since = entry["at"]
+    waited = last["at"] - since
+    return (int(last["lag"]), waited) if waited >= at_least else None
+
+
 class LagUnknown(MlexecError):
     """The lag cannot be measured right now; the message says why."""
 
@@ -260,9 +280,13 @@ class Supervisor:
                 now = self._clock()
                 for part in self.parts.values():
                     self._guarded(f"process {part.name}", self._watch, part, now)
-                if self.policy is not None and "pipeline" in self.parts and now >= self._next_check:
-                    self._next_check = now + self.policy.every.total_seconds()
-                    self._guarded("scaling", self._scale, now)
+                if "pipeline" in self.parts and now >= self._next_check:
+                    if self.policy is not None:
+                        self._next_check = now + self.policy.every.total_seconds()
+                        self._guarded("scaling", self._scale, now)
+                    else:  # the lag history alone: status tells a stalled pipeline by it
+                        self._next_check = now + _OBSERVE_EVERY
+                        self._guarded("lag", self._observe, now)
                 if now >= self._next_write:
                     self._next_write = now + 1.0
                     self._guarded("status file", self._write)
@@ -272,7 +296,7 @@ class Supervisor:
                 self._stop(part, "stopped")
             self._guarded("status file", self._write)
 
-    def _guarded(self, what: str, step: Callable[..., None], *args: Any) -> None:
+    def _guarded(self, what: str, step: Callable[..., object], *args: Any) -> None:
         try:
             step(*args)
         except Exception as exc:  # noqa: BLE001 - bookkeeping must never stop the site
@@ -327,12 +351,11 @@ class Supervisor:
         part.process, part.pid = None, None
         part.state = state
 
-    def _scale(self, now: float) -> None:
-        policy = self.policy
-        assert policy is not None
+    def _observe(self, now: float) -> tuple[int, int] | None:
+        """Read the lag; keep it, its rate and the workers in :attr:`history`."""
         measured = self._lag()
         if measured is None:
-            return
+            return None
         behind, processed = measured
         if self._last_lag is not None:
             t0, _, p0 = self._last_lag
@@ -340,10 +363,29 @@ class Supervisor:
         else:
             rate = 0.0
         self._last_lag = (now, behind, processed)
+        workers = self.parts["pipeline"].workers or 1
+        self.history.append(
+            {
+                "at": now,
+                "wall": time.time(),
+                "lag": behind,
+                "processed": processed,
+                "rate": rate,
+                "workers": workers,
+            }
+        )
+        del self.history[:-50]
+        return measured
+
+    def _scale(self, now: float) -> None:
+        policy = self.policy
+        assert policy is not None
+        measured = self._observe(now)
+        if measured is None:
+            return
+        behind, _processed = measured
         pipeline = self.parts["pipeline"]
         workers = pipeline.workers or 1
-        self.history.append({"at": now, "lag": behind, "rate": rate, "workers": workers})
-        del self.history[:-50]
         sustain = policy.sustain.total_seconds()
         self._above_since = (self._above_since or now) if behind > policy.out_above else None
         self._below_since = (self._below_since or now) if behind < policy.in_below else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -66,6 +67,16 @@ def test_a_recovery_file_without_tables_stops_neither_lag_reading_nor_up(broker,
     with _Running(path) as up:
         wait_for(lambda: up.sup.parts["pipeline"].restarts >= 2, 60, "the pipeline failing")
         assert up.thread.is_alive()
-        (flow / "part-0.sqlite3").unlink()
-        flow.rmdir()  # the operator's fix (what `mlexec reset` does)
+        shutil.rmtree(flow)  # the operator's fix (what `mlexec reset` does)
         wait_for(lambda: up.caught_up(500), 120, "the pipeline to start and catch up")
+
+
+def test_status_tells_a_stalled_pipeline_from_the_lag_history():
+    from dataflows.orchestrator import stalled
+
+    moving = [{"at": float(t), "lag": 100, "processed": t * 10} for t in range(0, 60, 5)]
+    assert stalled(moving) is None
+    stuck = moving + [{"at": 60.0 + t, "lag": 400, "processed": 999} for t in range(0, 40, 5)]
+    assert stalled(stuck) == (400, 35.0)
+    idle = stuck + [{"at": 100.0, "lag": 0, "processed": 1399}]
+    assert stalled(idle) is None  # caught up: nothing waits, nothing is stalled
