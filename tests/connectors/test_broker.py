@@ -38,3 +38,20 @@ def test_a_given_port_is_used():
     port = free_port()
     with LocalBroker(port=port) as broker:
         assert broker.bootstrap == f"127.0.0.1:{port}"
+
+
+def test_a_broker_restarts_on_its_port_at_once_after_clients_were_connected():
+    """Sockets of the old broker in TIME_WAIT do not block its port (SO_REUSEADDR)."""
+    broker = LocalBroker().start()
+    port = broker.port
+    conf = {"bootstrap.servers": broker.bootstrap}
+    ensure_topics(conf, [TopicSpec("before", 1)])
+    connected = AdminClient(conf)
+    assert "before" in connected.list_topics(timeout=10).topics  # connected while it stops
+    broker.stop()
+    again = LocalBroker(port=port, startup_timeout=10).start()
+    try:
+        topics = connected.list_topics(timeout=10).topics
+        assert "before" not in topics  # memory storage: it came back empty
+    finally:
+        again.stop()
