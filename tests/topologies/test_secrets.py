@@ -178,3 +178,18 @@ def test_masking_keeps_what_people_need():
     assert mask_url("http://h/x?token=abc&page=2") == "http://h/x?token=***&page=2"
     assert mask_url("chdb:///tmp/x") == "chdb:///tmp/x"
     assert mask_text("see postgresql://me:pw@db/x now") == "see postgresql://me:***@db/x now"
+
+
+def test_status_shows_no_secret_and_says_what_it_cannot_measure(tmp_path, env):
+    from dataflows.orchestrator import Supervisor
+    from topologies import load_topology, plan_topology
+
+    path = _topology(tmp_path)
+    plan = plan_topology(load_topology(path))
+    Supervisor(plan, "edge", path)._write()  # the status `up` keeps, without starting it
+    result = CliRunner().invoke(app, ["status", str(path), "--site", "edge"], env=env)
+    assert result.exit_code == 0, result.output
+    assert _leaks(result.output) == []
+    flat = " ".join(result.output.split())
+    assert "lag unknown until its first snapshot" in flat  # never a made-up 0
+    assert "is not running" in flat  # the supervisor's lock is not held
