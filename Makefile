@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench system-deps clean
+.PHONY: demo test lint bench system-deps clean typecheck-tree
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,20 @@ system-deps:
 	  echo "installing chromium (the dashboard test loads the page headless)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) system-deps
+# mypy finds packages by directory name; `mlexec` is `dataflows/` plus three folders
+# mapped under it (pyproject's package-dir), so it reads them through a link tree.
+TYPECHECK := $(VENV)/typecheck
+typecheck-tree:
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/mlexec
+	@for f in dataflows/*; do case "$$f" in *__pycache__) ;; *) ln -s "$(CURDIR)/$$f" $(TYPECHECK)/mlexec/ ;; esac; done
+	@for d in topologies connectors operators; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/mlexec/$$d; done
+
+test: $(STAMP) system-deps typecheck-tree
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP) typecheck-tree
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 

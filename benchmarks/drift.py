@@ -22,8 +22,8 @@ import orjson
 import pyarrow as pa
 from scipy import stats
 
-from connectors.samplestore import ChdbStore
-from operators.monitor import (
+from mlexec.connectors.samplestore import ChdbStore
+from mlexec.operators.monitor import (
     REFERENCES_TABLE,
     bin_counts_sql,
     drift_sql,

@@ -46,10 +46,10 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from benchmarks.runners import BATCH, FIELDS, PARTITIONS, ensure_out
-from connectors.broker import LocalBroker, free_port
-from connectors.kafka import CONSUMER_TUNING, ensure_topics, produce_records
-from operators.testing import make_mlp
-from topologies.plan import TopicSpec
+from mlexec.connectors.broker import LocalBroker, free_port
+from mlexec.connectors.kafka import CONSUMER_TUNING, ensure_topics, produce_records
+from mlexec.operators.testing import make_mlp
+from mlexec.topologies.plan import TopicSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")

@@ -25,9 +25,9 @@ import orjson
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from connectors.kafka import CONSUMER_TUNING, client_config, ensure_topics
-from connectors.samplestore import open_store
-from topologies.plan import TopicSpec
+from mlexec.connectors.kafka import CONSUMER_TUNING, client_config, ensure_topics
+from mlexec.connectors.samplestore import open_store
+from mlexec.topologies.plan import TopicSpec
 
 FIELDS = [f"f{i}" for i in range(16)]
 BATCH = 256
@@ -188,9 +188,9 @@ def site_topology(args: dict[str, Any]) -> Path:
 
 def site(args: dict[str, Any]) -> dict[str, float]:
     """The mlexec site dataflow, one process of ``processes`` (bytewax cluster)."""
-    from dataflows.run import execute, prepare_site
-    from dataflows.site import build_flow
-    from topologies import load_topology, plan_topology
+    from mlexec.run import execute, prepare_site
+    from mlexec.site import build_flow
+    from mlexec.topologies import load_topology, plan_topology
 
     plan = plan_topology(load_topology(site_topology(args)))
     run = prepare_site(plan, "here")
@@ -222,8 +222,8 @@ def site(args: dict[str, Any]) -> dict[str, float]:
 
 def prepare(args: dict[str, Any]) -> dict[str, Any]:
     """Create the site's topics and samples table (before its processes start)."""
-    from dataflows.run import prepare_site
-    from topologies import load_topology, plan_topology
+    from mlexec.run import prepare_site
+    from mlexec.topologies import load_topology, plan_topology
 
     plan = plan_topology(load_topology(site_topology(args)))
     run = prepare_site(plan, "here")
@@ -240,9 +240,9 @@ def store(args: dict[str, Any]) -> dict[str, Any]:
     """The site's store phase: its samples topic into chDB, timed on its own."""
     from bytewax.run import cli_main
 
-    from dataflows.run import prepare_site
-    from dataflows.site import build_flow
-    from topologies import load_topology, plan_topology
+    from mlexec.run import prepare_site
+    from mlexec.site import build_flow
+    from mlexec.topologies import load_topology, plan_topology
 
     plan = plan_topology(load_topology(site_topology(args)))
     run = prepare_site(plan, "here")

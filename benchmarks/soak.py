@@ -26,10 +26,11 @@ import orjson
 import yaml
 from confluent_kafka import Producer
 
-from connectors.broker import LocalBroker
-from dataflows.orchestrator import pipeline_lag, read_status, store_backlog
-from operators.testing import make_mlp
-from topologies import load_topology, plan_topology
+from mlexec.connectors.broker import LocalBroker
+from mlexec.lag import pipeline_lag, store_backlog
+from mlexec.operators.testing import make_mlp
+from mlexec.orchestrator import read_status
+from mlexec.topologies import load_topology, plan_topology
 
 FIELDS = [f"f{i}" for i in range(16)]
 
@@ -115,7 +116,7 @@ def main() -> None:
         plan = plan_topology(load_topology(path))
         uc = plan.usecases["soak"]
         up = subprocess.Popen(
-            [sys.executable, "-m", "dataflows.cli", "up", str(path), "--site", "here"],
+            [sys.executable, "-m", "mlexec.cli", "up", str(path), "--site", "here"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

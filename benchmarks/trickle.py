@@ -21,9 +21,9 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from connectors.broker import LocalBroker
-from connectors.kafka import CONSUMER_TUNING, ensure_topics
-from topologies.plan import TopicSpec
+from mlexec.connectors.broker import LocalBroker
+from mlexec.connectors.kafka import CONSUMER_TUNING, ensure_topics
+from mlexec.topologies.plan import TopicSpec
 
 RECORDS = 20_000
 LIMIT_S = 60.0

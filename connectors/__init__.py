@@ -1,14 +1,14 @@
 """Connectors: everything that touches the outside — Kafka, the sample store, the broker."""
 
-from connectors.broker import LocalBroker, local_broker
-from connectors.kafka import (
+from mlexec.connectors.broker import LocalBroker, local_broker
+from mlexec.connectors.kafka import (
     KafkaBatchSink,
     KafkaBatchSource,
     Outgoing,
     client_config,
     ensure_topics,
 )
-from connectors.samplestore import SamplesTable, SampleStore, open_store
+from mlexec.connectors.samplestore import SamplesTable, SampleStore, open_store
 
 __all__ = [
     "KafkaBatchSink",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from topologies.errors import MlexecError
+from mlexec.topologies.errors import MlexecError
 
 __all__ = ["BrokerError", "LocalBroker", "free_port", "local_broker", "tansu_binary"]
 

@@ -31,9 +31,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from topologies.errors import MlexecError
-from topologies.plan import TopicSpec
-from topologies.schema import KafkaSettings
+from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.plan import TopicSpec
+from mlexec.topologies.schema import KafkaSettings
 
 __all__ = [
     "CONSUMER_TUNING",
@@ -171,7 +171,7 @@ def topic_identity(admin: AdminClient, topic: str, timeout: float = 10.0) -> tup
 
 def send_alert(conf: dict[str, Any], alert: dict[str, Any]) -> None:
     """One alert on ``mlexec.alerts`` (created if missing); a failure to send is logged."""
-    from topologies.plan import ALERTS_TOPIC
+    from mlexec.topologies.plan import ALERTS_TOPIC
 
     _log.error("%s: %s", alert.get("kind", "alert"), alert.get("message"))
     try:

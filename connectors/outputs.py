@@ -28,9 +28,9 @@ import orjson
 import polars as pl
 from confluent_kafka import KafkaError, Message, Producer
 
-from connectors.retry import HttpStatusError, RetryableError, check_http, with_backoff
-from topologies.errors import MlexecError
-from topologies.schema import FileOutput, HttpOutput, KafkaOutput, MqttBroker, MqttOutput
+from mlexec.connectors.retry import HttpStatusError, RetryableError, check_http, with_backoff
+from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.schema import FileOutput, HttpOutput, KafkaOutput, MqttBroker, MqttOutput
 
 __all__ = [
     "Action",

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import httpx
 
-from topologies.schema import Backoff
+from mlexec.topologies.schema import Backoff
 
 __all__ = ["HttpStatusError", "RetryableError", "check_http", "with_backoff"]
 

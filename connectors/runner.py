@@ -32,10 +32,10 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from connectors.kafka import KafkaDeliveryError, end_offsets, ensure_topics, read_topic
-from connectors.sources.base import Source, SourceRecord
-from topologies.errors import MlexecError, TopologyError
-from topologies.plan import TopicSpec
+from mlexec.connectors.kafka import KafkaDeliveryError, end_offsets, ensure_topics, read_topic
+from mlexec.connectors.sources.base import Source, SourceRecord
+from mlexec.topologies.errors import MlexecError, TopologyError
+from mlexec.topologies.plan import TopicSpec
 
 __all__ = [
     "HEADER_CONNECTOR",

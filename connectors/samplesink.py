@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from connectors.samplestore import SamplesTable, SampleStore, SampleStoreError, open_store
+from mlexec.connectors.samplestore import SamplesTable, SampleStore, SampleStoreError, open_store
 
 __all__ = ["SampleStoreSink", "rows_to_arrow"]
 

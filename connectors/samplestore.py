@@ -29,8 +29,8 @@ from urllib.parse import unquote, urlparse
 import polars as pl
 import pyarrow as pa
 
-from topologies.errors import MlexecError
-from topologies.secrets import mask_url
+from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.secrets import mask_url
 
 __all__ = [
     "RESERVED_COLUMNS",

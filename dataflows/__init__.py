@@ -1,7 +1,60 @@
-"""Dataflows: operators and connectors assembled per site, and the ``mlexec`` CLI."""
+"""mlexec: a machine-learning execution environment for streams — one topology, every site.
 
-from dataflows.run import SiteRun, prepare_site, run_site
-from dataflows.site import build_flow
-from dataflows.usecase import UseCaseRuntime
+The package is the repository's ``dataflows/`` (flows, runtime, monitoring, life cycle,
+the CLI) with ``mlexec.topologies``, ``mlexec.connectors`` and ``mlexec.operators``
+beneath it. The names a user calls are importable from here; they load on first use, so
+``import mlexec`` (and every ``mlexec`` command) stays quick::
 
-__all__ = ["SiteRun", "UseCaseRuntime", "build_flow", "prepare_site", "run_site"]
+    import mlexec
+
+    plan = mlexec.plan_topology(mlexec.load_topology("topologies/demo.yaml"))
+    run = mlexec.prepare_site(plan, "edge")
+    flow = mlexec.build_flow("demo-edge", {"bootstrap.servers": "127.0.0.1:9092"}, process=run.process)
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+try:
+    __version__ = version("mlexec")
+except PackageNotFoundError:  # pragma: no cover - running from a tree that is not installed
+    __version__ = "0+unknown"
+
+#: Public name → the module that defines it.
+_API = {
+    "MlexecError": "mlexec.topologies.errors",
+    "TopologyError": "mlexec.topologies.errors",
+    "Plan": "mlexec.topologies.plan",
+    "Topology": "mlexec.topologies.schema",
+    "load_topology": "mlexec.topologies.loader",
+    "parse_topology": "mlexec.topologies.loader",
+    "plan_topology": "mlexec.topologies.plan",
+    "SiteRun": "mlexec.run",
+    "prepare_site": "mlexec.run",
+    "prepare_resources": "mlexec.run",
+    "run_pipeline": "mlexec.run",
+    "run_store": "mlexec.run",
+    "run_site": "mlexec.run",
+    "build_flow": "mlexec.site",
+    "UseCaseRuntime": "mlexec.usecase",
+    "Supervisor": "mlexec.orchestrator",
+}
+
+__all__ = ["__version__", *sorted(_API)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        msg = f"module 'mlexec' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

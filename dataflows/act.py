@@ -30,13 +30,18 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from connectors.kafka import CONSUMER_TUNING, KafkaDeliveryError, client_config, ensure_topics
-from connectors.outputs import Action, FileSink, HttpSink, KafkaSink, MqttSink, OutputSink
-from connectors.runner import Checkpoint, SiteParts, StatusCollector, run_restarting
-from operators.act import ActionFilter, ActionFilterError, Debouncer
-from topologies.errors import MlexecError, TopologyError
-from topologies.plan import ALERTS_TOPIC, Plan, TopicSpec
-from topologies.schema import FileOutput, HttpOutput, KafkaOutput, MqttOutput, Output
+from mlexec.connectors.kafka import (
+    CONSUMER_TUNING,
+    KafkaDeliveryError,
+    client_config,
+    ensure_topics,
+)
+from mlexec.connectors.outputs import Action, FileSink, HttpSink, KafkaSink, MqttSink, OutputSink
+from mlexec.connectors.runner import Checkpoint, SiteParts, StatusCollector, run_restarting
+from mlexec.operators.act import ActionFilter, ActionFilterError, Debouncer
+from mlexec.topologies.errors import MlexecError, TopologyError
+from mlexec.topologies.plan import ALERTS_TOPIC, Plan, TopicSpec
+from mlexec.topologies.schema import FileOutput, HttpOutput, KafkaOutput, MqttOutput, Output
 
 __all__ = ["OutputCollector", "OutputRunner", "OutputStatus", "prepare_outputs", "run_outputs"]
 

@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dataflows.locks import SiteBusyError, SiteLock, child_env, describe, die_with_parent, holder
-from topologies.errors import MlexecError, TopologyError
-from topologies.schema import (
+from mlexec.locks import SiteBusyError, SiteLock, child_env, describe, die_with_parent, holder
+from mlexec.topologies.errors import MlexecError, TopologyError
+from mlexec.topologies.schema import (
     Connector,
     CsvConnector,
     FileOutput,
@@ -33,15 +33,15 @@ from topologies.schema import (
     Output,
     SqlConnector,
 )
-from topologies.secrets import mask_text, mask_url
+from mlexec.topologies.secrets import mask_text, mask_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from prometheus_client.registry import Collector
 
-    from connectors.runner import ConnectorStatus
-    from dataflows.act import OutputStatus
+    from mlexec.act import OutputStatus
+    from mlexec.connectors.runner import ConnectorStatus
 
 __all__ = ["app", "main"]
 
@@ -54,6 +54,26 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from mlexec import __version__
+
+        console.print(f"mlexec {__version__}", highlight=False)
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """A machine-learning execution environment for streams: one topology, every site."""
 _stopping = threading.Event()
 
 TopologyArg = Annotated[Path, typer.Argument(help="The topology YAML file.", show_default=False)]
@@ -71,7 +91,7 @@ def _fail(exc: Exception, code: int = 2) -> typer.Exit:
 
 
 def _load(path: Path):  # type: ignore[no-untyped-def]
-    from topologies import load_topology, plan_topology
+    from mlexec.topologies import load_topology, plan_topology
 
     topology = load_topology(path)
     return topology, plan_topology(topology, str(path))
@@ -80,7 +100,7 @@ def _load(path: Path):  # type: ignore[no-untyped-def]
 @app.command()
 def validate(topology: TopologyArg) -> None:
     """Check a topology (and its models) without side effects; print the plan."""
-    from dataflows.run import prepare_site
+    from mlexec.run import prepare_site
 
     try:
         topo, plan = _load(topology)
@@ -290,7 +310,7 @@ def run(
     Continuously, the store runs as a second process (the one owner of an embedded
     chDB store); with --until-end the pipelines run to the end first, then the store.
     """
-    from dataflows.run import prepare_resources, prepare_site, run_pipeline, run_site, run_store
+    from mlexec.run import prepare_resources, prepare_site, run_pipeline, run_site, run_store
 
     try:
         _, plan = _load(topology)
@@ -329,7 +349,7 @@ def run(
             return
         child = None
         if part is Part.all and prepared.store:
-            argv = [sys.executable, "-m", "dataflows.cli", "run", str(topology), "--site", site]
+            argv = [sys.executable, "-m", "mlexec.cli", "run", str(topology), "--site", site]
             argv += ["--part", "store", *(["--usecase", usecase] if usecase else [])]
             argv += ["--no-recovery"] if no_recovery else []
             argv += ["--metrics-port", str(metrics_port + 1)] if metrics_port else []
@@ -398,8 +418,8 @@ def connect(
     Each connector checkpoints in the site's state directory after every delivered
     batch, so a restart resumes with nothing lost and nothing produced twice.
     """
-    from connectors.runner import ConnectorCollector
-    from dataflows.connect import prepare_connectors, run_connectors
+    from mlexec.connect import prepare_connectors, run_connectors
+    from mlexec.connectors.runner import ConnectorCollector
 
     try:
         _, plan = _load(topology)
@@ -436,7 +456,7 @@ def act(
     cannot deliver to <uc>.outputs.deadletter, and checkpoints its offsets in the
     site's state directory once deliveries are durable.
     """
-    from dataflows.act import OutputCollector, prepare_outputs, run_outputs
+    from mlexec.act import OutputCollector, prepare_outputs, run_outputs
 
     try:
         _, plan = _load(topology)
@@ -466,8 +486,8 @@ def mirror(
     Up: what the placement needs on the target, and alerts; down: models. Remote topics
     are <site>.<topic>; a restart or an outage of the other side loses and repeats nothing.
     """
-    from connectors.runner import ConnectorCollector
-    from dataflows.mirror import prepare_mirror, run_mirror
+    from mlexec.connectors.runner import ConnectorCollector
+    from mlexec.mirror import prepare_mirror, run_mirror
 
     try:
         _, plan = _load(topology)
@@ -489,7 +509,7 @@ def up(topology: TopologyArg, site: SiteOpt) -> None:
     state or checkpoint; with a scale policy the pipeline gets more or fewer workers as
     its lag demands. SIGTERM or Ctrl-C stops every process gracefully.
     """
-    from dataflows.orchestrator import Supervisor
+    from mlexec.orchestrator import Supervisor
 
     try:
         _, plan = _load(topology)
@@ -514,7 +534,8 @@ def status(topology: TopologyArg, site: SiteOpt) -> None:
     """Show a site's supervised processes, the pipeline's lag and throughput, restarts."""
     import shutil
 
-    from dataflows.orchestrator import pipeline_lag, read_status, stalled, store_backlog
+    from mlexec.lag import pipeline_lag, stalled, store_backlog
+    from mlexec.orchestrator import read_status
 
     try:
         _, plan = _load(topology)
@@ -717,7 +738,7 @@ def render(
     credentials. Grafana's files hold none (its password comes from its environment)
     and must be readable by the Grafana container's user.
     """
-    from topologies.render import render_grafana, render_mm2
+    from mlexec.topologies.render import render_grafana, render_mm2
 
     try:
         topo, plan = _load(topology)
@@ -759,7 +780,7 @@ def query(
     ] = False,
 ) -> None:
     """Run SQL on a site's sample store (the database is named ``mlexec``)."""
-    from connectors.samplestore import open_store
+    from mlexec.connectors.samplestore import open_store
 
     try:
         topo, plan = _load(topology)
@@ -791,7 +812,7 @@ def broker(
     ] = "memory://tansu/",
 ) -> None:
     """Run a local Kafka-wire broker (Tansu) in the foreground until Ctrl-C."""
-    from connectors.broker import LocalBroker
+    from mlexec.connectors.broker import LocalBroker
 
     local = LocalBroker(port=port, storage=storage)
     _interrupt_on(signal.SIGINT, signal.SIGTERM)
@@ -818,7 +839,7 @@ def demo(
     seconds: Annotated[int, typer.Option(min=20, help="Seconds of readings per machine.")] = 1000,
 ) -> None:
     """From nothing: local broker, models, data, the site dataflow to the end, a report."""
-    from dataflows.demo import run_demo
+    from mlexec.demo import run_demo
 
     console.rule("[bold]mlexec demo")
     console.print("local broker, synthetic sensor park, two models (scikit-learn → ONNX) …")
@@ -904,7 +925,7 @@ def _exit_on(*signals: signal.Signals, child: subprocess.Popen[bytes] | None = N
                 child.wait(30)
             except subprocess.TimeoutExpired:
                 child.kill()
-        from dataflows.health import flush_reporters
+        from mlexec.health import flush_reporters
 
         flush_reporters()  # the runtime health up to this moment, for the monitor
         os._exit(128 + signum)
@@ -958,8 +979,8 @@ def monitor_run(
     Runs every ``monitoring.every`` until Ctrl-C, or once. With an embedded (chDB) store
     it needs the store directory to itself: `mlexec run` stores monitor in-process.
     """
-    from connectors.samplestore import open_store
-    from dataflows.monitor import Monitor
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.monitor import Monitor
 
     try:
         _, plan = _load(topology)
@@ -1007,8 +1028,8 @@ def monitor_show(
     topology: TopologyArg, usecase: UsecaseOpt = None, site: MonitorSiteOpt = None
 ) -> None:
     """The latest evaluation, runtime health and alerts of the site's monitored use cases."""
-    from connectors.samplestore import open_store
-    from dataflows.monitor import latest
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.monitor import latest
 
     try:
         _, plan = _load(topology)
@@ -1068,8 +1089,8 @@ def monitor_reference(
     site: MonitorSiteOpt = None,
 ) -> None:
     """Record a model version's training data as the reference ``kind: model`` names."""
-    from connectors.samplestore import open_store
-    from dataflows.monitor import Monitor, read_reference_file
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.monitor import Monitor, read_reference_file
 
     try:
         _, plan = _load(topology)
@@ -1093,8 +1114,8 @@ def monitor_dashboard(
     hours: Annotated[float, typer.Option(help="Hours of history to plot.")] = 24.0,
 ) -> None:
     """Serve the monitoring page on 127.0.0.1 until Ctrl-C (no internet needed)."""
-    from connectors.samplestore import open_store
-    from dataflows.dashboard import Dashboard, DashboardData
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.dashboard import Dashboard, DashboardData
 
     try:
         _, plan = _load(topology)
@@ -1132,14 +1153,14 @@ RegistrySiteOpt = Annotated[
 
 def _registry(topology: Path, usecase: str, site: str | None):  # type: ignore[no-untyped-def]
     """(plan, use case plan, Kafka config) of the registry to use."""
-    from connectors.kafka import client_config
+    from mlexec.connectors.kafka import client_config
 
     _, plan = _load(topology)
     if usecase not in plan.usecases:
         msg = f"no use case {usecase!r}; use cases: {sorted(plan.usecases)}"
         raise TopologyError(msg)
     uc = plan.usecases[usecase]
-    from dataflows.models import registry_site
+    from mlexec.models import registry_site
 
     site = site or registry_site(plan, uc)
     plan.require_site(site)
@@ -1177,9 +1198,9 @@ def model_publish(
     ] = None,
 ) -> None:
     """Put a model version on the registry, checked against the use case, in chunks."""
-    from connectors.samplestore import open_store
-    from dataflows.models import publish_model
-    from dataflows.monitor import Monitor, read_reference_file
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.models import publish_model
+    from mlexec.monitor import Monitor, read_reference_file
 
     try:
         plan, uc, conf = _registry(topology, usecase, site)
@@ -1217,7 +1238,7 @@ def model_list(
     site: RegistrySiteOpt = None,
 ) -> None:
     """The versions on the registry and what each does now."""
-    from dataflows.models import current_routing, read_registry
+    from mlexec.models import current_routing, read_registry
 
     try:
         _, plan = _load(topology)
@@ -1254,7 +1275,7 @@ def model_list(
 
 
 def _change(topology: Path, usecase: str, site: str | None, change):  # type: ignore[no-untyped-def]
-    from dataflows.models import change_routing
+    from mlexec.models import change_routing
 
     try:
         _, uc, conf = _registry(topology, usecase, site)
@@ -1342,9 +1363,9 @@ def model_compare(
     """Per version and variant: samples, latency, distance to production's predictions, error."""
     from datetime import timedelta
 
-    from connectors.samplestore import open_store
-    from dataflows.lifecycle import compare
-    from topologies.schema import parse_duration
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.lifecycle import compare
+    from mlexec.topologies.schema import parse_duration
 
     try:
         _, plan = _load(topology)
@@ -1383,9 +1404,9 @@ def train(
     version: Annotated[str | None, typer.Option(help="Default: the next number.")] = None,
 ) -> None:
     """Train a new version on the labelled samples; publish it when it beats production."""
-    from connectors.samplestore import open_store
-    from dataflows.lifecycle import train as train_version
-    from dataflows.monitor import Monitor
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.lifecycle import train as train_version
+    from mlexec.monitor import Monitor
 
     try:
         plan, uc, conf = _registry(topology, usecase, None)

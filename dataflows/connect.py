@@ -11,10 +11,10 @@ import functools
 import threading
 from pathlib import Path
 
-from connectors.kafka import client_config
-from connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus, SiteParts
-from connectors.sources import open_source
-from topologies.plan import Plan, TopicSpec
+from mlexec.connectors.kafka import client_config
+from mlexec.connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus, SiteParts
+from mlexec.connectors.sources import open_source
+from mlexec.topologies.plan import Plan, TopicSpec
 
 __all__ = ["SiteConnectors", "prepare_connectors", "run_connectors"]
 

@@ -20,10 +20,10 @@ from urllib.parse import parse_qs, urlparse
 
 import orjson
 
-from connectors.samplestore import SampleStore, SampleStoreError
-from dataflows.usecase import samples_table, watchable_columns
-from operators.monitor import ALERTS_TABLE, DRIFT_TABLE, METRICS_TABLE, quote, sql_time
-from topologies.plan import Plan
+from mlexec.connectors.samplestore import SampleStore, SampleStoreError
+from mlexec.operators.monitor import ALERTS_TABLE, DRIFT_TABLE, METRICS_TABLE, quote, sql_time
+from mlexec.topologies.plan import Plan
+from mlexec.usecase import samples_table, watchable_columns
 
 __all__ = ["Dashboard", "DashboardData", "plotly_js"]
 

@@ -25,16 +25,16 @@ import numpy as np
 import orjson
 import polars as pl
 
-from connectors.broker import LocalBroker
-from connectors.kafka import client_config, produce_records, read_topic
-from connectors.samplestore import SampleStore, open_store
-from dataflows.act import prepare_outputs, run_outputs
-from dataflows.connect import prepare_connectors, run_connectors
-from dataflows.monitor import Evaluation, Monitor
-from dataflows.run import prepare_resources, prepare_site, run_site
-from topologies import load_topology, plan_topology
-from topologies.errors import MlexecError
-from topologies.plan import Plan
+from mlexec.act import prepare_outputs, run_outputs
+from mlexec.connect import prepare_connectors, run_connectors
+from mlexec.connectors.broker import LocalBroker
+from mlexec.connectors.kafka import client_config, produce_records, read_topic
+from mlexec.connectors.samplestore import SampleStore, open_store
+from mlexec.monitor import Evaluation, Monitor
+from mlexec.run import prepare_resources, prepare_site, run_site
+from mlexec.topologies import load_topology, plan_topology
+from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.plan import Plan
 
 __all__ = [
     "DemoReport",
@@ -109,7 +109,7 @@ def make_sensor_csv(frame: pl.DataFrame, path: Path, broken_every: int = 997) ->
 
 def window_frame(frame: pl.DataFrame, size_ms: int = 10_000) -> pl.DataFrame:
     """Per machine and tumbling window, the demo's declared aggregations (polars)."""
-    from operators.reduce import aggregate_expression
+    from mlexec.operators.reduce import aggregate_expression
 
     exprs = [aggregate_expression(a, f) for f, aggs in WINDOW_FIELDS.items() for a in aggs]
     return (
@@ -191,7 +191,7 @@ def _environment(**values: str) -> Iterator[None]:
 
 def demo_topology_path() -> Path:
     """The embedded demo topology shipped in the ``topologies`` package."""
-    return Path(str(resources.files("topologies").joinpath("demo.yaml")))
+    return Path(str(resources.files("mlexec.topologies").joinpath("demo.yaml")))
 
 
 def _monitor(plan: Plan, store: SampleStore, trained_on: pl.DataFrame) -> list[Evaluation]:

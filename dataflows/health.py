@@ -27,8 +27,8 @@ import orjson
 from confluent_kafka import Producer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from connectors.kafka import PRODUCED, PROGRESS, STALLS
-from topologies.plan import METRICS_TOPIC, Plan
+from mlexec.connectors.kafka import PRODUCED, PROGRESS, STALLS
+from mlexec.topologies.plan import METRICS_TOPIC, Plan
 
 __all__ = [
     "Reporter",

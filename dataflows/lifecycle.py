@@ -28,15 +28,21 @@ import onnxruntime as ort
 import orjson
 import polars as pl
 
-from connectors.kafka import produce_records
-from connectors.samplestore import SampleStore
-from dataflows.models import change_routing, current_routing, publish_model, read_registry
-from dataflows.monitor import feedback_table
-from operators.monitor import accuracy_sql, grid_ks, sql_time, training_sql, variants_sql
-from operators.reduce import ReductionError, load_entrypoint
-from operators.registry import Assembler, RegistryError, Routing
-from topologies.errors import MlexecError
-from topologies.plan import ALERTS_TOPIC, Plan, UseCasePlan
+from mlexec.connectors.kafka import produce_records
+from mlexec.connectors.samplestore import SampleStore
+from mlexec.models import change_routing, current_routing, publish_model, read_registry
+from mlexec.operators.monitor import (
+    accuracy_sql,
+    feedback_table,
+    grid_ks,
+    sql_time,
+    training_sql,
+    variants_sql,
+)
+from mlexec.operators.reduce import ReductionError, load_entrypoint
+from mlexec.operators.registry import Assembler, RegistryError, Routing
+from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.plan import ALERTS_TOPIC, Plan, UseCasePlan
 
 __all__ = ["Trained", "apply_policy", "compare", "lifecycle_event", "next_version", "train"]
 

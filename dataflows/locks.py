@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import orjson
 
-from topologies.errors import MlexecError
+from mlexec.topologies.errors import MlexecError
 
 __all__ = [
     "PARENT_ENV",

@@ -17,11 +17,11 @@ import logging
 import threading
 from pathlib import Path
 
-from connectors.kafka import client_config, ensure_topics
-from connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus, run_all
-from connectors.sources.kafka import MirrorSource
-from topologies.errors import MlexecError, TopologyError
-from topologies.plan import Plan, TopicSpec, remote_name
+from mlexec.connectors.kafka import client_config, ensure_topics
+from mlexec.connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus, run_all
+from mlexec.connectors.sources.kafka import MirrorSource
+from mlexec.topologies.errors import MlexecError, TopologyError
+from mlexec.topologies.plan import Plan, TopicSpec, remote_name
 
 __all__ = ["SiteMirror", "prepare_mirror", "run_mirror"]
 

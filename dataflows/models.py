@@ -27,16 +27,16 @@ import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from connectors.kafka import (
+from mlexec.connectors.kafka import (
     CONSUMER_TUNING,
     ensure_topics,
     produce_records,
     read_topic,
     send_alert,
 )
-from operators.infer import ModelError, ModelInfo, OnnxModel, Predictions, describe_model
-from operators.records import Records
-from operators.registry import (
+from mlexec.operators.infer import ModelError, ModelInfo, OnnxModel, Predictions, describe_model
+from mlexec.operators.records import Records
+from mlexec.operators.registry import (
     Assembler,
     Manifest,
     RegistryError,
@@ -46,8 +46,8 @@ from operators.registry import (
     manifest_of,
     routing_message,
 )
-from topologies.errors import MlexecError
-from topologies.plan import MODELS_TOPIC, Plan, UseCasePlan, remote_name
+from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.plan import MODELS_TOPIC, Plan, UseCasePlan, remote_name
 
 __all__ = [
     "Inferred",

@@ -30,13 +30,12 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from connectors.kafka import client_config, ensure_topics, produce_records, read_topic
-from connectors.runner import Checkpoint
-from connectors.samplestore import SampleStore
-from dataflows.orchestrator import LagUnknown, pipeline_lag, store_backlog
-from dataflows.usecase import samples_table, watchable_columns
-from operators.emit import deadletter_headers
-from operators.monitor import (
+from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
+from mlexec.connectors.runner import Checkpoint
+from mlexec.connectors.samplestore import SampleStore
+from mlexec.lag import LagUnknown, pipeline_lag, store_backlog
+from mlexec.operators.emit import deadletter_headers
+from mlexec.operators.monitor import (
     ALERTS_TABLE,
     DRIFT_TABLE,
     METRICS_TABLE,
@@ -46,17 +45,19 @@ from operators.monitor import (
     bin_counts_sql,
     drift_sql,
     feedback_ddl,
+    feedback_table,
     judge,
     profile_sql,
     quote,
     reference_rows_ddl,
+    reference_table,
     sql_time,
     tables_ddl,
 )
-from operators.records import DeadLetter
-from topologies.errors import MlexecError
-from topologies.plan import ALERTS_TOPIC, Plan, TopicSpec, UseCasePlan
-from topologies.schema import (
+from mlexec.operators.records import DeadLetter
+from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.plan import ALERTS_TOPIC, Plan, TopicSpec, UseCasePlan
+from mlexec.topologies.schema import (
     STATISTICS,
     FileReference,
     ModelReference,
@@ -64,6 +65,7 @@ from topologies.schema import (
     RangeReference,
     Thresholds,
 )
+from mlexec.usecase import samples_table, watchable_columns
 
 __all__ = [
     "Evaluation",
@@ -82,16 +84,6 @@ _MS = pa.timestamp("ms", tz="UTC")
 
 class MonitorError(MlexecError):
     """A reference or an evaluation cannot be made; the message says what to do."""
-
-
-def feedback_table(uc: UseCasePlan) -> str:
-    """The use case's labels table."""
-    return "feedback_" + uc.table.removeprefix("samples_")
-
-
-def reference_table(uc: UseCasePlan) -> str:
-    """The use case's recorded reference rows (files, models' training data)."""
-    return "reference_" + uc.table.removeprefix("samples_")
 
 
 def _now() -> datetime:
@@ -536,8 +528,8 @@ class Monitor:
 
     def _life_cycle(self, uc: UseCasePlan, ev: Evaluation, now: datetime) -> None:
         """Retrain on the alerts the topology names; promote or roll back the canary."""
-        from dataflows.lifecycle import apply_policy, lifecycle_event, train
-        from dataflows.models import registry_site
+        from mlexec.lifecycle import apply_policy, lifecycle_event, train
+        from mlexec.models import registry_site
 
         life = uc.usecase.lifecycle
         if life is None:

@@ -22,13 +22,13 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from connectors.kafka import client_config, ensure_topics
-from connectors.samplestore import open_store
-from dataflows.health import Reporter, RuntimeHealth, serve_metrics
-from dataflows.models import RegistryWatcher
-from dataflows.site import build_flow
-from dataflows.usecase import UseCaseRuntime
-from topologies.plan import Plan
+from mlexec.connectors.kafka import client_config, ensure_topics
+from mlexec.connectors.samplestore import open_store
+from mlexec.health import Reporter, RuntimeHealth, serve_metrics
+from mlexec.models import RegistryWatcher
+from mlexec.site import build_flow
+from mlexec.topologies.plan import Plan
+from mlexec.usecase import UseCaseRuntime
 
 __all__ = [
     "SiteRun",
@@ -229,8 +229,8 @@ def _host_monitoring(
     run: SiteRun, hosted: ExitStack, monitor: bool, dashboard_port: int | None
 ) -> None:
     """Start the monitor's schedule and the dashboard beside the store dataflow."""
-    from dataflows.dashboard import Dashboard, DashboardData
-    from dataflows.monitor import Monitor
+    from mlexec.dashboard import Dashboard, DashboardData
+    from mlexec.monitor import Monitor
 
     monitored = [rt for rt in run.store if rt.plan.usecase.monitoring is not None]
     if not (monitored and monitor) and dashboard_port is None:

@@ -23,12 +23,11 @@ import bytewax.operators as op
 import orjson
 from bytewax.dataflow import Dataflow, Stream
 
-from connectors.kafka import KafkaBatchSink, KafkaBatchSource, Outgoing, RawBatch
-from connectors.samplesink import SampleStoreSink
-from dataflows.health import observe_dispatch, observe_expired
-from dataflows.models import Inferred, ServeError
-from dataflows.usecase import UseCaseRuntime
-from operators.dispatch import (
+from mlexec.connectors.kafka import KafkaBatchSink, KafkaBatchSource, Outgoing, RawBatch
+from mlexec.connectors.samplesink import SampleStoreSink
+from mlexec.health import observe_dispatch, observe_expired
+from mlexec.models import Inferred, ServeError
+from mlexec.operators.dispatch import (
     ConditionLogic,
     CountLogic,
     CronLogic,
@@ -41,7 +40,7 @@ from operators.dispatch import (
     per_record,
     split_by_bucket,
 )
-from operators.emit import (
+from mlexec.operators.emit import (
     deadletter_headers,
     deadletter_value,
     error_reply,
@@ -51,12 +50,12 @@ from operators.emit import (
     reply_value,
     sample_values,
 )
-from operators.parse import ParseResult
-from operators.records import DeadLetter, Records
-from operators.reduce import Reduced, ReductionError, StatefulReduceLogic
-from operators.requests import RangeRequest, RequestLogic, RequestReader
-from operators.windows import WindowLogic, WindowShape
-from topologies.schema import (
+from mlexec.operators.parse import ParseResult
+from mlexec.operators.records import DeadLetter, Records
+from mlexec.operators.reduce import Reduced, ReductionError, StatefulReduceLogic
+from mlexec.operators.requests import RangeRequest, RequestLogic, RequestReader
+from mlexec.operators.windows import WindowLogic, WindowShape
+from mlexec.topologies.schema import (
     Condition,
     CountWindow,
     Cron,
@@ -67,6 +66,7 @@ from topologies.schema import (
     Sliding,
     Tumbling,
 )
+from mlexec.usecase import UseCaseRuntime
 
 __all__ = ["WINDOW_BUCKETS", "build_flow"]
 

@@ -13,19 +13,19 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from connectors.samplestore import RESERVED_COLUMNS, SamplesTable
-from dataflows.models import ModelRouter
-from operators.act import ActionFilter, ActionFilterError
-from operators.dispatch import Dispatched
-from operators.emit import prediction_values
-from operators.infer import ModelError, ModelInfo, OnnxModel, Predictions, describe_model
-from operators.parse import RecordParser
-from operators.records import Records
-from operators.reduce import Reducer, ReductionError
-from operators.sample import Sampler, SamplingError
-from topologies.errors import TopologyError
-from topologies.plan import UseCasePlan
-from topologies.schema import (
+from mlexec.connectors.samplestore import RESERVED_COLUMNS, SamplesTable
+from mlexec.models import ModelRouter
+from mlexec.operators.act import ActionFilter, ActionFilterError
+from mlexec.operators.dispatch import Dispatched
+from mlexec.operators.emit import prediction_values
+from mlexec.operators.infer import ModelError, ModelInfo, OnnxModel, Predictions, describe_model
+from mlexec.operators.parse import RecordParser
+from mlexec.operators.records import Records
+from mlexec.operators.reduce import Reducer, ReductionError
+from mlexec.operators.sample import Sampler, SamplingError
+from mlexec.topologies.errors import TopologyError
+from mlexec.topologies.plan import UseCasePlan
+from mlexec.topologies.schema import (
     Aggregate,
     MicroBatch,
     OnnxReduction,

@@ -1,12 +1,12 @@
 """Operators: bytewax steps of a use case — pure logic and declared state, no clients."""
 
-from operators.dispatch import Dispatched, MicroBatchLogic
-from operators.infer import ModelError, OnnxModel, Predictions, describe_model
-from operators.parse import ParseResult, RecordParser
-from operators.records import DeadLetter, Records
-from operators.reduce import Reducer
-from operators.sample import Sampler
-from operators.windows import WindowLogic
+from mlexec.operators.dispatch import Dispatched, MicroBatchLogic
+from mlexec.operators.infer import ModelError, OnnxModel, Predictions, describe_model
+from mlexec.operators.parse import ParseResult, RecordParser
+from mlexec.operators.records import DeadLetter, Records
+from mlexec.operators.reduce import Reducer
+from mlexec.operators.sample import Sampler
+from mlexec.operators.windows import WindowLogic
 
 __all__ = [
     "DeadLetter",

@@ -36,7 +36,7 @@ import orjson
 from bytewax.operators import StatefulBatchLogic
 from croniter import croniter
 
-from operators.records import DeadLetter, Records
+from mlexec.operators.records import DeadLetter, Records
 
 __all__ = [
     "NO_TIME",

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from operators.dispatch import Reply, Request
-from operators.infer import Predictions
-from operators.records import DeadLetter, Records
-from operators.reduce import Reduced
+from mlexec.operators.dispatch import Reply, Request
+from mlexec.operators.infer import Predictions
+from mlexec.operators.records import DeadLetter, Records
+from mlexec.operators.reduce import Reduced
 
 __all__ = [
     "DEADLETTER_MAX_BYTES",

@@ -34,7 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from topologies.schema import Thresholds
+from mlexec.topologies.plan import UseCasePlan
+from mlexec.topologies.schema import Thresholds
 
 __all__ = [
     "ALERTS_TABLE",
@@ -42,6 +43,8 @@ __all__ = [
     "FEEDBACK_COLUMNS",
     "GRID",
     "METRICS_TABLE",
+    "feedback_table",
+    "reference_table",
     "QUANTILE_SHIFT_LEVELS",
     "REFERENCES_TABLE",
     "Alert",
@@ -72,6 +75,16 @@ QUANTILE_SHIFT_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
 _FLOOR = 1e-6
 
 REFERENCES_TABLE = "mlexec_references"
+def feedback_table(uc: UseCasePlan) -> str:
+    """The use case's labels table."""
+    return "feedback_" + uc.table.removeprefix("samples_")
+
+
+def reference_table(uc: UseCasePlan) -> str:
+    """The use case's recorded reference rows (files, models' training data)."""
+    return "reference_" + uc.table.removeprefix("samples_")
+
+
 DRIFT_TABLE = "mlexec_drift"
 ALERTS_TABLE = "mlexec_alerts"
 METRICS_TABLE = "mlexec_metrics"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from operators.records import DeadLetter, Records
+from mlexec.operators.records import DeadLetter, Records
 
 __all__ = ["ParseResult", "RecordParser", "parse_time"]
 

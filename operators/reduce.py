@@ -31,9 +31,9 @@ import onnxruntime as ort
 import polars as pl
 from bytewax.operators import StatefulBatchLogic
 
-from operators.dispatch import Dispatched, Request
-from operators.records import Records
-from topologies.schema import aggregation_column, parse_aggregation
+from mlexec.operators.dispatch import Dispatched, Request
+from mlexec.operators.records import Records
+from mlexec.topologies.schema import aggregation_column, parse_aggregation
 
 __all__ = [
     "Reduced",

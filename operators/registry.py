@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from operators.records import splitmix64
-from topologies.errors import MlexecError
+from mlexec.operators.records import splitmix64
+from mlexec.topologies.errors import MlexecError
 
 __all__ = [
     "CHUNK_SIZE",

@@ -26,9 +26,18 @@ import numpy as np
 import orjson
 from bytewax.operators import StatefulBatchLogic
 
-from operators.dispatch import Clock, Dispatched, Progress, Reply, Request, Slice, ms, utc_now
-from operators.parse import ParseResult, RecordParser, parse_time
-from operators.records import DeadLetter, Records
+from mlexec.operators.dispatch import (
+    Clock,
+    Dispatched,
+    Progress,
+    Reply,
+    Request,
+    Slice,
+    ms,
+    utc_now,
+)
+from mlexec.operators.parse import ParseResult, RecordParser, parse_time
+from mlexec.operators.records import DeadLetter, Records
 
 __all__ = ["RangeRequest", "RequestLogic", "RequestReader"]
 

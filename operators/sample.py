@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from operators.infer import Predictions
-from operators.records import splitmix64
+from mlexec.operators.infer import Predictions
+from mlexec.operators.records import splitmix64
 
 __all__ = ["Sampler", "SamplingError", "condition_frame"]
 

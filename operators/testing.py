@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from topologies.errors import MlexecError
+from mlexec.topologies.errors import MlexecError
 
 __all__ = ["make_linear", "make_mlp"]
 

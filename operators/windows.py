@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
-from operators.dispatch import (
+from mlexec.operators.dispatch import (
     NO_TIME,
     Clock,
     Dispatched,
@@ -38,7 +38,7 @@ from operators.dispatch import (
     ms,
     utc_now,
 )
-from operators.records import Records
+from mlexec.operators.records import Records
 
 __all__ = ["WindowLogic", "WindowShape"]
 

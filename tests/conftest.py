@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.broker import LocalBroker
+from mlexec.connectors.broker import LocalBroker
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +39,7 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, i
     import subprocess
     import time
 
-    from connectors.broker import free_port
+    from mlexec.connectors.broker import free_port
 
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():

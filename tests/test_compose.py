@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from topologies import load_topology, plan_topology
-from topologies.render import render_mm2
+from mlexec.topologies import load_topology, plan_topology
+from mlexec.topologies.render import render_mm2
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRETS = {
@@ -139,8 +139,8 @@ def test_mirror_maker_runs_the_properties_mlexec_renders(monkeypatch):
 def test_grafana_is_provisioned_with_what_mlexec_renders(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from dataflows.cli import app
-    from topologies.render import GRAFANA_DATASOURCE
+    from mlexec.cli import app
+    from mlexec.topologies.render import GRAFANA_DATASOURCE
 
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     grafana = compose["services"]["grafana"]

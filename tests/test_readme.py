@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from topologies.schema import UseCase
+from mlexec.topologies.schema import UseCase
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def _table_rows(heading: str, first_column: str) -> list[list[str]]:
 def test_every_dispatch_rule_and_reduction_has_a_valid_example():
     from typing import get_args
 
-    from topologies.schema import Dispatch, Reduction
+    from mlexec.topologies.schema import Dispatch, Reduction
 
     dispatch_kinds, reduction_kinds = set(), set()
     base = {
@@ -107,7 +107,7 @@ def test_every_dispatch_rule_and_reduction_has_a_valid_example():
 
 
 def test_every_aggregation_is_in_the_readme_table():
-    from topologies.schema import AGGREGATIONS
+    from mlexec.topologies.schema import AGGREGATIONS
 
     named = set()
     for row in _table_rows("## Dispatch rules and reductions", "aggregation"):
@@ -116,7 +116,7 @@ def test_every_aggregation_is_in_the_readme_table():
 
 
 def test_the_monitoring_example_validates_and_the_table_names_every_statistic():
-    from topologies.schema import STATISTICS, Monitoring
+    from mlexec.topologies.schema import STATISTICS, Monitoring
 
     doc = _yaml_block_after("## Monitoring")
     checked = Monitoring.model_validate(doc["monitoring"])

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from topologies.errors import TopologyError
-from topologies.schema import Topology
+from mlexec.topologies.errors import TopologyError
+from mlexec.topologies.schema import Topology
 
 __all__ = ["expand_env", "load_topology", "parse_topology"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from topologies.errors import TopologyError
-from topologies.schema import (
+from mlexec.topologies.errors import TopologyError
+from mlexec.topologies.schema import (
     Aggregate,
     Identity,
     KafkaOutput,

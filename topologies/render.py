@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 
-from topologies.plan import Plan, Transfer
-from topologies.schema import KafkaSettings, TransferLink
+from mlexec.topologies.plan import Plan, Transfer
+from mlexec.topologies.schema import KafkaSettings, TransferLink
 
 __all__ = ["GRAFANA_DATASOURCE", "grafana_panels", "render_grafana", "render_mm2"]
 

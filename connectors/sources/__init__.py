@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from connectors.sources.base import RecordShaper, Source, SourceRecord
-from topologies.schema import (
+from mlexec.connectors.sources.base import RecordShaper, Source, SourceRecord
+from mlexec.topologies.schema import (
     Connector,
     CsvConnector,
     HttpConnector,
@@ -38,29 +38,29 @@ def open_source(
     """
     shaper = RecordShaper(schema.schema_, schema.key, config.set)
     if isinstance(config, CsvConnector):
-        from connectors.sources.files import CsvSource
+        from mlexec.connectors.sources.files import CsvSource
 
         return CsvSource(config, shaper, state, once=once)
     if isinstance(config, LogfileConnector):
-        from connectors.sources.files import LogfileSource
+        from mlexec.connectors.sources.files import LogfileSource
 
         return LogfileSource(config, shaper, state, once=once)
     if isinstance(config, HttpConnector):
-        from connectors.sources.http import HttpSource
+        from mlexec.connectors.sources.http import HttpSource
 
         return HttpSource(config, shaper, state, once=once)
     if isinstance(config, SqlConnector):
-        from connectors.sources.sql import SqlSource
+        from mlexec.connectors.sources.sql import SqlSource
 
         return SqlSource(config, shaper, state, once=once)
     if isinstance(config, KafkaConnector):
-        from connectors.kafka import client_config
-        from connectors.sources.kafka import KafkaTopicSource
+        from mlexec.connectors.kafka import client_config
+        from mlexec.connectors.sources.kafka import KafkaTopicSource
 
         conf = client_config(config.kafka) if config.kafka is not None else kafka_conf
         return KafkaTopicSource(config, shaper, state, conf, once=once)
     if isinstance(config, MqttConnector):
-        from connectors.sources.mqtt import MqttSource
+        from mlexec.connectors.sources.mqtt import MqttSource
 
         return MqttSource(config, shaper, state, key=schema.key, once=once)
     msg = f"unknown connector kind {config.kind!r}"  # pragma: no cover - the schema refuses it

@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from connectors.sources.base import RecordShaper, SourceRecord
-from topologies.schema import CsvConnector, LogfileConnector
+from mlexec.connectors.sources.base import RecordShaper, SourceRecord
+from mlexec.topologies.schema import CsvConnector, LogfileConnector
 
 __all__ = ["CsvSource", "Cursor", "LogfileSource"]
 

@@ -22,10 +22,10 @@ import jmespath
 import orjson
 from croniter import croniter
 
-from connectors.retry import HttpStatusError, RetryableError, check_http, with_backoff
-from connectors.sources.base import RecordShaper, SourceRecord
-from topologies.errors import MlexecError
-from topologies.schema import HttpConnector
+from mlexec.connectors.retry import HttpStatusError, RetryableError, check_http, with_backoff
+from mlexec.connectors.sources.base import RecordShaper, SourceRecord
+from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.schema import HttpConnector
 
 __all__ = ["HttpSource"]
 

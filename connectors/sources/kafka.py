@@ -25,11 +25,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from connectors.kafka import CONSUMER_TUNING
-from connectors.sources.base import RecordShaper, SourceRecord
-from topologies.errors import MlexecError
-from topologies.plan import remote_name
-from topologies.schema import KafkaConnector
+from mlexec.connectors.kafka import CONSUMER_TUNING
+from mlexec.connectors.sources.base import RecordShaper, SourceRecord
+from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.plan import remote_name
+from mlexec.topologies.schema import KafkaConnector
 
 __all__ = ["KafkaTopicSource", "MirrorSource"]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from connectors.sources.base import RecordShaper, SourceRecord
-from topologies.schema import MqttConnector
+from mlexec.connectors.sources.base import RecordShaper, SourceRecord
+from mlexec.topologies.schema import MqttConnector
 
 __all__ = ["MqttSource"]
 
@@ -39,7 +39,7 @@ class MqttSource:
         key: str,
         once: bool = False,
     ) -> None:
-        from connectors.outputs import mqtt_client
+        from mlexec.connectors.outputs import mqtt_client
 
         self.config = config
         broker = config.broker

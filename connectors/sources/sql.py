@@ -22,9 +22,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from connectors.sources.base import RecordShaper, SourceRecord
-from topologies.errors import MlexecError
-from topologies.schema import SqlConnector
+from mlexec.connectors.sources.base import RecordShaper, SourceRecord
+from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.schema import SqlConnector
 
 __all__ = ["SqlSource"]
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from connectors.broker import free_port
+from mlexec.connectors.broker import free_port
 
 
 def _pg_bin() -> str:

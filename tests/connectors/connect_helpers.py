@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 import yaml
 
-from connectors.broker import LocalBroker
-from connectors.kafka import read_topic
-from connectors.runner import HEADER_POSITION
-from dataflows.connect import SiteConnectors, prepare_connectors, run_connectors
-from topologies import load_topology, plan_topology
-from topologies.plan import Plan, UseCasePlan
+from mlexec.connect import SiteConnectors, prepare_connectors, run_connectors
+from mlexec.connectors.broker import LocalBroker
+from mlexec.connectors.kafka import read_topic
+from mlexec.connectors.runner import HEADER_POSITION
+from mlexec.topologies import load_topology, plan_topology
+from mlexec.topologies.plan import Plan, UseCasePlan
 
 SCHEMA = {"machine": "str", "ts": "timestamp", "value": "float"}
 

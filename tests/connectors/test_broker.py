@@ -7,9 +7,9 @@ import os
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from connectors.broker import BrokerError, LocalBroker, free_port
-from connectors.kafka import ensure_topics, read_topic
-from topologies.plan import TopicSpec
+from mlexec.connectors.broker import BrokerError, LocalBroker, free_port
+from mlexec.connectors.kafka import ensure_topics, read_topic
+from mlexec.topologies.plan import TopicSpec
 
 
 def test_start_answer_and_stop_leaves_no_process():

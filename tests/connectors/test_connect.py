@@ -19,8 +19,8 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from connectors.broker import LocalBroker, free_port
-from connectors.kafka import produce_records
+from mlexec.connectors.broker import LocalBroker, free_port
+from mlexec.connectors.kafka import produce_records
 from tests.connectors.connect_helpers import (
     connect_once,
     connecting,
@@ -361,7 +361,7 @@ def test_kill_9_in_the_middle_of_a_large_file_then_restart_produces_each_row_onc
     uc = only(plan)
     checkpoint = tmp_path / "state" / "connectors" / plan.topology.name / f"{uc.name}.csv.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "dataflows.cli", "connect", str(path), "--site", "edge"]
+    cmd = [sys.executable, "-m", "mlexec.cli", "connect", str(path), "--site", "edge"]
     size = big.stat().st_size
     for share in (0.2, 0.55):  # kill -9 at two points of the file
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -401,7 +401,7 @@ def test_connect_serves_prometheus_metrics_and_stops_on_sigterm(tmp_path, broker
         [
             sys.executable,
             "-m",
-            "dataflows.cli",
+            "mlexec.cli",
             "connect",
             str(path),
             "--site",

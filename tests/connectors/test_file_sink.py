@@ -7,8 +7,8 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from connectors.outputs import Action, FileSink
-from topologies.schema import FileOutput
+from mlexec.connectors.outputs import Action, FileSink
+from mlexec.topologies.schema import FileOutput
 
 
 class Clock:

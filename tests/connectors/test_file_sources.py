@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.sources import RecordShaper, open_source
-from connectors.sources.base import SourceRecord
-from topologies.schema import Input, UseCase
+from mlexec.connectors.sources import RecordShaper, open_source
+from mlexec.connectors.sources.base import SourceRecord
+from mlexec.topologies.schema import Input, UseCase
 
 INPUT = Input.model_validate(
     {

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.sources import open_source
-from topologies.schema import UseCase
+from mlexec.connectors.sources import open_source
+from mlexec.topologies.schema import UseCase
 
 
 def _source(schedule: dict[str, str], state: dict | None):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from connectors.kafka import client_config
-from topologies.schema import KafkaSettings
+from mlexec.connectors.kafka import client_config
+from mlexec.topologies.schema import KafkaSettings
 
 
 def test_plaintext_site():

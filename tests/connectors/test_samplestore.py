@@ -12,8 +12,8 @@ import time
 import pyarrow as pa
 import pytest
 
-from connectors.samplesink import rows_to_arrow
-from connectors.samplestore import SamplesTable, SampleStoreError, open_store
+from mlexec.connectors.samplesink import rows_to_arrow
+from mlexec.connectors.samplestore import SamplesTable, SampleStoreError, open_store
 
 DAY_MS = 86_400_000
 

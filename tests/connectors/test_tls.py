@@ -19,10 +19,10 @@ import yaml
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from connectors.broker import LocalBroker, free_port
-from connectors.kafka import client_config, ensure_topics, produce_records, read_topic
-from topologies import parse_topology
-from topologies.plan import TopicSpec
+from mlexec.connectors.broker import LocalBroker, free_port
+from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
+from mlexec.topologies import parse_topology
+from mlexec.topologies.plan import TopicSpec
 
 pytestmark = pytest.mark.integration
 

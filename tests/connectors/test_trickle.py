@@ -13,9 +13,9 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
 from confluent_kafka import Producer
 
-from connectors.broker import LocalBroker
-from connectors.kafka import STALLS, KafkaBatchSource, ensure_topics
-from topologies.plan import TopicSpec
+from mlexec.connectors.broker import LocalBroker
+from mlexec.connectors.kafka import STALLS, KafkaBatchSource, ensure_topics
+from mlexec.topologies.plan import TopicSpec
 
 pytestmark = pytest.mark.integration
 

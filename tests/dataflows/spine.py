@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import yaml
 
-from connectors.kafka import client_config, ensure_topics, produce_records
-from dataflows.run import prepare_site, run_site
-from operators.testing import make_mlp
-from topologies import load_topology, plan_topology
+from mlexec.connectors.kafka import client_config, ensure_topics, produce_records
+from mlexec.operators.testing import make_mlp
+from mlexec.run import prepare_site, run_site
+from mlexec.topologies import load_topology, plan_topology
 
 FIELDS = [f"f{i}" for i in range(16)]
 T0 = 1_900_000_000_000  # event times in 2030: far inside any retention

@@ -18,11 +18,11 @@ import polars as pl
 import pytest
 import yaml
 
-from connectors.broker import LocalBroker, free_port
-from connectors.kafka import ensure_topics, produce_records, read_topic
-from dataflows.act import prepare_outputs, run_outputs
-from topologies import load_topology, plan_topology
-from topologies.plan import Plan, UseCasePlan
+from mlexec.act import prepare_outputs, run_outputs
+from mlexec.connectors.broker import LocalBroker, free_port
+from mlexec.connectors.kafka import ensure_topics, produce_records, read_topic
+from mlexec.topologies import load_topology, plan_topology
+from mlexec.topologies.plan import Plan, UseCasePlan
 
 pytestmark = pytest.mark.integration
 
@@ -231,7 +231,7 @@ def test_mqtt_output_publishes_on_templated_topics(tmp_path, broker, uid, mosqui
 def test_mqtt_source_brings_sensor_messages_in_and_they_are_scored(
     tmp_path, broker, uid, mosquitto
 ):
-    from dataflows.connect import prepare_connectors, run_connectors
+    from mlexec.connect import prepare_connectors, run_connectors
     from tests.dataflows.spine import FIELDS, run_to_end, spine_topology
 
     host, port = mosquitto
@@ -307,7 +307,7 @@ def test_file_output_rotates_and_holds_every_prediction_once_across_kill_9(tmp_p
     path, plan, uc = _topology(tmp_path, broker, uid, [output])
     preds = _predictions(uc, 0, 20_000)
     _publish(broker, uc, preds)
-    cmd = [sys.executable, "-m", "dataflows.cli", "act", str(path), "--site", "edge"]
+    cmd = [sys.executable, "-m", "mlexec.cli", "act", str(path), "--site", "edge"]
     for share in (0.25, 0.6):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.broker import _port_free, free_port
+from mlexec.connectors.broker import _port_free, free_port
 
-MLEXEC = [sys.executable, "-m", "dataflows.cli"]
+MLEXEC = [sys.executable, "-m", "mlexec.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import orjson
 import pytest
 
-from connectors.kafka import produce_records
-from connectors.samplestore import open_store
-from dataflows.dashboard import Dashboard, DashboardData
+from mlexec.connectors.kafka import produce_records
+from mlexec.connectors.samplestore import open_store
+from mlexec.dashboard import Dashboard, DashboardData
+from mlexec.topologies.render import grafana_panels
 from tests.dataflows.spine import FIELDS, T0, prepared
 from tests.dataflows.test_monitor import (
     HOUR_MS,
@@ -25,7 +26,6 @@ from tests.dataflows.test_monitor import (
     _monitoring,
     _sample_rows,
 )
-from topologies.render import grafana_panels
 
 pytestmark = pytest.mark.integration
 

@@ -15,11 +15,11 @@ import polars as pl
 import pytest
 import yaml
 
-from connectors.kafka import client_config, ensure_topics, produce_records, read_topic
-from dataflows.run import prepare_site, run_pipeline
-from operators.testing import make_linear
+from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
+from mlexec.operators.testing import make_linear
+from mlexec.run import prepare_site, run_pipeline
+from mlexec.topologies import load_topology, plan_topology
 from tests.dataflows.spine import FIELDS, T0, spine_topology
-from topologies import load_topology, plan_topology
 
 WINDOWED = "{kind: aggregate, fields: {f0: [mean, max, 'quantile(0.9)'], f1: [std, slope]}}"
 
@@ -149,7 +149,7 @@ def test_a_stateful_reduction_continues_from_recovery_after_a_restart(broker, tm
         model={"name": "mlp", "version": "7", "path": "model.onnx", "inputs": ["f0_mean"]},
     )
     # the model takes one column; the spine topology sized it for the declared three
-    from operators.testing import make_mlp
+    from mlexec.operators.testing import make_mlp
 
     make_mlp(tmp_path / "model.onnx", inputs=1, hidden=(8,), seed=3)
     plan = plan_topology(load_topology(path))

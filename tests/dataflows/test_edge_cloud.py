@@ -16,17 +16,17 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from connectors.broker import LocalBroker, free_port
-from connectors.kafka import client_config, ensure_topics, produce_records, read_topic
-from connectors.samplestore import open_store
-from dataflows.cli import app
-from dataflows.mirror import prepare_mirror, run_mirror
-from dataflows.run import prepare_resources, prepare_site, run_pipeline, run_store
-from operators.testing import make_mlp
+from mlexec.cli import app
+from mlexec.connectors.broker import LocalBroker, free_port
+from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
+from mlexec.connectors.samplestore import open_store
+from mlexec.mirror import prepare_mirror, run_mirror
+from mlexec.operators.testing import make_mlp
+from mlexec.run import prepare_resources, prepare_site, run_pipeline, run_store
+from mlexec.topologies import TopologyError, load_topology, parse_topology, plan_topology
+from mlexec.topologies.plan import MODELS_TOPIC
+from mlexec.topologies.render import render_mm2
 from tests.dataflows.spine import FIELDS, T0
-from topologies import TopologyError, load_topology, parse_topology, plan_topology
-from topologies.plan import MODELS_TOPIC
-from topologies.render import render_mm2
 
 
 def _doc(tmp: Path, edge: str, cloud: str, *, secure: bool = False, **placement: str) -> dict:
@@ -338,7 +338,7 @@ def test_kill_9_of_the_mirror_then_a_restart_re_sends_nothing(tmp_path):
             for i in range(n)
         ]
         produce_records(edge_conf, uc.predictions_topic, preds)
-        cmd = [sys.executable, "-m", "dataflows.cli", "mirror", str(path), "--link", "edge:cloud"]
+        cmd = [sys.executable, "-m", "mlexec.cli", "mirror", str(path), "--link", "edge:cloud"]
         checkpoint = tmp_path / "state-edge" / "mirror" / "plant" / "edge-cloud.json"
         for share in (0.2, 0.6):
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -30,22 +30,23 @@ import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from connectors.broker import LocalBroker
-from connectors.kafka import (
+from mlexec.connectors.broker import LocalBroker
+from mlexec.connectors.kafka import (
     client_config,
     ensure_topics,
     read_topic,
     topic_identity,
 )
-from connectors.samplestore import open_store
-from dataflows.orchestrator import pipeline_lag, read_status, store_backlog
-from operators.testing import make_mlp
+from mlexec.connectors.samplestore import open_store
+from mlexec.lag import pipeline_lag, store_backlog
+from mlexec.operators.testing import make_mlp
+from mlexec.orchestrator import read_status
+from mlexec.topologies import load_topology, plan_topology
 from tests.dataflows.spine import wait_for
-from topologies import load_topology, plan_topology
 
 pytestmark = pytest.mark.integration
 
-MLEXEC = [sys.executable, "-m", "dataflows.cli"]
+MLEXEC = [sys.executable, "-m", "mlexec.cli"]
 FIELDS = ["f0", "f1", "f2", "f3"]
 WINDOW_MS = 1_000
 STEP_MS = 5  # event time between consecutive records of a use case

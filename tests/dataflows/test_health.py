@@ -16,11 +16,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.broker import free_port
-from connectors.kafka import read_topic
-from connectors.samplestore import open_store
-from dataflows.monitor import Monitor
-from dataflows.orchestrator import pipeline_lag
+from mlexec.connectors.broker import free_port
+from mlexec.connectors.kafka import read_topic
+from mlexec.connectors.samplestore import open_store
+from mlexec.lag import pipeline_lag
+from mlexec.monitor import Monitor
 from tests.dataflows.spine import feed, identity_site, prepared, wait_for
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def test_lag_of_a_paused_pipeline_is_end_minus_processed_and_prometheus_serves_i
     topology, plan, uc, conf, _values, _pos, good, bad = feed(path, 1000, bad_every=10)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dataflows.cli", "run", str(path), "--site", "here"]
+        [sys.executable, "-m", "mlexec.cli", "run", str(path), "--site", "here"]
         + ["--part", "pipeline", "--metrics-port", str(port), "--health-every", "0.5"],
         cwd=os.getcwd(),
     )
@@ -124,7 +124,7 @@ def test_a_running_site_monitors_on_its_schedule_and_serves_the_dashboard(broker
     """``mlexec run``: the store process stores samples, evaluates every second, alerts."""
     import random
 
-    from connectors.kafka import produce_records
+    from mlexec.connectors.kafka import produce_records
     from tests.dataflows.spine import FIELDS
 
     hour = 3_600_000
@@ -160,7 +160,7 @@ def test_a_running_site_monitors_on_its_schedule_and_serves_the_dashboard(broker
     produce_records(conf, uc.raw_topic, [(r["sensor"].encode(), orjson.dumps(r)) for r in records])
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dataflows.cli", "run", str(path), "--site", "here"]
+        [sys.executable, "-m", "mlexec.cli", "run", str(path), "--site", "here"]
         + ["--dashboard-port", str(port), "--health-every", "1"],
         cwd=os.getcwd(),
     )

@@ -12,13 +12,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.kafka import read_topic
-from dataflows.locks import holder
+from mlexec.connectors.kafka import read_topic
+from mlexec.locks import holder
 from tests.dataflows.spine import feed, spine_topology, wait_for
 
 pytestmark = pytest.mark.integration
 
-MLEXEC = [sys.executable, "-m", "dataflows.cli"]
+MLEXEC = [sys.executable, "-m", "mlexec.cli"]
 
 
 def _site(tmp_path: Path, broker, uid: str) -> Path:  # type: ignore[no-untyped-def]

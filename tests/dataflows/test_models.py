@@ -20,11 +20,17 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from connectors.kafka import produce_records, read_topic
-from connectors.samplestore import open_store
-from dataflows.cli import app
-from operators.registry import Routing, artifact_messages, key_shares, manifest_of, routing_message
-from operators.testing import make_mlp
+from mlexec.cli import app
+from mlexec.connectors.kafka import produce_records, read_topic
+from mlexec.connectors.samplestore import open_store
+from mlexec.operators.registry import (
+    Routing,
+    artifact_messages,
+    key_shares,
+    manifest_of,
+    routing_message,
+)
+from mlexec.operators.testing import make_mlp
 from tests.dataflows.spine import (
     FIELDS,
     T0,
@@ -132,7 +138,7 @@ def test_a_running_dataflow_swaps_versions_on_publish_and_rollback_without_a_res
         [
             sys.executable,
             "-m",
-            "dataflows.cli",
+            "mlexec.cli",
             "run",
             str(path),
             "--site",
@@ -343,8 +349,8 @@ def test_a_5_mb_model_serves_and_a_tampered_or_unfit_one_is_refused(broker, tmp_
 def test_drift_to_promotion_train_publish_canary_promote_end_to_end(broker, tmp_path, uid):
     """An inaccurate production model, labels on the feedback topic: the accuracy alert
     trains a better version, it serves a canary, the policy promotes it."""
-    from dataflows.monitor import Monitor
-    from operators.testing import make_linear
+    from mlexec.monitor import Monitor
+    from mlexec.operators.testing import make_linear
 
     rng = np.random.default_rng(5)
     truth = rng.normal(size=(16, 1))
@@ -436,8 +442,8 @@ def _label(pred: dict[str, Any], conf: dict[str, Any], uc: Any, truth: np.ndarra
 def test_a_worse_canary_is_rolled_back_by_policy_and_train_publishes_a_better_candidate(
     broker, tmp_path, uid
 ):
-    from dataflows.monitor import Monitor
-    from operators.testing import make_linear
+    from mlexec.monitor import Monitor
+    from mlexec.operators.testing import make_linear
 
     rng = np.random.default_rng(6)
     truth = rng.normal(size=(16, 1))

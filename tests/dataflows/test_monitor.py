@@ -16,14 +16,14 @@ import yaml
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from connectors.kafka import client_config, ensure_topics, produce_records, read_topic
-from connectors.samplesink import rows_to_arrow
-from connectors.samplestore import open_store
-from dataflows.monitor import Monitor
-from dataflows.usecase import samples_table
-from operators.monitor import GRID
+from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
+from mlexec.connectors.samplesink import rows_to_arrow
+from mlexec.connectors.samplestore import open_store
+from mlexec.monitor import Monitor
+from mlexec.operators.monitor import GRID
+from mlexec.topologies import load_topology, plan_topology
+from mlexec.usecase import samples_table
 from tests.dataflows.spine import FIELDS, T0, identity_site, prepared, run_to_end
-from topologies import load_topology, plan_topology
 
 pytestmark = pytest.mark.integration
 
@@ -323,7 +323,7 @@ def test_monitor_commands_record_a_reference_evaluate_and_show(broker, tmp_path,
     import polars as pl
     from typer.testing import CliRunner
 
-    from dataflows.cli import app
+    from mlexec.cli import app
 
     rng = np.random.default_rng(21)
     train = pl.DataFrame({f: rng.normal(size=1000) for f in FIELDS})
@@ -376,7 +376,7 @@ def test_monitor_commands_record_a_reference_evaluate_and_show(broker, tmp_path,
     assert done.exit_code == 1 and "no use case 'nope'" in done.output
 
     # publishing a version with its training data records its reference
-    from operators.testing import make_mlp
+    from mlexec.operators.testing import make_mlp
 
     v8 = make_mlp(tmp_path / "v8.onnx", inputs=16, hidden=(8,), seed=8)
     args = ["model", "publish", str(path), str(v8), "--usecase", uc.name, "--version", "8"]

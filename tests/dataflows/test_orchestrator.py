@@ -18,11 +18,12 @@ import orjson
 import pytest
 import yaml
 
-from connectors.kafka import read_topic
-from connectors.samplestore import open_store
-from dataflows.orchestrator import Supervisor, pipeline_lag, read_status, store_backlog
+from mlexec.connectors.kafka import read_topic
+from mlexec.connectors.samplestore import open_store
+from mlexec.lag import pipeline_lag, store_backlog
+from mlexec.orchestrator import Supervisor, read_status
+from mlexec.topologies import load_topology, plan_topology
 from tests.dataflows.spine import FIELDS, feed, spine_topology, wait_for
-from topologies import load_topology, plan_topology
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +187,7 @@ def test_the_pipeline_scales_out_under_lag_and_back_in(broker, tmp_path, uid):
 def test_up_and_status_from_the_command_line_and_sigterm_stops_everything(broker, tmp_path, uid):
     path = _topology(tmp_path, broker, uid)
     feed(path, n=2_000, bad_every=0)
-    cli = [sys.executable, "-m", "dataflows.cli"]
+    cli = [sys.executable, "-m", "mlexec.cli"]
     proc = subprocess.Popen(
         [*cli, "up", str(path), "--site", "here"], stderr=subprocess.PIPE, text=True
     )

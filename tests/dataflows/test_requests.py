@@ -15,12 +15,12 @@ import polars as pl
 import pytest
 import yaml
 
-from connectors.kafka import client_config, ensure_topics, produce_records, read_topic
-from dataflows.run import prepare_site, run_pipeline
+from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
+from mlexec.run import prepare_site, run_pipeline
+from mlexec.topologies import load_topology, plan_topology
 from tests.dataflows.spine import FIELDS, T0, spine_topology
-from topologies import load_topology, plan_topology
 
-MLEXEC = [sys.executable, "-m", "dataflows.cli"]
+MLEXEC = [sys.executable, "-m", "mlexec.cli"]
 AGGS = {"f0": ["mean", "max"], "f1": ["std", "slope"]}
 KEYS = 8
 STEP_MS = 100

@@ -11,11 +11,11 @@ import time
 import orjson
 import pytest
 
-from connectors.kafka import read_topic
-from connectors.samplestore import open_store
+from mlexec.connectors.kafka import read_topic
+from mlexec.connectors.samplestore import open_store
 from tests.dataflows.spine import feed, spine_topology
 
-MLEXEC = [sys.executable, "-m", "dataflows.cli"]
+MLEXEC = [sys.executable, "-m", "mlexec.cli"]
 
 
 def _wait_for(predicate, timeout: float = 90.0, every: float = 0.5) -> bool:

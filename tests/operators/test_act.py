@@ -7,7 +7,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from operators.act import ActionFilter, ActionFilterError, Debouncer
+from mlexec.operators.act import ActionFilter, ActionFilterError, Debouncer
 
 
 def _p(key: str, label: int, probs: list[float] | None = None) -> dict:

@@ -12,7 +12,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from operators.dispatch import (
+from mlexec.operators.dispatch import (
     ConditionLogic,
     CountLogic,
     CronLogic,
@@ -23,10 +23,10 @@ from operators.dispatch import (
     per_record,
     split_by_bucket,
 )
-from operators.parse import RecordParser
-from operators.records import Records
-from operators.requests import RangeRequest, RequestLogic, RequestReader
-from operators.windows import WindowLogic, WindowShape
+from mlexec.operators.parse import RecordParser
+from mlexec.operators.records import Records
+from mlexec.operators.requests import RangeRequest, RequestLogic, RequestReader
+from mlexec.operators.windows import WindowLogic, WindowShape
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -474,7 +474,7 @@ def test_condition_state_survives_a_restart_per_key():
 
 
 def _request(rid: str, key: str, start: int, end: int) -> RangeRequest:
-    from operators.dispatch import Request
+    from mlexec.operators.dispatch import Request
 
     return RangeRequest(Request(rid, "uc.replies"), key, start, end)
 

@@ -8,8 +8,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.kafka import RawBatch
-from operators.parse import RecordParser
+from mlexec.connectors.kafka import RawBatch
+from mlexec.operators.parse import RecordParser
 
 SCHEMA = {"id": "str", "ts": "timestamp", "a": "float", "n": "int", "on": "bool"}
 PARSER = RecordParser(SCHEMA, key="id", time="ts")

@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from connectors.kafka import RawBatch
-from operators.dispatch import split_by_bucket
-from operators.emit import DEADLETTER_MAX_BYTES, deadletter_headers, deadletter_value
-from operators.parse import RecordParser
-from operators.records import DeadLetter
-from operators.windows import WindowLogic, WindowShape
+from mlexec.connectors.kafka import RawBatch
+from mlexec.operators.dispatch import split_by_bucket
+from mlexec.operators.emit import DEADLETTER_MAX_BYTES, deadletter_headers, deadletter_value
+from mlexec.operators.parse import RecordParser
+from mlexec.operators.records import DeadLetter
+from mlexec.operators.windows import WindowLogic, WindowShape
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)

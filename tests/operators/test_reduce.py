@@ -9,11 +9,11 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from operators.dispatch import Dispatched
-from operators.records import Records
-from operators.reduce import Reduced, Reducer, ReductionError, StatefulReduceLogic
-from operators.testing import make_linear
-from topologies.schema import AGGREGATIONS, aggregation_column
+from mlexec.operators.dispatch import Dispatched
+from mlexec.operators.records import Records
+from mlexec.operators.reduce import Reduced, Reducer, ReductionError, StatefulReduceLogic
+from mlexec.operators.testing import make_linear
+from mlexec.topologies.schema import AGGREGATIONS, aggregation_column
 
 SPECS = [a for a in AGGREGATIONS if a not in ("quantile", "band_energy")] + [
     "quantile(0.1)",

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
-from operators.infer import Predictions
-from operators.records import Records
-from operators.sample import Sampler
+from mlexec.operators.infer import Predictions
+from mlexec.operators.records import Records
+from mlexec.operators.sample import Sampler
 
 
 def _pred(n: int, offset: int = 0) -> Predictions:

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from operators.dispatch import Dispatched, split_by_bucket
-from operators.records import Records
-from operators.windows import WindowLogic, WindowShape
+from mlexec.operators.dispatch import Dispatched, split_by_bucket
+from mlexec.operators.records import Records
+from mlexec.operators.windows import WindowLogic, WindowShape
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SIZE = timedelta(seconds=60)

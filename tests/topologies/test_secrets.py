@@ -15,9 +15,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from dataflows.cli import _MaskSecrets, app
-from operators.testing import make_mlp
-from topologies.secrets import mask_text, mask_url
+from mlexec.cli import _MaskSecrets, app
+from mlexec.operators.testing import make_mlp
+from mlexec.topologies.secrets import mask_text, mask_url
 
 SECRETS = {
     "EDGE_SASL": "sasl-edge-Xq1",
@@ -181,8 +181,8 @@ def test_masking_keeps_what_people_need():
 
 
 def test_status_shows_no_secret_and_says_what_it_cannot_measure(tmp_path, env):
-    from dataflows.orchestrator import Supervisor
-    from topologies import load_topology, plan_topology
+    from mlexec.orchestrator import Supervisor
+    from mlexec.topologies import load_topology, plan_topology
 
     path = _topology(tmp_path)
     plan = plan_topology(load_topology(path))

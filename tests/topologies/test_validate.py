@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from dataflows.cli import app
-from operators.testing import make_mlp
-from topologies import TopologyError, load_topology, parse_topology
+from mlexec.cli import app
+from mlexec.operators.testing import make_mlp
+from mlexec.topologies import TopologyError, load_topology, parse_topology
 
 GOOD = """\
 name: plant
@@ -98,8 +98,8 @@ def test_validate_prints_connectors_and_outputs(folder):
 
 
 def test_the_embedded_demo_topology_loads():
-    from dataflows.demo import demo_topology_path
-    from topologies import plan_topology
+    from mlexec.demo import demo_topology_path
+    from mlexec.topologies import plan_topology
 
     topo = load_topology(demo_topology_path())
     plan = plan_topology(topo)
@@ -456,7 +456,7 @@ def test_several_sites_need_every_stage_placed(folder):
 
 
 def test_defaults_nest_and_environment_values_are_taken_verbatim(monkeypatch):
-    from topologies.loader import expand_env
+    from mlexec.topologies.loader import expand_env
 
     monkeypatch.delenv("OUTER", raising=False)
     monkeypatch.delenv("INNER", raising=False)
