@@ -19,7 +19,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mlexec.locks import SiteBusyError, SiteLock, child_env, describe, die_with_parent, holder
+from mlexec.locks import (
+    SiteBusyError,
+    SiteLock,
+    child_env,
+    describe,
+    die_with_parent,
+    holder,
+    stop_child,
+)
 from mlexec.topologies.errors import MlexecError, TopologyError
 from mlexec.topologies.schema import (
     Connector,
@@ -83,11 +91,18 @@ MetricsPortOpt = Annotated[
 ]
 
 
-def _fail(exc: Exception, code: int = 2) -> typer.Exit:
+#: The one exit-code rule: 0 done; 2 a usage or configuration error (the topology, or a
+#: name in the arguments that it does not have — click's own usage errors exit 2 too);
+#: 1 a runtime failure; 130 when interrupted (Ctrl-C).
+EXIT_CONFIG, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    """The one error handler: the message in one line (no markup, no secret) and the code."""
     err_console.print(
         f"[bold red]error:[/] {escape(mask_text(str(exc)))}", highlight=False, soft_wrap=True
     )
-    return typer.Exit(code)
+    return typer.Exit(EXIT_CONFIG if isinstance(exc, TopologyError) else EXIT_RUNTIME)
 
 
 def _load(path: Path):  # type: ignore[no-untyped-def]
@@ -371,7 +386,7 @@ def run(
         finally:
             _stop_child(child)
     except (MlexecError, OSError) as exc:  # OSError: the state directory, said in one line
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
 
 
 def _stop_child(child: subprocess.Popen[bytes] | None) -> None:
@@ -379,12 +394,7 @@ def _stop_child(child: subprocess.Popen[bytes] | None) -> None:
     if child is None or child.poll() is not None:
         return
     _stopping.set()
-    child.send_signal(signal.SIGTERM)
-    try:
-        child.wait(30)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+    stop_child(child)
 
 
 def _watch(child: subprocess.Popen[bytes]) -> None:
@@ -434,7 +444,7 @@ def connect(
         finally:
             _print_connectors(prepared.statuses)
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
 
 
 @app.command()
@@ -469,7 +479,7 @@ def act(
         finally:
             _print_outputs(prepared.statuses)
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
 
 
 @app.command()
@@ -498,7 +508,7 @@ def mirror(
         finally:
             _print_connectors(prepared.statuses)
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
 
 
 @app.command()
@@ -522,9 +532,9 @@ def up(topology: TopologyArg, site: SiteOpt) -> None:
                 raise SiteBusyError(describe(site, part, found) + "; stop it first")
         supervisor = Supervisor(plan, site, topology)
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
     if not supervisor.parts:
-        raise _fail(TopologyError(f"site {site!r} has nothing to run"), 1)
+        raise _fail(TopologyError(f"site {site!r} has nothing to run"))
     console.print(f"supervising {', '.join(supervisor.parts)} of site [bold]{site}[/]")
     _run_parts(supervisor.run, None, None)
 
@@ -542,9 +552,9 @@ def status(topology: TopologyArg, site: SiteOpt) -> None:
         plan.require_site(site)
         found = read_status(plan, site)
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
     if found is None:
-        raise _fail(MlexecError(f"site {site!r} has not been started with `mlexec up`"), 1)
+        raise _fail(MlexecError(f"site {site!r} has not been started with `mlexec up`"))
     measured: dict[str, tuple[int, int] | str | None] = {}
     for name, measure in (("pipeline", pipeline_lag), ("store", store_backlog)):
         try:
@@ -645,7 +655,7 @@ def reset(
             for lock in locks:
                 lock.release()
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
     if removed:
         console.print("removed the recovery state " + ", ".join(removed), highlight=False)
     else:
@@ -663,14 +673,18 @@ def _run_parts(
         registry.register(collector)
         start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     stop = threading.Event()
+    received: list[int] = []
 
     def handler(signum: int, _frame: object) -> None:
         err_console.print(f"{signal.Signals(signum).name}: stopping after the current batch")
+        received.append(signum)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
     run(stop)
+    if signal.SIGINT in received:  # SIGTERM is a requested stop (0); Ctrl-C is 130
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _print_outputs(statuses: list[OutputStatus]) -> None:
@@ -788,7 +802,7 @@ def query(
         with open_store(topo.sites[site].sample_store) as store:
             frame = store.query(sql)
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
     if json_lines:
         for record in frame.iter_rows(named=True):
             sys.stdout.write(orjson.dumps(record, default=str).decode() + "\n")
@@ -825,7 +839,7 @@ def broker(
     except KeyboardInterrupt:
         pass
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
     finally:
         local.stop()
 
@@ -847,7 +861,7 @@ def demo(
         with console.status("running the demo topology to the end"):
             report = run_demo(work_dir, machines=machines, seconds=seconds)
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
 
     console.print(
         f"the CSV connector read [bold]{report.records_in:,}[/] readings into the raw topic; "
@@ -995,7 +1009,7 @@ def monitor_run(
             console.print(f"monitoring site {where} every {monitor.every():g}s; Ctrl-C stops")
             _until_interrupted(monitor.run)
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
 
 
 def _until_interrupted(serve: Callable[[threading.Event], None]) -> None:
@@ -1038,7 +1052,7 @@ def monitor_show(
         with open_store(plan.topology.sites[where].sample_store) as store:
             views = {uc.name: latest(store, uc) for uc in chosen}
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
     styles = {"critical": "bold red", "warning": "yellow", "resolved": "green"}
     for name, view in views.items():
         console.rule(f"[bold]{name}")
@@ -1102,7 +1116,7 @@ def monitor_reference(
             monitor.prepare()
             rows = monitor.record_reference(uc, read_reference_file(str(data)), name)
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
     console.print(f"recorded {rows:,} rows of {data} as reference {name} of {usecase}")
 
 
@@ -1128,7 +1142,7 @@ def monitor_dashboard(
             sys.stdout.flush()
             _until_interrupted(board.serve)
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
 
 
 # ------------------------------------------------------------------ model life cycle
@@ -1222,7 +1236,7 @@ def model_publish(
                 monitor.prepare()
                 monitor.record_reference(uc, frame, f"model:{version}")
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
     console.print(
         f"published {usecase} version {version}: {manifest.size:,} bytes in {manifest.chunks} "
         f"chunk(s), sha256 {manifest.sha256[:16]}…; {routing.change}"
@@ -1249,7 +1263,7 @@ def model_list(
             registry = read_registry(conf)
             listing.append((uc, registry, current_routing(registry, uc)))
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
     for uc, registry, routing in listing:
         table = Table(
             title=f"{uc.name}: {routing.change or 'the topology model serves'}",
@@ -1281,7 +1295,7 @@ def _change(topology: Path, usecase: str, site: str | None, change):  # type: ig
         _, uc, conf = _registry(topology, usecase, site)
         routing = change_routing(conf, uc, change)
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
     console.print(f"{usecase}: {routing.change}", highlight=False)
 
 
@@ -1384,7 +1398,7 @@ def model_compare(
                 raise TopologyError(msg)
             table = compare(store, uc, newest - span, newest + timedelta(milliseconds=1))
     except (MlexecError, ValueError) as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
     view = Table(
         title=f"{usecase}: versions over the last {window} of samples", title_justify="left"
     )
@@ -1421,7 +1435,7 @@ def train(
                 plan, site, store, conf, uc, version=version, record_reference=recorder
             )
     except MlexecError as exc:
-        raise _fail(exc, 1) from exc
+        raise _fail(exc) from exc
     console.print(
         f"trained {usecase} version {done.version} on {done.rows:,} labelled samples; on the "
         f"{done.holdout:,} latest held out: {done.metric} {done.candidate_error:.4g} against "

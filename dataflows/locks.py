@@ -18,6 +18,7 @@ import ctypes
 import fcntl
 import os
 import signal
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ __all__ = [
     "die_with_parent",
     "holder",
     "lock_path",
+    "stop_child",
 ]
 
 #: Every part of a site that keeps state of its own.
@@ -135,6 +137,18 @@ class SiteLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+def stop_child(process: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL if it has not exited in ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def child_env() -> dict[str, str]:

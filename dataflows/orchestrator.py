@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from typing import Any
 
 from mlexec.connectors.runner import Checkpoint
 from mlexec.lag import pipeline_lag
-from mlexec.locks import child_env
+from mlexec.locks import child_env, stop_child
 from mlexec.run import prepare_site
 from mlexec.topologies.plan import Plan
 
@@ -212,14 +211,7 @@ class Supervisor:
             part.state = "running"
 
     def _stop(self, part: PartStatus, state: str) -> None:
-        proc = part.process
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_child(part.process)
         part.process, part.pid = None, None
         part.state = state
 

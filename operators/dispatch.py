@@ -312,22 +312,15 @@ def late_letter(records: Records, i: int, reason: str) -> DeadLetter:
     """
     topic, partition, offset = _source_of(records.record_ids[i])
     if records.raw is not None:
-        return DeadLetter(
-            value=records.raw[i],
-            key=records.keys[i].encode(),
-            reason=reason,
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            stage="dispatch",
+        value = records.raw[i]
+    else:
+        value = orjson.dumps(
+            {
+                "key": records.keys[i],
+                "time": int(records.times[i]),
+                **{k: float(v[i]) for k, v in records.columns.items()},
+            }
         )
-    value = orjson.dumps(
-        {
-            "key": records.keys[i],
-            "time": int(records.times[i]),
-            **{k: float(v[i]) for k, v in records.columns.items()},
-        }
-    )
     return DeadLetter(
         value=value,
         key=records.keys[i].encode(),

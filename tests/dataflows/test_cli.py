@@ -97,7 +97,7 @@ def test_unknown_site_is_named():
         text=True,
         timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == 2  # a usage / configuration error, as validate's
     assert "no site 'moon'" in done.stderr and "['edge']" in done.stderr
 
 
@@ -123,3 +123,22 @@ def test_broker_command_serves_until_interrupted(stop):
     while time.monotonic() < deadline and not _port_free(port):
         time.sleep(0.1)
     assert _port_free(port)
+
+
+def test_one_exit_code_rule_configuration_2_runtime_1(tmp_path):
+    """The same topology error exits 2 from every command; a runtime failure exits 1."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        (ROOT / "topologies/demo.yaml").read_text().replace("kind: tumbling", "kind: tumblin")
+    )
+    for args in (
+        ["validate"],
+        ["run", "--site", "edge"],
+        ["status", "--site", "edge"],
+        ["up", "--site", "edge"],
+    ):
+        done = subprocess.run(
+            [*MLEXEC, args[0], str(broken), *args[1:]], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2, (args, done.stderr)
+        assert "dispatch" in done.stderr and "Traceback" not in done.stderr

@@ -184,6 +184,20 @@ def _dead(conf: dict[str, Any], topic: str) -> list[dict[str, Any]]:
     return out
 
 
+def _settled(
+    plan: Any, conf: dict[str, Any], feeder: _Feeder, processed: int, phase: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Wait until the phase is processed, its windows emitted and stored; its dead letters."""
+    windows = _windows_of(feeder.sent["win"])
+    samples = plan.usecases["win"].samples_topic
+    wait_for(
+        lambda: windows <= _window_samples(conf, samples) and _caught_up(plan, processed),
+        180,
+        f"{phase} processed, its windows emitted and stored",
+    )
+    return {uc: _dead(conf, plan.usecases[uc].deadletter_topic) for uc in ("rec", "win")}
+
+
 def test_a_site_under_faults_loses_no_record_and_halts_on_none(tmp_path, uid):
     rng = random.Random(uid)
     t0 = time.monotonic()
@@ -247,17 +261,9 @@ def test_a_site_under_faults_loses_no_record_and_halts_on_none(tmp_path, uid):
         note("faults done")
         feeding.join(120)
         assert not feeding.is_alive()
-        windows_1 = _windows_of(feeder.sent["win"])
         # every window of phase 1 emitted (the source's silence closes the last ones)
-        wait_for(
-            lambda: (
-                windows_1 <= _window_samples(conf, win.samples_topic) and _caught_up(plan, 2 * n1)
-            ),
-            180,
-            "phase 1 processed, its windows emitted and stored",
-        )
+        dead_1 = _settled(plan, conf, feeder, 2 * n1, "phase 1")
         note("phase 1 accounted")
-        dead_1 = {uc: _dead(conf, u.deadletter_topic) for uc, u in (("rec", rec), ("win", win))}
         sent_1 = {uc: list(v) for uc, v in feeder.sent.items()}
 
         # --- the broker restarts on its port and comes back empty
@@ -292,16 +298,8 @@ def test_a_site_under_faults_loses_no_record_and_halts_on_none(tmp_path, uid):
         feeder.next_ms += 5 * WINDOW_MS
         n2 = 3_000
         feeder.feed(n2)
-        windows_2 = _windows_of(feeder.sent["win"])
-        wait_for(
-            lambda: (
-                windows_2 <= _window_samples(conf, win.samples_topic) and _caught_up(plan, 2 * n2)
-            ),
-            180,
-            "phase 2 processed, its windows emitted and stored",
-        )
+        dead_2 = _settled(plan, conf, feeder, 2 * n2, "phase 2")
         note("phase 2 accounted")
-        dead_2 = {uc: _dead(conf, u.deadletter_topic) for uc, u in (("rec", rec), ("win", win))}
         up.stop()
         up = None
 

@@ -373,7 +373,7 @@ def test_monitor_commands_record_a_reference_evaluate_and_show(broker, tmp_path,
     assert any("psi of f0" in ln for ln in lines)  # the alerts table
 
     done = runner.invoke(app, ["monitor", "show", str(path), "--usecase", "nope"])
-    assert done.exit_code == 1 and "no use case 'nope'" in done.output
+    assert done.exit_code == 2 and "no use case 'nope'" in done.output  # a usage error
 
     # publishing a version with its training data records its reference
     from mlexec.operators.testing import make_mlp
