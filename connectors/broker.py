@@ -19,12 +19,12 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.errors import ConnectorError
 
 __all__ = ["BrokerError", "LocalBroker", "free_port", "local_broker", "tansu_binary"]
 
 
-class BrokerError(MlexecError):
+class BrokerError(ConnectorError):
     """The local broker could not be found, started or reached."""
 
 

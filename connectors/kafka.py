@@ -31,7 +31,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.errors import ConnectorError, MlexecError
 from mlexec.topologies.plan import TopicSpec
 from mlexec.topologies.schema import KafkaSettings
 
@@ -67,7 +67,7 @@ CONSUMER_TUNING: dict[str, Any] = {"fetch.wait.max.ms": 5, "fetch.queue.backoff.
 _IDLE_PAUSE = timedelta(milliseconds=1)
 
 
-class KafkaDeliveryError(MlexecError):
+class KafkaDeliveryError(ConnectorError):
     """A message could not be delivered to the broker."""
 
 
@@ -153,7 +153,7 @@ _SLOW_FOR = 60.0
 STALLS: dict[str, int] = {}
 
 
-class TopicChangedError(MlexecError):
+class TopicChangedError(ConnectorError):
     """A topic a dataflow reads vanished, was re-created or changed its partitions."""
 
 

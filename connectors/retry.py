@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import httpx
 
+from mlexec.topologies.errors import ConnectorError
 from mlexec.topologies.schema import Backoff
 
 __all__ = ["HttpStatusError", "RetryableError", "check_http", "with_backoff"]
@@ -22,7 +23,7 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class RetryableError(Exception):
+class RetryableError(ConnectorError):
     """A failure worth another attempt (timeouts, 5xx, a lost connection)."""
 
 
@@ -55,7 +56,7 @@ def with_backoff(
     raise ValueError(msg)
 
 
-class HttpStatusError(Exception):
+class HttpStatusError(ConnectorError):
     """An HTTP answer that another attempt will not change (a 4xx other than 408/429)."""
 
 

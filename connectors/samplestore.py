@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlparse
 import polars as pl
 import pyarrow as pa
 
-from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.errors import StoreError
 from mlexec.topologies.secrets import mask_url
 
 __all__ = [
@@ -67,7 +67,7 @@ RESERVED_COLUMNS: dict[str, str] = {
 }
 
 
-class SampleStoreError(MlexecError):
+class SampleStoreError(StoreError):
     """The sample store refused a statement or could not be reached."""
 
 

@@ -27,6 +27,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a tree that is n
 _API = {
     "MlexecError": "mlexec.topologies.errors",
     "TopologyError": "mlexec.topologies.errors",
+    "ConnectorError": "mlexec.topologies.errors",
+    "StoreError": "mlexec.topologies.errors",
+    "RegistryError": "mlexec.topologies.errors",
+    "RecordError": "mlexec.topologies.errors",
     "Plan": "mlexec.topologies.plan",
     "Topology": "mlexec.topologies.schema",
     "load_topology": "mlexec.topologies.loader",

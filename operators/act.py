@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from mlexec.topologies.errors import TopologyError
+
 __all__ = ["ActionFilter", "ActionFilterError", "Debouncer", "action_frame"]
 
 _META = ("key", "id", "time", "model", "version", "variant")
 
 
-class ActionFilterError(ValueError):
+class ActionFilterError(TopologyError, ValueError):
     """A ``when`` condition that polars SQL cannot parse or evaluate."""
 
 

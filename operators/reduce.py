@@ -33,6 +33,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from mlexec.operators.dispatch import Dispatched, Request
 from mlexec.operators.records import Records
+from mlexec.topologies.errors import RecordError
 from mlexec.topologies.schema import aggregation_column, parse_aggregation
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 
-class ReductionError(ValueError):
+class ReductionError(RecordError, ValueError):
     """A reduction that cannot run as declared (entry point, pre-model, output)."""
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 
 from mlexec.operators.records import splitmix64
-from mlexec.topologies.errors import MlexecError
+from mlexec.topologies.errors import RegistryError
 
 __all__ = [
     "CHUNK_SIZE",
@@ -48,10 +48,6 @@ __all__ = [
 CHUNK_SIZE = 512 * 1024
 #: What a published version can be asked to do.
 STAGES = ("candidate", "shadow", "canary", "production")
-
-
-class RegistryError(MlexecError):
-    """A registry change that cannot be made, or an artifact that cannot be trusted."""
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,14 @@ import polars as pl
 
 from mlexec.operators.infer import Predictions
 from mlexec.operators.records import splitmix64
+from mlexec.topologies.errors import TopologyError
 
 __all__ = ["Sampler", "SamplingError", "condition_frame"]
 
 _TO_UNIT = 2.0**-53
 
 
-class SamplingError(ValueError):
+class SamplingError(TopologyError, ValueError):
     """A ``keep_when`` condition that polars SQL cannot parse or evaluate."""
 
 
