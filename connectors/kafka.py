@@ -145,9 +145,10 @@ PRODUCED: dict[str, int] = {}
 
 #: Seconds between looks at whether a source's topic is still the one it reads.
 _IDENTITY_EVERY = 2.0
-#: Seconds of empty fetches while behind before the slow path is assumed, and how long
-#: the longer fetch wait is then kept.
+#: Seconds of fetches delivering under ``_SLOW_RATE`` records/s while behind before the
+#: slow path is assumed, and how long the longer fetch wait is then kept.
 _STALL_AFTER = 2.0
+_SLOW_RATE = 500  # records/s
 _SLOW_FOR = 60.0
 #: Per topic, how often this process's sources found the broker's fetches stalled.
 STALLS: dict[str, int] = {}
@@ -204,8 +205,8 @@ class _SharedConsumer:
         self.topic = topic
         #: Per partition, the next offset to read (to re-create the consumer in place).
         self.next_of: dict[int, int] = {}
-        self._empty_since: float | None = None
-        self._looked_behind = 0.0
+        self._window_start: float | None = None
+        self._window_read = 0
         #: Until when fetches wait long (the broker's slow path), or 0.
         self._slow_until = 0.0
         self.buffers: dict[int, list[Message | None]] = {}
@@ -274,7 +275,7 @@ class _SharedConsumer:
         buffer = self.buffers[partition]
         if not buffer:
             msgs = self.consumer.consume(limit, timeout)
-            self._watch_stall(bool(msgs))
+            self._watch_stall(len(msgs))
             for msg in msgs:
                 err = msg.error()
                 target = self.buffers.get(cast(int, msg.partition()))
@@ -296,37 +297,39 @@ class _SharedConsumer:
         del buffer[:limit]
         return taken
 
-    def _watch_stall(self, got: bool) -> None:
-        """Fetches that return nothing while records wait: the broker's slow path.
+    def _watch_stall(self, got: int) -> None:
+        """Fetches that deliver next to nothing while records wait: the broker's slow path.
 
-        The local Tansu broker gives up a fetch at ``fetch.wait.max.ms`` and answers
-        nothing when the log holds many tiny batches (a trickle of 1-2 records a write);
-        the short wait mlexec uses for latency then never reads again. Seen for
-        ``_STALL_AFTER`` seconds, the consumer is made again with librdkafka's default
-        wait for ``_SLOW_FOR`` seconds (then the short wait is tried again).
+        The local Tansu broker gives up a fetch at ``fetch.wait.max.ms`` and answers with
+        little or nothing when the log holds many tiny batches (a trickle of 1-2 records
+        a write); the short wait mlexec uses for latency then reads a few records a fetch
+        (seen: 95 records/s). When a window of ``_STALL_AFTER`` seconds delivers under
+        ``_SLOW_RATE`` records/s while the partitions are behind, the consumer is made
+        again with librdkafka's default wait for ``_SLOW_FOR`` seconds (then the short
+        wait is tried again).
         """
         now = time.monotonic()
-        if got:
-            self._empty_since = None
-            if self._slow_until and now > self._slow_until:
+        self._window_read += got
+        if self._window_start is None:
+            self._window_start = now
+            return
+        elapsed = now - self._window_start
+        if elapsed < _STALL_AFTER:
+            return
+        read, self._window_start, self._window_read = self._window_read, now, 0
+        if self._slow_until:
+            if now > self._slow_until:
                 self._remake(dict(CONSUMER_TUNING), slow=False)
             return
-        if self._empty_since is None:
-            self._empty_since = now
-            return
-        if (
-            self._slow_until
-            or now - self._empty_since < _STALL_AFTER
-            or now - self._looked_behind < _STALL_AFTER
-        ):
-            return
-        self._looked_behind = now
-        if self._behind():
+        if read < _SLOW_RATE * elapsed and self._behind():
             STALLS[self.topic] = STALLS.get(self.topic, 0) + 1
             _log.warning(
-                "fetches from %s return nothing while records wait (the broker's slow path "
-                "for a topic of many tiny batches?); reading with longer fetch waits for %.0fs",
+                "fetches from %s deliver %d records in %.0fs while records wait (the "
+                "broker's slow path for a topic of many tiny batches?); reading with longer "
+                "fetch waits for %.0fs",
                 self.topic,
+                read,
+                elapsed,
                 _SLOW_FOR,
             )
             self._remake({"fetch.wait.max.ms": 500}, slow=True)
@@ -350,7 +353,7 @@ class _SharedConsumer:
             [TopicPartition(self.topic, p, at) for p, at in sorted(self.next_of.items())]
         )
         self._slow_until = time.monotonic() + _SLOW_FOR if slow else 0.0
-        self._empty_since = None
+        self._window_start, self._window_read = None, 0
 
     def _restart_partition(self, partition: int) -> None:
         """The position is past the log's end (truncated, re-created): read from its start."""

@@ -90,7 +90,7 @@ _COUNTERS = {
     "dispatches": "Dispatches run through the model",
     "samples_read": "Sample rows the store dataflow read",
     "samples_expired": "Sample rows that arrived past their retention (removed by the TTL)",
-    "fetch_stalls": "Times the broker's fetches stayed empty while records waited",
+    "fetch_stalls": "Times the broker's fetches delivered next to nothing while records waited",
 }
 _GAUGES = {
     "lag": "Records behind the end of the topics this process reads",

@@ -1,8 +1,9 @@
 """A topic of many tiny batches (an edge's slow sensors) is read to its end.
 
-The embedded broker answers nothing to a short-waiting fetch on such a topic; the
-batch source notices fetches that stay empty while records wait and reads on with
-longer fetch waits. Without that, this read stalls (seen: 5,736 of 20,000 in 60 s).
+The embedded broker answers nothing to a short-waiting fetch on such a topic (most runs
+here; how long its fetches take varies); the batch source notices fetches that deliver
+next to nothing while records wait and reads on with longer fetch waits. Without that, this read
+hung in the runs that met the slow path (seen: 5,736 of 20,000 in 60 s).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from bytewax.testing import TestingSink, run_main
 from confluent_kafka import Producer
 
 from mlexec.connectors.broker import LocalBroker
-from mlexec.connectors.kafka import STALLS, KafkaBatchSource, ensure_topics
+from mlexec.connectors.kafka import KafkaBatchSource, ensure_topics
 from mlexec.topologies.plan import TopicSpec
 
 pytestmark = pytest.mark.integration
@@ -35,5 +36,4 @@ def test_a_trickle_of_tiny_batches_is_read_to_the_end():
         got: list[int] = []
         op.output("out", op.map("n", batches, len), TestingSink(got))
         run_main(flow)
-    assert sum(got) == 16_000
-    assert STALLS.get("trickle", 0) >= 1  # the slow path was met and got around
+    assert sum(got) == 16_000  # read to the end, whether or not this run met the slow path
