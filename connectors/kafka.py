@@ -275,7 +275,7 @@ class _SharedConsumer:
         buffer = self.buffers[partition]
         if not buffer:
             msgs = self.consumer.consume(limit, timeout)
-            self._watch_stall(len(msgs))
+            read = 0
             for msg in msgs:
                 err = msg.error()
                 target = self.buffers.get(cast(int, msg.partition()))
@@ -284,6 +284,7 @@ class _SharedConsumer:
                 if err is None:
                     target.append(msg)
                     self.next_of[cast(int, msg.partition())] = cast(int, msg.offset()) + 1
+                    read += 1
                 elif err.code() == KafkaError._PARTITION_EOF:
                     target.append(None)
                 elif err.code() == KafkaError._AUTO_OFFSET_RESET:
@@ -293,6 +294,8 @@ class _SharedConsumer:
                     raise KafkaDeliveryError(text)
                 else:
                     _log.warning("consuming %s[%s]: %s", self.topic, msg.partition(), err)
+            # after next_of took this poll's messages: a re-made consumer must not read them again
+            self._watch_stall(read)
         taken = buffer[:limit]
         del buffer[:limit]
         return taken
