@@ -1,13 +1,8 @@
 """Connectors: everything that touches the outside — Kafka, the sample store, the broker."""
 
+from mlexec.connectors.batchsource import KafkaBatchSource
 from mlexec.connectors.broker import LocalBroker, local_broker
-from mlexec.connectors.kafka import (
-    KafkaBatchSink,
-    KafkaBatchSource,
-    Outgoing,
-    client_config,
-    ensure_topics,
-)
+from mlexec.connectors.kafka import KafkaBatchSink, Outgoing, client_config, ensure_topics
 from mlexec.connectors.samplestore import SamplesTable, SampleStore, open_store
 
 __all__ = [

@@ -27,7 +27,8 @@ import orjson
 from confluent_kafka import Producer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from mlexec.connectors.kafka import PRODUCED, PROGRESS, STALLS
+from mlexec.connectors.batchsource import PROGRESS, STALLS
+from mlexec.connectors.kafka import PRODUCED
 from mlexec.topologies.plan import METRICS_TOPIC, Plan
 
 __all__ = [

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlexec.connectors.kafka import client_config, high_watermarks, resume_offset
+from mlexec.connectors.batchsource import resume_offset
+from mlexec.connectors.kafka import client_config, high_watermarks
 from mlexec.topologies.errors import MlexecError
 from mlexec.topologies.plan import Plan, UseCasePlan
 

@@ -27,13 +27,8 @@ import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from mlexec.connectors.kafka import (
-    CONSUMER_TUNING,
-    ensure_topics,
-    produce_records,
-    read_topic,
-    send_alert,
-)
+from mlexec.connectors.batchsource import send_alert
+from mlexec.connectors.kafka import CONSUMER_TUNING, ensure_topics, produce_records, read_topic
 from mlexec.operators.infer import ModelError, ModelInfo, OnnxModel, Predictions, describe_model
 from mlexec.operators.records import Records
 from mlexec.operators.registry import (

@@ -23,7 +23,8 @@ import bytewax.operators as op
 import orjson
 from bytewax.dataflow import Dataflow, Stream
 
-from mlexec.connectors.kafka import KafkaBatchSink, KafkaBatchSource, Outgoing, RawBatch
+from mlexec.connectors.batchsource import KafkaBatchSource, RawBatch
+from mlexec.connectors.kafka import KafkaBatchSink, Outgoing
 from mlexec.connectors.samplesink import SampleStoreSink
 from mlexec.health import observe_dispatch, observe_expired
 from mlexec.models import Inferred, ServeError

@@ -14,8 +14,9 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
 from confluent_kafka import Producer
 
+from mlexec.connectors.batchsource import KafkaBatchSource
 from mlexec.connectors.broker import LocalBroker
-from mlexec.connectors.kafka import KafkaBatchSource, ensure_topics
+from mlexec.connectors.kafka import ensure_topics
 from mlexec.topologies.plan import TopicSpec
 
 pytestmark = pytest.mark.integration

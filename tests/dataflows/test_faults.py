@@ -30,13 +30,9 @@ import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from mlexec.connectors.batchsource import topic_identity
 from mlexec.connectors.broker import LocalBroker
-from mlexec.connectors.kafka import (
-    client_config,
-    ensure_topics,
-    read_topic,
-    topic_identity,
-)
+from mlexec.connectors.kafka import client_config, ensure_topics, read_topic
 from mlexec.connectors.samplestore import open_store
 from mlexec.lag import pipeline_lag, store_backlog
 from mlexec.operators.testing import make_mlp

@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlexec.connectors.kafka import RawBatch
+from mlexec.connectors.batchsource import RawBatch
 from mlexec.operators.parse import RecordParser
 
 SCHEMA = {"id": "str", "ts": "timestamp", "a": "float", "n": "int", "on": "bool"}

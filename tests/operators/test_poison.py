@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from mlexec.connectors.kafka import RawBatch
+from mlexec.connectors.batchsource import RawBatch
 from mlexec.operators.dispatch import split_by_bucket
 from mlexec.operators.emit import DEADLETTER_MAX_BYTES, deadletter_headers, deadletter_value
 from mlexec.operators.parse import RecordParser
