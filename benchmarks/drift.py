@@ -23,7 +23,7 @@ import pyarrow as pa
 from scipy import stats
 
 from mlexec.connectors.samplestore import ChdbStore
-from mlexec.operators.monitor import (
+from mlexec.monitoring.sql import (
     REFERENCES_TABLE,
     bin_counts_sql,
     drift_sql,

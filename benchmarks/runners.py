@@ -188,8 +188,8 @@ def site_topology(args: dict[str, Any]) -> Path:
 
 def site(args: dict[str, Any]) -> dict[str, float]:
     """The mlexec site dataflow, one process of ``processes`` (bytewax cluster)."""
-    from mlexec.run import execute, prepare_site
-    from mlexec.site import build_flow
+    from mlexec.flow import build_flow
+    from mlexec.runtime.run import execute, prepare_site
     from mlexec.topologies import load_topology, plan_topology
 
     plan = plan_topology(load_topology(site_topology(args)))
@@ -222,7 +222,7 @@ def site(args: dict[str, Any]) -> dict[str, float]:
 
 def prepare(args: dict[str, Any]) -> dict[str, Any]:
     """Create the site's topics and samples table (before its processes start)."""
-    from mlexec.run import prepare_site
+    from mlexec.runtime.run import prepare_site
     from mlexec.topologies import load_topology, plan_topology
 
     plan = plan_topology(load_topology(site_topology(args)))
@@ -240,8 +240,8 @@ def store(args: dict[str, Any]) -> dict[str, Any]:
     """The site's store phase: its samples topic into chDB, timed on its own."""
     from bytewax.run import cli_main
 
-    from mlexec.run import prepare_site
-    from mlexec.site import build_flow
+    from mlexec.flow import build_flow
+    from mlexec.runtime.run import prepare_site
     from mlexec.topologies import load_topology, plan_topology
 
     plan = plan_topology(load_topology(site_topology(args)))

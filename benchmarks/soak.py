@@ -27,9 +27,9 @@ import yaml
 from confluent_kafka import Producer
 
 from mlexec.connectors.broker import LocalBroker
-from mlexec.lag import pipeline_lag, store_backlog
 from mlexec.operators.testing import make_mlp
-from mlexec.orchestrator import read_status
+from mlexec.runtime.lag import pipeline_lag, store_backlog
+from mlexec.runtime.supervisor import read_status
 from mlexec.topologies import load_topology, plan_topology
 
 FIELDS = [f"f{i}" for i in range(16)]

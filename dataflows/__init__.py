@@ -36,15 +36,15 @@ _API = {
     "load_topology": "mlexec.topologies.loader",
     "parse_topology": "mlexec.topologies.loader",
     "plan_topology": "mlexec.topologies.plan",
-    "SiteRun": "mlexec.run",
-    "prepare_site": "mlexec.run",
-    "prepare_resources": "mlexec.run",
-    "run_pipeline": "mlexec.run",
-    "run_store": "mlexec.run",
-    "run_site": "mlexec.run",
-    "build_flow": "mlexec.site",
+    "SiteRun": "mlexec.runtime.run",
+    "prepare_site": "mlexec.runtime.run",
+    "prepare_resources": "mlexec.runtime.run",
+    "run_pipeline": "mlexec.runtime.run",
+    "run_store": "mlexec.runtime.run",
+    "run_site": "mlexec.runtime.run",
+    "build_flow": "mlexec.flow",
     "UseCaseRuntime": "mlexec.usecase",
-    "Supervisor": "mlexec.orchestrator",
+    "Supervisor": "mlexec.runtime.supervisor",
 }
 
 __all__ = ["__version__", *sorted(_API)]

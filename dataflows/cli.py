@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mlexec.locks import (
+from mlexec.runtime.locks import (
     SiteBusyError,
     SiteLock,
     child_env,
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 
     from prometheus_client.registry import Collector
 
-    from mlexec.act import OutputStatus
     from mlexec.connectors.runner import ConnectorStatus
+    from mlexec.outputs import OutputStatus
 
 __all__ = ["app", "main"]
 
@@ -82,6 +82,8 @@ def _root(
     ] = False,
 ) -> None:
     """A machine-learning execution environment for streams: one topology, every site."""
+
+
 _stopping = threading.Event()
 
 TopologyArg = Annotated[Path, typer.Argument(help="The topology YAML file.", show_default=False)]
@@ -115,7 +117,7 @@ def _load(path: Path):  # type: ignore[no-untyped-def]
 @app.command()
 def validate(topology: TopologyArg) -> None:
     """Check a topology (and its models) without side effects; print the plan."""
-    from mlexec.run import prepare_site
+    from mlexec.runtime.run import prepare_site
 
     try:
         topo, plan = _load(topology)
@@ -325,7 +327,13 @@ def run(
     Continuously, the store runs as a second process (the one owner of an embedded
     chDB store); with --until-end the pipelines run to the end first, then the store.
     """
-    from mlexec.run import prepare_resources, prepare_site, run_pipeline, run_site, run_store
+    from mlexec.runtime.run import (
+        prepare_resources,
+        prepare_site,
+        run_pipeline,
+        run_site,
+        run_store,
+    )
 
     try:
         _, plan = _load(topology)
@@ -428,8 +436,8 @@ def connect(
     Each connector checkpoints in the site's state directory after every delivered
     batch, so a restart resumes with nothing lost and nothing produced twice.
     """
-    from mlexec.connect import prepare_connectors, run_connectors
     from mlexec.connectors.runner import ConnectorCollector
+    from mlexec.runtime.connect import prepare_connectors, run_connectors
 
     try:
         _, plan = _load(topology)
@@ -466,7 +474,7 @@ def act(
     cannot deliver to <uc>.outputs.deadletter, and checkpoints its offsets in the
     site's state directory once deliveries are durable.
     """
-    from mlexec.act import OutputCollector, prepare_outputs, run_outputs
+    from mlexec.outputs import OutputCollector, prepare_outputs, run_outputs
 
     try:
         _, plan = _load(topology)
@@ -497,7 +505,7 @@ def mirror(
     are <site>.<topic>; a restart or an outage of the other side loses and repeats nothing.
     """
     from mlexec.connectors.runner import ConnectorCollector
-    from mlexec.mirror import prepare_mirror, run_mirror
+    from mlexec.runtime.mirror import prepare_mirror, run_mirror
 
     try:
         _, plan = _load(topology)
@@ -519,7 +527,7 @@ def up(topology: TopologyArg, site: SiteOpt) -> None:
     state or checkpoint; with a scale policy the pipeline gets more or fewer workers as
     its lag demands. SIGTERM or Ctrl-C stops every process gracefully.
     """
-    from mlexec.orchestrator import Supervisor
+    from mlexec.runtime.supervisor import Supervisor
 
     try:
         _, plan = _load(topology)
@@ -544,8 +552,8 @@ def status(topology: TopologyArg, site: SiteOpt) -> None:
     """Show a site's supervised processes, the pipeline's lag and throughput, restarts."""
     import shutil
 
-    from mlexec.lag import pipeline_lag, stalled, store_backlog
-    from mlexec.orchestrator import read_status
+    from mlexec.runtime.lag import pipeline_lag, stalled, store_backlog
+    from mlexec.runtime.supervisor import read_status
 
     try:
         _, plan = _load(topology)
@@ -939,7 +947,7 @@ def _exit_on(*signals: signal.Signals, child: subprocess.Popen[bytes] | None = N
                 child.wait(30)
             except subprocess.TimeoutExpired:
                 child.kill()
-        from mlexec.health import flush_reporters
+        from mlexec.runtime.health import flush_reporters
 
         flush_reporters()  # the runtime health up to this moment, for the monitor
         os._exit(128 + signum)
@@ -994,7 +1002,7 @@ def monitor_run(
     it needs the store directory to itself: `mlexec run` stores monitor in-process.
     """
     from mlexec.connectors.samplestore import open_store
-    from mlexec.monitor import Monitor
+    from mlexec.monitoring.monitor import Monitor
 
     try:
         _, plan = _load(topology)
@@ -1043,7 +1051,7 @@ def monitor_show(
 ) -> None:
     """The latest evaluation, runtime health and alerts of the site's monitored use cases."""
     from mlexec.connectors.samplestore import open_store
-    from mlexec.monitor import latest
+    from mlexec.monitoring.monitor import latest
 
     try:
         _, plan = _load(topology)
@@ -1104,7 +1112,7 @@ def monitor_reference(
 ) -> None:
     """Record a model version's training data as the reference ``kind: model`` names."""
     from mlexec.connectors.samplestore import open_store
-    from mlexec.monitor import Monitor, read_reference_file
+    from mlexec.monitoring.monitor import Monitor, read_reference_file
 
     try:
         _, plan = _load(topology)
@@ -1129,7 +1137,7 @@ def monitor_dashboard(
 ) -> None:
     """Serve the monitoring page on 127.0.0.1 until Ctrl-C (no internet needed)."""
     from mlexec.connectors.samplestore import open_store
-    from mlexec.dashboard import Dashboard, DashboardData
+    from mlexec.monitoring.dashboard import Dashboard, DashboardData
 
     try:
         _, plan = _load(topology)
@@ -1174,7 +1182,7 @@ def _registry(topology: Path, usecase: str, site: str | None):  # type: ignore[n
         msg = f"no use case {usecase!r}; use cases: {sorted(plan.usecases)}"
         raise TopologyError(msg)
     uc = plan.usecases[usecase]
-    from mlexec.models import registry_site
+    from mlexec.lifecycle.registry import registry_site
 
     site = site or registry_site(plan, uc)
     plan.require_site(site)
@@ -1213,8 +1221,8 @@ def model_publish(
 ) -> None:
     """Put a model version on the registry, checked against the use case, in chunks."""
     from mlexec.connectors.samplestore import open_store
-    from mlexec.models import publish_model
-    from mlexec.monitor import Monitor, read_reference_file
+    from mlexec.lifecycle.registry import publish_model
+    from mlexec.monitoring.monitor import Monitor, read_reference_file
 
     try:
         plan, uc, conf = _registry(topology, usecase, site)
@@ -1252,7 +1260,7 @@ def model_list(
     site: RegistrySiteOpt = None,
 ) -> None:
     """The versions on the registry and what each does now."""
-    from mlexec.models import current_routing, read_registry
+    from mlexec.lifecycle.registry import current_routing, read_registry
 
     try:
         _, plan = _load(topology)
@@ -1289,7 +1297,7 @@ def model_list(
 
 
 def _change(topology: Path, usecase: str, site: str | None, change):  # type: ignore[no-untyped-def]
-    from mlexec.models import change_routing
+    from mlexec.lifecycle.registry import change_routing
 
     try:
         _, uc, conf = _registry(topology, usecase, site)
@@ -1378,7 +1386,7 @@ def model_compare(
     from datetime import timedelta
 
     from mlexec.connectors.samplestore import open_store
-    from mlexec.lifecycle import compare
+    from mlexec.lifecycle.policy import compare
     from mlexec.topologies.schema import parse_duration
 
     try:
@@ -1419,8 +1427,8 @@ def train(
 ) -> None:
     """Train a new version on the labelled samples; publish it when it beats production."""
     from mlexec.connectors.samplestore import open_store
-    from mlexec.lifecycle import train as train_version
-    from mlexec.monitor import Monitor
+    from mlexec.lifecycle.training import train as train_version
+    from mlexec.monitoring.monitor import Monitor
 
     try:
         plan, uc, conf = _registry(topology, usecase, None)

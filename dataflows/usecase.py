@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 
 from mlexec.connectors.samplestore import RESERVED_COLUMNS, SamplesTable
-from mlexec.models import ModelRouter
+from mlexec.lifecycle.router import ModelRouter
 from mlexec.operators.act import ActionFilter, ActionFilterError
 from mlexec.operators.dispatch import Dispatched
 from mlexec.operators.emit import prediction_values

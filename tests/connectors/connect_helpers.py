@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import yaml
 
-from mlexec.connect import SiteConnectors, prepare_connectors, run_connectors
 from mlexec.connectors.broker import LocalBroker
 from mlexec.connectors.kafka import read_topic
 from mlexec.connectors.runner import HEADER_POSITION
+from mlexec.runtime.connect import SiteConnectors, prepare_connectors, run_connectors
 from mlexec.topologies import load_topology, plan_topology
 from mlexec.topologies.plan import Plan, UseCasePlan
 

@@ -11,7 +11,7 @@ import yaml
 
 from mlexec.connectors.kafka import client_config, ensure_topics, produce_records
 from mlexec.operators.testing import make_mlp
-from mlexec.run import prepare_site, run_site
+from mlexec.runtime.run import prepare_site, run_site
 from mlexec.topologies import load_topology, plan_topology
 
 FIELDS = [f"f{i}" for i in range(16)]

@@ -18,9 +18,9 @@ import polars as pl
 import pytest
 import yaml
 
-from mlexec.act import prepare_outputs, run_outputs
 from mlexec.connectors.broker import LocalBroker, free_port
 from mlexec.connectors.kafka import ensure_topics, produce_records, read_topic
+from mlexec.outputs import prepare_outputs, run_outputs
 from mlexec.topologies import load_topology, plan_topology
 from mlexec.topologies.plan import Plan, UseCasePlan
 
@@ -231,7 +231,7 @@ def test_mqtt_output_publishes_on_templated_topics(tmp_path, broker, uid, mosqui
 def test_mqtt_source_brings_sensor_messages_in_and_they_are_scored(
     tmp_path, broker, uid, mosquitto
 ):
-    from mlexec.connect import prepare_connectors, run_connectors
+    from mlexec.runtime.connect import prepare_connectors, run_connectors
     from tests.dataflows.spine import FIELDS, run_to_end, spine_topology
 
     host, port = mosquitto

@@ -15,7 +15,7 @@ import pytest
 
 from mlexec.connectors.kafka import produce_records
 from mlexec.connectors.samplestore import open_store
-from mlexec.dashboard import Dashboard, DashboardData
+from mlexec.monitoring.dashboard import Dashboard, DashboardData
 from mlexec.topologies.render import grafana_panels
 from tests.dataflows.spine import FIELDS, T0, prepared
 from tests.dataflows.test_monitor import (

@@ -17,7 +17,7 @@ import yaml
 
 from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
 from mlexec.operators.testing import make_linear
-from mlexec.run import prepare_site, run_pipeline
+from mlexec.runtime.run import prepare_site, run_pipeline
 from mlexec.topologies import load_topology, plan_topology
 from tests.dataflows.spine import FIELDS, T0, spine_topology
 

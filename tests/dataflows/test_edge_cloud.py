@@ -20,9 +20,9 @@ from mlexec.cli import app
 from mlexec.connectors.broker import LocalBroker, free_port
 from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
 from mlexec.connectors.samplestore import open_store
-from mlexec.mirror import prepare_mirror, run_mirror
 from mlexec.operators.testing import make_mlp
-from mlexec.run import prepare_resources, prepare_site, run_pipeline, run_store
+from mlexec.runtime.mirror import prepare_mirror, run_mirror
+from mlexec.runtime.run import prepare_resources, prepare_site, run_pipeline, run_store
 from mlexec.topologies import TopologyError, load_topology, parse_topology, plan_topology
 from mlexec.topologies.plan import MODELS_TOPIC
 from mlexec.topologies.render import render_mm2

@@ -34,9 +34,9 @@ from mlexec.connectors.batchsource import topic_identity
 from mlexec.connectors.broker import LocalBroker
 from mlexec.connectors.kafka import client_config, ensure_topics, read_topic
 from mlexec.connectors.samplestore import open_store
-from mlexec.lag import pipeline_lag, store_backlog
 from mlexec.operators.testing import make_mlp
-from mlexec.orchestrator import read_status
+from mlexec.runtime.lag import pipeline_lag, store_backlog
+from mlexec.runtime.supervisor import read_status
 from mlexec.topologies import load_topology, plan_topology
 from tests.dataflows.spine import wait_for
 

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from mlexec.connectors.broker import free_port
 from mlexec.connectors.kafka import read_topic
 from mlexec.connectors.samplestore import open_store
-from mlexec.lag import pipeline_lag
-from mlexec.monitor import Monitor
+from mlexec.monitoring.monitor import Monitor
+from mlexec.runtime.lag import pipeline_lag
 from tests.dataflows.spine import feed, identity_site, prepared, wait_for
 
 pytestmark = pytest.mark.integration

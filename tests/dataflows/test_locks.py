@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from mlexec.connectors.kafka import read_topic
-from mlexec.locks import holder
+from mlexec.runtime.locks import holder
 from tests.dataflows.spine import feed, spine_topology, wait_for
 
 pytestmark = pytest.mark.integration

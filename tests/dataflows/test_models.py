@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from mlexec.cli import app
 from mlexec.connectors.kafka import produce_records, read_topic
 from mlexec.connectors.samplestore import open_store
-from mlexec.operators.registry import (
+from mlexec.lifecycle.protocol import (
     Routing,
     artifact_messages,
     key_shares,
@@ -349,7 +349,7 @@ def test_a_5_mb_model_serves_and_a_tampered_or_unfit_one_is_refused(broker, tmp_
 def test_drift_to_promotion_train_publish_canary_promote_end_to_end(broker, tmp_path, uid):
     """An inaccurate production model, labels on the feedback topic: the accuracy alert
     trains a better version, it serves a canary, the policy promotes it."""
-    from mlexec.monitor import Monitor
+    from mlexec.monitoring.monitor import Monitor
     from mlexec.operators.testing import make_linear
 
     rng = np.random.default_rng(5)
@@ -442,7 +442,7 @@ def _label(pred: dict[str, Any], conf: dict[str, Any], uc: Any, truth: np.ndarra
 def test_a_worse_canary_is_rolled_back_by_policy_and_train_publishes_a_better_candidate(
     broker, tmp_path, uid
 ):
-    from mlexec.monitor import Monitor
+    from mlexec.monitoring.monitor import Monitor
     from mlexec.operators.testing import make_linear
 
     rng = np.random.default_rng(6)

@@ -19,8 +19,8 @@ from scipy.spatial.distance import jensenshannon
 from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
 from mlexec.connectors.samplesink import rows_to_arrow
 from mlexec.connectors.samplestore import open_store
-from mlexec.monitor import Monitor
-from mlexec.operators.monitor import GRID
+from mlexec.monitoring.monitor import Monitor
+from mlexec.monitoring.sql import GRID
 from mlexec.topologies import load_topology, plan_topology
 from mlexec.usecase import samples_table
 from tests.dataflows.spine import FIELDS, T0, identity_site, prepared, run_to_end

@@ -20,8 +20,8 @@ import yaml
 
 from mlexec.connectors.kafka import read_topic
 from mlexec.connectors.samplestore import open_store
-from mlexec.lag import pipeline_lag, store_backlog
-from mlexec.orchestrator import Supervisor, read_status
+from mlexec.runtime.lag import pipeline_lag, store_backlog
+from mlexec.runtime.supervisor import Supervisor, read_status
 from mlexec.topologies import load_topology, plan_topology
 from tests.dataflows.spine import FIELDS, feed, spine_topology, wait_for
 

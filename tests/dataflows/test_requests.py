@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
-from mlexec.run import prepare_site, run_pipeline
+from mlexec.runtime.run import prepare_site, run_pipeline
 from mlexec.topologies import load_topology, plan_topology
 from tests.dataflows.spine import FIELDS, T0, spine_topology
 

@@ -10,9 +10,9 @@ import orjson
 import polars as pl
 import pytest
 
-from mlexec.act import prepare_outputs, run_outputs
 from mlexec.connectors.kafka import read_topic
 from mlexec.connectors.samplestore import open_store
+from mlexec.outputs import prepare_outputs, run_outputs
 from tests.dataflows.spine import FIELDS, feed, run_to_end, spine_topology
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlexec.lag import pipeline_lag
+from mlexec.runtime.lag import pipeline_lag
 from tests.dataflows.spine import feed, wait_for
 from tests.dataflows.test_orchestrator import _Running, _topology
 
@@ -72,7 +72,7 @@ def test_a_recovery_file_without_tables_stops_neither_lag_reading_nor_up(broker,
 
 
 def test_status_tells_a_stalled_pipeline_from_the_lag_history():
-    from mlexec.lag import stalled
+    from mlexec.runtime.lag import stalled
 
     moving = [{"at": float(t), "lag": 100, "processed": t * 10} for t in range(0, 60, 5)]
     assert stalled(moving) is None

@@ -181,7 +181,7 @@ def test_masking_keeps_what_people_need():
 
 
 def test_status_shows_no_secret_and_says_what_it_cannot_measure(tmp_path, env):
-    from mlexec.orchestrator import Supervisor
+    from mlexec.runtime.supervisor import Supervisor
     from mlexec.topologies import load_topology, plan_topology
 
     path = _topology(tmp_path)

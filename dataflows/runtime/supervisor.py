@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from mlexec.connectors.runner import Checkpoint
-from mlexec.lag import pipeline_lag
-from mlexec.locks import child_env, stop_child
-from mlexec.run import prepare_site
+from mlexec.runtime.lag import pipeline_lag
+from mlexec.runtime.locks import child_env, stop_child
+from mlexec.runtime.run import prepare_site
 from mlexec.topologies.plan import Plan
 
 __all__ = [

@@ -26,8 +26,7 @@ from bytewax.dataflow import Dataflow, Stream
 from mlexec.connectors.batchsource import KafkaBatchSource, RawBatch
 from mlexec.connectors.kafka import KafkaBatchSink, Outgoing
 from mlexec.connectors.samplesink import SampleStoreSink
-from mlexec.health import observe_dispatch, observe_expired
-from mlexec.models import Inferred, ServeError
+from mlexec.lifecycle.router import Inferred, ServeError
 from mlexec.operators.dispatch import (
     ConditionLogic,
     CountLogic,
@@ -56,6 +55,7 @@ from mlexec.operators.records import DeadLetter, Records
 from mlexec.operators.reduce import Reduced, ReductionError, StatefulReduceLogic
 from mlexec.operators.requests import RangeRequest, RequestLogic, RequestReader
 from mlexec.operators.windows import WindowLogic, WindowShape
+from mlexec.runtime.health import observe_dispatch, observe_expired
 from mlexec.topologies.schema import (
     Condition,
     CountWindow,

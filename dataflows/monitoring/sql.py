@@ -75,6 +75,8 @@ QUANTILE_SHIFT_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
 _FLOOR = 1e-6
 
 REFERENCES_TABLE = "mlexec_references"
+
+
 def feedback_table(uc: UseCasePlan) -> str:
     """The use case's labels table."""
     return "feedback_" + uc.table.removeprefix("samples_")

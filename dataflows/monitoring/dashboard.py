@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlparse
 import orjson
 
 from mlexec.connectors.samplestore import SampleStore, SampleStoreError
-from mlexec.operators.monitor import ALERTS_TABLE, DRIFT_TABLE, METRICS_TABLE, quote, sql_time
+from mlexec.monitoring.sql import ALERTS_TABLE, DRIFT_TABLE, METRICS_TABLE, quote, sql_time
 from mlexec.topologies.plan import Plan
 from mlexec.usecase import samples_table, watchable_columns
 

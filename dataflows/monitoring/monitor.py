@@ -33,9 +33,7 @@ import pyarrow as pa
 from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
 from mlexec.connectors.runner import Checkpoint
 from mlexec.connectors.samplestore import SampleStore
-from mlexec.lag import LagUnknown, pipeline_lag, store_backlog
-from mlexec.operators.emit import deadletter_headers
-from mlexec.operators.monitor import (
+from mlexec.monitoring.sql import (
     ALERTS_TABLE,
     DRIFT_TABLE,
     METRICS_TABLE,
@@ -54,7 +52,9 @@ from mlexec.operators.monitor import (
     sql_time,
     tables_ddl,
 )
+from mlexec.operators.emit import deadletter_headers
 from mlexec.operators.records import DeadLetter
+from mlexec.runtime.lag import LagUnknown, pipeline_lag, store_backlog
 from mlexec.topologies.errors import MlexecError
 from mlexec.topologies.plan import ALERTS_TOPIC, Plan, TopicSpec, UseCasePlan
 from mlexec.topologies.schema import (
@@ -528,8 +528,9 @@ class Monitor:
 
     def _life_cycle(self, uc: UseCasePlan, ev: Evaluation, now: datetime) -> None:
         """Retrain on the alerts the topology names; promote or roll back the canary."""
-        from mlexec.lifecycle import apply_policy, lifecycle_event, train
-        from mlexec.models import registry_site
+        from mlexec.lifecycle.policy import apply_policy, lifecycle_event
+        from mlexec.lifecycle.registry import registry_site
+        from mlexec.lifecycle.training import train
 
         life = uc.usecase.lifecycle
         if life is None:

@@ -24,9 +24,9 @@ from bytewax.run import cli_main
 
 from mlexec.connectors.kafka import client_config, ensure_topics
 from mlexec.connectors.samplestore import open_store
-from mlexec.health import Reporter, RuntimeHealth, serve_metrics
-from mlexec.models import RegistryWatcher
-from mlexec.site import build_flow
+from mlexec.flow import build_flow
+from mlexec.lifecycle.watcher import RegistryWatcher
+from mlexec.runtime.health import Reporter, RuntimeHealth, serve_metrics
 from mlexec.topologies.plan import Plan
 from mlexec.usecase import UseCaseRuntime
 
@@ -229,8 +229,8 @@ def _host_monitoring(
     run: SiteRun, hosted: ExitStack, monitor: bool, dashboard_port: int | None
 ) -> None:
     """Start the monitor's schedule and the dashboard beside the store dataflow."""
-    from mlexec.dashboard import Dashboard, DashboardData
-    from mlexec.monitor import Monitor
+    from mlexec.monitoring.dashboard import Dashboard, DashboardData
+    from mlexec.monitoring.monitor import Monitor
 
     monitored = [rt for rt in run.store if rt.plan.usecase.monitoring is not None]
     if not (monitored and monitor) and dashboard_port is None:

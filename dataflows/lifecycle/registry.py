@@ -1,0 +1,144 @@
+"""The registry's clients: where a use case's registry lives, publishing a version, changing its routing.
+
+- :func:`publish_model` and :func:`change_routing` write the registry (``mlexec model``):
+  a version's chunks and manifest, then the use case's new routing. A version is
+  immutable: republishing it with other bytes is refused.
+  The router (:mod:`mlexec.lifecycle.router`) serves what it says; the watcher
+  (:mod:`mlexec.lifecycle.watcher`) follows it in the dataflow process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlexec.connectors.kafka import ensure_topics, produce_records, read_topic
+from mlexec.lifecycle.protocol import (
+    Assembler,
+    Manifest,
+    RegistryError,
+    Routing,
+    artifact_messages,
+    manifest_of,
+    routing_message,
+)
+from mlexec.operators.infer import ModelError, ModelInfo, describe_model
+from mlexec.topologies.plan import MODELS_TOPIC, Plan, UseCasePlan, remote_name
+
+__all__ = [
+    "change_routing",
+    "check_fits",
+    "current_routing",
+    "publish_model",
+    "read_registry",
+    "registry_site",
+    "registry_topics",
+]
+
+_log = logging.getLogger(__name__)
+
+
+def registry_site(plan: Plan, uc: UseCasePlan) -> str:
+    """Where a use case's versions are published: whence models come down to its infer site."""
+    infer = uc.site("infer")
+    down = [link.target for link in plan.topology.links if link.source == infer]
+    return down[0] if down else infer
+
+
+def registry_topics(plan: Plan, site: str) -> list[str]:
+    """Where a site's dataflows find models: its own registry and the ones mirrored down."""
+    return [
+        MODELS_TOPIC,
+        *(
+            remote_name(link.target, MODELS_TOPIC)
+            for link in plan.topology.links
+            if link.source == site
+        ),
+    ]
+
+
+def check_fits(uc: UseCasePlan, info: ModelInfo, default: ModelInfo, what: str) -> None:
+    """Refuse a model whose input width or outputs differ from what the use case serves."""
+    width = len(uc.model_inputs)
+    if info.width is not None and info.width != width:
+        msg = f"{what} takes {info.width} features; use case {uc.name} gives {width}: {list(uc.model_inputs)}"
+        raise RegistryError(msg)
+    wanted = uc.usecase.model.outputs or [o[0] for o in default.outputs]
+    have = {o[0]: o for o in info.outputs}
+    expected = {o[0]: o for o in default.outputs if o[0] in wanted}
+    for name, spec in expected.items():
+        if name not in have:
+            msg = f"{what} has no output {name!r} (its outputs: {sorted(have)})"
+            raise RegistryError(msg)
+        if have[name][1:] != spec[1:]:
+            msg = (
+                f"{what} output {name!r} is {have[name][1]} × {have[name][2] or 1}; the use case "
+                f"serves {spec[1]} × {spec[2] or 1} (the samples table has that column)"
+            )
+            raise RegistryError(msg)
+
+
+# ---------------------------------------------------------------------- clients
+
+
+def read_registry(conf: dict[str, Any]) -> Assembler:
+    """The registry on a site's own ``mlexec.models``, as it is now."""
+    registry = Assembler()
+    for key, value, *_ in read_topic(conf, MODELS_TOPIC):
+        registry.add(key, value)
+    return registry
+
+
+def current_routing(registry: Assembler, uc: UseCasePlan) -> Routing:
+    """The use case's routing; before any change, the topology's model serves production."""
+    return registry.routings.get(uc.name) or Routing(uc.name, production=uc.usecase.model.version)
+
+
+def publish_model(
+    plan: Plan,
+    conf: dict[str, Any],
+    uc: UseCasePlan,
+    path: Path,
+    version: str,
+    stage: str = "candidate",
+    traffic: float = 0.0,
+) -> tuple[Manifest, Routing]:
+    """Check ``path`` fits the use case, then put it on the registry at ``stage``."""
+    ensure_topics(conf, [plan.topic_spec(MODELS_TOPIC)])
+    try:
+        info = describe_model(path, uc.usecase.model.input_name)
+        default = describe_model(uc.usecase.model.path, uc.usecase.model.input_name)
+    except ModelError as exc:
+        raise RegistryError(str(exc)) from exc
+    check_fits(uc, info, default, f"model {path}")
+    registry = read_registry(conf)
+    data = path.read_bytes()
+    routing = current_routing(registry, uc).publish(version, stage, traffic)
+    inputs = [(info.input_name, ["n", info.width])]
+    outputs = [(n, k, ["n", w] if w else ["n"]) for n, k, w in info.outputs]
+    name = uc.usecase.model.name
+    manifest = manifest_of(uc.name, name, version, data, inputs, outputs, stage, traffic)
+    before = registry.manifests.get((uc.name, version))
+    if before is not None and before.sha256 != manifest.sha256:
+        msg = f"{uc.name} version {version} is published with other bytes: versions are immutable, choose a new one"
+        raise RegistryError(msg)
+    produce_records(
+        conf, MODELS_TOPIC, [*artifact_messages(manifest, data), routing_message(routing)]
+    )
+    return manifest, routing
+
+
+def change_routing(
+    conf: dict[str, Any], uc: UseCasePlan, change: Callable[[Routing], Routing]
+) -> Routing:
+    """Apply ``change`` to the use case's routing and publish the result."""
+    registry = read_registry(conf)
+    routing = change(current_routing(registry, uc))
+    for version in routing.serving():
+        if version != uc.usecase.model.version and (uc.name, version) not in registry.manifests:
+            msg = f"{uc.name} has no published version {version}; mlexec model list shows those there are"
+            raise RegistryError(msg)
+    produce_records(conf, MODELS_TOPIC, [routing_message(routing)])
+    return routing

@@ -1,0 +1,1 @@
+"""Monitoring: ingestion, references, evaluation and its SQL, alerts, the schedule, the dashboard."""
