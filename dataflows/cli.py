@@ -1002,13 +1002,14 @@ def monitor_run(
     it needs the store directory to itself: `mlexec run` stores monitor in-process.
     """
     from mlexec.connectors.samplestore import open_store
+    from mlexec.lifecycle.reaction import follow
     from mlexec.monitoring.monitor import Monitor
 
     try:
         _, plan = _load(topology)
         where = _store_site(plan, site, usecase)
         with open_store(plan.topology.sites[where].sample_store) as store:
-            monitor = Monitor(plan, where, store, usecase=usecase, source=str(topology))
+            monitor = follow(Monitor(plan, where, store, usecase=usecase, source=str(topology)))
             monitor.prepare()
             if once:
                 for ev in monitor.run_once():

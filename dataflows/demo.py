@@ -28,6 +28,7 @@ import polars as pl
 from mlexec.connectors.broker import LocalBroker
 from mlexec.connectors.kafka import client_config, produce_records, read_topic
 from mlexec.connectors.samplestore import SampleStore, open_store
+from mlexec.lifecycle.reaction import follow
 from mlexec.monitoring.monitor import Evaluation, Monitor
 from mlexec.outputs import prepare_outputs, run_outputs
 from mlexec.runtime.connect import prepare_connectors, run_connectors
@@ -196,7 +197,7 @@ def demo_topology_path() -> Path:
 
 def _monitor(plan: Plan, store: SampleStore, trained_on: pl.DataFrame) -> list[Evaluation]:
     """Record the training data as each model's reference, then evaluate once."""
-    monitor = Monitor(plan, "edge", store)
+    monitor = follow(Monitor(plan, "edge", store))
     monitor.prepare()
     readings, windows = plan.usecases["readings"], plan.usecases["windows"]
     monitor.record_reference(readings, trained_on, monitor.reference_name(readings))

@@ -229,6 +229,7 @@ def _host_monitoring(
     run: SiteRun, hosted: ExitStack, monitor: bool, dashboard_port: int | None
 ) -> None:
     """Start the monitor's schedule and the dashboard beside the store dataflow."""
+    from mlexec.lifecycle.reaction import follow
     from mlexec.monitoring.dashboard import Dashboard, DashboardData
     from mlexec.monitoring.monitor import Monitor
 
@@ -237,7 +238,7 @@ def _host_monitoring(
         return
     store = hosted.enter_context(open_store(run.plan.topology.sites[run.site].sample_store))
     if monitored and monitor:
-        watcher = Monitor(run.plan, run.site, store)
+        watcher = follow(Monitor(run.plan, run.site, store))
         watcher.prepare()
         stop = threading.Event()
         thread = threading.Thread(

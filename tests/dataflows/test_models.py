@@ -349,6 +349,7 @@ def test_a_5_mb_model_serves_and_a_tampered_or_unfit_one_is_refused(broker, tmp_
 def test_drift_to_promotion_train_publish_canary_promote_end_to_end(broker, tmp_path, uid):
     """An inaccurate production model, labels on the feedback topic: the accuracy alert
     trains a better version, it serves a canary, the policy promotes it."""
+    from mlexec.lifecycle.reaction import follow
     from mlexec.monitoring.monitor import Monitor
     from mlexec.operators.testing import make_linear
 
@@ -394,7 +395,7 @@ def test_drift_to_promotion_train_publish_canary_promote_end_to_end(broker, tmp_
     serve(1000, 0)
     store_url = topology.sites["here"].sample_store
     with open_store(store_url) as store:
-        monitor = Monitor(plan, "here", store)
+        monitor = follow(Monitor(plan, "here", store))
         monitor.prepare()
         (ev,) = monitor.run_once(_ms(T0 + 3_600_000))
     (accuracy,) = [a for a in ev.alerts if a.kind == "accuracy"]
@@ -409,7 +410,7 @@ def test_drift_to_promotion_train_publish_canary_promote_end_to_end(broker, tmp_
     compared = _cli("compare", str(path), "--usecase", uc.name, "--window", "2h")
     assert "canary" in compared and "production" in compared
     with open_store(store_url) as store:
-        monitor = Monitor(plan, "here", store)
+        monitor = follow(Monitor(plan, "here", store))
         (ev,) = monitor.run_once(_ms(T0 + 3_600_000))
     events = _lifecycle(conf, uc.name)
     assert len(events) == 2 and "canary 8" in events[1] and "promoted to production" in events[1]
@@ -442,6 +443,7 @@ def _label(pred: dict[str, Any], conf: dict[str, Any], uc: Any, truth: np.ndarra
 def test_a_worse_canary_is_rolled_back_by_policy_and_train_publishes_a_better_candidate(
     broker, tmp_path, uid
 ):
+    from mlexec.lifecycle.reaction import follow
     from mlexec.monitoring.monitor import Monitor
     from mlexec.operators.testing import make_linear
 
@@ -499,7 +501,7 @@ def test_a_worse_canary_is_rolled_back_by_policy_and_train_publishes_a_better_ca
         ],
     )
     with open_store(topology.sites["here"].sample_store) as store:
-        monitor = Monitor(plan, "here", store)
+        monitor = follow(Monitor(plan, "here", store))
         monitor.prepare()
         monitor.run_once(_ms(T0 + 3_600_000))
     (event,) = _lifecycle(conf, uc.name)

@@ -1,0 +1,180 @@
+"""Ingestion: labels from ``<uc>.feedback``, runtime health from ``mlexec.metrics``, own lag.
+
+A label that cannot be read goes to the use case's dead-letter topic with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from mlexec.connectors.kafka import produce_records, read_topic
+from mlexec.connectors.runner import Checkpoint
+from mlexec.connectors.samplestore import SampleStore
+from mlexec.monitoring.columns import (
+    FEEDBACK_COLUMNS,
+    METRIC_COLUMNS,
+    arrow_table,
+    ms,
+    now_utc,
+)
+from mlexec.monitoring.sql import (
+    METRICS_TABLE,
+    feedback_table,
+)
+from mlexec.operators.emit import deadletter_headers
+from mlexec.operators.records import DeadLetter
+from mlexec.runtime.lag import LagUnknown, pipeline_lag, store_backlog
+from mlexec.topologies.plan import Plan, UseCasePlan
+
+__all__ = ["Ingestion"]
+
+_log = logging.getLogger(__name__)
+
+
+class Ingestion:
+    """What arrives for monitoring: labels, runtime health, and this site's own lag.
+
+    From offsets kept in the monitor's checkpoint, so nothing is stored twice or skipped.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        site: str,
+        store: SampleStore,
+        usecases: list[UseCasePlan],
+        conf: dict[str, Any],
+        state: Checkpoint,
+    ) -> None:
+        self.plan = plan
+        self.site = site
+        self.store = store
+        self.usecases = usecases
+        self.conf = conf
+        self._state = state
+
+    def ingest(self) -> dict[str, int]:
+        """Store the labels and runtime health that arrived since the last call."""
+        state = self._state.load() or {}
+        offsets: dict[str, dict[str, int]] = state.get("offsets", {})
+        stored = {"feedback": 0, "metrics": 0, "rejected": 0}
+        for uc in self.usecases:
+            topic = uc.feedback_topic
+            messages = read_topic(self.conf, topic, start=_start(offsets.get(topic)))
+            rows, dead = _labels(topic, messages)
+            if rows:
+                self.store.insert(feedback_table(uc), arrow_table(rows, FEEDBACK_COLUMNS))
+            if dead:
+                produce_records(
+                    self.conf,
+                    uc.deadletter_topic,
+                    [(d.key, d.value or b"") for d in dead],
+                    [deadletter_headers(d) for d in dead],
+                )
+            stored["feedback"] += len(rows)
+            stored["rejected"] += len(dead)
+            _advance(offsets, topic, messages)
+        for topic in self.plan.metrics_topics_at(self.site):
+            messages = read_topic(self.conf, topic, start=_start(offsets.get(topic)))
+            metrics = [row for m in messages for row in _metric_rows(m[1])]
+            if metrics:
+                self.insert_metrics(metrics)
+            stored["metrics"] += len(metrics)
+            _advance(offsets, topic, messages)
+        self._state.save({**state, "offsets": offsets})
+        return stored
+
+    def insert_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Rows of (time ms, site, part, usecase, name, value) into the metrics table."""
+        self.store.insert(METRICS_TABLE, arrow_table(rows, METRIC_COLUMNS))
+
+    def own_lag(self, now: datetime) -> list[dict[str, Any]]:
+        """Lag and store backlog of this site's dataflows, from their recovery state."""
+        rows = []
+        for uc in self.plan.usecases_at(self.site):
+            for name, measure in (("lag", pipeline_lag), ("store_backlog", store_backlog)):
+                try:
+                    measured = measure(self.plan, self.site, uc.name)
+                except LagUnknown as exc:  # nothing to write rather than a wrong 0
+                    _log.warning("%s of %s cannot be measured: %s", name, uc.name, exc)
+                    measured = None
+                if measured is not None:
+                    rows.append(
+                        {
+                            "time": ms(now),
+                            "site": self.site,
+                            "part": "monitor",
+                            "usecase": uc.name,
+                            "name": name,
+                            "value": measured[0],
+                        }
+                    )
+        return rows
+
+
+def _start(offsets: dict[str, int] | None) -> dict[int, int]:
+    return {int(p): o for p, o in (offsets or {}).items()}
+
+
+def _advance(offsets: dict[str, dict[str, int]], topic: str, messages: list[Any]) -> None:
+    done = offsets.setdefault(topic, {})
+    for *_rest, partition, offset in messages:
+        done[str(partition)] = max(done.get(str(partition), 0), offset + 1)
+
+
+def _labels(topic: str, messages: list[Any]) -> tuple[list[dict[str, Any]], list[DeadLetter]]:
+    """Feedback messages → label rows; what cannot be read → dead letters with the reason."""
+    rows, dead = [], []
+    now = ms(now_utc())
+    for key, value, _headers, partition, offset in messages:
+        try:
+            doc = orjson.loads(value or b"")
+            if not isinstance(doc, dict):
+                msg = "not a JSON object"
+                raise TypeError(msg)
+            record_id = str(doc.get("record_id") or doc.get("id") or "")
+            label = doc["label"]
+            if isinstance(label, bool):
+                label = int(label)
+            if not isinstance(label, int | float):
+                msg = f"label must be a number, found {label!r}"
+                raise TypeError(msg)
+            if not record_id and (doc.get("key") is None or doc.get("time") is None):
+                msg = "no record_id, nor key and time"
+                raise KeyError(msg)
+            rows.append(
+                {
+                    "record_id": record_id,
+                    "key": str(doc.get("key") or ""),
+                    "event_time": int(doc.get("time") or 0),
+                    "label": float(label),
+                    "received_at": now,
+                }
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            reason = f"a label needs record_id (or key and time) and a numeric label: {exc}"
+            dead.append(DeadLetter(value, key, reason, topic, partition, offset, "feedback"))
+    return rows, dead
+
+
+def _metric_rows(value: bytes | None) -> list[dict[str, Any]]:
+    try:
+        snap = orjson.loads(value or b"")
+        return [
+            {
+                "time": int(snap["time"]),
+                "site": str(snap["site"]),
+                "part": str(snap["part"]),
+                "usecase": str(r["usecase"]),
+                "name": str(r["name"]),
+                "value": float(r["value"]),
+            }
+            for r in snap["rows"]
+        ]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        _log.warning("skipping an unreadable runtime health snapshot: %s", exc)
+        return []
