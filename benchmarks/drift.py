@@ -3,7 +3,7 @@
 ``python -m benchmarks.drift [--rows 1000000] [--features 50]`` fills a samples table
 with a reference hour and a current hour (one feature shifted), stores the reference
 profile (``mlexec_references``), then times the one statement ``mlexec monitor`` runs
-per evaluation (:func:`operators.monitor.drift_sql`: PSI, KS, JS, Wasserstein, mean and
+per evaluation (:func:`mlexec.monitoring.sql.drift_sql`: PSI, KS, JS, Wasserstein, mean and
 quantile shift, null and out-of-range rates of every column) and the profiling. For
 comparison it times scipy computing PSI, KS and Wasserstein over the same arrays.
 Prints a table and ``RESULT {json}``.

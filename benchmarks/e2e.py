@@ -46,8 +46,9 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from benchmarks.runners import BATCH, FIELDS, PARTITIONS, ensure_out
+from mlexec.connectors import reading
 from mlexec.connectors.broker import LocalBroker, free_port
-from mlexec.connectors.kafka import CONSUMER_TUNING, ensure_topics, produce_records
+from mlexec.connectors.kafka import ensure_topics, produce_records
 from mlexec.operators.testing import make_mlp
 from mlexec.topologies.plan import TopicSpec
 
@@ -74,41 +75,27 @@ def fill(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None
     produce_records({**conf, "linger.ms": 20, "batch.num.messages": 10000}, topic, records)
 
 
-def from_start(bootstrap: str, topic: str, *, eof: bool) -> Consumer:
+def from_start(bootstrap: str, topic: str) -> Consumer:
     """A consumer of every partition of ``topic`` from its first message."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "bench-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": eof,
-            **CONSUMER_TUNING,
-        }
-    )
+    consumer = reading.consumer({"bootstrap.servers": bootstrap}, "bench-reader")
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     return consumer
 
 
 def output_span(bootstrap: str, topic: str, count: int) -> float:
-    """Seconds from the first to the last message of ``topic`` (their producer timestamps)."""
-    consumer = from_start(bootstrap, topic, eof=True)
-    first: int | None = None
-    last: int | None = None
-    seen, ended = 0, set[int]()
-    deadline = time.monotonic() + 120
-    while len(ended) < PARTITIONS and time.monotonic() < deadline:
-        for m in consumer.consume(10_000, 0.5):
-            if m.error() is not None:
-                ended.add(cast(int, m.partition()))
-                continue
-            stamp = m.timestamp()[1]
-            first = stamp if first is None else min(first, stamp)
-            last = stamp if last is None else max(last, stamp)
-            seen += 1
-    consumer.close()
-    if seen != count or first is None or last is None:
-        raise RuntimeError(f"{topic}: {seen} of {count} outputs")
-    return max(last - first, 1) / 1000
+    """Seconds from the first to the last message of ``topic`` (their producer timestamps).
+
+    Read with the default fetch wait: a topic of one message a batch (Quix Streams
+    produces so) meets the local broker's slow path at the short wait mlexec tunes for.
+    """
+    with reading.TopicReader(
+        {"bootstrap.servers": bootstrap}, "bench-reader", settings={"fetch.wait.max.ms": 500}
+    ) as reader:
+        reader.assign((topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS))
+        stamps = [m.timestamp()[1] for m in reader.read_to_end(600.0, topic)]
+    if len(stamps) != count:
+        raise RuntimeError(f"{topic}: {len(stamps)} of {count} outputs")
+    return max(max(stamps) - min(stamps), 1) / 1000
 
 
 def _result(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
@@ -342,7 +329,7 @@ class _Collector:
     """Reads an output topic from the start; per prediction, its latency in ms."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._consumer = from_start(bootstrap, topic, eof=False)
+        self._consumer = from_start(bootstrap, topic)
         self.latencies: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -25,7 +25,8 @@ import orjson
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from mlexec.connectors.kafka import CONSUMER_TUNING, client_config, ensure_topics
+from mlexec.connectors.kafka import client_config, ensure_topics
+from mlexec.connectors.reading import CONSUMER_TUNING
 from mlexec.connectors.samplestore import open_store
 from mlexec.topologies.plan import TopicSpec
 

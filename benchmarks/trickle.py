@@ -22,7 +22,8 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from mlexec.connectors.broker import LocalBroker
-from mlexec.connectors.kafka import CONSUMER_TUNING, ensure_topics
+from mlexec.connectors.kafka import ensure_topics
+from mlexec.connectors.reading import CONSUMER_TUNING
 from mlexec.topologies.plan import TopicSpec
 
 RECORDS = 20_000

@@ -30,14 +30,10 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from mlexec.connectors.kafka import (
-    _IDLE_PAUSE,
-    CONSUMER_TUNING,
-    KafkaDeliveryError,
-    ensure_topics,
-    produce_records,
-)
-from mlexec.topologies.errors import ConnectorError, MlexecError
+from mlexec.connectors.delivery import KafkaDeliveryError
+from mlexec.connectors.kafka import _IDLE_PAUSE, ensure_topics, produce_records
+from mlexec.connectors.reading import CONSUMER_TUNING, consumer_config
+from mlexec.errors import ConnectorError, MlexecError
 from mlexec.topologies.plan import TopicSpec
 
 __all__ = [
@@ -461,15 +457,8 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, SourceState]):
         group: str = "mlexec",
         context: dict[str, Any] | None = None,
     ) -> None:
-        self._conf = {
-            **conf,
-            **CONSUMER_TUNING,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            # a position past the end is an error to notice, never a silent jump
-            "auto.offset.reset": "error",
-        }
+        # a position past the end is an error to notice, never a silent jump
+        self._conf = consumer_config(conf, group, eof=True, reset="error")
         #: What alerts of this source name (use case, site).
         self._context = dict(context or {})
         self._topic = topic

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from mlexec.topologies.errors import ConnectorError
+from mlexec.errors import ConnectorError
 
 __all__ = ["BrokerError", "LocalBroker", "free_port", "local_broker", "tansu_binary"]
 

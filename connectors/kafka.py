@@ -1,4 +1,4 @@
-"""Kafka for the dataflows: client settings from a site, topics, a batch source and sink.
+"""Kafka for the dataflows: client settings from a site, topics, and the batch sink.
 
 The hot path moves whole consumed batches: the source emits one :class:`RawBatch` per
 poll of a partition and snapshots the next offset; the sink hands whole lists to
@@ -9,7 +9,6 @@ full means poll and retry, and the first delivery error is raised at the next wr
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,45 +17,30 @@ from typing import Any, cast
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
     KafkaException,
     Message,
-    Producer,
-    TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from mlexec.topologies.errors import ConnectorError, MlexecError
+from mlexec.connectors.delivery import ReliableProducer
+from mlexec.errors import MlexecError
 from mlexec.topologies.plan import TopicSpec
 from mlexec.topologies.schema import KafkaSettings
 
 __all__ = [
-    "CONSUMER_TUNING",
     "KafkaBatchSink",
-    "KafkaDeliveryError",
     "Outgoing",
     "client_config",
-    "end_offsets",
-    "high_watermarks",
     "PRODUCED",
     "ensure_topics",
     "produce_records",
-    "read_topic",
 ]
 
 _log = logging.getLogger(__name__)
 
-#: Consumer settings that matter on the local Tansu broker (it does not wake a waiting
-#: fetch when data arrives) and cost nothing on Apache Kafka.
-CONSUMER_TUNING: dict[str, Any] = {"fetch.wait.max.ms": 5, "fetch.queue.backoff.ms": 10}
 #: How long an idle source partition waits before it polls its (non-blocking) consumer again.
 _IDLE_PAUSE = timedelta(milliseconds=1)
-
-
-class KafkaDeliveryError(ConnectorError):
-    """A message could not be delivered to the broker."""
 
 
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:
@@ -119,90 +103,28 @@ class Outgoing:
     headers: Sequence[list[tuple[str, bytes]]] | None = None
 
 
-class _Delivery:
-    """Keeps the first delivery error, to raise it at the next write or flush."""
-
-    def __init__(self) -> None:
-        self.error: KafkaError | None = None
-
-    def __call__(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None and self.error is None:
-            self.error = err
-
-    def raise_if_failed(self) -> None:
-        if self.error is not None:
-            err, self.error = self.error, None
-            msg = f"delivery to Kafka failed: {err}"
-            raise KafkaDeliveryError(msg)
-
-
 class _ProducerPart(StatefulSinkPartition[Outgoing, None]):
     def __init__(self, conf: dict[str, Any]) -> None:
-        self._producer = Producer(conf)
-        self._delivery = _Delivery()
+        self._producer = ReliableProducer(conf, what="the dataflow's sink")
 
     def write_batch(self, items: list[Outgoing]) -> None:
-        self._delivery.raise_if_failed()
+        self._producer.raise_if_failed()
         for out in items:
             PRODUCED[out.topic] = PRODUCED.get(out.topic, 0) + len(out.values)
             if out.headers is not None:
-                self._produce_each(out)
+                keys = out.keys if out.keys is not None else [None] * len(out.values)
+                for value, key, hdrs in zip(out.values, keys, out.headers, strict=True):
+                    self._producer.produce(out.topic, value, key=key, headers=hdrs)
             else:
-                self._produce_batch(out)
+                self._producer.produce_batch(out.topic, out.values, out.keys)
         self._producer.poll(0)
-
-    def _produce_batch(self, out: Outgoing) -> None:
-        pending: list[dict[str, Any]]
-        if out.keys is None:
-            pending = [{"value": v} for v in out.values]
-        else:
-            pending = [{"value": v, "key": k} for v, k in zip(out.values, out.keys, strict=True)]
-        while pending:
-            try:
-                self._producer.produce_batch(out.topic, pending, on_delivery=self._delivery)
-            except BufferError:
-                self._producer.poll(0.05)
-                continue
-            failed = [m for m in pending if "_error" in m]
-            for m in failed:
-                err = m.pop("_error")
-                if err.code() != KafkaError._QUEUE_FULL:
-                    msg = f"producing to {out.topic!r} failed: {err}"
-                    raise KafkaDeliveryError(msg)
-            if failed:
-                self._producer.poll(0.05)
-            pending = failed
-
-    def _produce_each(self, out: Outgoing) -> None:
-        keys = out.keys if out.keys is not None else [None] * len(out.values)
-        headers = out.headers or []
-        for value, key, hdrs in zip(out.values, keys, headers, strict=True):
-            while True:
-                try:
-                    self._producer.produce(
-                        out.topic,
-                        value=value,
-                        key=key,
-                        headers=cast(Any, hdrs),
-                        on_delivery=self._delivery,
-                    )
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
 
     def snapshot(self) -> None:
         """Everything written so far is delivered before bytewax commits the epoch."""
-        self._flush()
-
-    def _flush(self) -> None:
-        remaining = self._producer.flush(60.0)
-        self._delivery.raise_if_failed()
-        if remaining:
-            msg = f"{remaining} messages were still undelivered after 60 s"
-            raise KafkaDeliveryError(msg)
+        self._producer.flush(60.0)
 
     def close(self) -> None:
-        self._flush()
+        self._producer.flush(60.0)
 
 
 class KafkaBatchSink(FixedPartitionedSink[Outgoing, None]):
@@ -243,155 +165,23 @@ def produce_records(
 ) -> list[tuple[int, int]]:
     """Produce ``(key, value)`` records in order, idempotently; return each (partition, offset).
 
-    For feeding topics from files, the demo, benchmarks and tests. Never drops: a full
-    queue is polled and retried; any delivery error is raised.
+    For alerts, the registry, feeding topics from files, the demo, benchmarks and
+    tests. Never drops: a full queue is polled and retried; any delivery error is raised.
     """
-    producer = Producer(
-        {**conf, "enable.idempotence": True, "linger.ms": conf.get("linger.ms", 10)}
+    producer = ReliableProducer(
+        conf, what=f"producing to {topic!r}", **{"linger.ms": conf.get("linger.ms", 10)}
     )
     positions: list[tuple[int, int]] = [(-1, -1)] * len(records)
-    errors: list[KafkaError] = []
 
     def delivered(i: int) -> Any:
         def report(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                errors.append(err)
-            else:
+            if err is None:
                 positions[i] = (cast(int, msg.partition()), cast(int, msg.offset()))
 
         return report
 
     for i, (key, value) in enumerate(records):
-        while True:
-            try:
-                producer.produce(
-                    topic,
-                    value=value,
-                    key=key,
-                    headers=cast(Any, headers[i] if headers is not None else None),
-                    on_delivery=delivered(i),
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if i % 1000 == 0:
-            producer.poll(0)
-    left = producer.flush(120.0)
-    if errors or left:
-        msg = f"producing to {topic!r} failed: {errors[:3]} ({left} undelivered)"
-        raise KafkaDeliveryError(msg)
+        hdrs = headers[i] if headers is not None else None
+        producer.produce(topic, value, key=key, headers=hdrs, on_delivery=delivered(i))
+    producer.flush(120.0)
     return positions
-
-
-def end_offsets(conf: dict[str, Any], topic: str, timeout: float = 30.0) -> dict[int, int]:
-    """Per partition, the end offset the broker reports (ListOffsets).
-
-    On Apache Kafka this is the log end; the local Tansu broker answers a lower bound
-    (its last batch's base offset + 1), so use it only where a lower bound is safe,
-    such as where to start scanning for one's own recent messages.
-    """
-    consumer = Consumer({**conf, "group.id": "mlexec-offsets", "enable.auto.commit": False})
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
-        return {
-            p: consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=timeout, cached=False
-            )[1]
-            for p in sorted(meta.partitions)
-        }
-    finally:
-        consumer.close()
-
-
-def high_watermarks(conf: dict[str, Any], topic: str, timeout: float = 10.0) -> dict[int, int]:
-    """Per partition, the log end as a fetch reports it.
-
-    A fetch's high watermark is right on the local Tansu broker too, where ListOffsets
-    is not: each partition is fetched at its end until the broker says so.
-    """
-    consumer = Consumer(
-        {
-            **conf,
-            **CONSUMER_TUNING,
-            "group.id": "mlexec-watermarks",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return {}
-        parts = sorted(meta.partitions)
-        ends = end_offsets(conf, topic, timeout)
-        consumer.assign([TopicPartition(topic, p, ends.get(p, 0)) for p in parts])
-        seen: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while len(seen) < len(parts) and time.monotonic() < deadline:
-            for msg in consumer.consume(10_000, 0.1):
-                err = msg.error()
-                if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                    seen.add(cast(int, msg.partition()))
-        out = {}
-        for p in parts:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
-            out[p] = max(high, ends.get(p, 0))
-        return out
-    finally:
-        consumer.close()
-
-
-def read_topic(
-    conf: dict[str, Any],
-    topic: str,
-    *,
-    start: dict[int, int] | None = None,
-    timeout: float = 30.0,
-) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int]]:
-    """Messages of ``topic`` to its end: (key, value, headers, partition, offset).
-
-    From the beginning, or per partition from ``start`` (partitions it omits are read
-    from the beginning). Stops at partition EOF on every partition.
-    """
-    start = start or {}
-    consumer = Consumer(
-        {
-            **conf,
-            **CONSUMER_TUNING,
-            "group.id": "mlexec-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
-        parts = sorted(meta.partitions)
-        consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in parts])
-        out: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int]] = []
-        at_end: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while len(at_end) < len(parts):
-            if time.monotonic() > deadline:
-                msg = f"reading {topic!r} did not reach the end within {timeout}s"
-                raise MlexecError(msg)
-            for msg_ in consumer.consume(1000, 0.1):
-                err = msg_.error()
-                if err is None:
-                    headers = cast(list[tuple[str, bytes]], msg_.headers() or [])
-                    out.append(
-                        (
-                            msg_.key(),
-                            msg_.value(),
-                            headers,
-                            cast(int, msg_.partition()),
-                            cast(int, msg_.offset()),
-                        )
-                    )
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(cast(int, msg_.partition()))
-                else:
-                    raise KafkaDeliveryError(str(err))
-        return out
-    finally:
-        consumer.close()

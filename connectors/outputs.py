@@ -26,10 +26,11 @@ from typing import Any, Protocol
 import httpx
 import orjson
 import polars as pl
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 
+from mlexec.connectors.delivery import ReliableProducer
 from mlexec.connectors.retry import HttpStatusError, RetryableError, check_http, with_backoff
-from mlexec.topologies.errors import MlexecError
+from mlexec.errors import MlexecError
 from mlexec.topologies.schema import FileOutput, HttpOutput, KafkaOutput, MqttBroker, MqttOutput
 
 __all__ = [
@@ -111,9 +112,7 @@ class KafkaSink(_Acknowledged):
         self.config = config
         self.target = f"{conf.get('bootstrap.servers')}/{config.topic}"
         self.retried = 0
-        self._producer = Producer(
-            {**conf, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
-        )
+        self._producer = ReliableProducer(conf, what=f"output {self.target}", **{"linger.ms": 5})
 
     def _value(self, action: Action) -> bytes:
         fields = self.config.fields
@@ -124,31 +123,24 @@ class KafkaSink(_Acknowledged):
     def deliver(self, actions: list[Action]) -> Failures:
         failures: Failures = []
 
-        def report(action: Action) -> Callable[[KafkaError | None, Message], None]:
-            def done(err: KafkaError | None, _msg: Message) -> None:
+        def report(action: Action) -> Callable[[KafkaError | None, Message], bool]:
+            def done(err: KafkaError | None, _msg: Message) -> bool:
                 if err is not None:
-                    failures.append((action, str(err)))
+                    failures.append((action, str(err)))  # dead-lettered by the output runner
+                return True
 
             return done
 
         for action in actions:
             key = _pick(action.prediction, self.config.key)
-            while True:
-                try:
-                    self._producer.produce(
-                        self.config.topic,
-                        value=self._value(action),
-                        key=None if key is None else str(key).encode(),
-                        headers=[("mlexec.id", action.id.encode())],
-                        on_delivery=report(action),
-                    )
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
-        left = self._producer.flush(60.0)
-        if left:
-            msg = f"{self.target}: {left} messages undelivered after 60 s"
-            raise MlexecError(msg)
+            self._producer.produce(
+                self.config.topic,
+                self._value(action),
+                key=None if key is None else str(key).encode(),
+                headers=[("mlexec.id", action.id.encode())],
+                on_delivery=report(action),
+            )
+        self._producer.flush(60.0)
         return failures
 
     def close(self) -> None:

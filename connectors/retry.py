@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import httpx
 
-from mlexec.topologies.errors import ConnectorError
+from mlexec.errors import ConnectorError
 from mlexec.topologies.schema import Backoff
 
 __all__ = ["HttpStatusError", "RetryableError", "check_http", "with_backoff"]

@@ -28,13 +28,15 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from mlexec.connectors.kafka import KafkaDeliveryError, end_offsets, ensure_topics, read_topic
+from mlexec.connectors.delivery import ReliableProducer
+from mlexec.connectors.kafka import ensure_topics
+from mlexec.connectors.reading import end_offsets, read_topic
 from mlexec.connectors.sources.base import Source, SourceRecord
-from mlexec.topologies.errors import MlexecError, TopologyError
+from mlexec.errors import MlexecError, TopologyError
 from mlexec.topologies.plan import TopicSpec
 
 __all__ = [
@@ -285,7 +287,9 @@ class ConnectorRunner:
         try:
             if saved is None:
                 self._save(source, offsets)
-            producer = Producer({**self._conf, **PRODUCER_SETTINGS})
+            producer = ReliableProducer(
+                self._conf, what=f"connector {self.connector_id}", **PRODUCER_SETTINGS
+            )
             try:
                 self._loop(stop, once, source, producer, offsets, seen)
             finally:
@@ -298,7 +302,7 @@ class ConnectorRunner:
         stop: threading.Event,
         once: bool,
         source: Source,
-        producer: Producer,
+        producer: ReliableProducer,
         offsets: dict[str, dict[int, int]],
         seen: set[str],
     ) -> None:
@@ -340,20 +344,17 @@ class ConnectorRunner:
     # --------------------------------------------------------------- produce
 
     def _produce(
-        self, producer: Producer, origin: str, records: list[SourceRecord]
+        self, producer: ReliableProducer, origin: str, records: list[SourceRecord]
     ) -> dict[tuple[str, int], int]:
         """Produce and wait for every delivery; the last offset per topic-partition."""
         last: dict[tuple[str, int], int] = {}
-        errors: list[KafkaError] = []
 
         def report(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                errors.append(err)
-                return
-            tp = (cast(str, msg.topic()), cast(int, msg.partition()))
-            last[tp] = max(last.get(tp, -1), cast(int, msg.offset()))
+            if err is None:
+                tp = (cast(str, msg.topic()), cast(int, msg.partition()))
+                last[tp] = max(last.get(tp, -1), cast(int, msg.offset()))
 
-        for i, rec in enumerate(records):
+        for rec in records:
             headers: list[tuple[str, str | bytes | None]] = [
                 self._id_header,
                 (HEADER_POSITION, rec.position.encode()),
@@ -371,27 +372,16 @@ class ConnectorRunner:
                     ("mlexec.source", origin.encode()),
                     ("mlexec.where", rec.where.encode()),
                 ]
-            while True:
-                try:
-                    producer.produce(
-                        topic,
-                        value=rec.value,
-                        key=rec.key,
-                        headers=headers,
-                        on_delivery=report,
-                        partition=-1 if rec.partition is None else rec.partition,  # -1: by key
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            if i % 1000 == 999:
-                producer.poll(0)
-        left = producer.flush(60.0)
-        if errors or left:
-            msg = (
-                f"connector {self.connector_id}: delivery failed: {errors[:3]} ({left} undelivered)"
+            partition = -1 if rec.partition is None else rec.partition  # -1: by key
+            producer.produce(
+                topic,
+                rec.value,
+                key=rec.key,
+                headers=headers,
+                partition=partition,
+                on_delivery=report,
             )
-            raise KafkaDeliveryError(msg)
+        producer.flush(60.0)
         return last
 
     def _save(self, source: Source, offsets: dict[str, dict[int, int]]) -> None:

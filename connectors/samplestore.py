@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlparse
 import polars as pl
 import pyarrow as pa
 
-from mlexec.topologies.errors import StoreError
+from mlexec.errors import StoreError
 from mlexec.topologies.secrets import mask_url
 
 __all__ = [
@@ -344,7 +344,9 @@ def open_store(url: str) -> SampleStore:
     if url.startswith("chdb://"):
         path = url[len("chdb://") :]
         if not path:
-            msg = f"a chDB store URL needs a directory: chdb:///path/to/dir, found {mask_url(url)!r}"
+            msg = (
+                f"a chDB store URL needs a directory: chdb:///path/to/dir, found {mask_url(url)!r}"
+            )
             raise SampleStoreError(msg)
         return _SharedChdb(Path(path).resolve())
     if url.startswith(("clickhouse://", "clickhouses://")):

@@ -25,12 +25,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a tree that is n
 
 #: Public name → the module that defines it.
 _API = {
-    "MlexecError": "mlexec.topologies.errors",
-    "TopologyError": "mlexec.topologies.errors",
-    "ConnectorError": "mlexec.topologies.errors",
-    "StoreError": "mlexec.topologies.errors",
-    "RegistryError": "mlexec.topologies.errors",
-    "RecordError": "mlexec.topologies.errors",
+    "MlexecError": "mlexec.errors",
+    "TopologyError": "mlexec.errors",
+    "ConnectorError": "mlexec.errors",
+    "StoreError": "mlexec.errors",
+    "RegistryError": "mlexec.errors",
+    "RecordError": "mlexec.errors",
     "Plan": "mlexec.topologies.plan",
     "Topology": "mlexec.topologies.schema",
     "load_topology": "mlexec.topologies.loader",
@@ -45,6 +45,13 @@ _API = {
     "build_flow": "mlexec.flow",
     "UseCaseRuntime": "mlexec.usecase",
     "Supervisor": "mlexec.runtime.supervisor",
+    "Site": "mlexec.runtime.site",
+    "SiteStatus": "mlexec.runtime.site",
+    "PartSpec": "mlexec.runtime.part",
+    "run_part": "mlexec.runtime.part",
+    "spawn_part": "mlexec.runtime.part",
+    "site_dataflow": "mlexec.runtime.run",
+    "Monitor": "mlexec.monitoring.monitor",
 }
 
 __all__ = ["__version__", *sorted(_API)]

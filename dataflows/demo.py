@@ -26,15 +26,16 @@ import orjson
 import polars as pl
 
 from mlexec.connectors.broker import LocalBroker
-from mlexec.connectors.kafka import client_config, produce_records, read_topic
+from mlexec.connectors.kafka import client_config, produce_records
+from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplestore import SampleStore, open_store
+from mlexec.errors import MlexecError
 from mlexec.lifecycle.reaction import follow
 from mlexec.monitoring.monitor import Evaluation, Monitor
 from mlexec.outputs import prepare_outputs, run_outputs
 from mlexec.runtime.connect import prepare_connectors, run_connectors
 from mlexec.runtime.run import prepare_resources, prepare_site, run_site
 from mlexec.topologies import load_topology, plan_topology
-from mlexec.topologies.errors import MlexecError
 from mlexec.topologies.plan import Plan
 
 __all__ = [

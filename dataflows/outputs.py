@@ -23,23 +23,16 @@ import orjson
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
-    Consumer,
-    KafkaError,
     Message,
-    Producer,
-    TopicPartition,
 )
 
-from mlexec.connectors.kafka import (
-    CONSUMER_TUNING,
-    KafkaDeliveryError,
-    client_config,
-    ensure_topics,
-)
+from mlexec.connectors.delivery import ReliableProducer
+from mlexec.connectors.kafka import client_config, ensure_topics
 from mlexec.connectors.outputs import Action, FileSink, HttpSink, KafkaSink, MqttSink, OutputSink
+from mlexec.connectors.reading import TopicReader
 from mlexec.connectors.runner import Checkpoint, SiteParts, StatusCollector, run_restarting
+from mlexec.errors import TopologyError
 from mlexec.operators.act import ActionFilter, ActionFilterError, Debouncer
-from mlexec.topologies.errors import MlexecError, TopologyError
 from mlexec.topologies.plan import ALERTS_TOPIC, Plan, TopicSpec
 from mlexec.topologies.schema import FileOutput, HttpOutput, KafkaOutput, MqttOutput, Output
 
@@ -122,43 +115,20 @@ class OutputRunner:
             if debounce is not None
             else None
         )
-        consumer = Consumer(
-            {
-                **self._conf,
-                **CONSUMER_TUNING,
-                "group.id": "mlexec-act",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "auto.offset.reset": self.config.start,
-            }
-        )
+        reader = TopicReader(self._conf, "mlexec-act", reset=self.config.start)
         sink: OutputSink | None = None
-        producer = Producer({**self._conf, "enable.idempotence": True, "acks": "all"})
+        producer = ReliableProducer(self._conf, what=f"output {self.output_id}")
         try:
-            meta = consumer.list_topics(self._topic, timeout=30.0).topics[self._topic]
-            parts = sorted(meta.partitions)
             default = OFFSET_BEGINNING if self.config.start == "earliest" else OFFSET_END
-            consumer.assign(
-                [TopicPartition(self._topic, p, offsets.get(p, default)) for p in parts]
+            reader.assign_topics(
+                [self._topic], {(self._topic, p): o for p, o in offsets.items()}, default=default
             )
             sink = self._make_sink(saved.get("sink"))
             with self.status.lock:
                 self.status.target = sink.target
-            at_end: set[int] = set()
             dirty = False  # state not checkpointed yet
             while not stop.is_set():
-                messages = consumer.consume(_STEP, 0.2)
-                good: list[Message] = []
-                for msg in messages:
-                    err = msg.error()
-                    if err is None:
-                        good.append(msg)
-                        at_end.discard(cast(int, msg.partition()))
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(cast(int, msg.partition()))
-                    else:
-                        msg_ = f"{self._topic}: {err}"
-                        raise MlexecError(msg_)
+                good = reader.poll(_STEP, 0.2)
                 if good:
                     self._step(good, sink, debouncer, producer)
                     for msg in good:
@@ -168,13 +138,13 @@ class OutputRunner:
                 if dirty and sink.commit():
                     self._save(offsets, debouncer, sink)
                     dirty = False
-                if once and not good and len(at_end) == len(parts):
+                if once and not good and reader.done:
                     break
             sink.close()
             if sink.commit():
                 self._save(offsets, debouncer, sink)
         finally:
-            consumer.close()
+            reader.close()
             producer.flush(30.0)
 
     def _step(
@@ -182,7 +152,7 @@ class OutputRunner:
         messages: list[Message],
         sink: OutputSink,
         debouncer: Debouncer | None,
-        producer: Producer,
+        producer: ReliableProducer,
     ) -> None:
         predictions: list[dict[str, Any]] = []
         produced_at: list[float] = []
@@ -249,24 +219,15 @@ class OutputRunner:
             if failures:
                 s.last_error = failures[-1][1]
 
-    def _dead_letter(self, producer: Producer, dead: list[tuple[bytes, str]]) -> None:
-        errors: list[KafkaError] = []
-
-        def report(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                errors.append(err)
-
+    def _dead_letter(self, producer: ReliableProducer, dead: list[tuple[bytes, str]]) -> None:
         for value, reason in dead:
             headers: list[tuple[str, str | bytes | None]] = [
                 ("mlexec.output", self.output_id.encode()),
                 ("mlexec.reason", reason.encode()),
                 ("mlexec.stage", b"output"),
             ]
-            producer.produce(self._dead, value=value, headers=headers, on_delivery=report)
-        left = producer.flush(60.0)
-        if errors or left:
-            msg = f"output {self.output_id}: dead letters undelivered: {errors[:3]} ({left} left)"
-            raise KafkaDeliveryError(msg)
+            producer.produce(self._dead, value, headers=headers)
+        producer.flush(60.0)
 
     def _save(self, offsets: dict[int, int], debouncer: Debouncer | None, sink: OutputSink) -> None:
         self.checkpoint.save(

@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from mlexec.connectors.samplestore import RESERVED_COLUMNS, SamplesTable
+from mlexec.errors import TopologyError
 from mlexec.lifecycle.router import ModelRouter
 from mlexec.operators.act import ActionFilter, ActionFilterError
 from mlexec.operators.dispatch import Dispatched
@@ -23,7 +24,6 @@ from mlexec.operators.parse import RecordParser
 from mlexec.operators.records import Records
 from mlexec.operators.reduce import Reducer, ReductionError
 from mlexec.operators.sample import Sampler, SamplingError
-from mlexec.topologies.errors import TopologyError
 from mlexec.topologies.plan import UseCasePlan
 from mlexec.topologies.schema import (
     Aggregate,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from mlexec.topologies.errors import TopologyError
+from mlexec.errors import TopologyError
 
 __all__ = ["ActionFilter", "ActionFilterError", "Debouncer", "action_frame"]
 

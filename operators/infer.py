@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from mlexec.errors import MlexecError
 from mlexec.operators.records import Records
-from mlexec.topologies.errors import MlexecError
 
 __all__ = ["ModelError", "ModelInfo", "OnnxModel", "Predictions", "describe_model"]
 

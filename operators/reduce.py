@@ -31,9 +31,9 @@ import onnxruntime as ort
 import polars as pl
 from bytewax.operators import StatefulBatchLogic
 
+from mlexec.errors import RecordError
 from mlexec.operators.dispatch import Dispatched, Request
 from mlexec.operators.records import Records
-from mlexec.topologies.errors import RecordError
 from mlexec.topologies.schema import aggregation_column, parse_aggregation
 
 __all__ = [

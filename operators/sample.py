@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
+from mlexec.errors import TopologyError
 from mlexec.operators.infer import Predictions
 from mlexec.operators.records import splitmix64
-from mlexec.topologies.errors import TopologyError
 
 __all__ = ["Sampler", "SamplingError", "condition_frame"]
 

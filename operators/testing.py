@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlexec.topologies.errors import MlexecError
+from mlexec.errors import MlexecError
 
 __all__ = ["make_linear", "make_mlp"]
 

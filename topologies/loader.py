@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mlexec.topologies.errors import TopologyError
+from mlexec.errors import TopologyError
 from mlexec.topologies.schema import Topology
 
 __all__ = ["expand_env", "load_topology", "parse_topology"]

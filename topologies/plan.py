@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mlexec.topologies.errors import TopologyError
+from mlexec.errors import TopologyError
 from mlexec.topologies.schema import (
     Aggregate,
     Identity,
@@ -263,6 +263,13 @@ class Plan:
                 if spec.name == name:
                     return spec
         return TopicSpec(name, 1)
+
+    def usecase_named(self, name: str) -> UseCasePlan:
+        """The use case ``name``; an unknown name is refused, naming the ones there are."""
+        if name not in self.usecases:
+            msg = f"no use case {name!r}; use cases: {sorted(self.usecases)}"
+            raise TopologyError(msg)
+        return self.usecases[name]
 
     def require_site(self, site: str) -> None:
         """Refuse an unknown site name, naming the ones there are."""

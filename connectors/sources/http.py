@@ -24,7 +24,7 @@ from croniter import croniter
 
 from mlexec.connectors.retry import HttpStatusError, RetryableError, check_http, with_backoff
 from mlexec.connectors.sources.base import RecordShaper, SourceRecord
-from mlexec.topologies.errors import MlexecError
+from mlexec.errors import MlexecError
 from mlexec.topologies.schema import HttpConnector
 
 __all__ = ["HttpSource"]

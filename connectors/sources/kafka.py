@@ -18,16 +18,15 @@ import orjson
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
-    Consumer,
     KafkaError,
     KafkaException,
     Message,
     TopicPartition,
 )
 
-from mlexec.connectors.kafka import CONSUMER_TUNING
+from mlexec.connectors.reading import consumer
 from mlexec.connectors.sources.base import RecordShaper, SourceRecord
-from mlexec.topologies.errors import MlexecError
+from mlexec.errors import MlexecError
 from mlexec.topologies.plan import remote_name
 from mlexec.topologies.schema import KafkaConnector
 
@@ -57,16 +56,7 @@ class _TopicsSource:
         self._once = once
         self._start = start
         self._required = required
-        self._consumer = Consumer(
-            {
-                **conf,
-                **CONSUMER_TUNING,
-                "group.id": "mlexec-connector",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "auto.offset.reset": start,
-            }
-        )
+        self._consumer = consumer(conf, "mlexec-connector", eof=True, reset=start)
         saved = (state or {}).get("offsets", {})
         self._next: dict[tuple[str, int], int] = {
             (t, int(p)): o for t, parts in saved.items() for p, o in parts.items()

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from mlexec.connectors.sources.base import RecordShaper, SourceRecord
-from mlexec.topologies.errors import MlexecError
+from mlexec.errors import MlexecError
 from mlexec.topologies.schema import SqlConnector
 
 __all__ = ["SqlSource"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ import polars as pl
 
 from mlexec.connectors.kafka import produce_records
 from mlexec.connectors.samplestore import SampleStore
+from mlexec.errors import MlexecError
 from mlexec.lifecycle.registry import change_routing, current_routing, read_registry
 from mlexec.monitoring.sql import (
     accuracy_sql,
@@ -33,11 +34,11 @@ from mlexec.monitoring.sql import (
     sql_time,
     variants_sql,
 )
-from mlexec.topologies.errors import MlexecError
 from mlexec.topologies.plan import ALERTS_TOPIC, UseCasePlan
 
 __all__ = [
     "accuracy_spec",
+    "compare_latest",
     "apply_policy",
     "compare",
     "lifecycle_event",
@@ -87,6 +88,16 @@ def compare(store: SampleStore, uc: UseCasePlan, start: datetime, end: datetime)
             }
         )
     return pl.DataFrame(rows)
+
+
+def compare_latest(store: SampleStore, uc: UseCasePlan, window: timedelta) -> pl.DataFrame:
+    """:func:`compare` over the ``window`` of samples that ends with the newest one."""
+    newest = store.query(f"SELECT max(event_time) AS t FROM `{store.database}`.`{uc.table}`")
+    end = newest["t"][0] if newest.height else None
+    if end is None:
+        msg = f"{uc.name} has no samples yet: nothing to compare"
+        raise MlexecError(msg)
+    return compare(store, uc, end - window, end + timedelta(milliseconds=1))
 
 
 def lifecycle_event(

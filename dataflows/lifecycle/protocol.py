@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mlexec.errors import RegistryError
 from mlexec.operators.records import splitmix64
-from mlexec.topologies.errors import RegistryError
 
 __all__ = [
     "CHUNK_SIZE",

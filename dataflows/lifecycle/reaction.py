@@ -11,10 +11,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from mlexec.connectors.kafka import client_config
+from mlexec.errors import MlexecError
+from mlexec.lifecycle.policy import apply_policy, lifecycle_event
+from mlexec.lifecycle.registry import registry_site
+from mlexec.lifecycle.training import train
 from mlexec.monitoring.columns import monitoring_of
 from mlexec.monitoring.evaluate import Evaluation
 from mlexec.monitoring.monitor import Monitor
-from mlexec.topologies.errors import MlexecError
 from mlexec.topologies.plan import UseCasePlan
 
 __all__ = ["LifeCycleReaction", "follow"]
@@ -34,10 +37,6 @@ class LifeCycleReaction:
 
     def __call__(self, uc: UseCasePlan, ev: Evaluation, now: datetime) -> None:
         """Retrain on the alerts the topology names; promote or roll back the canary."""
-        from mlexec.lifecycle.policy import apply_policy, lifecycle_event
-        from mlexec.lifecycle.registry import registry_site
-        from mlexec.lifecycle.training import train
-
         life = uc.usecase.lifecycle
         if life is None:
             return

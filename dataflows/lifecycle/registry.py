@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlexec.connectors.kafka import ensure_topics, produce_records, read_topic
+from mlexec.connectors.kafka import ensure_topics, produce_records
+from mlexec.connectors.reading import read_topic
 from mlexec.lifecycle.protocol import (
     Assembler,
     Manifest,

@@ -12,13 +12,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from mlexec.errors import MlexecError
 from mlexec.lifecycle.protocol import (
     Routing,
     key_shares,
 )
 from mlexec.operators.infer import OnnxModel, Predictions
 from mlexec.operators.records import Records
-from mlexec.topologies.errors import MlexecError
 from mlexec.topologies.plan import UseCasePlan
 
 __all__ = [

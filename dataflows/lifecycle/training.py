@@ -19,6 +19,7 @@ import onnxruntime as ort
 import polars as pl
 
 from mlexec.connectors.samplestore import SampleStore
+from mlexec.errors import MlexecError
 from mlexec.lifecycle.policy import accuracy_spec
 from mlexec.lifecycle.protocol import Assembler, RegistryError, Routing
 from mlexec.lifecycle.registry import current_routing, publish_model, read_registry
@@ -27,7 +28,6 @@ from mlexec.monitoring.sql import (
     training_sql,
 )
 from mlexec.operators.reduce import ReductionError, load_entrypoint
-from mlexec.topologies.errors import MlexecError
 from mlexec.topologies.plan import Plan, UseCasePlan
 
 __all__ = [

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING
 
 from mlexec.connectors.batchsource import send_alert
-from mlexec.connectors.kafka import CONSUMER_TUNING, ensure_topics, read_topic
+from mlexec.connectors.kafka import ensure_topics
+from mlexec.connectors.reading import TopicReader, read_topic
 from mlexec.lifecycle.protocol import (
     Assembler,
     RegistryError,
@@ -98,25 +99,12 @@ class RegistryWatcher:
             self._thread.join(10.0)
 
     def _follow(self) -> None:
-        consumer = Consumer(
-            {
-                **self.conf,
-                **CONSUMER_TUNING,
-                "group.id": "mlexec-registry",
-                "enable.auto.commit": False,
-            }
-        )
+        # not strict: a mirrored copy of the registry may not exist yet
+        reader = TopicReader(self.conf, "mlexec-registry", strict=False)
         try:
-            consumer.assign(
-                [TopicPartition(t, 0, self._next.get(t, OFFSET_BEGINNING)) for t in self.topics]
-            )
+            reader.assign((t, 0, self._next.get(t, OFFSET_BEGINNING)) for t in self.topics)
             while not self._stop.is_set():
-                for msg in consumer.consume(100, self._poll):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            _log.debug("registry: %s", err)
-                        continue
+                for msg in reader.poll(100, self._poll):
                     try:
                         event = self.registry.add(msg.key(), msg.value())
                     except Exception as exc:  # noqa: BLE001 - a bad message must not stop it
@@ -125,7 +113,7 @@ class RegistryWatcher:
                     if event is not None and event[1] in self.routers:
                         self._serve(event[1])
         finally:
-            consumer.close()
+            reader.close()
 
     def _failed(self, usecase: str) -> dict[str, str]:
         path = self.cache_dir / usecase / "failed.json"

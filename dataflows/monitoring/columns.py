@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mlexec.topologies.errors import MlexecError
+from mlexec.errors import MlexecError
 from mlexec.topologies.plan import UseCasePlan
 from mlexec.topologies.schema import (
     Monitoring,

@@ -11,7 +11,8 @@ from typing import Any
 
 import orjson
 
-from mlexec.connectors.kafka import produce_records, read_topic
+from mlexec.connectors.kafka import produce_records
+from mlexec.connectors.reading import read_topic
 from mlexec.connectors.runner import Checkpoint
 from mlexec.connectors.samplestore import SampleStore
 from mlexec.monitoring.columns import (

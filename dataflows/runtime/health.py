@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Producer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mlexec.connectors.batchsource import PROGRESS, STALLS
+from mlexec.connectors.delivery import ReliableProducer
 from mlexec.connectors.kafka import PRODUCED
 from mlexec.topologies.plan import METRICS_TOPIC, Plan
 
@@ -204,7 +204,7 @@ class Reporter:
 
     def __init__(self, health: RuntimeHealth, conf: dict[str, Any], every: float = 10.0) -> None:
         self._health = health
-        self._producer = Producer({**conf, "linger.ms": 50})
+        self._producer = ReliableProducer(conf, what="runtime health", **{"linger.ms": 50})
         self._every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlexec-health", daemon=True)
@@ -217,8 +217,8 @@ class Reporter:
     def send(self) -> None:
         snapshot = self._health.report()
         key = f"{snapshot['site']}/{snapshot['part']}".encode()
-        self._producer.produce(METRICS_TOPIC, value=orjson.dumps(snapshot), key=key)
-        self._producer.poll(0)
+        self._producer.produce(METRICS_TOPIC, orjson.dumps(snapshot), key=key)
+        self._producer.poll(0)  # raises an earlier snapshot's delivery error: logged by the caller
 
     def _run(self) -> None:
         self._health.report()  # the baseline for the first rates
@@ -239,9 +239,9 @@ class Reporter:
         """Send a last snapshot and wait (at most ``timeout``) for it to be delivered."""
         try:
             self.send()
-        except Exception as exc:  # noqa: BLE001
+            self._producer.flush(timeout)
+        except Exception as exc:  # noqa: BLE001 - health must never stop the dataflow
             _log.warning("sending runtime health failed: %s", exc)
-        self._producer.flush(timeout)
 
 
 _RUNNING: list[Reporter] = []

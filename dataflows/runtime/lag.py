@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from mlexec.connectors.batchsource import resume_offset
-from mlexec.connectors.kafka import client_config, high_watermarks
-from mlexec.topologies.errors import MlexecError
+from mlexec.connectors.kafka import client_config
+from mlexec.connectors.reading import high_watermarks
+from mlexec.errors import MlexecError
 from mlexec.topologies.plan import Plan, UseCasePlan
 
 __all__ = ["LagUnknown", "pipeline_lag", "stalled", "store_backlog"]

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import orjson
 
-from mlexec.topologies.errors import MlexecError
+from mlexec.errors import MlexecError
 
 __all__ = [
     "PARENT_ENV",

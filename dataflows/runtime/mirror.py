@@ -20,7 +20,7 @@ from pathlib import Path
 from mlexec.connectors.kafka import client_config, ensure_topics
 from mlexec.connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus, run_all
 from mlexec.connectors.sources.kafka import MirrorSource
-from mlexec.topologies.errors import MlexecError, TopologyError
+from mlexec.errors import MlexecError, TopologyError
 from mlexec.topologies.plan import Plan, TopicSpec, remote_name
 
 __all__ = ["SiteMirror", "prepare_mirror", "run_mirror"]

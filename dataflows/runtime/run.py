@@ -24,6 +24,7 @@ from bytewax.run import cli_main
 
 from mlexec.connectors.kafka import client_config, ensure_topics
 from mlexec.connectors.samplestore import open_store
+from mlexec.errors import TopologyError
 from mlexec.flow import build_flow
 from mlexec.lifecycle.watcher import RegistryWatcher
 from mlexec.runtime.health import Reporter, RuntimeHealth, serve_metrics
@@ -38,6 +39,7 @@ __all__ = [
     "run_pipeline",
     "run_site",
     "run_store",
+    "site_dataflow",
 ]
 
 _log = logging.getLogger(__name__)
@@ -176,14 +178,7 @@ def run_pipeline(
         site=run.site,
     )
     health = (run, "pipeline", metrics_port, health_every)
-    routers = {rt.plan.name: rt.router for rt in run.process if rt.plan.site("infer") == run.site}
-    watcher = None
-    if routers:
-        cache = Path(site.state_dir) / "models"
-        watcher = RegistryWatcher(run.plan, run.site, routers, client_config(site.kafka), cache)
-        watcher.catch_up()  # the first batch already uses what the registry says
-        if not until_end:
-            watcher.start()
+    watcher = _watcher(run, until_end=until_end)
     try:
         _execute(flow, Path(site.state_dir) if recovery else None, workers, epoch, health)
     finally:
@@ -251,6 +246,79 @@ def _host_monitoring(
         board = Dashboard(DashboardData(run.plan, run.site, store), dashboard_port).start()
         hosted.callback(board.close)
         _log.warning("monitoring dashboard at %s", board.url)
+
+
+def site_dataflow(
+    topology: str,
+    site: str,
+    part: str = "pipeline",
+    *,
+    usecase: str | None = None,
+    until_end: bool = False,
+    health_every: float = 10.0,
+    workers: int = 1,
+) -> Dataflow:
+    """A site's dataflow to run or embed, with the registry watcher and health reporting.
+
+    For ``python -m bytewax.run``, which calls it with literal arguments::
+
+        python -m bytewax.run "mlexec.runtime.run:site_dataflow('topologies/demo.yaml', 'edge')"
+
+    It creates the site's topics (and, for the ``store`` part, its tables), builds the
+    flow and, in this process, catches the registry up and starts its watcher thread
+    and the health reporter (``mlexec.metrics`` every ``health_every`` seconds, a last
+    snapshot at exit). Recovery is bytewax's: pass ``-r`` to ``bytewax.run``.
+    ``workers`` sizes the pipeline's producer pool like ``-w``.
+    """
+    import atexit
+
+    from mlexec.topologies import load_topology, plan_topology
+
+    if part not in ("pipeline", "store"):
+        msg = f"part must be 'pipeline' or 'store', not {part!r}"
+        raise TopologyError(msg)
+    plan = plan_topology(load_topology(Path(topology)), topology)
+    run = prepare_site(plan, site, usecase, source=topology)
+    prepare_resources(run, tables=part == "store")
+    settings = plan.topology.sites[site]
+    conf = client_config(settings.kafka)
+    if part == "store":
+        flow = build_flow(
+            _flow_name(run, "store"),
+            conf,
+            store=run.store,
+            store_url=settings.sample_store,
+            until_end=until_end,
+        )
+    else:
+        flow = build_flow(
+            _flow_name(run, "pipeline"),
+            conf,
+            process=run.process,
+            until_end=until_end,
+            producers=workers,
+            site=site,
+        )
+        watcher = _watcher(run, until_end=until_end)
+        if watcher is not None:
+            atexit.register(watcher.stop)
+    reporter = Reporter(RuntimeHealth(plan, site, part), conf, health_every).start()
+    atexit.register(reporter.stop)
+    return flow
+
+
+def _watcher(run: SiteRun, *, until_end: bool) -> RegistryWatcher | None:
+    """The registry watcher of the routers the site serves, caught up (and following)."""
+    site = run.plan.topology.sites[run.site]
+    routers = {rt.plan.name: rt.router for rt in run.process if rt.plan.site("infer") == run.site}
+    if not routers:
+        return None
+    cache = Path(site.state_dir) / "models"
+    watcher = RegistryWatcher(run.plan, run.site, routers, client_config(site.kafka), cache)
+    watcher.catch_up()  # the first batch already uses what the registry says
+    if not until_end:
+        watcher.start()
+    return watcher
 
 
 def run_site(

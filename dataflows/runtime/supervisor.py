@@ -1,13 +1,13 @@
 """``mlexec up``: supervise a site's processes, restart what crashes, scale on lag.
 
-The site's parts are the processes the CLI already has: ``connect`` (its connectors),
-``run --part pipeline`` (dispatch → infer, bytewax recovery on), ``run --part store``
-(samples → the sample store), ``act`` (outputs) and one ``mirror`` per link that starts
-at the site. Each is restarted after it exits, with a backoff that doubles up to 30 s
-and resets after a minute of health; none is trusted to stay up. Every part resumes
-from its own checkpoint or recovery state, so a restart loses nothing, and ids make
-what it repeats removable (predictions carry record ids, samples are de-duplicated by
-record id in ClickHouse).
+The site's parts (:class:`~mlexec.runtime.part.PartSpec`): ``connect`` (its
+connectors), ``pipeline`` (dispatch → infer, bytewax recovery on), ``store`` (samples →
+the sample store), ``act`` (outputs) and one ``mirror`` per link that starts at the
+site, each started by :func:`~mlexec.runtime.part.spawn_part`. Each is restarted after
+it exits, with a backoff that doubles up to 30 s and resets after a minute of health;
+none is trusted to stay up. Every part resumes from its own checkpoint or recovery
+state, so a restart loses nothing, and ids make what it repeats removable (predictions
+carry record ids, samples are de-duplicated by record id in ClickHouse).
 
 The pipeline's lag is the fetch-side end of each raw topic partition minus the offset
 its bytewax recovery state has processed (bytewax keeps offsets there, not in consumer
@@ -18,11 +18,11 @@ it stays below ``in_below``. ``mlexec status`` reads the status file it keeps.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +32,8 @@ from typing import Any
 
 from mlexec.connectors.runner import Checkpoint
 from mlexec.runtime.lag import pipeline_lag
-from mlexec.runtime.locks import child_env, stop_child
+from mlexec.runtime.locks import stop_child
+from mlexec.runtime.part import PartSpec, spawn_part
 from mlexec.runtime.run import prepare_site
 from mlexec.topologies.plan import Plan
 
@@ -66,7 +67,7 @@ class PartStatus:
     """One supervised process."""
 
     name: str
-    argv: list[str]
+    spec: PartSpec
     pid: int | None = None
     state: str = "starting"
     restarts: int = 0
@@ -79,8 +80,8 @@ class PartStatus:
 
     def public(self) -> dict[str, Any]:
         """What ``mlexec status`` shows."""
-        shown = ("name", "argv", "pid", "state", "restarts", "started_at", "last_exit", "workers")
-        return {name: getattr(self, name) for name in shown}
+        shown = ("name", "pid", "state", "restarts", "started_at", "last_exit", "workers")
+        return {"spec": dataclasses.asdict(self.spec)} | {n: getattr(self, n) for n in shown}
 
 
 class Supervisor:
@@ -92,7 +93,6 @@ class Supervisor:
         site: str,
         topology_path: Path,
         *,
-        python: str = sys.executable,
         clock: Callable[[], float] = time.monotonic,
         lag: Callable[[], tuple[int, int] | None] | None = None,
         backoff: tuple[float, float] = (1.0, 30.0),
@@ -106,25 +106,24 @@ class Supervisor:
         settings = plan.topology.sites[site]
         self.policy = settings.pipeline.scale
         self.workers = settings.pipeline.workers
-        base = [python, "-m", "mlexec.cli"]
         path = str(topology_path)
         run = prepare_site(plan, site, source=path)
         self.parts: dict[str, PartStatus] = {}
         if any(
             uc.usecase.connectors and uc.site("connectors") == site for uc in plan.usecases.values()
         ):
-            self._add("connect", [*base, "connect", path, "--site", site])
+            self._add("connect", PartSpec("connect", path, site))
         if run.process:
-            self._add("pipeline", [*base, "run", path, "--site", site, "--part", "pipeline"])
+            self._add("pipeline", PartSpec("pipeline", path, site, workers=self.workers))
             self.parts["pipeline"].workers = self.workers
         if run.store:
-            self._add("store", [*base, "run", path, "--site", site, "--part", "store"])
+            self._add("store", PartSpec("store", path, site))
         if any(uc.usecase.outputs and uc.site("act") == site for uc in plan.usecases.values()):
-            self._add("act", [*base, "act", path, "--site", site])
+            self._add("act", PartSpec("act", path, site))
         for link in plan.topology.links:
             if link.source == site:
                 name = f"mirror {link.source}:{link.target}"
-                self._add(name, [*base, "mirror", path, "--link", f"{link.source}:{link.target}"])
+                self._add(name, PartSpec("mirror", path, site, link=f"{link.source}:{link.target}"))
         self.history: list[dict[str, Any]] = []
         self._above_since: float | None = None
         self._below_since: float | None = None
@@ -134,8 +133,8 @@ class Supervisor:
         #: What of the supervisor's own work fails right now, and why.
         self.problems: dict[str, str] = {}
 
-    def _add(self, name: str, argv: list[str]) -> None:
-        self.parts[name] = PartStatus(name, argv, backoff=self._backoff[0])
+    def _add(self, name: str, spec: PartSpec) -> None:
+        self.parts[name] = PartStatus(name, spec, backoff=self._backoff[0])
 
     # ---------------------------------------------------------------- running
 
@@ -181,10 +180,10 @@ class Supervisor:
             if self.problems.pop(what, None) is not None:
                 _log.warning("%s: works again", what)
 
-    def _argv(self, part: PartStatus) -> list[str]:
+    def _spec(self, part: PartStatus) -> PartSpec:
         if part.name == "pipeline":
-            return [*part.argv, "--workers", str(part.workers or 1)]
-        return part.argv
+            return dataclasses.replace(part.spec, workers=part.workers or 1)
+        return part.spec
 
     def _watch(self, part: PartStatus, now: float) -> None:
         proc = part.process
@@ -203,9 +202,7 @@ class Supervisor:
             part.backoff = min(part.backoff * 2, self._backoff[1])
             return
         if now >= part.next_start:
-            part.process = subprocess.Popen(
-                self._argv(part), start_new_session=True, env=child_env()
-            )
+            part.process = spawn_part(self._spec(part), new_session=True)
             part.pid = part.process.pid
             part.started_at = now
             part.state = "running"

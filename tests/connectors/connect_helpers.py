@@ -13,7 +13,7 @@ import orjson
 import yaml
 
 from mlexec.connectors.broker import LocalBroker
-from mlexec.connectors.kafka import read_topic
+from mlexec.connectors.reading import read_topic
 from mlexec.connectors.runner import HEADER_POSITION
 from mlexec.runtime.connect import SiteConnectors, prepare_connectors, run_connectors
 from mlexec.topologies import load_topology, plan_topology

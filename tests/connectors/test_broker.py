@@ -8,7 +8,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from mlexec.connectors.broker import BrokerError, LocalBroker, free_port
-from mlexec.connectors.kafka import ensure_topics, read_topic
+from mlexec.connectors.kafka import ensure_topics
+from mlexec.connectors.reading import read_topic
 from mlexec.topologies.plan import TopicSpec
 
 

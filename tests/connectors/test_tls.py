@@ -20,7 +20,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from mlexec.connectors.broker import LocalBroker, free_port
-from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
+from mlexec.connectors.kafka import client_config, ensure_topics, produce_records
+from mlexec.connectors.reading import read_topic
 from mlexec.topologies import parse_topology
 from mlexec.topologies.plan import TopicSpec
 

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from mlexec.connectors.broker import LocalBroker, free_port
-from mlexec.connectors.kafka import ensure_topics, produce_records, read_topic
+from mlexec.connectors.kafka import ensure_topics, produce_records
+from mlexec.connectors.reading import read_topic
 from mlexec.outputs import prepare_outputs, run_outputs
 from mlexec.topologies import load_topology, plan_topology
 from mlexec.topologies.plan import Plan, UseCasePlan

@@ -145,13 +145,13 @@ def test_one_exit_code_rule_configuration_2_runtime_1(tmp_path):
 
 
 def test_an_error_message_prints_whole_markup_and_secrets_aside(capsys):
-    from mlexec.cli import _fail
+    from mlexec.cli import fail
     from mlexec.connectors.samplestore import SampleStoreError
-    from mlexec.topologies.errors import MlexecError, StoreError
+    from mlexec.errors import MlexecError, StoreError
 
     text = "input 'seq' must be [rows, features], found ['N', 'T', 3] at [bold]x[/]"
-    assert _fail(MlexecError(text)).exit_code == 1
+    assert fail(MlexecError(text)).exit_code == 1
     assert text in " ".join(capsys.readouterr().err.split())
     err = SampleStoreError("clickhouse://u:hunter2@h/db refused")
-    assert isinstance(err, StoreError) and _fail(err).exit_code == 1
+    assert isinstance(err, StoreError) and fail(err).exit_code == 1
     assert "hunter2" not in capsys.readouterr().err

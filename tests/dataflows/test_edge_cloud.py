@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from mlexec.cli import app
 from mlexec.connectors.broker import LocalBroker, free_port
-from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
+from mlexec.connectors.kafka import client_config, ensure_topics, produce_records
+from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplestore import open_store
 from mlexec.operators.testing import make_mlp
 from mlexec.runtime.mirror import prepare_mirror, run_mirror

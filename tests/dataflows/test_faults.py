@@ -32,7 +32,8 @@ from confluent_kafka.admin import AdminClient
 
 from mlexec.connectors.batchsource import topic_identity
 from mlexec.connectors.broker import LocalBroker
-from mlexec.connectors.kafka import client_config, ensure_topics, read_topic
+from mlexec.connectors.kafka import client_config, ensure_topics
+from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplestore import open_store
 from mlexec.operators.testing import make_mlp
 from mlexec.runtime.lag import pipeline_lag, store_backlog

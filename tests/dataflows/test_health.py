@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlexec.connectors.broker import free_port
-from mlexec.connectors.kafka import read_topic
+from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplestore import open_store
 from mlexec.monitoring.monitor import Monitor
 from mlexec.runtime.lag import pipeline_lag

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from mlexec.connectors.kafka import read_topic
+from mlexec.connectors.reading import read_topic
 from mlexec.runtime.locks import holder
 from tests.dataflows.spine import feed, spine_topology, wait_for
 

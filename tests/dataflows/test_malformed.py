@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
+from mlexec.connectors.kafka import client_config, ensure_topics, produce_records
+from mlexec.connectors.reading import read_topic
 from mlexec.topologies import load_topology, plan_topology
 from tests.dataflows.spine import FIELDS, T0, run_to_end, spine_topology
 

@@ -21,7 +21,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mlexec.cli import app
-from mlexec.connectors.kafka import produce_records, read_topic
+from mlexec.connectors.kafka import produce_records
+from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplestore import open_store
 from mlexec.lifecycle.protocol import (
     Routing,

@@ -16,7 +16,8 @@ import yaml
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
+from mlexec.connectors.kafka import client_config, ensure_topics, produce_records
+from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplesink import rows_to_arrow
 from mlexec.connectors.samplestore import open_store
 from mlexec.monitoring.monitor import Monitor

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import yaml
 
-from mlexec.connectors.kafka import read_topic
+from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplestore import open_store
 from mlexec.runtime.lag import pipeline_lag, store_backlog
 from mlexec.runtime.supervisor import Supervisor, read_status

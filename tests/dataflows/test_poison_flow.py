@@ -9,7 +9,8 @@ from collections import Counter
 import orjson
 import pytest
 
-from mlexec.connectors.kafka import produce_records, read_topic
+from mlexec.connectors.kafka import produce_records
+from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplestore import open_store
 from tests.dataflows.spine import T0, good_record, prepared, run_to_end, spine_topology
 

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import orjson
 import pytest
 
-from mlexec.connectors.kafka import read_topic
+from mlexec.connectors.reading import read_topic
 from tests.dataflows.spine import FIELDS, feed, run_to_end, spine_topology
 
 pytestmark = pytest.mark.integration

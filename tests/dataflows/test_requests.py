@@ -15,7 +15,8 @@ import polars as pl
 import pytest
 import yaml
 
-from mlexec.connectors.kafka import client_config, ensure_topics, produce_records, read_topic
+from mlexec.connectors.kafka import client_config, ensure_topics, produce_records
+from mlexec.connectors.reading import read_topic
 from mlexec.runtime.run import prepare_site, run_pipeline
 from mlexec.topologies import load_topology, plan_topology
 from tests.dataflows.spine import FIELDS, T0, spine_topology

@@ -11,7 +11,7 @@ import time
 import orjson
 import pytest
 
-from mlexec.connectors.kafka import read_topic
+from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplestore import open_store
 from tests.dataflows.spine import feed, spine_topology
 

@@ -10,7 +10,7 @@ import orjson
 import polars as pl
 import pytest
 
-from mlexec.connectors.kafka import read_topic
+from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplestore import open_store
 from mlexec.outputs import prepare_outputs, run_outputs
 from tests.dataflows.spine import FIELDS, feed, run_to_end, spine_topology

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mlexec.cli import _MaskSecrets, app
+from mlexec.cli import MaskSecrets, app
 from mlexec.operators.testing import make_mlp
 from mlexec.topologies.secrets import mask_text, mask_url
 
@@ -169,7 +169,7 @@ def test_a_failing_command_prints_and_logs_no_store_password(tmp_path, env, capl
     assert _leaks(result.output) == [], result.output
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "store %s down", None, None)
     record.args = (f"clickhouse://mlexec:{SECRETS['CH_PASS']}@host/db",)
-    _MaskSecrets().filter(record)
+    MaskSecrets().filter(record)
     assert SECRETS["CH_PASS"] not in record.getMessage()
 
 

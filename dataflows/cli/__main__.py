@@ -1,0 +1,5 @@
+"""``python -m mlexec.cli``."""
+
+from mlexec.cli import main
+
+main()

@@ -1,0 +1,191 @@
+"""The ``mlexec`` application object, its one error handler and what every command shares."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperGroup
+
+from mlexec.errors import MlexecError, TopologyError
+from mlexec.topologies.secrets import mask_text
+
+if TYPE_CHECKING:
+    from mlexec.connectors.runner import ConnectorStatus
+    from mlexec.outputs import OutputStatus
+    from mlexec.topologies.plan import Plan
+    from mlexec.topologies.schema import Topology
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_INTERRUPTED",
+    "EXIT_RUNTIME",
+    "MaskSecrets",
+    "MetricsPortOpt",
+    "Part",
+    "SiteOpt",
+    "TopologyArg",
+    "app",
+    "console",
+    "err_console",
+    "fail",
+    "interrupt_on",
+    "load",
+    "print_connectors",
+    "print_outputs",
+]
+
+#: The one exit-code rule: 0 done; 2 a usage or configuration error (the topology, or a
+#: name in the arguments that it does not have — click's own usage errors exit 2 too);
+#: 1 a runtime failure; 130 when interrupted (Ctrl-C).
+EXIT_CONFIG, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(exc: Exception) -> typer.Exit:
+    """The one error handler: the message in one line (no markup, no secret) and the code."""
+    err_console.print(
+        f"[bold red]error:[/] {escape(mask_text(str(exc)))}", highlight=False, soft_wrap=True
+    )
+    return typer.Exit(EXIT_CONFIG if isinstance(exc, TopologyError) else EXIT_RUNTIME)
+
+
+class _Handled(TyperGroup):
+    """Every command's errors end here: mlexec's and the operating system's in one line."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (MlexecError, OSError) as exc:  # OSError: a state directory, a file, a port
+            raise fail(exc) from exc
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+app = typer.Typer(
+    name="mlexec",
+    cls=_Handled,
+    help="A machine-learning execution environment for streams: one topology, every site.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from mlexec import __version__
+
+        console.print(f"mlexec {__version__}", highlight=False)
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """A machine-learning execution environment for streams: one topology, every site."""
+
+
+TopologyArg = Annotated[Path, typer.Argument(help="The topology YAML file.", show_default=False)]
+SiteOpt = Annotated[str, typer.Option("--site", "-s", help="The site to act for.")]
+MetricsPortOpt = Annotated[
+    int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port.", min=1)
+]
+
+
+def load(path: Path) -> tuple[Topology, Plan]:
+    """The topology at ``path``, validated, and its plan."""
+    from mlexec.topologies import load_topology, plan_topology
+
+    topology = load_topology(path)
+    return topology, plan_topology(topology, str(path))
+
+
+class Part(StrEnum):
+    """Which of a site's dataflows ``mlexec run`` runs."""
+
+    all = "all"
+    pipeline = "pipeline"
+    store = "store"
+
+
+def print_outputs(statuses: list[OutputStatus]) -> None:
+    """The outputs' counts as a table."""
+    table = Table(title="outputs", title_justify="left")
+    for col in ("use case", "output", "consumed", "delivered", "filtered", "debounced"):
+        table.add_column(col, justify="right")
+    for col in ("retried", "dead letters", "mean latency"):
+        table.add_column(col, justify="right")
+    table.add_column("target")
+    for s in statuses:
+        mean = f"{1000 * s.latency_sum / s.latency_count:.0f} ms" if s.latency_count else ""
+        table.add_row(
+            s.usecase,
+            s.output,
+            *(f"{v:,}" for v in (s.consumed, s.delivered, s.filtered, s.debounced, s.retried)),
+            f"{s.deadlettered:,}",
+            mean,
+            s.target,
+        )
+    console.print(table)
+
+
+def print_connectors(statuses: list[ConnectorStatus]) -> None:
+    """The connectors' counts as a table."""
+    table = Table(title="connectors", title_justify="left")
+    for col in ("use case", "connector", "read", "produced", "dead letters", "skipped", "behind"):
+        table.add_column(col, justify="right")
+    table.add_column("position")
+    for s in statuses:
+        behind = "" if s.behind is None else f"{s.behind:,} {s.behind_unit}"
+        table.add_row(
+            s.usecase,
+            s.connector,
+            f"{s.read:,}",
+            f"{s.produced:,}",
+            f"{s.deadlettered:,}",
+            f"{s.skipped:,}",
+            behind,
+            s.position,
+        )
+    console.print(table)
+
+
+def interrupt_on(*signals: signal.Signals) -> None:
+    """Turn these signals into KeyboardInterrupt, so foreground commands stop cleanly.
+
+    SIGINT may arrive ignored (a background job), SIGTERM is what supervisors send.
+    """
+
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in signals:
+        signal.signal(sig, handler)
+
+
+class MaskSecrets(logging.Filter):
+    """No log line carries a URL's password, whoever wrote it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        masked = mask_text(text)
+        if masked != text:
+            record.msg, record.args = masked, None
+        return True

@@ -1,0 +1,209 @@
+"""``mlexec monitor``: run, show, record references, serve the dashboard."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from mlexec.errors import TopologyError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+from mlexec.cli.app import (
+    TopologyArg,
+    app,
+    console,
+    interrupt_on,
+    load,
+)
+
+monitor_app = typer.Typer(
+    help="Drift, data quality, accuracy and runtime health of a site's use cases.",
+    no_args_is_help=True,
+)
+app.add_typer(monitor_app, name="monitor")
+
+
+MonitorSiteOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--site",
+        "-s",
+        help="The site whose sample store to use; default: the use case's store site.",
+    ),
+]
+
+
+UsecaseOpt = Annotated[str | None, typer.Option("--usecase", "-u", help="Only this use case.")]
+
+
+def _store_site(plan, site: str | None, usecase: str | None) -> str:  # type: ignore[no-untyped-def]
+    """The given site, or where the use case (or else the first monitored one) is stored."""
+    if site is not None:
+        plan.require_site(site)
+        return site
+    if usecase is not None:
+        if usecase not in plan.usecases:
+            msg = f"no use case {usecase!r}; use cases: {sorted(plan.usecases)}"
+            raise TopologyError(msg)
+        return str(plan.usecases[usecase].site("store"))
+    monitored = [uc for uc in plan.usecases.values() if uc.usecase.monitoring is not None]
+    return str((monitored or list(plan.usecases.values()))[0].site("store"))
+
+
+@monitor_app.command("run")
+def monitor_run(
+    topology: TopologyArg,
+    site: MonitorSiteOpt = None,
+    usecase: UsecaseOpt = None,
+    once: Annotated[bool, typer.Option("--once", help="Evaluate once and exit.")] = False,
+) -> None:
+    """Store labels and health, evaluate drift, quality, accuracy and health; alert on changes.
+
+    Runs every ``monitoring.every`` until Ctrl-C, or once. With an embedded (chDB) store
+    it needs the store directory to itself: `mlexec run` stores monitor in-process.
+    """
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.lifecycle.reaction import follow
+    from mlexec.monitoring.monitor import Monitor
+
+    _, plan = load(topology)
+    where = _store_site(plan, site, usecase)
+    with open_store(plan.topology.sites[where].sample_store) as store:
+        monitor = follow(Monitor(plan, where, store, usecase=usecase, source=str(topology)))
+        monitor.prepare()
+        if once:
+            for ev in monitor.run_once():
+                _print_evaluation(ev)
+            return
+        console.print(f"monitoring site {where} every {monitor.every():g}s; Ctrl-C stops")
+        _until_interrupted(monitor.run)
+
+
+def _until_interrupted(serve: Callable[[threading.Event], None]) -> None:
+    """Run ``serve(stop)`` in the foreground until SIGINT or SIGTERM sets ``stop``."""
+    stop = threading.Event()
+    interrupt_on(signal.SIGINT, signal.SIGTERM)
+    try:
+        serve(stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+def _print_evaluation(ev) -> None:  # type: ignore[no-untyped-def]
+    console.print(
+        f"[bold]{ev.usecase}[/]: {ev.rows:,} samples from {ev.window_start:%Y-%m-%d %H:%M} "
+        f"to {ev.window_end:%Y-%m-%d %H:%M} UTC, reference {ev.reference or '-'}",
+        highlight=False,
+    )
+    for note in ev.notes:
+        console.print(f"  [yellow]{note}[/]", highlight=False)
+    for alert in ev.alerts:
+        style = {"critical": "bold red", "warning": "yellow"}.get(alert.severity, "green")
+        console.print(f"  [{style}]{alert.severity}[/] {alert.message()}", highlight=False)
+    if not ev.alerts:
+        console.print("  no change: no new alert", highlight=False)
+
+
+@monitor_app.command("show")
+def monitor_show(
+    topology: TopologyArg, usecase: UsecaseOpt = None, site: MonitorSiteOpt = None
+) -> None:
+    """The latest evaluation, runtime health and alerts of the site's monitored use cases."""
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.monitoring.monitor import latest
+
+    _, plan = load(topology)
+    where = _store_site(plan, site, usecase)
+    chosen = [uc for uc in plan.chosen_at(where, usecase, stage="store")]
+    with open_store(plan.topology.sites[where].sample_store) as store:
+        views = {uc.name: latest(store, uc) for uc in chosen}
+    styles = {"critical": "bold red", "warning": "yellow", "resolved": "green"}
+    for name, view in views.items():
+        console.rule(f"[bold]{name}")
+        drift = Table(title="drift and quality (latest evaluation)", title_justify="left")
+        for col in ("column", "statistic", "value ", "severity"):
+            drift.add_column(col.strip(), justify="right" if col == "value " else "left")
+        for row in view["drift"].iter_rows(named=True):
+            sev = row["severity"]
+            drift.add_row(
+                row["column"],
+                row["statistic"],
+                f"{row['value']:.4g}",
+                f"[{styles.get(sev, '')}]{sev}[/]" if sev else "ok",
+            )
+        if view["drift"].height:
+            first = view["drift"].row(0, named=True)
+            drift.caption = f"{first['rows']:,} samples up to {first['window_end']}"
+        console.print(drift if view["drift"].height else "no evaluation yet: mlexec monitor run")
+        health = Table(title="runtime health (latest)", title_justify="left")
+        for col in ("site", "part", "measure", "value", "at"):
+            health.add_column(col, justify="right" if col == "value" else "left")
+        for row in view["health"].iter_rows(named=True):
+            health.add_row(
+                row["site"], row["part"], row["name"], f"{row['value']:.4g}", str(row["at"])
+            )
+        console.print(health if view["health"].height else "no runtime health reported yet")
+        alerts = Table(title="alerts (latest 10)", title_justify="left")
+        for col in ("time", "severity", "kind", "message"):
+            alerts.add_column(col)
+        for row in view["alerts"].iter_rows(named=True):
+            sev = row["severity"]
+            alerts.add_row(
+                str(row["time"]), f"[{styles.get(sev, '')}]{sev}[/]", row["kind"], row["message"]
+            )
+        console.print(alerts if view["alerts"].height else "no alerts")
+
+
+@monitor_app.command("reference")
+def monitor_reference(
+    topology: TopologyArg,
+    usecase: Annotated[str, typer.Option("--usecase", "-u", help="The use case.")],
+    data: Annotated[
+        Path, typer.Option(help="Training data: Parquet or CSV with the watched columns.")
+    ],
+    version: Annotated[
+        str | None, typer.Option(help="The model version it trained; default: model.version.")
+    ] = None,
+    site: MonitorSiteOpt = None,
+) -> None:
+    """Record a model version's training data as the reference ``kind: model`` names."""
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.monitoring.monitor import Monitor, read_reference_file
+
+    _, plan = load(topology)
+    where = _store_site(plan, site, usecase)
+    uc = plan.usecases[usecase]
+    name = f"model:{version or uc.usecase.model.version}"
+    with open_store(plan.topology.sites[where].sample_store) as store:
+        monitor = Monitor(plan, where, store, usecase=usecase, source=str(topology))
+        monitor.prepare()
+        rows = monitor.record_reference(uc, read_reference_file(str(data)), name)
+    console.print(f"recorded {rows:,} rows of {data} as reference {name} of {usecase}")
+
+
+@monitor_app.command("dashboard")
+def monitor_dashboard(
+    topology: TopologyArg,
+    site: MonitorSiteOpt = None,
+    port: Annotated[int, typer.Option(min=0, help="Port on 127.0.0.1 (0: a free one).")] = 8050,
+    hours: Annotated[float, typer.Option(help="Hours of history to plot.")] = 24.0,
+) -> None:
+    """Serve the monitoring page on 127.0.0.1 until Ctrl-C (no internet needed)."""
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.monitoring.dashboard import Dashboard, DashboardData
+
+    _, plan = load(topology)
+    where = _store_site(plan, site, None)
+    with open_store(plan.topology.sites[where].sample_store) as store:
+        board = Dashboard(DashboardData(plan, where, store, hours), port)
+        console.print(f"monitoring dashboard of site {where} at [bold]{board.url}[/]; Ctrl-C stops")
+        sys.stdout.flush()
+        _until_interrupted(board.serve)

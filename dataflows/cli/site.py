@@ -1,0 +1,259 @@
+"""Commands that run a site's parts: ``run``, ``connect``, ``act``, ``mirror``, ``up``, ``status``, ``reset``."""
+
+from __future__ import annotations
+
+import signal
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from mlexec.cli.app import (
+    EXIT_INTERRUPTED,
+    MetricsPortOpt,
+    Part,
+    SiteOpt,
+    TopologyArg,
+    app,
+    console,
+    print_connectors,
+    print_outputs,
+)
+from mlexec.runtime.part import PartSpec, exit_on, prepare_part, run_until_stopped
+from mlexec.runtime.site import Site
+
+__all__ = ["act", "connect", "mirror", "reset", "run", "status", "up"]
+
+UsecasePartOpt = Annotated[
+    str | None, typer.Option("--usecase", "-u", help="Run only this use case's part.")
+]
+
+
+@app.command()
+def run(
+    topology: TopologyArg,
+    site: SiteOpt,
+    usecase: Annotated[
+        str | None, typer.Option("--usecase", "-u", help="Run only this use case.")
+    ] = None,
+    until_end: Annotated[
+        bool,
+        typer.Option("--until-end", help="Stop once everything present at start is processed."),
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="bytewax worker threads.")] = 1,
+    no_recovery: Annotated[
+        bool, typer.Option("--no-recovery", help="Start from the beginning; keep no snapshots.")
+    ] = False,
+    part: Annotated[
+        Part, typer.Option(help="all; or only the pipeline or the store dataflow.")
+    ] = Part.all,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve runtime health to Prometheus on 127.0.0.1 at this port "
+            "(the store process of --part all at the next one).",
+            min=1,
+        ),
+    ] = None,
+    health_every: Annotated[
+        float,
+        typer.Option(help="Seconds between runtime health snapshots on mlexec.metrics.", min=0.1),
+    ] = 10.0,
+    monitor: Annotated[
+        bool,
+        typer.Option(help="Run the stored use cases' monitoring in the store process."),
+    ] = True,
+    dashboard_port: Annotated[
+        int | None,
+        typer.Option(help="Serve the monitoring dashboard from the store process on this port."),
+    ] = None,
+) -> None:
+    """Run a site's dataflows: the pipelines of the use cases placed there, and the store.
+
+    Continuously, the store runs as a second process (the one owner of an embedded
+    chDB store); with --until-end the pipelines run to the end first, then the store.
+    """
+    the_site = Site.load(topology, site)
+    if until_end and part is Part.all:
+        exit_on(signal.SIGINT, signal.SIGTERM)
+        the_site.run_to_end(usecase=usecase, workers=workers, recovery=not no_recovery)
+        return
+    the_site.run(
+        part.value,  # type: ignore[arg-type]
+        usecase=usecase,
+        until_end=until_end,
+        workers=workers,
+        recovery=not no_recovery,
+        metrics_port=metrics_port,
+        health_every=health_every,
+        monitor=monitor,
+        dashboard_port=dashboard_port,
+    )
+
+
+def _run_part(spec: PartSpec, show: str) -> None:
+    """Run a connect, act or mirror part in the foreground; its counts at the end."""
+    prepared = prepare_part(spec)
+    try:
+        received = run_until_stopped(prepared.run)
+    finally:
+        (print_connectors if show == "connectors" else print_outputs)(prepared.statuses)
+    if received == signal.SIGINT:  # SIGTERM is a requested stop (0); Ctrl-C is 130
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@app.command()
+def connect(
+    topology: TopologyArg,
+    site: SiteOpt,
+    usecase: Annotated[
+        str | None, typer.Option("--usecase", "-u", help="Run only this use case's connectors.")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="One pass: read what is there now, then exit.")
+    ] = False,
+    metrics_port: MetricsPortOpt = None,
+) -> None:
+    """Run a site's data connectors: files, logs, web, SQL, Kafka → the raw topics.
+
+    Each connector checkpoints in the site's state directory after every delivered
+    batch, so a restart resumes with nothing lost and nothing produced twice.
+    """
+    spec = PartSpec(
+        "connect", str(topology), site, usecase=usecase, once=once, metrics_port=metrics_port
+    )
+    _run_part(spec, "connectors")
+
+
+@app.command()
+def act(
+    topology: TopologyArg,
+    site: SiteOpt,
+    usecase: Annotated[
+        str | None, typer.Option("--usecase", "-u", help="Run only this use case's outputs.")
+    ] = None,
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="Deliver what the predictions topic holds now, then exit."),
+    ] = False,
+    metrics_port: MetricsPortOpt = None,
+) -> None:
+    """Deliver predictions to the use cases' outputs: Kafka, webhooks, MQTT, files.
+
+    Each output filters and debounces as declared, retries with backoff, sends what it
+    cannot deliver to <uc>.outputs.deadletter, and checkpoints its offsets in the
+    site's state directory once deliveries are durable.
+    """
+    spec = PartSpec(
+        "act", str(topology), site, usecase=usecase, once=once, metrics_port=metrics_port
+    )
+    _run_part(spec, "outputs")
+
+
+@app.command()
+def mirror(
+    topology: TopologyArg,
+    link: Annotated[str, typer.Option("--link", help="SOURCE:TARGET, a link of the topology.")],
+    once: Annotated[
+        bool, typer.Option("--once", help="Carry what is there now both ways, then exit.")
+    ] = False,
+    metrics_port: MetricsPortOpt = None,
+) -> None:
+    """Carry a link's topics both ways (MirrorMaker 2's contract, on one machine).
+
+    Up: what the placement needs on the target, and alerts; down: models. Remote topics
+    are <site>.<topic>; a restart or an outage of the other side loses and repeats nothing.
+    """
+    source = link.split(":", 1)[0]
+    spec = PartSpec(
+        "mirror", str(topology), source, link=link, once=once, metrics_port=metrics_port
+    )
+    _run_part(spec, "connectors")
+
+
+@app.command()
+def up(topology: TopologyArg, site: SiteOpt) -> None:
+    """Start and supervise a site: connectors, pipeline, store, outputs and mirror links.
+
+    A process that exits is restarted with backoff and resumes from its recovery
+    state or checkpoint; with a scale policy the pipeline gets more or fewer workers as
+    its lag demands. SIGTERM or Ctrl-C stops every process gracefully.
+    """
+    the_site = Site.load(topology, site)
+    supervisor = the_site.supervisor()
+    console.print(f"supervising {', '.join(supervisor.parts)} of site [bold]{site}[/]")
+    try:
+        received = run_until_stopped(supervisor.run)
+    finally:
+        the_site.stop()
+    if received == signal.SIGINT:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@app.command()
+def status(topology: TopologyArg, site: SiteOpt) -> None:
+    """Show a site's supervised processes, the pipeline's lag and throughput, restarts."""
+    found = Site.load(topology, site).status()
+    table = Table(title=f"site {site} (status written {found.age:.0f}s ago)", title_justify="left")
+    for col in ("process", "pid", "state", "restarts", "last exit", "workers"):
+        table.add_column(col)
+    for part in found.parts:
+        table.add_row(
+            part["name"],
+            str(part["pid"] or ""),
+            part["state"],
+            str(part["restarts"]),
+            "" if part["last_exit"] is None else str(part["last_exit"]),
+            "" if part["workers"] is None else str(part["workers"]),
+        )
+    console.print(table)
+    if not found.supervised:
+        console.print("the supervisor (`mlexec up`) is not running: the states above are its last")
+    for what, problem in found.problems.items():
+        text = problem if what == "disk" else f"{what}: {problem}"
+        console.print(f"[bold red]problem:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    if found.stalled is not None:
+        waiting, seconds = found.stalled
+        console.print(
+            f"[bold red]problem:[/] the pipeline processed nothing for {seconds:.0f}s while "
+            f"{waiting:,} records waited (stalled: see its log; a topic of many tiny batches "
+            "on the embedded broker is a known cause, docs/reliability.md)",
+            highlight=False,
+        )
+    rate = f", {found.rate:,.0f} records/s" if found.rate is not None else ""
+    lag, backlog = found.lag, found.backlog
+    if isinstance(lag, str):
+        console.print(f"pipeline: lag {lag}", highlight=False, soft_wrap=True, markup=False)
+    elif lag is not None:
+        console.print(f"pipeline: {lag[0]:,} records behind, {lag[1]:,} processed{rate}")
+    elif "pipeline" in {p["name"] for p in found.parts}:
+        console.print("pipeline: lag unknown until its first snapshot (no records processed yet)")
+    if isinstance(backlog, str):
+        console.print(f"store: backlog {backlog}", highlight=False, soft_wrap=True, markup=False)
+    elif backlog is not None:
+        console.print(
+            f"store: {backlog[0]:,} samples waiting in Kafka, {backlog[1]:,} read by the store "
+            "(stored, or held in its recovery state for a retry)"
+        )
+
+
+@app.command()
+def reset(
+    topology: TopologyArg,
+    site: SiteOpt,
+    part: Annotated[
+        Part, typer.Option(help="all; or only the pipeline's or the store's recovery.")
+    ] = Part.all,
+) -> None:
+    """Forget a site's dataflow recovery state on purpose: the next run starts over.
+
+    Refused while any part of the site runs. Connector checkpoints, the model cache and
+    the sample store are kept; the dataflows read their topics again from the beginning
+    (the store de-duplicates samples by record id).
+    """
+    removed = Site.load(topology, site).reset(part.value)  # type: ignore[arg-type]
+    if removed:
+        console.print("removed the recovery state " + ", ".join(removed), highlight=False)
+    else:
+        console.print(f"site {site!r} has no recovery state to reset", highlight=False)

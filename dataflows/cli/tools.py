@@ -1,0 +1,195 @@
+"""Commands beside the sites: ``render`` (MirrorMaker 2, Grafana), ``query``, ``broker``, ``demo``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import orjson
+import typer
+from rich.table import Table
+
+from mlexec.errors import TopologyError
+
+if TYPE_CHECKING:
+    pass
+from mlexec.cli.app import (
+    SiteOpt,
+    TopologyArg,
+    app,
+    console,
+    interrupt_on,
+    load,
+)
+
+
+class Rendering(StrEnum):
+    """What ``mlexec render`` writes."""
+
+    mm2 = "mm2"
+    grafana = "grafana"
+
+
+@app.command()
+def render(
+    topology: TopologyArg,
+    what: Annotated[
+        Rendering,
+        typer.Argument(
+            help="mm2: MirrorMaker 2 properties per link; grafana: Grafana provisioning "
+            "(ClickHouse datasource and monitoring dashboard) per ClickHouse-server site."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="The directory to write to.")] = Path("deploy"),
+) -> None:
+    """Write what the infrastructure needs: MirrorMaker 2 properties, Grafana provisioning.
+
+    MirrorMaker 2 properties are private (mode 0600): with SASL they hold the
+    credentials. Grafana's files hold none (its password comes from its environment)
+    and must be readable by the Grafana container's user.
+    """
+    from mlexec.topologies.render import render_grafana, render_mm2
+
+    topo, plan = load(topology)
+    files: dict[str, str] = {}
+    if what is Rendering.mm2:
+        if not topo.links:
+            msg = f"{topology}: links: no links to render MirrorMaker 2 for"
+            raise TopologyError(msg)
+        for link in topo.links:
+            files[f"mm2-{link.source}-{link.target}.properties"] = render_mm2(plan, link)
+    else:
+        servers = [
+            s for s, site in topo.sites.items() if site.sample_store.startswith("clickhouse")
+        ]
+        if not servers:
+            msg = f"{topology}: sites: no site has a ClickHouse server store for Grafana to read"
+            raise TopologyError(msg)
+        for name in servers:
+            files.update(render_grafana(plan, name))
+    for relative, text in files.items():
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = 0o600 if what is Rendering.mm2 else 0o644
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def query(
+    topology: TopologyArg,
+    sql: Annotated[str, typer.Argument(help="SQL for the site's sample store.")],
+    site: SiteOpt,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="Print JSON lines, not a table.")
+    ] = False,
+) -> None:
+    """Run SQL on a site's sample store (the database is named ``mlexec``)."""
+    from mlexec.connectors.samplestore import open_store
+
+    topo, plan = load(topology)
+    plan.require_site(site)
+    with open_store(topo.sites[site].sample_store) as store:
+        frame = store.query(sql)
+    if json_lines:
+        for record in frame.iter_rows(named=True):
+            sys.stdout.write(orjson.dumps(record, default=str).decode() + "\n")
+        return
+    table = Table(show_lines=False)
+    for name in frame.columns:
+        table.add_column(name)
+    for row in frame.iter_rows():
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: a free one).")] = 9092,
+    storage: Annotated[
+        str,
+        typer.Option(
+            help="memory://tansu/; postgres:// needs a Tansu built with it (the pinned one is not)."
+        ),
+    ] = "memory://tansu/",
+) -> None:
+    """Run a local Kafka-wire broker (Tansu) in the foreground until Ctrl-C."""
+    from mlexec.connectors.broker import LocalBroker
+
+    local = LocalBroker(port=port, storage=storage)
+    interrupt_on(signal.SIGINT, signal.SIGTERM)
+    try:
+        local.start()
+        console.print(
+            f"broker listening on [bold]{local.bootstrap}[/] ({storage}); Ctrl-C stops it"
+        )
+        local.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        local.stop()
+
+
+@app.command()
+def demo(
+    work_dir: Annotated[
+        Path, typer.Option(help="Where the demo keeps its data (wiped first).")
+    ] = Path(".mlexec/demo"),
+    machines: Annotated[int, typer.Option(min=1, help="Machines in the synthetic park.")] = 20,
+    seconds: Annotated[int, typer.Option(min=20, help="Seconds of readings per machine.")] = 1000,
+) -> None:
+    """From nothing: local broker, models, data, the site dataflow to the end, a report."""
+    from mlexec.demo import run_demo
+
+    console.rule("[bold]mlexec demo")
+    console.print("local broker, synthetic sensor park, two models (scikit-learn → ONNX) …")
+    with console.status("running the demo topology to the end"):
+        report = run_demo(work_dir, machines=machines, seconds=seconds)
+
+    console.print(
+        f"the CSV connector read [bold]{report.records_in:,}[/] readings into the raw topic; "
+        f"{report.broken_in} of them have an unreadable value and went to the dead-letter topic"
+    )
+    summary = Table(title="what happened", title_justify="left")
+    for col in ("use case", "predictions", "dead letters", "samples", "retention"):
+        summary.add_column(col, justify="right")
+    for name in report.predictions:
+        summary.add_row(
+            name,
+            f"{report.predictions[name]:,}",
+            f"{report.deadletters[name]:,}",
+            f"{report.samples[name]:,}",
+            report.retention[name],
+        )
+    console.print(summary)
+    for name, (considered, delivered, target) in report.actions.items():
+        console.print(
+            f"output [bold]{name}[/]: {delivered:,} of {considered:,} predictions acted on "
+            f"(anomalies, at most one per machine a minute) → {target}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for title, frame in report.monitoring.items():
+        table = Table(title=f"monitoring (SQL on the sample store): {title}", title_justify="left")
+        for col in frame.columns:
+            table.add_column(col, justify="right")
+        for row in frame.iter_rows():
+            table.add_row(*(str(v) for v in row))
+        console.print(table)
+    console.print(
+        f"data, models and the chDB store are in [bold]{work_dir}[/]; the broker is stopped. "
+        "Query the samples again with:"
+    )
+    console.print(
+        f"  MLEXEC_DEMO_DIR={work_dir.resolve()} mlexec query topologies/demo.yaml --site edge "
+        "'SELECT count() FROM mlexec.samples_readings FINAL'",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,188 @@
+"""``mlexec validate``: check a topology and its models without side effects; print the plan."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+from mlexec.topologies.schema import (
+    Connector,
+    CsvConnector,
+    FileOutput,
+    HttpConnector,
+    HttpOutput,
+    LogfileConnector,
+    MqttConnector,
+    MqttOutput,
+    Output,
+    SqlConnector,
+)
+from mlexec.topologies.secrets import mask_url
+
+if TYPE_CHECKING:
+    pass
+from mlexec.cli.app import (
+    TopologyArg,
+    app,
+    console,
+    load,
+)
+
+
+@app.command()
+def validate(topology: TopologyArg) -> None:
+    """Check a topology (and its models) without side effects; print the plan."""
+    from mlexec.runtime.run import prepare_site
+
+    topo, plan = load(topology)
+    runs = {site: prepare_site(plan, site, source=str(topology)) for site in topo.sites}
+
+    console.print(f"[bold green]ok[/] topology [bold]{topo.name}[/] ({topology})")
+    sites = Table(title="sites", title_justify="left")
+    for col in ("site", "kafka", "security", "sample store", "state"):
+        sites.add_column(col)
+    for name, site in topo.sites.items():
+        sites.add_row(
+            name,
+            mask_url(site.kafka.bootstrap),
+            site.kafka.security.protocol,
+            mask_url(site.sample_store),
+            site.state_dir,
+        )
+    console.print(sites)
+    stages = Table(title="use cases", title_justify="left")
+    for col in (
+        "use case",
+        "connectors",
+        "dispatch",
+        "infer",
+        "store",
+        "act",
+        "rule",
+        "reduction",
+        "model",
+    ):
+        stages.add_column(col)
+    for uc in plan.usecases.values():
+        u = uc.usecase
+        stages.add_row(
+            uc.name,
+            *(uc.site(s) for s in ("connectors", "dispatch", "infer", "store", "act")),
+            u.dispatch.kind,
+            f"{u.reduction.kind} → {len(uc.features)} columns",
+            f"{u.model.name} v{u.model.version}",
+        )
+    console.print(stages)
+    connectors = Table(title="connectors (mlexec connect)", title_justify="left")
+    for col in ("site", "use case", "connector", "kind", "reads", "writes"):
+        connectors.add_column(col)
+    for uc in plan.usecases.values():
+        for conn in uc.usecase.connectors:
+            connectors.add_row(
+                uc.site("connectors"),
+                uc.name,
+                conn.name or conn.kind,
+                conn.kind,
+                _reads(conn),
+                uc.raw_topic,
+            )
+    if connectors.row_count:
+        console.print(connectors)
+    outputs = Table(title="outputs (mlexec act)", title_justify="left")
+    for col in ("site", "use case", "output", "kind", "to", "when", "debounce"):
+        outputs.add_column(col)
+    for uc in plan.usecases.values():
+        for out in uc.usecase.outputs:
+            outputs.add_row(
+                uc.site("act"),
+                uc.name,
+                out.name or out.kind,
+                out.kind,
+                _delivers_to(out),
+                out.when or "",
+                _debounce_text(out),
+            )
+    if outputs.row_count:
+        console.print(outputs)
+    topics = Table(title="topics", title_justify="left")
+    for col in ("site", "topic", "partitions"):
+        topics.add_column(col)
+    for site_name in topo.sites:
+        for t in plan.topics_at(site_name):
+            topics.add_row(site_name, t.name, str(t.partitions))
+    console.print(topics)
+    tables = Table(title="sample-store tables", title_justify="left")
+    for col in ("site", "table", "retention", "columns"):
+        tables.add_column(col)
+    for site_name, run in runs.items():
+        for rt in run.store:
+            cols = ", ".join(f"{n} {k}" for n, k in rt.table.columns)
+            days = rt.table.retention_seconds / 86400
+            tables.add_row(site_name, rt.table.name, f"{days:g} d", cols)
+    console.print(tables)
+    watching = Table(title="monitoring (in the store site's mlexec run)", title_justify="left")
+    for col in ("site", "use case", "every / window", "reference", "watched", "also"):
+        watching.add_column(col)
+    for uc in plan.usecases.values():
+        mon = uc.usecase.monitoring
+        if mon is None:
+            continue
+        life = uc.usecase.lifecycle
+        also = (
+            [f"accuracy ({mon.accuracy.metric} of {mon.accuracy.output})"] if mon.accuracy else []
+        )
+        also += [
+            f"health ({n})"
+            for n in ("lag", "deadletter_rate", "latency_p99_ms", "store_backlog")
+            if getattr(mon.health, n)
+        ]
+        if life is not None:
+            also.append("canary policy")
+            if life.training is not None:
+                also.append(f"training ({life.training.entrypoint})")
+        watching.add_row(
+            uc.site("store"),
+            uc.name,
+            f"{mon.every.total_seconds():g} s / {mon.window.total_seconds():g} s",
+            mon.reference.kind if mon.reference else "-",
+            ", ".join(f"{c} ({', '.join(w.thresholds())})" for c, w in mon.watch.items()),
+            ", ".join(also),
+        )
+    if watching.row_count:
+        console.print(watching)
+
+
+def _reads(conn: Connector) -> str:
+    """Where a connector reads, for people (no secrets)."""
+    if isinstance(conn, CsvConnector | LogfileConnector):
+        return conn.path
+    if isinstance(conn, HttpConnector):
+        return f"{mask_url(conn.url)} ({conn.cron or f'every {conn.every}'})"
+    if isinstance(conn, SqlConnector):
+        return f"{conn.table or 'query'} by {conn.cursor}"
+    if isinstance(conn, MqttConnector):
+        return f"mqtt://{conn.broker.host}:{conn.broker.port} {', '.join(conn.topics)}"
+    return f"topic {conn.topic}"
+
+
+def _debounce_text(out: Output) -> str:
+    d = out.debounce
+    if d is None:
+        return ""
+    parts = [
+        f"every {d.every}" if d.every else "",
+        f"on change of {d.on_change}" if d.on_change else "",
+    ]
+    return " and ".join(p for p in parts if p)
+
+
+def _delivers_to(out: Output) -> str:
+    """Where an output delivers, for people (no secrets)."""
+    if isinstance(out, HttpOutput):
+        return mask_url(out.url)
+    if isinstance(out, MqttOutput):
+        return f"mqtt://{out.broker.host}:{out.broker.port} {out.topic}"
+    if isinstance(out, FileOutput):
+        return f"{out.path} ({out.format})"
+    return f"topic {out.topic}"

@@ -1,0 +1,205 @@
+"""Monitoring: watched columns, thresholds, references, accuracy, health."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import (
+    AwareDatetime,
+    Field,
+    model_validator,
+)
+
+from mlexec.topologies.schema.common import Duration, _Model
+
+__all__ = [
+    "Accuracy",
+    "FileReference",
+    "Health",
+    "ModelReference",
+    "Monitoring",
+    "RangeReference",
+    "Reference",
+    "STATISTICS",
+    "Thresholds",
+    "Watched",
+]
+
+
+# -------------------------------------------------------------------- monitoring
+
+#: What a watched value can be judged by; every one is "higher is worse".
+#: Drift against the reference: population stability index, Kolmogorov–Smirnov
+#: statistic, Jensen–Shannon distance (base 2), Wasserstein-1 distance, the shift of
+#: the mean and of the 5/25/50/75/95 % quantiles in reference standard deviations.
+#: Quality of the current window alone: the share of missing (NaN) values and of values
+#: outside the declared range (default: the reference's minimum to maximum).
+STATISTICS = (
+    "psi",
+    "ks",
+    "js",
+    "wasserstein",
+    "mean_shift",
+    "quantile_shift",
+    "null_rate",
+    "out_of_range",
+)
+
+
+class Thresholds(_Model):
+    """Alert at ``warning`` and/or ``critical`` when the value reaches it."""
+
+    warning: float | None = Field(default=None, ge=0)
+    critical: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _some(self) -> Thresholds:
+        if self.warning is None and self.critical is None:
+            msg = "'warning' and/or 'critical' (a number), found neither"
+            raise ValueError(msg)
+        if self.warning is not None and self.critical is not None and self.critical < self.warning:
+            msg = f"critical ({self.critical}) at least warning ({self.warning})"
+            raise ValueError(msg)
+        return self
+
+    def severity(self, value: float) -> str | None:
+        """``critical``, ``warning`` or ``None`` for ``value``."""
+        if self.critical is not None and value >= self.critical:
+            return "critical"
+        if self.warning is not None and value >= self.warning:
+            return "warning"
+        return None
+
+
+class Watched(_Model):
+    """One watched feature or output: the statistics to judge it by, with thresholds.
+
+    With none declared it is judged by PSI (warning 0.1, critical 0.25).
+    """
+
+    #: The values expected, for ``out_of_range``; default: the reference's min to max.
+    range: tuple[float, float] | None = None
+    psi: Thresholds | None = None
+    ks: Thresholds | None = None
+    js: Thresholds | None = None
+    wasserstein: Thresholds | None = None
+    mean_shift: Thresholds | None = None
+    quantile_shift: Thresholds | None = None
+    null_rate: Thresholds | None = None
+    out_of_range: Thresholds | None = None
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> Watched:
+        if self.range is not None and self.range[0] > self.range[1]:
+            msg = f"range: [low, high] with low <= high, found {list(self.range)}"
+            raise ValueError(msg)
+        return self
+
+    def thresholds(self) -> dict[str, Thresholds]:
+        """Statistic → thresholds, defaults applied."""
+        declared = {s: t for s in STATISTICS if (t := getattr(self, s)) is not None}
+        return declared or {"psi": Thresholds(warning=0.1, critical=0.25)}
+
+
+class RangeReference(_Model):
+    """The samples of a fixed event-time range ``[start, end)`` of the use case itself."""
+
+    kind: Literal["range"]
+    start: AwareDatetime
+    end: AwareDatetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeReference:
+        if self.end <= self.start:
+            msg = f"end after start, found {self.start.isoformat()} .. {self.end.isoformat()}"
+            raise ValueError(msg)
+        return self
+
+    def name(self) -> str:
+        return f"range:{self.start.isoformat()}/{self.end.isoformat()}"
+
+
+class FileReference(_Model):
+    """Rows from a Parquet or CSV file holding the watched columns (relative to the topology)."""
+
+    kind: Literal["file"]
+    path: str = Field(pattern=r"(?i)\.(parquet|csv)$")
+
+    def name(self) -> str:
+        return f"file:{self.path}"
+
+
+class ModelReference(_Model):
+    """The training data recorded for a model version (``mlexec monitor reference``)."""
+
+    kind: Literal["model"]
+    #: Default: the use case's ``model.version``.
+    version: str | None = None
+
+    def name(self) -> str:
+        return f"model:{self.version}"
+
+
+Reference = Annotated[RangeReference | FileReference | ModelReference, Field(discriminator="kind")]
+
+
+class Accuracy(_Model):
+    """Predictions against labels from ``<uc>.feedback``, per model version and variant."""
+
+    #: The (scalar) model output compared with the label.
+    output: str
+    #: ``mae`` / ``rmse`` for values, ``error_rate`` (share of output != label) for classes.
+    metric: Literal["mae", "rmse", "error_rate"] = "mae"
+    thresholds: Thresholds
+    #: Fewer labelled predictions than this in the window give no verdict.
+    min_labels: int = Field(default=20, ge=1)
+
+
+class Health(_Model):
+    """Thresholds on the runtime health the dataflows report."""
+
+    #: Records behind the end of the raw (or reduced) topics.
+    lag: Thresholds | None = None
+    #: Dead letters per record read, over the evaluation window.
+    deadletter_rate: Thresholds | None = None
+    #: Inference latency p99 in milliseconds.
+    latency_p99_ms: Thresholds | None = None
+    #: Samples waiting in Kafka for the sample store.
+    store_backlog: Thresholds | None = None
+
+
+class Monitoring(_Model):
+    """What ``mlexec monitor run`` watches for a use case, how often and against what."""
+
+    #: How often a scheduled run evaluates.
+    every: Duration = timedelta(minutes=1)
+    #: The evaluation window: samples whose event time is in the last ``window``.
+    window: Duration = timedelta(hours=1)
+    #: Equal-frequency bins of the reference for PSI and Jensen–Shannon.
+    bins: int = Field(default=10, ge=2, le=100)
+    #: Fewer samples than this in the window give no drift or quality verdict.
+    min_rows: int = Field(default=100, ge=1)
+    reference: Reference | None = None
+    watch: dict[str, Watched] = {}
+    accuracy: Accuracy | None = None
+    health: Health = Health()
+
+    @model_validator(mode="after")
+    def _reference_when_watching(self) -> Monitoring:
+        drift = {"psi", "ks", "js", "wasserstein", "mean_shift", "quantile_shift"}
+        for column, watched in self.watch.items():
+            judged = set(watched.thresholds())
+            if self.reference is None and drift & judged:
+                msg = (
+                    f"reference: a reference (kind range, file or model) for the drift of "
+                    f"watch.{column}, found none"
+                )
+                raise ValueError(msg)
+            if self.reference is None and "out_of_range" in judged and watched.range is None:
+                msg = (
+                    f"watch.{column}.range: [low, high] for out_of_range (or a reference, whose "
+                    "min and max are the default), found neither"
+                )
+                raise ValueError(msg)
+        return self

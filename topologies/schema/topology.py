@@ -1,0 +1,68 @@
+"""The topology: sites, links and use cases, with their cross-references checked."""
+
+from __future__ import annotations
+
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+from mlexec.topologies.schema.common import Name, _Model
+from mlexec.topologies.schema.sites import Site, TransferLink
+from mlexec.topologies.schema.usecase import UseCase
+
+__all__ = ["Topology"]
+
+
+# ---------------------------------------------------------------------- topology
+
+
+class Topology(_Model):
+    """Sites, the links between them, and the use cases they run."""
+
+    name: Name
+    sites: dict[Name, Site] = Field(min_length=1)
+    links: list[TransferLink] = []
+    usecases: dict[Name, UseCase] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> Topology:
+        sites = set(self.sites)
+        for i, link in enumerate(self.links):
+            for end in ("source", "target"):
+                if getattr(link, end) not in sites:
+                    msg = (
+                        f"links.{i}.{end}: a site of {sorted(sites)}, found {getattr(link, end)!r}"
+                    )
+                    raise ValueError(msg)
+            if link.source == link.target:
+                msg = f"links.{i}.target: a site other than the source, found {link.target!r}"
+                raise ValueError(msg)
+            for end in (link.source, link.target):
+                protocol = self.sites[end].kafka.security.protocol
+                if link.secure and protocol not in ("ssl", "sasl_ssl"):
+                    msg = (
+                        f"links.{i}.secure: a secure link needs TLS (protocol ssl or sasl_ssl) at "
+                        f"both ends; site {end!r} has protocol {protocol!r} (set "
+                        f"sites.{end}.kafka.security, or secure: false on a trusted network)"
+                    )
+                    raise ValueError(msg)
+        for uc_name, uc in self.usecases.items():
+            for stage, site in uc.placement.model_dump().items():
+                if site is None and len(sites) > 1 and stage != "act":
+                    msg = (
+                        f"usecases.{uc_name}.placement.{stage}: with several sites each stage "
+                        f"needs a site of {sorted(sites)}, found none"
+                    )
+                    raise ValueError(msg)
+                if site is not None and site not in sites:
+                    msg = f"usecases.{uc_name}.placement.{stage}: a site of {sorted(sites)}, found {site!r}"
+                    raise ValueError(msg)
+        return self
+
+    def site_of(self, usecase: str, stage: str) -> str:
+        """The site that runs ``stage`` of ``usecase``."""
+        placed: str | None = getattr(self.usecases[usecase].placement, stage)
+        if placed is None and stage == "act":
+            return self.site_of(usecase, "infer")
+        return placed if placed is not None else next(iter(self.sites))
