@@ -5,11 +5,12 @@ the CLI) with ``mlexec.topologies``, ``mlexec.connectors`` and ``mlexec.operator
 beneath it. The names a user calls are importable from here; they load on first use, so
 ``import mlexec`` (and every ``mlexec`` command) stays quick::
 
-    import mlexec
+    from mlexec import Site
 
-    plan = mlexec.plan_topology(mlexec.load_topology("topologies/demo.yaml"))
-    run = mlexec.prepare_site(plan, "edge")
-    flow = mlexec.build_flow("demo-edge", {"bootstrap.servers": "127.0.0.1:9092"}, process=run.process)
+    site = Site.load("topologies/demo.yaml", "edge")
+    site.run_to_end()  # or site.start() ... site.stop(); site.status(); site.dataflow()
+
+The whole API: docs/api.md.
 """
 
 from __future__ import annotations

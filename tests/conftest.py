@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,21 @@ def broker() -> Iterator[LocalBroker]:
     """One local Tansu broker for the session (memory storage, 127.0.0.1, free port)."""
     with LocalBroker() as running:
         yield running
+
+
+@pytest.fixture(params=["1 worker", "2 workers"])
+def entry_point(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Run a bytewax flow on one worker, and as a cluster of two (as bytewax's own suite does).
+
+    A flow-level test takes this fixture and runs once on each: keyed state then lives
+    on both workers and records cross between them, so a test of one worker only cannot
+    hide an exchange that loses, repeats or reorders what a key sees.
+    """
+    from bytewax.testing import cluster_main, run_main
+
+    if request.param == "1 worker":
+        return run_main
+    return lambda flow, **kw: cluster_main(flow, [], 0, worker_count_per_proc=2, **kw)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -63,7 +62,7 @@ def fail(exc: Exception) -> typer.Exit:
 class _Handled(TyperGroup):
     """Every command's errors end here: mlexec's and the operating system's in one line."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click Context
         try:
             return super().invoke(ctx)
         except (MlexecError, OSError) as exc:  # OSError: a state directory, a file, a port

@@ -5,21 +5,18 @@ from __future__ import annotations
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from mlexec.errors import TopologyError
-
-if TYPE_CHECKING:
-    pass
 from mlexec.cli.app import (
     TopologyArg,
     app,
     console,
     load,
 )
+from mlexec.errors import TopologyError
 
 model_app = typer.Typer(
     help="Model versions on the registry (mlexec.models): publish, stages, rollback, compare.",

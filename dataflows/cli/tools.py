@@ -7,16 +7,12 @@ import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import orjson
 import typer
 from rich.table import Table
 
-from mlexec.errors import TopologyError
-
-if TYPE_CHECKING:
-    pass
 from mlexec.cli.app import (
     SiteOpt,
     TopologyArg,
@@ -25,6 +21,7 @@ from mlexec.cli.app import (
     interrupt_on,
     load,
 )
+from mlexec.errors import TopologyError
 
 
 class Rendering(StrEnum):

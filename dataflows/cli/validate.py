@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.table import Table
 
+from mlexec.cli.app import (
+    TopologyArg,
+    app,
+    console,
+    load,
+)
 from mlexec.topologies.schema import (
     Connector,
     CsvConnector,
@@ -19,15 +23,6 @@ from mlexec.topologies.schema import (
     SqlConnector,
 )
 from mlexec.topologies.secrets import mask_url
-
-if TYPE_CHECKING:
-    pass
-from mlexec.cli.app import (
-    TopologyArg,
-    app,
-    console,
-    load,
-)
 
 
 @app.command()

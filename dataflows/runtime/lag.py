@@ -2,7 +2,8 @@
 
 bytewax keeps each source partition's next offset in its recovery store, not in consumer
 groups: the lag is the fetch-side end of each partition (Tansu's ListOffsets answer is
-only a lower bound) minus that offset. A log shorter than what was processed (a broker
+only a lower bound) minus that offset, as of the last committed epoch — a snapshot of
+an epoch not yet committed can be ahead of what the sinks (the store's insert) have done. A log shorter than what was processed (a broker
 that lost it) or a missing topic makes the lag unknown — :class:`LagUnknown` says why —
 never a made-up 0.
 """
@@ -80,10 +81,13 @@ def _flow_lag(
     for db in sorted(db_dir.glob("part-*.sqlite3")):
         try:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                # committed snapshots only: a snapshot of an epoch that is not committed
+                # yet may be ahead of the sinks' (the store's insert of those rows)
                 rows = conn.execute(
                     "SELECT step_id, state_key, ser_change FROM snaps s WHERE snap_epoch = "
                     "(SELECT max(snap_epoch) FROM snaps t WHERE t.step_id = s.step_id "
-                    "AND t.state_key = s.state_key) AND step_id LIKE ? ESCAPE '\\'",
+                    "AND t.state_key = s.state_key AND t.snap_epoch <= "
+                    "(SELECT max(commit_epoch) FROM commits)) AND step_id LIKE ? ESCAPE '\\'",
                     (f"%{suffix.replace('_', chr(92) + '_')}",),
                 ).fetchall()
         except sqlite3.Error as exc:  # created but not yet initialised, or being replaced

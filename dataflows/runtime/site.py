@@ -82,6 +82,19 @@ class Site:
 
         return cls(plan_topology(load_topology(Path(topology)), str(topology)), name, topology)
 
+    @property
+    def conf(self) -> dict[str, Any]:
+        """The librdkafka settings of the site's broker."""
+        from mlexec.connectors.kafka import client_config
+
+        return client_config(self.settings.kafka)
+
+    def prepare(self, usecase: str | None = None) -> None:
+        """Create the site's topics and samples tables (idempotent; nothing runs)."""
+        from mlexec.runtime.run import prepare_resources
+
+        prepare_resources(self._prepared(usecase))
+
     def spec(self, part: str, **options: Any) -> PartSpec:
         """The :class:`PartSpec` of one of this site's parts."""
         return PartSpec(part, self.topology, self.name, **options)  # type: ignore[arg-type]

@@ -28,8 +28,8 @@ from tests.connectors.connect_helpers import (
     only,
     positions,
     topology,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

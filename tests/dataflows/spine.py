@@ -113,18 +113,6 @@ def malformed_record(i: int, rng: random.Random) -> tuple[bytes, str]:
     return orjson.dumps(good), "list for timestamp"
 
 
-def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.25) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def prepared(path: Path):
     """The one-site topology at ``path`` loaded, planned, and its topics created."""
     topology = load_topology(path)

@@ -103,23 +103,27 @@ def test_per_record_makes_every_record_its_own_dispatch():
     assert d.per_record and d.records is recs
 
 
-def _run(items, logic):
+def _run(items, logic, entry_point=run_main):
     flow = Dataflow("t")
     stream = op.input("in", flow, TestingSource(items))
     out = op.stateful_batch("dispatch", stream, logic)
     got: list = []
     op.output("out", op.key_rm("unkey", out), TestingSink(got))
-    run_main(flow)
+    entry_point(flow)
     return got
 
 
-def test_micro_batches_never_exceed_max_records_and_keep_every_record_once():
+def test_micro_batches_never_exceed_max_records_and_keep_every_record_once(entry_point):
     items = [
-        ("p0", _records(0, list(range(i * 7, i * 7 + 7)), ["k"] * 7, [0] * 7)) for i in range(10)
+        (f"p{p}", _records(p, list(range(i * 7, i * 7 + 7)), ["k"] * 7, [0] * 7))
+        for i in range(10)
+        for p in range(4)  # four partitions: on two workers, each holds the state of some
     ]
-    got = _run(items, lambda s: MicroBatchLogic(16, timedelta(seconds=60), resume=s))
+    got = _run(items, lambda s: MicroBatchLogic(16, timedelta(seconds=60), resume=s), entry_point)
     assert max(len(d.records) for d in got) <= 16
-    assert [r for d in got for r in d.records.record_ids] == [f"raw:0:{o}" for o in range(70)]
+    for p in range(4):  # each partition's records once, in their order
+        mine = [r for d in got for r in d.records.record_ids if r.startswith(f"raw:{p}:")]
+        assert mine == [f"raw:{p}:{o}" for o in range(70)]
 
 
 def test_a_partial_micro_batch_is_released_after_max_wait():

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from mlexec.runtime.lag import pipeline_lag
-from tests.dataflows.spine import feed, wait_for
-from tests.dataflows.test_orchestrator import _Running, _topology
+from tests.dataflows.spine import feed
+from tests.runtime.test_supervisor import _Running, _topology
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

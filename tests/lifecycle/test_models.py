@@ -38,8 +38,8 @@ from tests.dataflows.spine import (
     identity_site,
     prepared,
     run_to_end,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -158,14 +158,18 @@ def test_a_running_dataflow_swaps_versions_on_publish_and_rollback_without_a_res
         )
 
         # records keep coming while v8 is published: the swap lands between two batches
-        feeding = threading.Thread(
-            target=lambda: [
-                (_produce(conf, uc.raw_topic, _records(100, 1500 + 100 * i)), time.sleep(0.1))
-                for i in range(30)
-            ]
-        )
+        fed = threading.Event()
+
+        def feed_while_publishing() -> None:
+            for i in range(30):
+                _produce(conf, uc.raw_topic, _records(100, 1500 + 100 * i))
+                if i == 3:
+                    fed.set()  # records are flowing: publish now
+                time.sleep(0.1)  # the pace of the feed, not a wait for anything
+
+        feeding = threading.Thread(target=feed_while_publishing)
         feeding.start()
-        time.sleep(0.4)
+        assert fed.wait(60), "the feed did not start"
         out = _cli(
             "publish",
             str(path),
@@ -204,7 +208,12 @@ def test_a_running_dataflow_swaps_versions_on_publish_and_rollback_without_a_res
 
         out = _cli("rollback", str(path), "--usecase", uc.name)
         assert "rolled back from 8 to 7" in out
-        time.sleep(1.5)  # the watcher polls every 0.2 s
+        serving = Path(topology.sites["here"].state_dir) / "models" / uc.name / "serving.json"
+        wait_for(
+            lambda: Routing.parse(serving.read_bytes()).production == "7",
+            60,
+            "the running dataflow to serve 7 again",
+        )
         late = _produce(conf, uc.raw_topic, _records(500, 4500))
         wait_for(
             lambda: len(_predictions(conf, uc.predictions_topic)) >= 5000,
@@ -365,7 +374,7 @@ def test_drift_to_promotion_train_publish_canary_promote_end_to_end(broker, tmp_
         "promote_when_better_by": 0.1,
         "rollback_when_worse_by": 0.1,
         "training": {
-            "entrypoint": "tests.dataflows.trainers:fit_linear",
+            "entrypoint": "tests.lifecycle.trainers:fit_linear",
             "min_rows": 300,
             "canary": 0.3,
             "retrain_on": ["accuracy"],
@@ -461,7 +470,7 @@ def test_a_worse_canary_is_rolled_back_by_policy_and_train_publishes_a_better_ca
             "rollback_when_worse_by": 0.2,
             "promote_when_better_by": 0.2,
             "training": {
-                "entrypoint": "tests.dataflows.trainers:fit_linear",
+                "entrypoint": "tests.lifecycle.trainers:fit_linear",
                 "min_rows": 300,
                 "canary": 0,
             },

@@ -21,7 +21,8 @@ from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplestore import open_store
 from mlexec.monitoring.monitor import Monitor
 from mlexec.runtime.lag import pipeline_lag
-from tests.dataflows.spine import feed, identity_site, prepared, wait_for
+from tests.dataflows.spine import feed, identity_site, prepared
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

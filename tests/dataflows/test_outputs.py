@@ -24,6 +24,7 @@ from mlexec.connectors.reading import read_topic
 from mlexec.outputs import prepare_outputs, run_outputs
 from mlexec.topologies import load_topology, plan_topology
 from mlexec.topologies.plan import Plan, UseCasePlan
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -259,10 +260,8 @@ def test_mqtt_source_brings_sensor_messages_in_and_they_are_scored(
     runner = threading.Thread(target=run_connectors, args=(prepared, stop), daemon=True)
     runner.start()
     try:
-        deadline = time.monotonic() + 20
-        while prepared.statuses[0].origin == "" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)  # subscribed
+        # the source is made (its origin known) once the broker acknowledged the subscription
+        wait_for(lambda: prepared.statuses[0].origin != "", 20, "the MQTT subscription")
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
         pub.connect(host, port)
         pub.loop_start()

@@ -18,7 +18,7 @@ from mlexec.connectors.samplestore import open_store
 from mlexec.monitoring.dashboard import Dashboard, DashboardData
 from mlexec.topologies.render import grafana_panels
 from tests.dataflows.spine import FIELDS, T0, prepared
-from tests.dataflows.test_monitor import (
+from tests.monitoring.test_monitor import (
     HOUR_MS,
     _at,
     _direct_topology,

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ from mlexec.connectors.samplestore import open_store
 from mlexec.runtime.lag import pipeline_lag, store_backlog
 from mlexec.runtime.supervisor import Supervisor, read_status
 from mlexec.topologies import load_topology, plan_topology
-from tests.dataflows.spine import FIELDS, feed, spine_topology, wait_for
+from tests.dataflows.spine import FIELDS, feed, spine_topology
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,12 @@ def test_kill_9_of_the_pipeline_at_five_points_loses_nothing_and_doubles_no_samp
             return read_status(up.plan, "here") is not None
 
         wait_for(stored, 10, "a status")
-        time.sleep(3)  # the store flushes its last rows
+        # the store's recovery state holds every sample: they were written before its snapshot
+        wait_for(
+            lambda: (store_backlog(up.plan, "here") or (1, 0))[0] == 0,
+            60,
+            "the store to have stored every sample",
+        )
         restarts = up.sup.parts["pipeline"].restarts
     assert kills == 5 and restarts >= 5, points
     predicted = _prediction_ids(conf, uc.predictions_topic)
@@ -129,7 +134,7 @@ def test_a_store_away_for_a_while_loses_no_sample(broker, tmp_path, uid):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom connectors.samplestore import open_store\n"
+            "import sys, time\nfrom mlexec.connectors.samplestore import open_store\n"
             f"with open_store({url!r}):\n    print('held', flush=True)\n    time.sleep(8)\n",
         ],
         stdout=subprocess.PIPE,
@@ -146,7 +151,6 @@ def test_a_store_away_for_a_while_loses_no_sample(broker, tmp_path, uid):
             60,
             "the samples that waited in Kafka to be stored",
         )
-        time.sleep(3)  # its last epoch is flushed
     written = _sample_ids(conf, uc.samples_topic)
     with open_store(url) as store:
         row = store.query(f"SELECT uniqExact(record_id) AS ids FROM mlexec.{uc.table} FINAL")

@@ -28,6 +28,7 @@ def test_demo_reports_and_leaves_nothing_running_then_query_reads_its_store(tmp_
     before = _tansu_pids()
     work = tmp_path / "demo"
     env = {**os.environ, "COLUMNS": "200"}
+    started = time.monotonic()
     done = subprocess.run(
         [*MLEXEC, "demo", "--work-dir", str(work), "--machines", "6", "--seconds", "300"],
         capture_output=True,
@@ -54,7 +55,9 @@ def test_demo_reports_and_leaves_nothing_running_then_query_reads_its_store(tmp_
         orjson.loads(line) for f in (work / "alarms").glob("*.jsonl") for line in f.open("rb")
     ]
     assert alarms and all(a["outputs"]["label"] == 1 for a in alarms)
-    assert len({a["key"] for a in alarms}) == len(alarms)  # one per machine: the run takes < 1 min
+    # the debounce (every: 1m of wall clock) lets a machine alarm once per started minute
+    per_machine = max(sum(1 for a in alarms if a["key"] == k) for k in {a["key"] for a in alarms})
+    assert per_machine <= 1 + int((time.monotonic() - started) // 60)
 
     env["MLEXEC_DEMO_DIR"] = str(work)
     query = subprocess.run(

@@ -6,25 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import orjson
 import pytest
 
 from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplestore import open_store
+from mlexec.runtime.lag import pipeline_lag, store_backlog
 from tests.dataflows.spine import feed, spine_topology
+from tests.waiting import wait_for
 
 MLEXEC = [sys.executable, "-m", "mlexec.cli"]
-
-
-def _wait_for(predicate, timeout: float = 90.0, every: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
 
 
 def _children(pid: int) -> list[int]:
@@ -55,14 +47,17 @@ def test_continuous_run_stops_on_sigterm_and_the_next_run_resumes_without_loss(
                 orjson.loads(v)["id"] for _, v, _, _, _ in read_topic(conf, uc.predictions_topic)
             }
 
-        assert _wait_for(lambda: len(predictions()) == 600), (
-            "the running pipeline did not score the first records"
-        )
+        wait_for(lambda: len(predictions()) == 600, 90, "the running pipeline to score 600")
         store_pids = _children(proc.pid)
         assert store_pids, "the store runs as a process of its own"
         feed(path, n=400, bad_every=0, start=600)  # more data while it runs
-        assert _wait_for(lambda: len(predictions()) == 1000)
-        time.sleep(3)  # let an epoch pass so both dataflows snapshot
+        wait_for(lambda: len(predictions()) == 1000, 90, "the running pipeline to score 1000")
+
+        def snapshotted() -> bool:  # both dataflows' recovery state has everything processed
+            lag, backlog = pipeline_lag(plan, "here"), store_backlog(plan, "here")
+            return lag is not None and lag == (0, 1000) and backlog is not None and backlog[0] == 0
+
+        wait_for(snapshotted, 60, "both dataflows to snapshot what they processed")
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)

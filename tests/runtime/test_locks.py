@@ -14,7 +14,8 @@ import pytest
 
 from mlexec.connectors.reading import read_topic
 from mlexec.runtime.locks import holder
-from tests.dataflows.spine import feed, spine_topology, wait_for
+from tests.dataflows.spine import feed, spine_topology
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -39,7 +39,7 @@ from mlexec.operators.testing import make_mlp
 from mlexec.runtime.lag import pipeline_lag, store_backlog
 from mlexec.runtime.supervisor import read_status
 from mlexec.topologies import load_topology, plan_topology
-from tests.dataflows.spine import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

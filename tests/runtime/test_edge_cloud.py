@@ -7,7 +7,6 @@ import re
 import signal
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from mlexec.topologies import TopologyError, load_topology, parse_topology, plan
 from mlexec.topologies.plan import MODELS_TOPIC
 from mlexec.topologies.render import render_mm2
 from tests.dataflows.spine import FIELDS, T0
+from tests.waiting import settled, wait_for
 
 
 def _doc(tmp: Path, edge: str, cloud: str, *, secure: bool = False, **placement: str) -> dict:
@@ -154,24 +154,32 @@ def test_a_placement_across_sites_needs_a_link_and_a_secure_link_needs_security(
 
 
 class _Proxy:
-    """A TCP proxy on 127.0.0.1 that can be cut and restored: the link to the cloud."""
+    """A TCP proxy on 127.0.0.1 that can be cut and restored: the link to the cloud.
+
+    It counts what it sees, so a test waits on the link's state instead of sleeping:
+    ``refused`` connections while cut, ``sent`` bytes towards the cloud.
+    """
 
     def __init__(self, target: int) -> None:
         self.port = free_port()
         self.target = target
         self._conns: list[socket.socket] = []
         self._server: socket.socket | None = None
+        self.cut = False
+        self.refused = 0
+        self.sent = 0
 
     def up(self) -> None:
-        server = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+        self.cut = False
+        if self._server is None:
+            server = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._server = server
+            threading.Thread(target=self._accept, args=(server,), daemon=True).start()
 
     def down(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        """Cut the link: open connections drop, new ones are closed at once."""
+        self.cut = True
         for conn in self._conns:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
@@ -180,21 +188,32 @@ class _Proxy:
             conn.close()
         self._conns = []
 
+    def close(self) -> None:
+        self.down()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
     def _accept(self, server: socket.socket) -> None:
         while True:
             try:
                 client, _ = server.accept()
             except OSError:
                 return
+            if self.cut:
+                self.refused += 1
+                client.close()
+                continue
             upstream = socket.create_connection(("127.0.0.1", self.target))
             self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, count in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, count), daemon=True).start()
 
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
+    def _pipe(self, a: socket.socket, b: socket.socket, count: bool) -> None:
         try:
             while data := a.recv(65536):
+                if count:
+                    self.sent += len(data)
                 b.sendall(data)
         except OSError:
             pass
@@ -219,16 +238,11 @@ def _feed(conf: dict[str, Any], topic: str, first: int, count: int) -> None:
 
 
 def _wait_for_count(conf: dict[str, Any], topic: str, count: int, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if len(read_topic(conf, topic, timeout=5)) >= count:
-                time.sleep(0.5)  # anything doubled would arrive now
-                return
-        except Exception:  # noqa: BLE001 - the remote topic may not exist yet, or reconnecting
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{topic} did not reach {count} records in {timeout}s")
+    """Until ``topic`` holds ``count`` records and no more arrive (a double would show)."""
+    wait_for(
+        lambda: len(read_topic(conf, topic, timeout=5)) >= count, timeout, f"{count} in {topic}"
+    )
+    settled(lambda: len(read_topic(conf, topic, timeout=5)), 30, f"{topic} to settle")
 
 
 def _ids(conf: dict[str, Any], topic: str, field: str = "id") -> list[str]:
@@ -269,7 +283,7 @@ def test_the_mirror_carries_predictions_and_samples_up_and_models_down_through_a
         _feed(edge_conf, uc.raw_topic, 3000, 2000)
         run_pipeline(edge_run, until_end=True)  # resumes from its recovery state
         assert len(read_topic(edge_conf, uc.predictions_topic)) == 5000
-        time.sleep(2)
+        wait_for(lambda: proxy.refused >= 2, 60, "the mirror to meet the cut link")
         proxy.up()  # back: the backlog flows
         _wait_for_count(cloud_conf, up, 5000)
 
@@ -277,7 +291,8 @@ def test_the_mirror_carries_predictions_and_samples_up_and_models_down_through_a
         _feed(edge_conf, uc.raw_topic, 5000, 1500)
         run_pipeline(edge_run, until_end=True)
         assert len(read_topic(edge_conf, uc.predictions_topic)) == 6500
-        time.sleep(3)
+        hung_at = proxy.sent
+        wait_for(lambda: proxy.sent > hung_at, 60, "the mirror to write to the hung broker")
         os.kill(cloud.pid, signal.SIGCONT)
         _wait_for_count(cloud_conf, up, 6500)
 
@@ -315,7 +330,7 @@ def test_the_mirror_carries_predictions_and_samples_up_and_models_down_through_a
         with open_store(plan.topology.sites["cloud"].sample_store) as store:
             rows = store.query(f"SELECT count() AS n FROM mlexec.{uc.table} FINAL")
         assert int(rows["n"][0]) == len(sample_ids)
-        proxy.down()
+        proxy.close()
     assert os.path.exists(tmp_path / "state-edge" / "mirror" / "plant" / "edge-cloud.json")
 
 
@@ -344,15 +359,19 @@ def test_kill_9_of_the_mirror_then_a_restart_re_sends_nothing(tmp_path):
         for share in (0.2, 0.6):
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    try:
-                        done = orjson.loads(checkpoint.read_bytes())["state"]["offsets"]
-                        if sum(done.get(uc.predictions_topic, {}).values()) > share * n:
-                            break
-                    except (FileNotFoundError, orjson.JSONDecodeError, KeyError):
-                        pass
-                    time.sleep(0.02)
+                wait_for(
+                    lambda share=share: (
+                        sum(
+                            orjson.loads(checkpoint.read_bytes())["state"]["offsets"]
+                            .get(uc.predictions_topic, {})
+                            .values()
+                        )
+                        > share * n
+                    ),
+                    60,
+                    f"{share:.0%} mirrored",
+                    every=0.02,
+                )
             finally:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(30)
