@@ -3,8 +3,9 @@
 bytewax keeps each source partition's next offset in its recovery store, not in consumer
 groups: the lag is the fetch-side end of each partition (Tansu's ListOffsets answer is
 only a lower bound) minus that offset, as of the last committed epoch — a snapshot of
-an epoch not yet committed can be ahead of what the sinks (the store's insert) have done. A log shorter than what was processed (a broker
-that lost it) or a missing topic makes the lag unknown — :class:`LagUnknown` says why —
+an epoch not yet committed can be ahead of what the sinks (the store's insert) have
+done. A log shorter than what was processed (a broker that lost it) or a missing topic
+makes the lag unknown — :class:`LagUnknown` says why —
 never a made-up 0.
 """
 
