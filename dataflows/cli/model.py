@@ -86,28 +86,23 @@ def model_publish(
     ] = None,
 ) -> None:
     """Put a model version on the registry, checked against the use case, in chunks."""
-    from mlexec.connectors.samplestore import open_store
-    from mlexec.lifecycle.registry import publish_model
-    from mlexec.monitoring.monitor import Monitor, read_reference_file
+    from mlexec.lifecycle.registry import publish_model, publish_trained_on
 
     plan, uc, conf = _registry(topology, usecase, site)
-    frame = read_reference_file(str(training_data)) if training_data else None
-    if frame is not None:
-        watched = list(uc.usecase.monitoring.watch) if uc.usecase.monitoring else []
-        missing = [c for c in watched if c not in frame.columns]
-        if not watched or missing:
-            msg = (
-                f"--training-data: {training_data} becomes the reference of the watched values "
-                f"({watched or 'none: declare monitoring.watch'}); missing columns: {missing}"
-            )
-            raise TopologyError(msg)
-    manifest, routing = publish_model(plan, conf, uc, model, version, stage.value, traffic)
-    if frame is not None:
-        where = uc.site("store")
-        with open_store(plan.topology.sites[where].sample_store) as store:
-            monitor = Monitor(plan, where, store, usecase=usecase, source=str(topology))
-            monitor.prepare()
-            monitor.record_reference(uc, frame, f"model:{version}")
+    if training_data is None:
+        manifest, routing = publish_model(plan, conf, uc, model, version, stage.value, traffic)
+    else:
+        manifest, routing = publish_trained_on(
+            plan,
+            conf,
+            uc,
+            model,
+            version,
+            training_data,
+            stage=stage.value,
+            traffic=traffic,
+            source=str(topology),
+        )
     console.print(
         f"published {usecase} version {version}: {manifest.size:,} bytes in {manifest.chunks} "
         f"chunk(s), sha256 {manifest.sha256[:16]}…; {routing.change}"

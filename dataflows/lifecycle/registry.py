@@ -16,6 +16,7 @@ from typing import Any
 
 from mlexec.connectors.kafka import ensure_topics, produce_records
 from mlexec.connectors.reading import read_topic
+from mlexec.errors import TopologyError
 from mlexec.lifecycle.protocol import (
     Assembler,
     Manifest,
@@ -33,6 +34,7 @@ __all__ = [
     "check_fits",
     "current_routing",
     "publish_model",
+    "publish_trained_on",
     "read_registry",
     "registry_site",
     "registry_topics",
@@ -129,6 +131,44 @@ def publish_model(
         conf, MODELS_TOPIC, [*artifact_messages(manifest, data), routing_message(routing)]
     )
     return manifest, routing
+
+
+def publish_trained_on(
+    plan: Plan,
+    conf: dict[str, Any],
+    uc: UseCasePlan,
+    path: Path,
+    version: str,
+    training_data: Path,
+    *,
+    stage: str = "candidate",
+    traffic: float = 0.0,
+    source: str = "<topology>",
+) -> tuple[Manifest, Routing]:
+    """:func:`publish_model`, and its training data recorded as reference ``model:<version>``.
+
+    The data must hold every watched column; it is checked before anything is published.
+    """
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.monitoring.monitor import Monitor
+    from mlexec.monitoring.references import read_reference_file
+
+    frame = read_reference_file(str(training_data))
+    watched = list(uc.usecase.monitoring.watch) if uc.usecase.monitoring else []
+    missing = [c for c in watched if c not in frame.columns]
+    if not watched or missing:
+        msg = (
+            f"--training-data: {training_data} becomes the reference of the watched values "
+            f"({watched or 'none: declare monitoring.watch'}); missing columns: {missing}"
+        )
+        raise TopologyError(msg)
+    published = publish_model(plan, conf, uc, path, version, stage, traffic)
+    where = str(uc.site("store"))
+    with open_store(plan.topology.sites[where].sample_store) as store:
+        monitor = Monitor(plan, where, store, usecase=uc.name, source=source)
+        monitor.prepare()
+        monitor.record_reference(uc, frame, f"model:{version}")
+    return published
 
 
 def change_routing(
