@@ -9,25 +9,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import bytewax.operators as op
-from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, TestingSource
-
 from mlexec.operators.dispatch import CountLogic
 from mlexec.operators.windows import WindowLogic, WindowShape
-from tests.operators.test_dispatch import Clock, _groups, _records, _slice
+from tests.operators.test_dispatch import Clock, _groups, _records, _run, _slice
 
 BUCKETS = 4
-
-
-def _dispatch(items, logic, entry_point):
-    flow = Dataflow("flows")
-    stream = op.input("in", flow, TestingSource(items))
-    out = op.stateful_batch("dispatch", stream, logic)
-    got: list = []
-    op.output("out", op.key_rm("unkey", out), TestingSink(got))
-    entry_point(flow)
-    return got
 
 
 def _key(t: int) -> str:
@@ -43,7 +29,7 @@ def test_tumbling_windows_in_a_flow_group_each_record_once(entry_point):
             mine = [t for t in part if int(_key(t)[1:]) % BUCKETS == b]
             items.append((f"b{b}", _slice(_records(0, mine, [_key(t) for t in mine], mine))))
     shape = WindowShape.tumbling(timedelta(seconds=10))
-    got = _dispatch(
+    got = _run(
         items, lambda s: WindowLogic(shape, partitions=1, now=Clock(), resume=s), entry_point
     )
     windows = _groups(got)
@@ -61,7 +47,7 @@ def test_count_windows_in_a_flow_keep_each_keys_arrival_order(entry_point):
         for i in range(6)
         for b in range(BUCKETS)
     ]
-    got = _dispatch(items, lambda s: CountLogic(4, resume=s), entry_point)
+    got = _run(items, lambda s: CountLogic(4, resume=s), entry_point)
     groups = _groups(got)
     for b in range(BUCKETS):
         mine = [groups[(f"k{b}", g)] for g in range(7)]  # 30 records: 7 full groups of 4
