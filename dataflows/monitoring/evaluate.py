@@ -74,8 +74,8 @@ class Evaluator:
         ev = Evaluation(uc.name, start, now)
         where = f"event_time >= {sql_time(start)} AND event_time < {sql_time(now)}"
         if mon.watch:
-            ev.reference = self.references.reference_name(uc)
             try:
+                ev.reference = self.references.reference_name(uc)
                 self.references.ensure_reference(uc, now)
             except MonitorError as exc:
                 ev.notes.append(str(exc))

@@ -54,7 +54,12 @@ class References:
         ref = monitoring_of(uc).reference
         if isinstance(ref, ModelReference):
             return f"model:{ref.version or uc.usecase.model.version}"
-        assert ref is not None
+        if ref is None:  # valid when only quality is judged, and it has a declared range
+            msg = (
+                f"{uc.name} declares no monitoring.reference: the watched values' statistics "
+                "are measured against one (kind range, file or model)"
+            )
+            raise MonitorError(msg)
         return ref.name()
 
     def record_reference(self, uc: UseCasePlan, frame: pl.DataFrame, name: str) -> int:

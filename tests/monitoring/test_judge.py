@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from mlexec.monitoring.alerts import judge_alerts
 from mlexec.monitoring.evaluate import Evaluation
 from mlexec.monitoring.sql import judge, quote, sql_time
@@ -64,3 +66,25 @@ def test_sql_literals_are_quoted_and_times_exact_to_the_millisecond():
     moment = datetime(2030, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
     assert f"toInt64({int(moment.timestamp() * 1000)})" in sql_time(moment)
     assert sql_time(moment).endswith("'UTC')")
+
+
+def test_watching_without_a_reference_is_a_note_not_a_crash(tmp_path):
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.monitoring.columns import MonitorError
+    from mlexec.monitoring.references import References
+    from mlexec.topologies import load_topology, plan_topology
+    from tests.dataflows.spine import spine_topology
+
+    path = spine_topology(
+        tmp_path,
+        "127.0.0.1:1",
+        "noref",
+        dispatch="{kind: microbatch}",
+        reduction="{kind: identity}",
+        sampling="{rate: 1.0}",
+        monitoring={"watch": {"f0": {"null_rate": {"warning": 0.1}, "range": [0, 1]}}},
+    )
+    (uc,) = plan_topology(load_topology(path), str(path)).usecases.values()
+    with open_store(f"chdb://{tmp_path}/store") as store:
+        with pytest.raises(MonitorError, match="declares no monitoring.reference"):
+            References(store, {}).reference_name(uc)
