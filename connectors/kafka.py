@@ -24,11 +24,14 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from mlexec.connectors.delivery import ReliableProducer
-from mlexec.errors import MlexecError
+from mlexec.errors import ConnectorError, MlexecError
 from mlexec.topologies.plan import TopicSpec
 from mlexec.topologies.schema import KafkaSettings
+from mlexec.topologies.secrets import mask_url
 
 __all__ = [
+    "REACH_TIMEOUT",
+    "BrokerUnreachable",
     "KafkaBatchSink",
     "Outgoing",
     "client_config",
@@ -66,10 +69,33 @@ def client_config(kafka: KafkaSettings) -> dict[str, Any]:
     return conf
 
 
+class BrokerUnreachable(ConnectorError):
+    """The site's broker does not answer; the message names it and what to do."""
+
+
+#: How long the first contact with a broker may take before it counts as unreachable.
+REACH_TIMEOUT = 6.0
+
+
 def ensure_topics(conf: dict[str, Any], topics: Iterable[TopicSpec], timeout: float = 30.0) -> None:
-    """Create the topics that do not exist yet; existing ones are left as they are."""
-    admin = AdminClient(conf)
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    """Create the topics that do not exist yet; existing ones are left as they are.
+
+    The first contact of every part with its broker: one that does not answer within
+    :data:`REACH_TIMEOUT` is refused in one line (librdkafka's own log of every failed
+    connection attempt is kept quiet for it).
+    """
+    admin = AdminClient({**conf, "log_level": 0})
+    wait = min(timeout, REACH_TIMEOUT)
+    try:
+        existing = set(admin.list_topics(timeout=wait).topics)
+    except KafkaException as exc:
+        where = mask_url(str(conf.get("bootstrap.servers", "?")))
+        reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        msg = (
+            f"the Kafka broker at {where} does not answer within {wait:g} s ({reason}): is it "
+            "running and reachable? `mlexec broker` starts a local one"
+        )
+        raise BrokerUnreachable(msg) from None
     new = [
         NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, config=dict(t.config))
         for t in topics

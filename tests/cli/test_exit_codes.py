@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 from typer.testing import CliRunner
 
@@ -66,3 +68,25 @@ def test_an_error_message_keeps_its_brackets(topology, monkeypatch):
     monkeypatch.setattr(site_commands.Site, "load", refused)
     code, text = _run("up", str(topology), "--site", "here")
     assert code == 1 and "must be [rows, features], found [bold]x[/]" in text
+
+
+def test_a_broker_that_is_not_there_is_one_line_and_exit_1(tmp_path):
+    from mlexec.connectors.broker import free_port
+
+    path = spine_topology(
+        tmp_path,
+        f"127.0.0.1:{free_port()}",  # nothing listens there
+        "nobroker",
+        dispatch="{kind: microbatch}",
+        reduction="{kind: identity}",
+        sampling="{rate: 0.1}",
+    )
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code, text = _run("run", str(path), "--site", "here", "--until-end")
+    finally:  # a run installs its stop handlers: this test process keeps its own
+        for sig, handler in kept.items():
+            signal.signal(sig, handler)
+    assert code == 1, text
+    assert "does not answer" in text and "`mlexec broker` starts a local one" in text
+    assert text.count("error:") == 1 and "Traceback" not in text
