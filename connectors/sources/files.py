@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from mlexec.connectors.sources.base import RecordShaper, SourceRecord
+from mlexec.errors import ConnectorError
 from mlexec.topologies.schema import CsvConnector, LogfileConnector
 
 __all__ = ["CsvSource", "Cursor", "LogfileSource"]
@@ -203,6 +204,7 @@ class CsvSource:
             stream: Cursor(**c) for stream, c in (state or {}).get("files", {}).items()
         }
         self._sizes: dict[str, int] = {}
+        self._said: set[str] = set()  # what was said once: no file yet, a header's lack
 
     def state(self) -> dict[str, Any]:
         return {"files": {s: asdict(c) for s, c in self._cursors.items()}}
@@ -242,7 +244,16 @@ class CsvSource:
     def read(self, limit: int) -> list[SourceRecord]:
         out: list[SourceRecord] = []
         live: dict[str, Cursor] = {}
-        for path in self._files():
+        files = self._files()
+        if not files and not self._cursors:
+            what = f"{self.config.path} matches no file"
+            if self._once:
+                msg = f"{what}: check the connector's path (a file, or a glob such as /data/*.csv)"
+                raise ConnectorError(msg)
+            if what not in self._said:
+                self._said.add(what)
+                _log.warning("%s yet; reading it as soon as one appears", what)
+        for path in files:
             cursor = self._cursor_for(path)
             if cursor is None:
                 continue
@@ -277,6 +288,7 @@ class CsvSource:
         cfg = self.config
         columns = self._columns(path) if cfg.header else list(cfg.columns or [])
         columns = [cfg.rename.get(c, c) for c in columns]
+        self._say_missing(path, columns)
         quote = cfg.quote
         done, consumed = 0, 0  # lines used, records emitted
         i = 0
@@ -306,6 +318,20 @@ class CsvSource:
             return cursor
         end = lines[done - 1]
         return cursor.advanced(path, end.end, done, data[: end.end - cursor.offset])
+
+    def _say_missing(self, path: str, columns: list[str]) -> None:
+        """Once per file: the schema fields its columns lack (each of its rows is a dead letter)."""
+        given = set(columns) | set(self._shaper.constants)
+        missing = [f for f in self._shaper.schema if f not in given]
+        if missing and path not in self._said:
+            self._said.add(path)
+            _log.warning(
+                "%s: no column for the schema's %s (its columns: %s): every row goes to the "
+                "dead-letter topic; name them with the connector's rename: or columns:",
+                path,
+                ", ".join(missing),
+                ", ".join(columns) or "none",
+            )
 
     def _columns(self, path: str) -> list[str]:
         cfg = self.config

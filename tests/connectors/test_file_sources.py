@@ -255,3 +255,29 @@ def test_logfile_copy_truncate_reads_the_rest_from_the_copy(tmp_path: Path):
     state = live.state()
     got += drain(source(config, state, once=False))
     assert _seq(got) == list(range(43))
+
+
+def test_a_csv_path_that_matches_nothing_is_said_once_and_is_an_error_for_one_pass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    from mlexec.errors import ConnectorError
+
+    config = {"kind": "csv", "path": str(tmp_path / "nothing-*.csv")}
+    with pytest.raises(ConnectorError, match=r"nothing-\*\.csv matches no file: check"):
+        source(config, once=True).read(10)
+    following = source(config, once=False)
+    assert following.read(10) == [] and following.read(10) == []
+    said = [r.getMessage() for r in caplog.records if "matches no file" in r.getMessage()]
+    assert len(said) == 1 and "as soon as one appears" in said[0]
+
+
+def test_a_csv_header_without_the_schemas_fields_says_which_and_dead_letters_each_row(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    path = tmp_path / "pumps.csv"
+    path.write_text("pump,time,value\np1,1700000000000,1.5\np2,1700000000001,2.5\n")
+    records = drain(source({"kind": "csv", "path": str(path)}))
+    assert len(records) == 2 and all(r.error for r in records)  # nothing lost: dead letters
+    (said,) = [r.getMessage() for r in caplog.records if "no column for" in r.getMessage()]
+    assert "no column for the schema's machine, ts" in said
+    assert "its columns: pump, time, value" in said and "rename:" in said
