@@ -5,13 +5,15 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from mlexec.errors import TopologyError
+from mlexec.errors import MlexecError, TopologyError
+from mlexec.monitoring.alerts import standing_at
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,17 +60,31 @@ def _store_site(plan, site: str | None, usecase: str | None) -> str:  # type: ig
     return str((monitored or list(plan.usecases.values()))[0].site("store"))
 
 
+class FailOn(StrEnum):
+    """The severity from which ``monitor run --once --fail-on`` exits 1."""
+
+    warning = "warning"
+    critical = "critical"
+
+
 @monitor_app.command("run")
 def monitor_run(
     topology: TopologyArg,
     site: MonitorSiteOpt = None,
     usecase: UsecaseOpt = None,
     once: Annotated[bool, typer.Option("--once", help="Evaluate once and exit.")] = False,
+    fail_on: Annotated[
+        FailOn | None,
+        typer.Option(
+            help="With --once: exit 1 when a watched value stands at this severity or above "
+            "(whether or not it is a new alert), for a CI gate or a cron job."
+        ),
+    ] = None,
 ) -> None:
     """Store labels and health, evaluate drift, quality, accuracy and health; alert on changes.
 
-    Runs every ``monitoring.every`` until Ctrl-C, or once. With an embedded (chDB) store
-    it needs the store directory to itself: `mlexec run` stores monitor in-process.
+    Runs every monitoring.every until Ctrl-C, or once. With an embedded (chDB) store
+    it needs the store directory to itself: mlexec run stores monitor in-process.
     """
     from mlexec.connectors.samplestore import open_store
     from mlexec.lifecycle.reaction import follow
@@ -80,8 +96,17 @@ def monitor_run(
         monitor = follow(Monitor(plan, where, store, usecase=usecase, source=str(topology)))
         monitor.prepare()
         if once:
-            for ev in monitor.run_once():
+            evaluations = monitor.run_once()
+            for ev in evaluations:
                 _print_evaluation(ev)
+            if fail_on is not None:
+                standing = standing_at(evaluations, fail_on.value)
+                if standing:
+                    msg = (
+                        f"{len(standing)} watched value(s) at {fail_on.value} or above: "
+                        + "; ".join(standing[:5])
+                    )
+                    raise MlexecError(msg)
             return
         console.print(f"monitoring site {where} every {monitor.every():g}s; Ctrl-C stops")
         _until_interrupted(monitor.run)

@@ -26,7 +26,7 @@ from mlexec.monitoring.sql import (
 )
 from mlexec.topologies.plan import ALERTS_TOPIC
 
-__all__ = ["judge_alerts", "publish_alerts"]
+__all__ = ["judge_alerts", "publish_alerts", "standing_at"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,6 +66,24 @@ def judge_alerts(ev: Evaluation, previous: dict[str, str], site: str, now: datet
         else:
             previous[key] = severity
     return alerts
+
+
+_RANK = {"warning": 1, "critical": 2}
+
+
+def standing_at(evaluations: list[Evaluation], severity: str) -> list[str]:
+    """Each watched value that stands at ``severity`` or above now, as text.
+
+    Unlike the alerts (changes only), a lasting drift counts every time.
+    """
+    out = []
+    for ev in evaluations:
+        for (subject, stat), value in sorted(ev.values.items()):
+            limits = ev.thresholds.get((subject, stat))
+            now = limits.severity(value) if limits is not None and value == value else None
+            if now is not None and _RANK[now] >= _RANK[severity]:
+                out.append(f"{ev.usecase}: {stat} of {subject} is {value:.4g} ({now})")
+    return out
 
 
 def publish_alerts(store: SampleStore, conf: dict[str, Any], alerts: list[Alert]) -> None:

@@ -364,6 +364,14 @@ def test_monitor_commands_record_a_reference_evaluate_and_show(broker, tmp_path,
     assert "warning" in out and "psi of f0" in out
     assert "psi of f1" not in out
 
+    # a gate: the drift lasts, so it fails again though it is no new alert any more
+    gate = runner.invoke(app, ["monitor", "run", str(path), "--once", "--fail-on", "warning"])
+    said = " ".join(gate.output.split())
+    assert gate.exit_code == 1 and "1 watched value(s) at warning or above" in said, said
+    assert "psi of f0" in said and "f1" not in said.split("error:")[1]
+    calm = runner.invoke(app, ["monitor", "run", str(path), "--once", "--fail-on", "critical"])
+    assert calm.exit_code == 0, calm.output
+
     done = runner.invoke(app, ["monitor", "show", str(path), "--usecase", uc.name])
     assert done.exit_code == 0, done.output
     lines = done.output.splitlines()
