@@ -38,11 +38,11 @@ def open_source(
     """
     shaper = RecordShaper(schema.schema_, schema.key, config.set)
     if isinstance(config, CsvConnector):
-        from mlexec.connectors.sources.files import CsvSource
+        from mlexec.connectors.sources.csvfiles import CsvSource
 
         return CsvSource(config, shaper, state, once=once)
     if isinstance(config, LogfileConnector):
-        from mlexec.connectors.sources.files import LogfileSource
+        from mlexec.connectors.sources.logfiles import LogfileSource
 
         return LogfileSource(config, shaper, state, once=once)
     if isinstance(config, HttpConnector):

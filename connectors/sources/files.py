@@ -1,4 +1,4 @@
-"""File sources: CSV files (one file or a glob) and log files (tailed through rotation).
+"""Following files for the file sources (CSV: :mod:`.csvfiles`, logs: :mod:`.logfiles`).
 
 A file is followed by a :class:`Cursor`: its inode, a checksum of its first line, the
 byte offset read up to, and a checksum of the 64 bytes before that offset. A file
@@ -11,32 +11,21 @@ newline waits until the file has been quiet for ``settle`` (or the pass is ``--o
 
 from __future__ import annotations
 
-import csv
-import glob
-import io
 import logging
 import os
-import re
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
-import orjson
-
-from mlexec.connectors.sources.base import RecordShaper, SourceRecord
-from mlexec.errors import ConnectorError
-from mlexec.topologies.schema import CsvConnector, LogfileConnector
-
-__all__ = ["CsvSource", "Cursor", "LogfileSource"]
+__all__ = ["MAX_HOPS", "Cursor", "Line", "is_quiet", "read_lines", "read_records", "strip_line"]
 
 _log = logging.getLogger(__name__)
 
 _HEAD_MAX = 1024
 _TAIL = 64
 _CHUNK = 4 << 20  # bytes read per step and file
-_MAX_HOPS = 16  # rotated files followed in one read
+MAX_HOPS = 16  # rotated files followed in one read
 
 
 @dataclass(frozen=True)
@@ -112,16 +101,18 @@ class Cursor:
 
 
 @dataclass(frozen=True)
-class _Line:
+class Line:
+    """One complete line of a file: its byte range, its number and its bytes."""
+
     start: int
     end: int
     number: int
     raw: bytes
 
 
-def _read_lines(
+def read_lines(
     path: str, cursor: Cursor, settled: bool, max_lines: int
-) -> tuple[list[_Line], bytes, int]:
+) -> tuple[list[Line], bytes, int]:
     """Up to ``max_lines`` complete lines after the cursor.
 
     An unterminated last line is included when ``settled``. Returns the lines, the
@@ -134,23 +125,23 @@ def _read_lines(
     cut = data.rfind(b"\n") + 1
     if settled and cut < len(data) and cursor.offset + len(data) == size:
         cut = len(data)
-    lines: list[_Line] = []
+    lines: list[Line] = []
     at, number = 0, cursor.line
     while at < cut and len(lines) < max_lines:
         nl = data.find(b"\n", at, cut)
         stop = cut if nl < 0 else nl + 1
         number += 1
-        lines.append(_Line(cursor.offset + at, cursor.offset + stop, number, data[at:stop]))
+        lines.append(Line(cursor.offset + at, cursor.offset + stop, number, data[at:stop]))
         at = stop
     return lines, data[:cut], size
 
 
-def _read_records(
+def read_records(
     path: str,
     cursor: Cursor,
     settled: bool,
     limit: int,
-    take: Callable[[list[_Line], bytes, int], Cursor],
+    take: Callable[[list[Line], bytes, int], Cursor],
 ) -> Cursor:
     """Read lines after ``cursor`` for ``take`` to turn into up to ``limit`` records.
 
@@ -160,7 +151,7 @@ def _read_records(
     max_lines = 2 * limit + 64
     while True:
         try:
-            lines, data, size = _read_lines(path, cursor, settled, max_lines)
+            lines, data, size = read_lines(path, cursor, settled, max_lines)
         except FileNotFoundError:
             return cursor
         advanced = take(lines, data, size)
@@ -169,435 +160,14 @@ def _read_records(
         max_lines *= 8
 
 
-def _quiet(path: str, seconds: float) -> bool:
+def is_quiet(path: str, seconds: float) -> bool:
+    """Whether the file has not changed for ``seconds`` (a gone file is quiet)."""
     try:
         return time.time() - os.stat(path).st_mtime >= seconds
     except FileNotFoundError:
         return True
 
 
-def _strip(raw: bytes) -> bytes:
+def strip_line(raw: bytes) -> bytes:
+    """The line without its line ending."""
     return raw.rstrip(b"\r\n")
-
-
-# ----------------------------------------------------------------------------- CSV
-
-
-class CsvSource:
-    """Rows of CSV files matching a path or glob, in modification-time order."""
-
-    behind_unit = "bytes"
-
-    def __init__(
-        self,
-        config: CsvConnector,
-        shaper: RecordShaper,
-        state: dict[str, Any] | None,
-        *,
-        once: bool = False,
-    ) -> None:
-        self.config = config
-        self.origin = config.path
-        self._shaper = shaper
-        self._once = once
-        self._cursors: dict[str, Cursor] = {
-            stream: Cursor(**c) for stream, c in (state or {}).get("files", {}).items()
-        }
-        self._sizes: dict[str, int] = {}
-        self._said: set[str] = set()  # what was said once: no file yet, a header's lack
-
-    def state(self) -> dict[str, Any]:
-        return {"files": {s: asdict(c) for s, c in self._cursors.items()}}
-
-    def behind(self) -> int:
-        return sum(
-            max(0, self._sizes.get(s, c.offset) - c.offset) for s, c in self._cursors.items()
-        )
-
-    def wait(self) -> float:
-        return self.config.poll.total_seconds()
-
-    def close(self) -> None:
-        pass
-
-    def _files(self) -> list[str]:
-        found = [p for p in glob.glob(self.config.path) if os.path.isfile(p)]
-
-        def order(p: str) -> tuple[float, str]:
-            try:
-                return os.stat(p).st_mtime, p
-            except FileNotFoundError:
-                return 0.0, p
-
-        return sorted(found, key=order)
-
-    def _cursor_for(self, path: str) -> Cursor | None:
-        """The known cursor the file at ``path`` continues, or a new one."""
-        for cursor in self._cursors.values():
-            if cursor.path == path and cursor.continued_by(path):
-                return cursor
-        for cursor in self._cursors.values():
-            if cursor.path != path and cursor.continued_by(path):
-                return cursor
-        return Cursor.start(path)
-
-    def read(self, limit: int) -> list[SourceRecord]:
-        out: list[SourceRecord] = []
-        live: dict[str, Cursor] = {}
-        files = self._files()
-        if not files and not self._cursors:
-            what = f"{self.config.path} matches no file"
-            if self._once:
-                msg = f"{what}: check the connector's path (a file, or a glob such as /data/*.csv)"
-                raise ConnectorError(msg)
-            if what not in self._said:
-                self._said.add(what)
-                _log.warning("%s yet; reading it as soon as one appears", what)
-        for path in files:
-            cursor = self._cursor_for(path)
-            if cursor is None:
-                continue
-            if len(out) < limit:
-                settled = self._once or _quiet(path, self.config.settle.total_seconds())
-                cursor = self._read_file(path, cursor, settled, limit - len(out), out)
-            live[cursor.stream] = cursor
-        self._cursors = live
-        return out
-
-    def _read_file(
-        self, path: str, cursor: Cursor, settled: bool, limit: int, out: list[SourceRecord]
-    ) -> Cursor:
-        def take(lines: list[_Line], data: bytes, size: int) -> Cursor:
-            self._sizes[cursor.stream] = size
-            return self._rows(path, cursor, lines, data, settled, limit, out)
-
-        return _read_records(path, cursor, settled, limit, take)
-
-    def _rows(
-        self,
-        path: str,
-        cursor: Cursor,
-        lines: list[_Line],
-        data: bytes,
-        settled: bool,
-        limit: int,
-        out: list[SourceRecord],
-    ) -> Cursor:
-        if not lines:
-            return cursor
-        cfg = self.config
-        columns = self._columns(path) if cfg.header else list(cfg.columns or [])
-        columns = [cfg.rename.get(c, c) for c in columns]
-        self._say_missing(path, columns)
-        quote = cfg.quote
-        done, consumed = 0, 0  # lines used, records emitted
-        i = 0
-        while i < len(lines) and consumed < limit:
-            first = lines[i]
-            if cfg.header and first.start == 0:  # the header row itself
-                i += 1
-                done = i
-                continue
-            # a quoted field may hold newlines: take lines until the quotes balance
-            j, quotes = i, 0
-            while j < len(lines):
-                quotes += lines[j].raw.count(quote.encode())
-                j += 1
-                if quotes % 2 == 0:
-                    break
-            if quotes % 2:
-                if not (settled and j == len(lines)):
-                    break  # the row is still being written
-            raw = b"".join(ln.raw for ln in lines[i:j])
-            i = done = j
-            if not _strip(raw):
-                continue  # blank line
-            out.append(self._row(path, cursor, first, raw, columns))
-            consumed += 1
-        if done == 0:
-            return cursor
-        end = lines[done - 1]
-        return cursor.advanced(path, end.end, done, data[: end.end - cursor.offset])
-
-    def _say_missing(self, path: str, columns: list[str]) -> None:
-        """Once per file: the schema fields its columns lack (each of its rows is a dead letter)."""
-        given = set(columns) | set(self._shaper.constants)
-        missing = [f for f in self._shaper.schema if f not in given]
-        if missing and path not in self._said:
-            self._said.add(path)
-            _log.warning(
-                "%s: no column for the schema's %s (its columns: %s): every row goes to the "
-                "dead-letter topic; name them with the connector's rename: or columns:",
-                path,
-                ", ".join(missing),
-                ", ".join(columns) or "none",
-            )
-
-    def _columns(self, path: str) -> list[str]:
-        cfg = self.config
-        with open(path, newline="", encoding=cfg.encoding, errors="replace") as f:
-            header = next(csv.reader(f, delimiter=cfg.delimiter, quotechar=cfg.quote), [])
-        if cfg.columns:
-            return list(cfg.columns)
-        return [h.strip().lstrip("\ufeff") for h in header]  # a byte-order mark is no name
-
-    def _row(
-        self, path: str, cursor: Cursor, line: _Line, raw: bytes, columns: list[str]
-    ) -> SourceRecord:
-        cfg = self.config
-        where = f"{path} line {line.number}"
-        position = f"{cursor.stream}:{line.start}"
-        try:
-            text = raw.decode(cfg.encoding)
-        except UnicodeDecodeError as exc:
-            return SourceRecord(position, where, None, raw, f"not valid {cfg.encoding}: {exc}")
-        if cfg.quote not in text:  # the common case: no quoting to undo
-            rows = [text.rstrip("\r\n").split(cfg.delimiter)]
-        else:
-            try:
-                reader = csv.reader(
-                    io.StringIO(text, newline=""),
-                    delimiter=cfg.delimiter,
-                    quotechar=cfg.quote,
-                    strict=True,
-                )
-                rows = list(reader)
-            except csv.Error as exc:
-                return SourceRecord(position, where, None, raw, f"not a CSV row: {exc}")
-        row = rows[0] if len(rows) == 1 else None
-        if row is None or len(row) != len(columns):
-            found = len(row) if row is not None else f"{len(rows)} rows"
-            reason = f"expected {len(columns)} fields ({', '.join(columns)}), found {found}"
-            return SourceRecord(position, where, None, raw, reason)
-        try:
-            key, value = self._shaper.shape(dict(zip(columns, row, strict=True)))
-        except ValueError as exc:
-            return SourceRecord(position, where, None, raw, str(exc))
-        return SourceRecord(position, where, key, value)
-
-
-# ------------------------------------------------------------------------- log files
-
-
-class LogfileSource:
-    """Lines appended to one log file, through rotation by rename and by copy-truncate.
-
-    The state holds the cursor of the current file and, for ``rotate_wait`` after a
-    rotation, of the previous one (a writer may add lines to the renamed file until it
-    reopens its log).
-    """
-
-    behind_unit = "bytes"
-
-    def __init__(
-        self,
-        config: LogfileConnector,
-        shaper: RecordShaper,
-        state: dict[str, Any] | None,
-        *,
-        once: bool = False,
-    ) -> None:
-        self.config = config
-        self.origin = config.path
-        self._shaper = shaper
-        self._once = once
-        state = state or {}
-        self._current = Cursor(**state["current"]) if state.get("current") else None
-        self._previous = Cursor(**state["previous"]) if state.get("previous") else None
-        self._previous_until = float(state.get("previous_until", 0.0))
-        flags = re.DOTALL if config.multiline else 0
-        self._pattern = re.compile(config.pattern, flags) if config.pattern else None
-        self._start = re.compile(config.multiline.start) if config.multiline else None
-        self._size = 0
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "current": asdict(self._current) if self._current else None,
-            "previous": asdict(self._previous) if self._previous else None,
-            "previous_until": self._previous_until,
-        }
-
-    def behind(self) -> int:
-        return max(0, self._size - (self._current.offset if self._current else 0))
-
-    def wait(self) -> float:
-        return self.config.poll.total_seconds()
-
-    def close(self) -> None:
-        pass
-
-    def _rotated(self) -> list[str]:
-        pattern = self.config.rotated
-        if pattern is None:
-            base = glob.escape(self.config.path)
-            found = glob.glob(base + ".*") + glob.glob(base + "-*")
-        else:
-            found = glob.glob(pattern)
-        return sorted(p for p in found if not p.endswith((".gz", ".bz2", ".xz", ".zst")))
-
-    def _locate(self, cursor: Cursor) -> str | None:
-        """Where the file the cursor follows is now: its path, a rotated name, or gone."""
-        if cursor.continued_by(self.config.path):
-            return self.config.path
-        same_inode: list[str] = []
-        others: list[str] = []
-        for p in self._rotated():
-            try:
-                (same_inode if os.stat(p).st_ino == cursor.ino else others).append(p)
-            except FileNotFoundError:
-                continue
-        for p in [*same_inode, *others]:
-            if cursor.continued_by(p):
-                return p
-        return None
-
-    def read(self, limit: int) -> list[SourceRecord]:
-        out: list[SourceRecord] = []
-        path = self.config.path
-        if self._previous is not None:
-            at = self._locate(self._previous)
-            if at is not None and at != path:
-                settled = self._once or _quiet(at, self.config.settle.total_seconds())
-                self._previous = self._read_file(at, self._previous, settled, limit, out)
-            if at is None or at == path or (not out and time.time() >= self._previous_until):
-                self._previous = None
-        for _ in range(_MAX_HOPS):
-            if self._current is None:
-                self._current = Cursor.start(path)
-                if self._current is None:
-                    return out
-            at = self._locate(self._current)
-            if at == path:
-                return self._read_current(path, limit, out)
-            if at is None:
-                _log.warning(
-                    "%s: the file read up to offset %d is gone (deleted or rotated away "
-                    "unrecognised); going on with the new file",
-                    path,
-                    self._current.offset,
-                )
-                self._current = Cursor.start(path, gen=self._current.gen + 1)
-                continue
-            # rotated: finish the old file, then go on with the file rotated after it
-            # (two rotations between reads) or the new one
-            self._current = self._read_file(at, self._current, True, limit - len(out), out)
-            if len(out) >= limit:
-                return out
-            new = Cursor.start(self._rotated_after(at) or path, gen=self._current.gen + 1)
-            if new is None:
-                return out
-            self._previous, self._current = self._current, new
-            self._previous_until = time.time() + self.config.rotate_wait.total_seconds()
-        return out
-
-    def _rotated_after(self, done: str) -> str | None:
-        """The oldest rotated file changed after ``done`` that holds something else."""
-        try:
-            since = os.stat(done).st_mtime
-        except FileNotFoundError:
-            return None
-        known = [c for c in (self._current, self._previous) if c is not None]
-        later = []
-        for p in self._rotated():
-            try:
-                mtime = os.stat(p).st_mtime
-            except FileNotFoundError:
-                continue
-            if p != done and mtime >= since and not any(c.continued_by(p) for c in known):
-                later.append((mtime, p))
-        return min(later)[1] if later else None
-
-    def _read_current(self, path: str, limit: int, out: list[SourceRecord]) -> list[SourceRecord]:
-        if len(out) < limit and self._current is not None:
-            settled = self._once or _quiet(path, self.config.settle.total_seconds())
-            self._current = self._read_file(path, self._current, settled, limit - len(out), out)
-        return out
-
-    def _read_file(
-        self, path: str, cursor: Cursor, settled: bool, limit: int, out: list[SourceRecord]
-    ) -> Cursor:
-        def take(lines: list[_Line], data: bytes, size: int) -> Cursor:
-            if path == self.config.path:
-                self._size = size
-            complete = settled or self._quiet_for_multiline(path)
-            return self._lines(path, cursor, lines, data, complete, limit, out)
-
-        return _read_records(path, cursor, settled, limit, take)
-
-    def _lines(
-        self,
-        path: str,
-        cursor: Cursor,
-        lines: list[_Line],
-        data: bytes,
-        complete: bool,
-        limit: int,
-        out: list[SourceRecord],
-    ) -> Cursor:
-        groups = self._records(lines, complete)
-        used, taken = 0, 0
-        for group in groups:
-            if taken >= limit:
-                break
-            used += len(group)
-            raw = b"".join(ln.raw for ln in group)
-            if not _strip(raw):
-                continue
-            out.append(self._record(path, cursor, group[0], raw))
-            taken += 1
-        if used == 0:
-            return cursor
-        end = lines[used - 1]
-        return cursor.advanced(path, end.end, used, data[: end.end - cursor.offset])
-
-    def _quiet_for_multiline(self, path: str) -> bool:
-        multi = self.config.multiline
-        return multi is not None and _quiet(path, multi.timeout.total_seconds())
-
-    def _records(self, lines: list[_Line], complete: bool) -> list[list[_Line]]:
-        """Group lines into records; the last multi-line record waits unless ``complete``."""
-        if self._start is None:
-            return [[ln] for ln in lines]
-        groups: list[list[_Line]] = []
-        start = self._start
-        encoding = self.config.encoding
-        for ln in lines:
-            text = ln.raw.decode(encoding, "replace")
-            if not groups or start.match(text):
-                groups.append([ln])
-            else:
-                groups[-1].append(ln)
-        if groups and not complete:
-            groups.pop()  # the last record may go on
-        return groups
-
-    def _record(self, path: str, cursor: Cursor, line: _Line, raw: bytes) -> SourceRecord:
-        cfg = self.config
-        where = f"{path} line {line.number}"
-        position = f"{cursor.stream}:{line.start}"
-        try:
-            text = _strip(raw).decode(cfg.encoding)
-        except UnicodeDecodeError as exc:
-            return SourceRecord(position, where, None, raw, f"not valid {cfg.encoding}: {exc}")
-        fields: dict[str, Any] | None
-        if self._pattern is not None:
-            match = self._pattern.match(text)
-            if match is None:
-                return SourceRecord(
-                    position, where, None, raw, f"does not match the pattern {cfg.pattern!r}"
-                )
-            fields = {k: v for k, v in match.groupdict().items() if v is not None}
-        else:
-            try:
-                parsed = orjson.loads(text)
-            except orjson.JSONDecodeError as exc:
-                return SourceRecord(position, where, None, raw, f"not valid JSON: {exc}")
-            if not isinstance(parsed, dict):
-                reason = f"expected a JSON object, found {type(parsed).__name__}"
-                return SourceRecord(position, where, None, raw, reason)
-            fields = parsed
-        try:
-            key, value = self._shaper.shape(fields)
-        except ValueError as exc:
-            return SourceRecord(position, where, None, raw, str(exc))
-        return SourceRecord(position, where, key, value)
