@@ -134,9 +134,10 @@ def test_a_store_away_for_a_while_loses_no_sample(broker, tmp_path, uid):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom mlexec.connectors.samplestore import open_store\n"
-            f"with open_store({url!r}):\n    print('held', flush=True)\n    time.sleep(8)\n",
+            "import sys\nfrom mlexec.connectors.samplestore import open_store\n"
+            f"with open_store({url!r}):\n    print('held', flush=True)\n    sys.stdin.readline()\n",
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -144,7 +145,10 @@ def test_a_store_away_for_a_while_loses_no_sample(broker, tmp_path, uid):
     with _Running(path) as up:
         wait_for(lambda: up.caught_up(20_000), 120, "the pipeline to catch up")
         wait_for(lambda: up.sup.parts["store"].restarts >= 1, 30, "the store to fail and restart")
-        holder.wait(30)  # the store comes back
+        assert holder.stdin is not None
+        holder.stdin.write("release\n")  # the holder lets go: the store comes back
+        holder.stdin.flush()
+        holder.wait(30)
         wait_for(lambda: up.sup.parts["store"].state == "running", 30, "the store running again")
         wait_for(
             lambda: (store_backlog(up.plan, "here") or (1, 0))[0] == 0,
