@@ -14,7 +14,9 @@ process of its own (so its peak memory is its own) on a broker of its own:
     predictions, 1 % sampling to the samples topic (then into chDB by the store phase,
     timed on its own), the dead-letter path live — on 1 and on 2 processes (a bytewax
     cluster over loopback);
-(e) the same with a 10 s tumbling-window aggregation per key.
+(e) the same with a 10 s tumbling-window aggregation per key;
+(t) a tree ensemble in place of the MLP — LightGBM's defaults (100 trees of 31 leaves)
+    on the 16 fields, exported through onnxmltools — through (a), (b) and (d).
 
 Throughput is records / wall time from the first process start to the last process
 end, median of ``--repeat`` runs. Latency is produce → prediction (the prediction
@@ -129,6 +131,21 @@ def _quix(args: dict[str, Any]) -> subprocess.Popen[str]:
 # ---------------------------------------------------------------- (a) onnxruntime
 
 
+def make_tree(path: Path) -> Path:
+    """LightGBM's default regressor (100 trees, 31 leaves) on the 16 fields, via onnxmltools."""
+    import lightgbm
+    import onnx
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    x = np.random.default_rng(2).normal(size=(20_000, len(FIELDS))).astype(np.float32)
+    y = np.sin(x[:, 0]) + x[:, 1] * x[:, 2] - np.abs(x[:, 3])
+    reg = lightgbm.LGBMRegressor(verbose=-1).fit(x, y)
+    model = convert_lightgbm(reg, initial_types=[("x", FloatTensorType([None, len(FIELDS)]))])
+    onnx.save(model, str(path))
+    return path
+
+
 def onnx_alone(model: Path, records: int) -> dict[int, float]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -175,6 +192,7 @@ class Bench:
         self.window_model = make_mlp(
             work / "window.onnx", inputs=len(FIELDS) * 2, hidden=(64, 64), seed=0
         )
+        self.tree_model = make_tree(work / "lightgbm.onnx")
         self.store_runs: list[dict[str, Any]] = []
 
     def broker_cpu(self) -> float:
@@ -191,11 +209,11 @@ class Bench:
             ensure_topics({"bootstrap.servers": self.bootstrap}, [TopicSpec(topic, PARTITIONS)])
         return topic
 
-    def base(self, topic: str) -> dict[str, Any]:
+    def base(self, topic: str, model: Path | None = None) -> dict[str, Any]:
         return {
             "bootstrap": self.bootstrap,
             "topic": topic,
-            "model": str(self.model),
+            "model": str(model or self.model),
             "count": self.n,
         }
 
@@ -212,10 +230,10 @@ class Bench:
         }
 
     @_own_broker
-    def loop(self) -> dict[str, float]:
+    def loop(self, model: Path | None = None) -> dict[str, float]:
         topic = self.fresh("loop")
         ensure_out(self.bootstrap, f"{topic}.out")
-        got = _result(_child("loop", self.base(topic)), "the hand-written loop")
+        got = _result(_child("loop", self.base(topic, model)), "the hand-written loop")
         return self.rates([got], f"{topic}.out")
 
     @_own_broker
@@ -230,9 +248,9 @@ class Bench:
         got = _result(_quix(args), "the Quix Streams app")
         return self.rates([got], f"{topic}.out")
 
-    def site_args(self, topic: str, kind: str) -> dict[str, Any]:
+    def site_args(self, topic: str, kind: str, model: Path | None = None) -> dict[str, Any]:
         return {
-            **self.base(topic),
+            **self.base(topic, model),
             "work": str(self.work),
             "name": uuid.uuid4().hex[:6],
             "kind": kind,
@@ -240,9 +258,11 @@ class Bench:
         }
 
     @_own_broker
-    def site(self, kind: str = "micro", processes: int = 1) -> dict[str, float]:
+    def site(
+        self, kind: str = "micro", processes: int = 1, model: Path | None = None
+    ) -> dict[str, float]:
         topic = self.fresh(f"site{processes}")
-        args = self.site_args(topic, kind)
+        args = self.site_args(topic, kind, model)
         out = _result(_child("prepare", args), "preparing the site")["predictions"]
         addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
         procs = [
@@ -256,7 +276,7 @@ class Bench:
             wall = max(g["end"] for g in got) - min(g["start"] for g in got)
             return {"rate": self.n / wall, "wall": self.n / wall, "rss_mb": got[0]["rss_mb"]}
         rates = self.rates(got, out)
-        if kind == "micro" and processes == 1:
+        if kind == "micro" and processes == 1 and model is None:
             self.store_runs.append(_result(_child("store", args), "the store phase"))
         return rates
 
@@ -376,6 +396,8 @@ def _only(args: argparse.Namespace) -> None:
             "site2": lambda: bench.site(processes=2),
             "window": lambda: bench.site("window"),
             "site-collect": lambda: bench.site("micro-collect"),
+            "tree-loop": lambda: bench.loop(bench.tree_model),
+            "tree-site": lambda: bench.site(model=bench.tree_model),
         }
         for part in parts:
             if part == "latency":
@@ -413,6 +435,7 @@ def main() -> None:
         bench = Bench(Path(tmp), n)
         size = statistics.mean(len(v) for _, v in bench.records[:1000])
         onnx = onnx_alone(bench.model, n)
+        tree_onnx = onnx_alone(bench.tree_model, n)
         runs: dict[str, list[dict[str, float]]] = {}
         for _ in range(args.repeat):  # interleaved: the broker ages alike for all
             for name, run in (
@@ -421,9 +444,12 @@ def main() -> None:
                 ("one", bench.site),
                 ("two", lambda: bench.site(processes=2)),
                 ("window", lambda: bench.site("window")),
+                ("tree-loop", lambda: bench.loop(bench.tree_model)),
+                ("tree-site", lambda: bench.site(model=bench.tree_model)),
             ):
                 runs.setdefault(name, []).append(run())
         loop, one, two, window = (_median(runs[k]) for k in ("loop", "one", "two", "window"))
+        tree_loop, tree_site = _median(runs["tree-loop"]), _median(runs["tree-site"])
         qx = _median(runs["quix"]) if quix else None
         lat = {p: bench.latency(p, args.rate, args.latency_seconds) for p in ("loop", "site")}
         if quix:
@@ -469,8 +495,28 @@ def main() -> None:
             f"| {name} | {rate:,.0f} | {rate / loop['rate']:.2f} | {rate / base:.3f} "
             f"| {ms(key) if key else '–'} | {got['rss_mb']:.0f} | {cpu_cell} | {busy} |"
         )
+    tree_base = tree_onnx[256]
+    print("\nTree ensemble (t): LightGBM 100 trees × 31 leaves via onnxmltools, the same records\n")
+    print("| pipeline | records/s | ÷ (b) tree | ÷ (a) tree @256 | peak RSS MB | CPU µs/record |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for b in (1, 32, 256, 2048):
+        rate = tree_onnx[b]
+        print(
+            f"| (a) onnxruntime alone, tree, batch {b} | {rate:,.0f} "
+            f"| {rate / tree_loop['rate']:.2f} | {rate / tree_base:.3f} | – | – |"
+        )
+    for name, got in (
+        ("(b) hand-written loop, tree", tree_loop),
+        ("(d) mlexec site, micro-batch, tree", tree_site),
+    ):
+        rate = got["rate"]
+        print(
+            f"| {name} | {rate:,.0f} | {rate / tree_loop['rate']:.2f} | {rate / tree_base:.3f} "
+            f"| {got['rss_mb']:.0f} | {got['cpu_us']:.2f} + {got['broker_us']:.2f} |"
+        )
     print()
     print(f"(d) ÷ (b) = {one['rate'] / loop['rate']:.2f}   (target ≥ 1.0)")
+    print(f"(d) ÷ (b), tree = {tree_site['rate'] / tree_loop['rate']:.2f}")
     if qx is not None:
         print(f"(d) ÷ (c) = {one['rate'] / qx['rate']:.2f}   (target ≥ 5)")
     else:

@@ -30,9 +30,16 @@ Pending = dict[str, list[dict[str, Any]]]
 def rows_to_arrow(table: SamplesTable, rows: list[dict[str, Any]]) -> pa.Table:
     """Sample rows (dicts with every column) as an Arrow table in the table's schema."""
     schema = table.arrow_schema()
-    return pa.table(
-        {f.name: pa.array([r.get(f.name) for r in rows], f.type) for f in schema}, schema=schema
-    )
+    nan = float("nan")
+    columns = {}
+    for f in schema:
+        values = [r.get(f.name) for r in rows]
+        if pa.types.is_floating(f.type):  # JSON has no NaN: a missing value came as null
+            values = [nan if v is None else v for v in values]
+        elif pa.types.is_string(f.type):
+            values = ["" if v is None else v for v in values]
+        columns[f.name] = pa.array(values, f.type)
+    return pa.table(columns, schema=schema)
 
 
 class _StorePartition(StatefulSinkPartition[tuple[str, list[dict[str, Any]]], Pending]):

@@ -345,16 +345,33 @@ def _process_branch(
     return op.merge(f"{n}_out", *out)
 
 
-def _infer(rt: UseCaseRuntime, reduced: Reduced) -> tuple[Reduced, list[Inferred] | ServeError]:
-    """The dispatch's predictions, or the failure of a version (the router fell back)."""
+def _infer(
+    rt: UseCaseRuntime, reduced: Reduced
+) -> tuple[Reduced, list[Inferred] | ServeError, list[DeadLetter]]:
+    """The dispatch's predictions, or the failure of a version (the router fell back).
+
+    Rows whose values the model's input types cannot take are dead letters first.
+    """
+    records, problems = rt.model.admit(reduced.records)
+    dead = [
+        replace(late_letter(reduced.records, i, reason), stage="infer")
+        for i, reason in sorted(problems.items())
+    ]
+    if not len(records):
+        return reduced, [], dead
+    if problems:
+        reduced = replace(reduced, records=records)
     try:
-        return reduced, rt.router(reduced.records)
+        return reduced, rt.router(records), dead
     except ServeError as exc:
-        return reduced, exc
+        return reduced, exc, dead
 
 
 def _publish(
-    rt: UseCaseRuntime, reduced: Reduced, groups: list[Inferred] | ServeError
+    rt: UseCaseRuntime,
+    reduced: Reduced,
+    groups: list[Inferred] | ServeError,
+    refused: list[DeadLetter] | None = None,
 ) -> list[Outgoing]:
     """Predictions (or the reply) and samples of one dispatch, per serving variant.
 
@@ -362,11 +379,11 @@ def _publish(
     or an actuator. A dispatch a version failed on is dead-lettered with the reason.
     """
     plan = rt.plan
+    out: list[Outgoing] = [_deadletters(plan.deadletter_topic, refused)] if refused else []
     if isinstance(groups, ServeError):
         recs = reduced.records
         dead = [replace(late_letter(recs, i, str(groups)), stage="infer") for i in range(len(recs))]
-        return [_deadletters(plan.deadletter_topic, dead)]
-    out: list[Outgoing] = []
+        return [*out, _deadletters(plan.deadletter_topic, dead)]
     answered: list[bytes] = []
     for group in groups:
         pred, model, variant = group.predictions, group.model, group.variant

@@ -19,7 +19,15 @@ from mlexec.lifecycle.router import ModelRouter
 from mlexec.operators.act import ActionFilter, ActionFilterError
 from mlexec.operators.dispatch import Dispatched
 from mlexec.operators.emit import prediction_values
-from mlexec.operators.infer import ModelError, ModelInfo, OnnxModel, Predictions, describe_model
+from mlexec.operators.infer import (
+    ModelError,
+    ModelInfo,
+    OnnxModel,
+    Predictions,
+    describe_model,
+    execution_options,
+    model_for,
+)
 from mlexec.operators.parse import RecordParser
 from mlexec.operators.records import Records
 from mlexec.operators.reduce import Reducer, ReductionError
@@ -27,6 +35,7 @@ from mlexec.operators.sample import Sampler, SamplingError
 from mlexec.topologies.plan import UseCasePlan
 from mlexec.topologies.schema import (
     Aggregate,
+    FileReference,
     MicroBatch,
     OnnxReduction,
     PerRecord,
@@ -40,12 +49,15 @@ def _fail(source: str, uc: str, path: str, message: str) -> TopologyError:
     return TopologyError(f"{source}: usecases.{uc}.{path}: {message}")
 
 
+_STORED = {"float": "Float64", "int": "Int64", "bool": "Float64", "str": "String"}
+
+
 def _columns(info: ModelInfo, outputs: list[str] | None) -> list[tuple[str, str]]:
     cols = []
     for name, kind, width in info.outputs:
         if outputs is not None and name not in outputs:
             continue
-        scalar = "Float64" if kind == "float" else "Int64"
+        scalar = _STORED[kind]
         cols.append((name, scalar if width is None else f"Array({scalar})"))
     return cols
 
@@ -54,11 +66,11 @@ def samples_table(plan: UseCasePlan, source: str = "<topology>") -> SamplesTable
     """The samples table of a use case: reduced inputs, then model outputs."""
     model = plan.usecase.model
     try:
-        info = describe_model(model.path, model.input_name)
+        info = describe_model(model.path, execution_options(plan))
     except ModelError as exc:
         raise _fail(source, plan.name, "model.path", str(exc)) from exc
     outputs = _columns(info, model.outputs)
-    columns = [(f, "Float64") for f in plan.features] + outputs
+    columns = [(f, _STORED[plan.kind(f)]) for f in plan.features] + outputs
     seen: set[str] = set(RESERVED_COLUMNS)
     for name, _ in columns:
         if name in seen:
@@ -94,16 +106,10 @@ class UseCaseRuntime:
         uc = plan.usecase
         table = samples_table(plan, source)
         try:
-            model = OnnxModel(
-                uc.model.path,
-                uc.model.name,
-                uc.model.version,
-                plan.model_inputs,
-                input_name=uc.model.input_name,
-                outputs=uc.model.outputs,
-            )
+            model = model_for(plan)
         except ModelError as exc:
             raise _fail(source, plan.name, "model", str(exc)) from exc
+        _check_reference_order(plan, model, source)
         reducer = _reducer(plan, source)
         try:
             sampler = Sampler(uc.sampling.rate, uc.sampling.keep_when, plan.features)
@@ -123,6 +129,7 @@ class UseCaseRuntime:
                 max_ahead_ms=int(uc.input.max_ahead.total_seconds() * 1000),
                 # rules that hold records may dead-letter them later: keep their bytes
                 keep_raw=not isinstance(uc.dispatch, PerRecord | MicroBatch),
+                nullable=uc.input.nullable,
             ),
             reducer=reducer,
             model=model,
@@ -130,6 +137,45 @@ class UseCaseRuntime:
             table=table,
             router=ModelRouter(plan, model),
         )
+
+
+def _reference_columns(path: str) -> list[str] | None:
+    """The column names of a reference file, in order (``None``: not readable here)."""
+    import polars as pl
+
+    try:
+        frame = pl.scan_parquet(path) if path.lower().endswith(".parquet") else pl.scan_csv(path)
+        return list(frame.collect_schema().names())
+    except Exception:  # noqa: BLE001 - a missing or bad file is the monitor's to report
+        return None
+
+
+def _check_reference_order(plan: UseCasePlan, model: OnnxModel, source: str) -> None:
+    """Refuse an implicit feature order the reference (the training data) contradicts.
+
+    Where ``model.inputs`` is not declared, the order of the one input's columns comes
+    from the schema; a reference file holding every one of them in another order says
+    the model was trained on that order, and feeding the schema's would be silently
+    wrong.
+    """
+    monitoring = plan.usecase.monitoring
+    reference = monitoring.reference if monitoring is not None else None
+    if not isinstance(reference, FileReference) or plan.usecase.model.inputs is not None:
+        return
+    if len(model.feeds) != 1 or len(model.feeds[0].columns) < 2:
+        return
+    fed = list(model.feeds[0].columns)
+    names = _reference_columns(reference.path)
+    if names is None or not set(fed) <= set(names):
+        return
+    trained = [n for n in names if n in fed]
+    if trained != fed:
+        msg = (
+            f"the reference {reference.path} (the training data) holds the features in the "
+            f"order {trained}; the schema feeds them as {fed}: declare model.inputs in the "
+            "model's order (or order the schema so)"
+        )
+        raise _fail(source, plan.name, "model.inputs", msg)
 
 
 def _reducer(plan: UseCasePlan, source: str) -> Reducer:
@@ -153,14 +199,20 @@ def _reducer(plan: UseCasePlan, source: str) -> Reducer:
     except ReductionError as exc:
         where = "entrypoint" if isinstance(red, PythonReduction) else "path"
         raise _fail(source, plan.name, f"reduction.{where}", str(exc)) from exc
-    raw = [n for n, k in plan.usecase.input.schema_.items() if k in ("float", "int", "bool")]
+    schema = plan.usecase.input.schema_
+    raw = [
+        n
+        for n, k in schema.items()
+        if k in ("float", "int", "bool", "str")
+        and n not in (plan.usecase.input.key, plan.usecase.input.time)
+    ]
     rows = 2
     example = Records(
         record_ids=["example:0:0", "example:0:1"],
         ids=np.arange(rows, dtype=np.uint64),
         keys=["example", "example"],
         times=np.asarray([0, 1000], dtype=np.int64),
-        columns={f: np.zeros(rows) for f in raw},
+        columns={f: _made_up(schema[f], rows) for f in raw},
     )
     try:
         reducer(Dispatched(records=example))
@@ -214,6 +266,11 @@ def _example(plan: UseCasePlan, model: OnnxModel) -> Predictions:
         ids=np.arange(rows, dtype=np.uint64),
         keys=["example", "example"],
         times=np.zeros(rows, dtype=np.int64),
-        columns={f: np.zeros(rows) for f in plan.features},
+        columns={f: _made_up(plan.kind(f), rows) for f in plan.features},
     )
     return model(records)
+
+
+def _made_up(kind: str, rows: int) -> np.ndarray:
+    """A column of ``rows`` neutral values of ``kind`` (text: ``""``, numbers: 0)."""
+    return np.full(rows, "", dtype=object) if kind == "str" else np.zeros(rows)

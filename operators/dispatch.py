@@ -304,6 +304,11 @@ def split_by_bucket(
     return out
 
 
+def _plain(value: object) -> object:
+    """A column's value as JSON can carry it: text as it is, numbers as floats."""
+    return value if value is None or isinstance(value, str) else float(value)  # type: ignore[arg-type]
+
+
 def late_letter(records: Records, i: int, reason: str) -> DeadLetter:
     """Row ``i`` of ``records`` as a dead letter of the dispatch stage.
 
@@ -318,7 +323,7 @@ def late_letter(records: Records, i: int, reason: str) -> DeadLetter:
             {
                 "key": records.keys[i],
                 "time": int(records.times[i]),
-                **{k: float(v[i]) for k, v in records.columns.items()},
+                **{k: _plain(v[i]) for k, v in records.columns.items()},
             }
         )
     return DeadLetter(

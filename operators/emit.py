@@ -185,10 +185,21 @@ def reduced_value(reduced: Reduced, columns: Sequence[str]) -> bytes:
             "id": recs.ids,
             "key": recs.keys,
             "time": recs.times,
-            "columns": {c: recs.columns[c] for c in columns},
+            "columns": {c: _jsonable(recs.columns[c]) for c in columns},
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
+
+
+def _jsonable(column: np.ndarray) -> Any:
+    return column.tolist() if column.dtype == object else column
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    """A reduced column back from JSON: numbers (``null`` is NaN) or text."""
+    if any(isinstance(v, str) for v in values):
+        return np.asarray(values, dtype=object)
+    return np.asarray(values, dtype=np.float64)
 
 
 def read_reduced(batch: Any, columns: Sequence[str]) -> tuple[list[Reduced], list[DeadLetter]]:
@@ -201,7 +212,7 @@ def read_reduced(batch: Any, columns: Sequence[str]) -> tuple[list[Reduced], lis
             ids, keys = list(doc["record_id"]), [str(k) for k in doc["key"]]
             times = np.asarray(doc["time"], dtype=np.int64)
             numeric = np.asarray(doc["id"], dtype=np.uint64)
-            cols = {c: np.asarray(doc["columns"][c], dtype=np.float64) for c in columns}
+            cols = {c: _column(doc["columns"][c]) for c in columns}
             lengths = {len(keys), len(times), len(numeric), *(len(v) for v in cols.values())}
             if lengths != {len(ids)}:
                 msg = "columns of different lengths"

@@ -9,7 +9,7 @@ original bytes and the reason — the flow goes on.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
@@ -68,8 +68,11 @@ class RecordParser:
         max_ahead_ms: int = 86_400_000,
         keep_raw: bool = False,
         now_ms: Callable[[], int] | None = None,
+        nullable: Collection[str] = (),
     ) -> None:
         self.schema = dict(schema)
+        #: Fields that may be missing or null: NaN for a number, ``None`` for a text.
+        self.nullable = frozenset(nullable)
         #: Event times before this or more than ``max_ahead_ms`` past the wall clock are
         #: implausible: such a record is a dead letter and never moves a watermark.
         self.earliest_ms = earliest_ms
@@ -89,13 +92,22 @@ class RecordParser:
         self._time_of = itemgetter(time)
         self._groups: list[tuple[str, list[str], Callable[[Any], Any]]] = []
         for kind in _NUMERIC_TYPES:
-            names = [n for n in self.numeric if self.schema[n] == kind]
+            names = [n for n in self.numeric if self.schema[n] == kind and n not in self.nullable]
             if names:
                 self._groups.append((kind, names, itemgetter(*names)))
-        self._block_names = tuple(n for _, names, _ in self._groups for n in names)
-        self._text_getters: list[Callable[[Any], Any]] = [
-            itemgetter(n) for n, k in self.schema.items() if k == "str" and n != key
+        #: Nullable numbers, one column each (``dict.get``: a missing one is None → NaN).
+        self._nullable_numbers = [
+            (self.schema[n], n, _getter(n)) for n in self.numeric if n in self.nullable
         ]
+        self._block_names = tuple(n for _, names, _ in self._groups for n in names) + tuple(
+            n for _, n, _ in self._nullable_numbers
+        )
+        self._texts: list[tuple[str, Callable[[Any], Any], frozenset[type]]] = [
+            (n, _getter(n) if n in self.nullable else itemgetter(n),
+             _TEXT_OR_NONE if n in self.nullable else _TEXT)
+            for n, k in self.schema.items()
+            if k == "str" and n != key
+        ]  # fmt: skip
 
     # The batch is anything with topic, partition, offsets, keys and values (RawBatch).
     def __call__(self, batch: Any) -> ParseResult:
@@ -141,9 +153,20 @@ class RecordParser:
                 if kind == "float" and not bool((np.abs(block) <= _FLOAT32_MAX).all()):
                     return None
                 blocks.append(block)
-            for getter in self._text_getters:
-                if set(map(type, map(getter, rows))) != {str}:
+            for kind, _, getter in self._nullable_numbers:
+                values = list(map(getter, rows))
+                if not set(map(type, values)) <= _NUMERIC_TYPES[kind] | _NONE:
                     return None
+                column = np.array(values, dtype=np.float64).reshape(n, 1)  # None → NaN
+                if kind == "float" and bool((np.abs(column) > _FLOAT32_MAX).any()):
+                    return None
+                blocks.append(column)
+            texts = {}
+            for name, getter, allowed in self._texts:
+                values = list(map(getter, rows))
+                if not set(map(type, values)) <= allowed:
+                    return None
+                texts[name] = np.array(values, dtype=object)
         except (KeyError, TypeError):
             return None
         key_types = set(map(type, keys))
@@ -166,7 +189,7 @@ class RecordParser:
             return None
         times = floats.astype(np.int64)
         block = blocks[0] if len(blocks) == 1 else np.hstack(blocks) if blocks else np.empty((n, 0))
-        return _Columns(keys, times, block)
+        return _Columns(keys, times, block, texts)
 
     # -------------------------------------------------------------- slow path
 
@@ -223,6 +246,8 @@ class RecordParser:
             return None, f"expected a JSON object, found {type(row).__name__}"
         for name, kind in self.schema.items():
             if name not in row or row[name] is None:
+                if name in self.nullable:
+                    continue
                 return None, f"field {name!r}: expected {kind}, found nothing"
             reason = _field_problem(kind, row[name])
             if reason:
@@ -267,7 +292,10 @@ class RecordParser:
             ids=(np.uint64(batch.partition) << np.uint64(48)) | np.asarray(idx, dtype=np.uint64),
             keys=columns.keys,
             times=columns.times,
-            columns={name: columns.block[:, j] for j, name in enumerate(self._block_names)},
+            columns={
+                **{name: columns.block[:, j] for j, name in enumerate(self._block_names)},
+                **columns.texts,
+            },
             block=columns.block,
             block_names=self._block_names,
         )
@@ -278,6 +306,24 @@ class _Columns:
     keys: list[str]
     times: np.ndarray
     block: np.ndarray
+    #: Text fields (other than the key), as object arrays.
+    texts: dict[str, np.ndarray]
+
+
+_NONE: frozenset[type] = frozenset({type(None)})
+_TEXT: frozenset[type] = frozenset({str})
+_TEXT_OR_NONE: frozenset[type] = _TEXT | _NONE
+
+
+def _getter(name: str) -> Callable[[Any], Any]:
+    """``row.get(name)``, raising TypeError (as ``itemgetter`` does) for a non-object."""
+
+    def get(row: Any) -> Any:
+        if type(row) is not dict:
+            raise TypeError(name)
+        return row.get(name)
+
+    return get
 
 
 def _field_problem(kind: str, value: Any) -> str:

@@ -129,6 +129,11 @@ def load_entrypoint(spec: str) -> Callable[[pl.DataFrame], pl.DataFrame]:
     return func  # type: ignore[no-any-return]
 
 
+def _polars_column(column: np.ndarray) -> object:
+    """A column polars reads as its type: text (an object array) as a list of str."""
+    return column.tolist() if column.dtype == object else column
+
+
 def _ids_of(record_ids: list[str]) -> np.ndarray:
     return np.fromiter(
         ((zlib.crc32(r.encode()) << 32) | zlib.crc32(r[::-1].encode()) for r in record_ids),
@@ -221,7 +226,7 @@ class Reducer:
                 "group": groups,
                 "group_time": group_times,
                 "time": records.times,
-                **{f: records.columns[f] for f in names},
+                **{f: _polars_column(records.columns[f]) for f in names},
             }
         ).sort(["group"] if batch.per_record else ["key", "group", "time"], maintain_order=True)
 

@@ -30,10 +30,11 @@ def condition_frame(pred: Predictions, features: Sequence[str]) -> pl.DataFrame:
     """Columns a condition may use: key, features, outputs (``name_i`` per vector column)."""
     cols: dict[str, object] = {"key": pred.records.keys}
     for name in features:
-        cols[name] = pred.records.columns[name]
+        column = pred.records.columns[name]
+        cols[name] = column.tolist() if column.dtype == object else column
     for name, arr in pred.outputs.items():
         if arr.ndim == 1:
-            cols[name] = arr
+            cols[name] = arr.tolist() if arr.dtype == object else arr
         else:
             for i in range(arr.shape[1]):
                 cols[f"{name}_{i}"] = arr[:, i]

@@ -83,12 +83,31 @@ class UseCasePlan:
     outputs_deadletter_topic: str
     #: Columns after reduction, in order: what a model can take as input.
     features: tuple[str, ...]
-    #: The columns fed to the model, in its input order.
+    #: The columns fed to the model, in its input order (all inputs, in input order).
     model_inputs: tuple[str, ...]
+    #: The type of each feature: the schema's (``float``, ``int``, ``bool``, ``str``)
+    #: for fields passed through, ``float`` for what a reduction computes.
+    feature_kinds: tuple[tuple[str, str], ...]
     #: Sample-store table (in the store's database).
     table: str
     #: Stage → site.
     sites: tuple[tuple[str, str], ...]
+
+    def kind(self, column: str) -> str:
+        """The type of feature ``column`` (``float`` for a computed one)."""
+        return dict(self.feature_kinds).get(column, "float")
+
+    @property
+    def declared_inputs(self) -> tuple[str, ...] | dict[str, list[str]] | None:
+        """``model.inputs`` as the model loader takes it (``input_name`` folded in)."""
+        model = self.usecase.model
+        if model.input_name is not None and not isinstance(model.inputs, dict):
+            return {model.input_name: list(model.inputs or self.features)}
+        return (
+            model.inputs
+            if isinstance(model.inputs, dict)
+            else (tuple(model.inputs) if model.inputs is not None else None)
+        )
 
     def site(self, stage: str) -> str:
         """The site running ``stage``."""
@@ -293,7 +312,7 @@ def reduction_columns(uc: UseCase) -> tuple[str, ...]:
     return tuple(
         name
         for name, kind in schema.items()
-        if kind in _NUMERIC and name not in (uc.input.key, uc.input.time)
+        if kind in (*_NUMERIC, "str") and name not in (uc.input.key, uc.input.time)
     )
 
 
@@ -323,18 +342,27 @@ def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
         features = feature_columns(uc, source, name)
         if not features:
             msg = (
-                f"{source}: usecases.{name}.input.schema: expected at least one numeric field "
-                "(float, int, bool) besides key and time to feed the model, found none"
+                f"{source}: usecases.{name}.input.schema: expected at least one field "
+                "(float, int, bool, str) besides key and time to feed the model, found none"
             )
             raise TopologyError(msg)
-        inputs = tuple(uc.model.inputs) if uc.model.inputs is not None else features
-        for i, column in enumerate(inputs):
+        declared = uc.model.inputs
+        if isinstance(declared, dict):
+            paths = [(f"{k}.{i}", c) for k, cols in declared.items() for i, c in enumerate(cols)]
+            inputs = tuple(c for cols in declared.values() for c in cols)
+        else:
+            inputs = tuple(declared) if declared is not None else features
+            paths = [(str(i), c) for i, c in enumerate(inputs)]
+        for where, column in paths:
             if column not in features:
                 msg = (
-                    f"{source}: usecases.{name}.model.inputs.{i}: expected a column of "
+                    f"{source}: usecases.{name}.model.inputs.{where}: expected a column of "
                     f"{list(features)}, found {column!r}"
                 )
                 raise TopologyError(msg)
+        schema = uc.input.schema_
+        identity = isinstance(uc.reduction, Identity)
+        kinds = tuple((c, schema[c] if identity and c in schema else "float") for c in features)
         plans[name] = UseCasePlan(
             name=name,
             usecase=uc,
@@ -349,6 +377,7 @@ def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
             outputs_deadletter_topic=f"{name}.outputs.deadletter",
             features=features,
             model_inputs=inputs,
+            feature_kinds=kinds,
             table=f"samples_{_ident(name)}",
             sites=tuple((stage, topology.site_of(name, stage)) for stage in STAGES),
         )

@@ -36,7 +36,7 @@ def open_source(
     ``kafka_conf`` is the client configuration a ``kafka`` connector reads with when
     it names no cluster of its own.
     """
-    shaper = RecordShaper(schema.schema_, schema.key, config.set)
+    shaper = RecordShaper(schema.schema_, schema.key, config.set, schema.nullable)
     if isinstance(config, CsvConnector):
         from mlexec.connectors.sources.csvfiles import CsvSource
 

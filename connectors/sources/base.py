@@ -9,7 +9,7 @@ earlier state, so the runner can recognise records it already produced before a 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -96,10 +96,13 @@ class RecordShaper:
         schema: Mapping[str, str],
         key: str,
         constants: Mapping[str, Any] | None = None,
+        nullable: Collection[str] = (),
     ) -> None:
         self.schema = dict(schema)
         self.key = key
         self.constants = dict(constants or {})
+        #: Fields that may lack a value (an empty cell, ``null``): written as ``null``.
+        self.nullable = frozenset(nullable)
 
     def shape(self, fields: Mapping[str, Any]) -> tuple[bytes, bytes]:
         """``(key, JSON value)``; raises ``ValueError`` with the reason."""
@@ -107,6 +110,9 @@ class RecordShaper:
         for name, kind in self.schema.items():
             value = record.get(name)
             if value is None or value == "":
+                if name in self.nullable:
+                    record[name] = None
+                    continue
                 msg = f"field {name!r}: expected {kind}, found nothing"
                 raise ValueError(msg)
             try:

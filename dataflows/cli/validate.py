@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 
 from mlexec.cli.app import (
@@ -23,6 +25,9 @@ from mlexec.topologies.schema import (
     SqlConnector,
 )
 from mlexec.topologies.secrets import mask_url
+
+if TYPE_CHECKING:
+    from mlexec.runtime.run import SiteRun
 
 
 @app.command()
@@ -69,6 +74,7 @@ def validate(topology: TopologyArg) -> None:
             f"{u.model.name} v{u.model.version}",
         )
     console.print(stages)
+    _print_models(runs)
     connectors = Table(title="connectors (mlexec connect)", title_justify="left")
     for col in ("site", "use case", "connector", "kind", "reads", "writes"):
         connectors.add_column(col)
@@ -146,6 +152,35 @@ def validate(topology: TopologyArg) -> None:
         )
     if watching.row_count:
         console.print(watching)
+
+
+def _print_models(runs: dict[str, SiteRun]) -> None:
+    """Each served model's signature: what feeds which input, what it gives, where it runs."""
+    models = Table(
+        title="models (the signature is the contract: docs/models.md)", title_justify="left"
+    )
+    for col in ("use case", "inputs ← columns", "outputs", "runs on"):
+        models.add_column(col)
+    seen: set[str] = set()
+    for run in runs.values():
+        for rt in [*run.process, *run.store]:
+            if rt.plan.name in seen:
+                continue
+            seen.add(rt.plan.name)
+            model = rt.model
+            sig = model.signature
+            feeds = "\n".join(
+                f"{f.spec.describe()} ← {', '.join(f.columns)}"
+                + (f" (served in pieces of {f.spec.batch})" if f.spec.batch else "")
+                for f in model.feeds
+            )
+            outs = "\n".join(sig.output(o).describe() for o in model.outputs)
+            where = ", ".join(p.removesuffix("ExecutionProvider") for p in sig.providers)
+            if sig.notes:
+                where += "\n" + "\n".join(f"note: {n}" for n in sig.notes)
+            models.add_row(rt.plan.name, feeds, outs, where)
+    if models.row_count:
+        console.print(models)
 
 
 def _reads(conn: Connector) -> str:

@@ -26,7 +26,7 @@ from mlexec.lifecycle.protocol import (
     manifest_of,
     routing_message,
 )
-from mlexec.operators.infer import ModelError, ModelInfo, describe_model
+from mlexec.operators.infer import ModelError, OnnxModel, model_for
 from mlexec.topologies.plan import MODELS_TOPIC, Plan, UseCasePlan, remote_name
 
 __all__ = [
@@ -62,23 +62,31 @@ def registry_topics(plan: Plan, site: str) -> list[str]:
     ]
 
 
-def check_fits(uc: UseCasePlan, info: ModelInfo, default: ModelInfo, what: str) -> None:
-    """Refuse a model whose input width or outputs differ from what the use case serves."""
-    width = len(uc.model_inputs)
-    if info.width is not None and info.width != width:
-        msg = f"{what} takes {info.width} features; use case {uc.name} gives {width}: {list(uc.model_inputs)}"
-        raise RegistryError(msg)
-    wanted = uc.usecase.model.outputs or [o[0] for o in default.outputs]
-    have = {o[0]: o for o in info.outputs}
-    expected = {o[0]: o for o in default.outputs if o[0] in wanted}
-    for name, spec in expected.items():
-        if name not in have:
-            msg = f"{what} has no output {name!r} (its outputs: {sorted(have)})"
+def check_fits(uc: UseCasePlan, model: OnnxModel, default: OnnxModel, what: str) -> None:
+    """Refuse a version whose outputs differ from what the use case serves and stores.
+
+    That the use case can feed it was checked when ``model`` was loaded for it (inputs by
+    name, types cast, widths, feature names); here its outputs must be the ones the
+    samples table, the predictions and monitoring were made for: same names, kinds,
+    widths and class labels.
+    """
+    for name in default.outputs:
+        if name not in model.outputs:
+            have = [o.name for o in model.signature.outputs]
+            msg = f"{what} has no output {name!r} (its outputs: {have})"
             raise RegistryError(msg)
-        if have[name][1:] != spec[1:]:
+        mine, theirs = model.signature.output(name), default.signature.output(name)
+        if (mine.kind, mine.width) != (theirs.kind, theirs.width):
             msg = (
-                f"{what} output {name!r} is {have[name][1]} × {have[name][2] or 1}; the use case "
-                f"serves {spec[1]} × {spec[2] or 1} (the samples table has that column)"
+                f"{what} output {name!r} is {mine.describe()}; the use case serves "
+                f"{theirs.describe()} (the samples table has that column)"
+            )
+            raise RegistryError(msg)
+        if mine.classes != theirs.classes:
+            msg = (
+                f"{what} output {name!r} gives classes {list(mine.classes or [])}; the use "
+                f"case serves {list(theirs.classes or [])} (its stored probabilities are in "
+                "that order)"
             )
             raise RegistryError(msg)
 
@@ -111,16 +119,24 @@ def publish_model(
     """Check ``path`` fits the use case, then put it on the registry at ``stage``."""
     ensure_topics(conf, [plan.topic_spec(MODELS_TOPIC)])
     try:
-        info = describe_model(path, uc.usecase.model.input_name)
-        default = describe_model(uc.usecase.model.path, uc.usecase.model.input_name)
+        model = model_for(uc, path, version=version)
+        default = model_for(uc)
     except ModelError as exc:
-        raise RegistryError(str(exc)) from exc
-    check_fits(uc, info, default, f"model {path}")
+        msg = f"{path} does not fit use case {uc.name}: {exc}"
+        raise RegistryError(msg) from exc
+    check_fits(uc, model, default, f"model {path}")
     registry = read_registry(conf)
     data = path.read_bytes()
     routing = current_routing(registry, uc).publish(version, stage, traffic)
-    inputs = [(info.input_name, ["n", info.width])]
-    outputs = [(n, k, ["n", w] if w else ["n"]) for n, k, w in info.outputs]
+    inputs = [
+        (f.spec.name, [f.spec.element, *("n" if d is None else d for d in f.spec.shape)])
+        for f in model.feeds
+    ]
+    outputs = [
+        (o.name, o.kind, ["n", o.width, *(o.classes or ())] if o.width else ["n"])
+        for o in model.signature.outputs
+        if o.name in model.outputs
+    ]
     name = uc.usecase.model.name
     manifest = manifest_of(uc.name, name, version, data, inputs, outputs, stage, traffic)
     before = registry.manifests.get((uc.name, version))

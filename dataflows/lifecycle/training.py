@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import polars as pl
 
 from mlexec.connectors.samplestore import SampleStore
@@ -27,6 +27,8 @@ from mlexec.monitoring.sql import (
     feedback_table,
     training_sql,
 )
+from mlexec.operators.infer import model_for
+from mlexec.operators.records import Records
 from mlexec.operators.reduce import ReductionError, load_entrypoint
 from mlexec.topologies.plan import Plan, UseCasePlan
 
@@ -78,14 +80,20 @@ def _onnx_bytes(made: Any) -> bytes:
 def _errors(
     model: bytes | Path, frame: pl.DataFrame, uc: UseCasePlan, output: str, metric: str
 ) -> float:
-    source = model if isinstance(model, bytes) else str(model)
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
-    name = uc.usecase.model.input_name or session.get_inputs()[0].name
-    x = frame.select(list(uc.model_inputs)).to_numpy().astype(np.float32)
-    outputs = {o.name: i for i, o in enumerate(session.get_outputs())}
-    predicted = np.asarray(session.run(None, {name: x})[outputs[output]]).reshape(len(frame), -1)[
-        :, 0
-    ]
+    with tempfile.TemporaryDirectory(prefix="mlexec-eval-") as tmp:
+        path = model if isinstance(model, Path) else Path(tmp) / "model.onnx"
+        if isinstance(model, bytes):
+            path.write_bytes(model)
+        served = model_for(uc, path)
+        rows = len(frame)
+        records = Records(
+            record_ids=[str(i) for i in range(rows)],
+            ids=np.arange(rows, dtype=np.uint64),
+            keys=[""] * rows,
+            times=np.zeros(rows, dtype=np.int64),
+            columns={c: frame[c].to_numpy() for c in served.features},
+        )
+        predicted = np.asarray(served(records).outputs[output]).reshape(rows, -1)[:, 0]
     label = frame["label"].to_numpy()
     if metric == "mae":
         return float(np.mean(np.abs(predicted - label)))

@@ -26,7 +26,7 @@ from mlexec.lifecycle.protocol import (
 )
 from mlexec.lifecycle.registry import check_fits, registry_topics
 from mlexec.lifecycle.router import ModelRouter
-from mlexec.operators.infer import ModelError, OnnxModel, describe_model
+from mlexec.operators.infer import ModelError, OnnxModel, model_for
 from mlexec.topologies.plan import MODELS_TOPIC, Plan
 
 __all__ = [
@@ -189,16 +189,9 @@ class RegistryWatcher:
             tmp.replace(path)
         what = f"{uc.name} version {version}"
         try:
-            info = describe_model(path, uc.usecase.model.input_name)
-            check_fits(uc, info, router.default.info, what)
-            return OnnxModel(
-                path,
-                manifest.name,
-                version,
-                uc.model_inputs,
-                input_name=uc.usecase.model.input_name,
-                outputs=uc.usecase.model.outputs,
-            )
+            model = model_for(uc, path, name=manifest.name, version=version)
+            check_fits(uc, model, router.default, what)
+            return model
         except ModelError as exc:
             msg = f"{what}: {exc}"
             raise RegistryError(msg) from exc

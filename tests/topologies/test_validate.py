@@ -162,7 +162,7 @@ MISTAKES = {
     "model width does not fit": (
         lambda d: d["usecases"]["vib"]["input"]["schema"].update(c="float"),
         "usecases.vib.model",
-        ["takes 2 features", "gives 3"],
+        ["takes 2 columns", "gives 3"],
     ),
     "condition on a column that is not there": (
         lambda d: d["usecases"]["vib"]["sampling"].update(keep_when="score > 0.5"),

@@ -49,6 +49,23 @@ class Input(_Model):
     #: past the wall clock. A record outside is a dead letter and never moves a watermark.
     earliest_time: AwareDatetime = datetime(1970, 1, 1, tzinfo=UTC)
     max_ahead: Duration = timedelta(days=1)
+    #: Fields that may be missing, ``null`` or an empty cell: a number becomes NaN (the
+    #: model's imputer sees it; ``null_rate`` counts it), a text ``null`` (``""`` for a
+    #: string model input). Other fields without a value make the record a dead letter.
+    nullable: list[str] = []
+
+    @model_validator(mode="after")
+    def _nullable_declared(self) -> Input:
+        for i, name in enumerate(self.nullable):
+            if name not in self.schema_:
+                msg = f"nullable.{i}: a field of the schema {sorted(self.schema_)}, found {name!r}"
+                raise ValueError(msg)
+            if name in (self.key, self.time):
+                msg = (
+                    f"nullable.{i}: the key and the event time always need a value, found {name!r}"
+                )
+                raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _key_and_time_declared(self) -> Input:

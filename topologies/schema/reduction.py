@@ -112,14 +112,42 @@ Reduction = Annotated[
 
 
 class Model(_Model):
-    """An ONNX model: where it is, which version, which columns feed it."""
+    """An ONNX model: where it is, which version, which columns feed which input.
+
+    The model's signature is the contract (``docs/models.md``): ``inputs`` is either the
+    columns of its one input in order (default: every column the reduction gives), or
+    a mapping ``{input: [columns...]}`` for a model with several inputs; without it a
+    model with several inputs gets, per input, the column named like it.
+    """
 
     name: Name
     version: str = Field(min_length=1)
     path: str
-    #: Feature columns in the model's input order; default: every numeric column.
-    inputs: list[str] | None = None
-    #: ONNX input name; default: the model's first input.
+    inputs: list[str] | dict[str, list[str]] | None = None
+    #: Older spelling of ``inputs: {input_name: [columns...]}`` for a one-input model.
     input_name: str | None = None
     #: ONNX output names to publish; default: all.
     outputs: list[str] | None = None
+    #: onnxruntime's threads for one inference (intra-op).
+    threads: int = Field(default=1, ge=1, le=256)
+    #: onnxruntime's graph optimisation level.
+    optimization: Literal["all", "extended", "basic", "none"] = "all"
+    #: Execution providers in order of preference (``cuda``, ``openvino``, ``tensorrt``,
+    #: ... or onnxruntime's full names); those not installed are skipped, and the CPU is
+    #: always the last fallback.
+    providers: list[str] = Field(default=["cpu"], min_length=1)
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_named(
+        cls, value: list[str] | dict[str, list[str]] | None
+    ) -> list[str] | dict[str, list[str]] | None:
+        if isinstance(value, dict):
+            for name, columns in value.items():
+                if not columns:
+                    msg = f"input {name!r}: at least one column"
+                    raise ValueError(msg)
+        elif value is not None and not value:
+            msg = "at least one column (or leave inputs out: every column feeds the model)"
+            raise ValueError(msg)
+        return value
