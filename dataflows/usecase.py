@@ -40,6 +40,7 @@ from mlexec.topologies.schema import (
     OnnxReduction,
     PerRecord,
     PythonReduction,
+    SequenceReduction,
 )
 
 __all__ = ["UseCaseRuntime", "samples_table", "watchable_columns"]
@@ -50,6 +51,11 @@ def _fail(source: str, uc: str, path: str, message: str) -> TopologyError:
 
 
 _STORED = {"float": "Float64", "int": "Int64", "bool": "Float64", "str": "String"}
+
+
+def _stored(kind: str) -> str:
+    """The sample store's type for a feature of ``kind``."""
+    return "Array(Array(Float64))" if kind.startswith("sequence[") else _STORED[kind]
 
 
 def _columns(info: ModelInfo, outputs: list[str] | None) -> list[tuple[str, str]]:
@@ -70,7 +76,7 @@ def samples_table(plan: UseCasePlan, source: str = "<topology>") -> SamplesTable
     except ModelError as exc:
         raise _fail(source, plan.name, "model.path", str(exc)) from exc
     outputs = _columns(info, model.outputs)
-    columns = [(f, _STORED[plan.kind(f)]) for f in plan.features] + outputs
+    columns = [(f, _stored(plan.kind(f))) for f in plan.features] + outputs
     seen: set[str] = set(RESERVED_COLUMNS)
     for name, _ in columns:
         if name in seen:
@@ -186,6 +192,8 @@ def _reducer(plan: UseCasePlan, source: str) -> Reducer:
             reducer = Reducer(plan.name, red.fields)
         elif isinstance(red, PythonReduction):
             reducer = Reducer(plan.name, entrypoint=red.entrypoint, columns=red.columns)
+        elif isinstance(red, SequenceReduction):
+            reducer = Reducer(plan.name, sequence=(red.fields, red.length, red.pad))
         elif isinstance(red, OnnxReduction):
             reducer = Reducer(
                 plan.name,
@@ -273,4 +281,7 @@ def _example(plan: UseCasePlan, model: OnnxModel) -> Predictions:
 
 def _made_up(kind: str, rows: int) -> np.ndarray:
     """A column of ``rows`` neutral values of ``kind`` (text: ``""``, numbers: 0)."""
+    if kind.startswith("sequence["):  # sequence[<length>,<fields>]
+        length, fields = (int(n) for n in kind[len("sequence[") : -1].split(","))
+        return np.zeros((rows, length, fields))
     return np.full(rows, "", dtype=object) if kind == "str" else np.zeros(rows)

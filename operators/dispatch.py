@@ -306,7 +306,11 @@ def split_by_bucket(
 
 def _plain(value: object) -> object:
     """A column's value as JSON can carry it: text as it is, numbers as floats."""
-    return value if value is None or isinstance(value, str) else float(value)  # type: ignore[arg-type]
+    if value is None or isinstance(value, str | list):
+        return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return float(value)  # type: ignore[arg-type]
 
 
 def late_letter(records: Records, i: int, reason: str) -> DeadLetter:

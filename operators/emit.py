@@ -18,7 +18,7 @@ import orjson
 from mlexec.operators.dispatch import Reply, Request
 from mlexec.operators.infer import Predictions
 from mlexec.operators.records import DeadLetter, Records
-from mlexec.operators.reduce import Reduced
+from mlexec.operators.reduce import MEMBERS_COLUMN, Reduced
 
 __all__ = [
     "DEADLETTER_MAX_BYTES",
@@ -72,6 +72,14 @@ def prediction_values(
             dict(zip(names, vals, strict=True)) for vals in zip(*outputs.values(), strict=True)
         ]
     dumps = orjson.dumps
+    members = recs.columns.get(MEMBERS_COLUMN)
+    if members is not None:  # a sequence: the ids of the records the prediction is about
+        return [
+            dumps({"id": rid, "key": key, "time": t, "outputs": out, "records": ids})[:-1] + tail
+            for rid, key, t, out, ids in zip(
+                recs.record_ids, recs.keys, recs.times.tolist(), per_record, members, strict=True
+            )
+        ]
     return [
         dumps({"id": rid, "key": key, "time": t, "outputs": out})[:-1] + tail
         for rid, key, t, out in zip(

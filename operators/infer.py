@@ -75,11 +75,14 @@ class Feed:
     @property
     def checked(self) -> bool:
         """Whether some values may not cast (integers, bools): rows are admitted first."""
-        return self.spec.element in _INTEGER or self.spec.element == "bool"
+        integral = self.spec.element in _INTEGER or self.spec.element == "bool"
+        return integral and self.spec.rank < 3
 
     def array(self, records: Records) -> np.ndarray:
         """The input tensor for ``records`` (assumed admitted)."""
         element = self.spec.element
+        if self.spec.rank == 3:
+            return np.asarray(records.columns[self.columns[0]], dtype=_NUMPY[element])
         if element == "string":
             cols = [_texts(records.columns[c]) for c in self.columns]
             x = np.stack(cols, axis=1) if len(cols) > 1 else cols[0].reshape(-1, 1)
@@ -191,15 +194,12 @@ def _check_feed(feed: Feed, features: Sequence[str], kinds: Mapping[str, str], w
             "(float, double, float16, int8-64, uint8, bool, string)"
         )
         raise ModelError(msg)
-    if spec.rank == 3:
-        msg = (
-            f"{where} is a sequence [rows, steps, features]: a model over a window's records "
-            "is not served yet; reduce the window to one row per key (reduction: aggregate) "
-            "and export the model over those columns"
-        )
-        raise ModelError(msg)
+    sequences = [c for c in feed.columns if kinds.get(c, "").startswith("sequence[")]
+    if spec.rank == 3 or sequences:
+        _check_sequence(feed, kinds, where)
+        return
     if spec.rank not in (1, 2):
-        msg = f"{where} has rank {spec.rank}; mlexec feeds [rows] or [rows, columns] inputs"
+        msg = f"{where} has rank {spec.rank}; mlexec feeds [rows], [rows, columns] or [rows, steps, fields] inputs"
         raise ModelError(msg)
     if spec.rank == 1 and len(feed.columns) != 1:
         msg = f"{where} takes one value per row, the use case gives {len(feed.columns)}: {list(feed.columns)}"
@@ -218,6 +218,28 @@ def _check_feed(feed: Feed, features: Sequence[str], kinds: Mapping[str, str], w
         if not text and spec.element == "string":
             msg = f"{where} takes strings; column {c!r} is numeric: declare the field as str"
             raise ModelError(msg)
+
+
+def _check_sequence(feed: Feed, kinds: Mapping[str, str], where: str) -> None:
+    """A ``[rows, steps, fields]`` input takes one sequence column of that many of each."""
+    kind = kinds.get(feed.columns[0], "") if len(feed.columns) == 1 else ""
+    if feed.spec.rank != 3 or not kind.startswith("sequence["):
+        msg = (
+            f"{where} is a sequence [rows, steps, fields]: feed it the records of a window "
+            "with reduction: {kind: sequence, fields: [...], length: steps} on a grouping "
+            "dispatch (tumbling, sliding, session, count, on request)"
+            if feed.spec.rank == 3
+            else f"{where} takes [rows, columns]; a sequence column needs a [rows, steps, fields] input"
+        )
+        raise ModelError(msg)
+    length, fields = (int(n) for n in kind[len("sequence[") : -1].split(","))
+    _, steps, width = feed.spec.shape
+    if steps is not None and steps != length:
+        msg = f"{where} takes {steps} steps; the sequence reduction gives length {length}"
+        raise ModelError(msg)
+    if width is not None and width != fields:
+        msg = f"{where} takes {width} fields per step; the sequence reduction gives {fields}"
+        raise ModelError(msg)
 
 
 def _check_names(signature: Signature, feeds: Sequence[Feed], what: str) -> None:

@@ -34,9 +34,14 @@ from bytewax.operators import StatefulBatchLogic
 from mlexec.errors import RecordError
 from mlexec.operators.dispatch import Dispatched, Request
 from mlexec.operators.records import Records
+from mlexec.topologies.plan import SEQUENCE_COLUMN
 from mlexec.topologies.schema import aggregation_column, parse_aggregation
 
+#: Per reduced row of a sequence reduction: the ids of its records (into predictions).
+MEMBERS_COLUMN = "__records"
+
 __all__ = [
+    "MEMBERS_COLUMN",
     "Reduced",
     "Reducer",
     "ReductionError",
@@ -159,9 +164,12 @@ class Reducer:
         inputs: Sequence[str] = (),
         columns: Sequence[str] = (),
         input_name: str | None = None,
+        sequence: tuple[Sequence[str], int, float] | None = None,
     ) -> None:
         self.usecase = usecase
         self.fields = {k: list(v) for k, v in (fields or {}).items()}
+        #: (fields, length, pad) of a sequence reduction.
+        self._sequence = sequence
         self._func = load_entrypoint(entrypoint) if entrypoint else None
         self._inputs = list(inputs)
         self._premodel = None
@@ -195,7 +203,9 @@ class Reducer:
         records = batch.records
         if records is None or len(records) == 0:
             return None
-        if self.fields:
+        if self._sequence is not None:
+            out = self._sequences(records, batch, *self._sequence)
+        elif self.fields:
             out = self._aggregate(records, batch)
         elif self._func is not None:
             out = self._python(records, batch)
@@ -274,6 +284,37 @@ class Reducer:
         groups = np.where(groups >= 0, groups, times)
         return self._rows(
             keys, groups, times, {c: out[c].to_numpy().astype(np.float64) for c in self.columns}
+        )
+
+    def _sequences(
+        self, records: Records, batch: Dispatched, fields: Sequence[str], length: int, pad: float
+    ) -> Records:
+        """Per key and group, the latest ``length`` records by event time as ``[length, F]``.
+
+        Padded with ``pad`` at the start; the ids of all the group's records go along.
+        """
+        frame = self._frame(records, batch, fields)
+        out = frame.group_by(["key", "group"], maintain_order=True).agg(
+            pl.col("time").min().alias("first_time"),
+            pl.col("group_time").first(),
+            pl.col("record_id").alias("__members"),
+            *(pl.col(f).cast(pl.Float64).tail(length).alias(f"__seq_{f}") for f in fields),
+        )
+        groups = len(out)
+        seq = np.full((groups, length, len(fields)), pad, dtype=np.float64)
+        for j, f in enumerate(fields):
+            for g, values in enumerate(out[f"__seq_{f}"].to_list()):
+                if values:
+                    seq[g, length - len(values) :, j] = values
+        members = np.empty(groups, dtype=object)
+        for g, ids in enumerate(out["__members"].to_list()):
+            members[g] = ids
+        group_times = out["group_time"].to_numpy()
+        times = np.where(group_times >= 0, group_times, out["first_time"].to_numpy())
+        ids = out["group"].to_numpy()
+        ids = np.where(ids >= 0, ids, times)
+        return self._rows(
+            out["key"].to_list(), ids, times, {SEQUENCE_COLUMN: seq, MEMBERS_COLUMN: members}
         )
 
     def _python(self, records: Records, batch: Dispatched) -> Records:

@@ -31,6 +31,8 @@ def condition_frame(pred: Predictions, features: Sequence[str]) -> pl.DataFrame:
     cols: dict[str, object] = {"key": pred.records.keys}
     for name in features:
         column = pred.records.columns[name]
+        if column.ndim > 1:
+            continue  # a sequence: not a condition's column
         cols[name] = column.tolist() if column.dtype == object else column
     for name, arr in pred.outputs.items():
         if arr.ndim == 1:

@@ -15,6 +15,7 @@ from mlexec.topologies.schema import (
     Identity,
     KafkaOutput,
     OnRequest,
+    SequenceReduction,
     Topology,
     UseCase,
     aggregation_column,
@@ -301,11 +302,22 @@ def _ident(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
+#: The one column a sequence reduction gives: ``[length, fields]`` per reduced row.
+SEQUENCE_COLUMN = "sequence"
+
+
+def sequence_kind(length: int, fields: int) -> str:
+    """The feature kind of a sequence column: ``sequence[<length>,<fields>]``."""
+    return f"sequence[{length},{fields}]"
+
+
 def reduction_columns(uc: UseCase) -> tuple[str, ...]:
     """Columns the reduction itself produces, in order (before any stateful ones)."""
     red = uc.reduction
     if isinstance(red, Aggregate):
         return tuple(aggregation_column(f, a) for f, aggs in red.fields.items() for a in aggs)
+    if isinstance(red, SequenceReduction):
+        return (SEQUENCE_COLUMN,)
     if not isinstance(red, Identity):
         return tuple(red.columns)
     schema = uc.input.schema_
@@ -362,7 +374,13 @@ def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
                 raise TopologyError(msg)
         schema = uc.input.schema_
         identity = isinstance(uc.reduction, Identity)
-        kinds = tuple((c, schema[c] if identity and c in schema else "float") for c in features)
+        kinds: tuple[tuple[str, str], ...] = tuple(
+            (c, schema[c] if identity and c in schema else "float") for c in features
+        )
+        if isinstance(uc.reduction, SequenceReduction):
+            kinds = (
+                (SEQUENCE_COLUMN, sequence_kind(uc.reduction.length, len(uc.reduction.fields))),
+            )
         plans[name] = UseCasePlan(
             name=name,
             usecase=uc,

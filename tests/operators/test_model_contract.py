@@ -188,12 +188,12 @@ def _sequence_model(path: Path) -> Path:
     return path
 
 
-def test_a_sequence_model_is_refused_in_one_line_with_what_to_do_instead(tmp_path):
+def test_a_sequence_model_without_a_sequence_reduction_is_refused_saying_what_to_declare(tmp_path):
     out = _refused(
         _topology(tmp_path, _sequence_model(tmp_path / "seq.onnx"), ABC),
         "seq: float[N, 8, 3]",
-        "is a sequence [rows, steps, features]",
-        "reduction: aggregate",
+        "is a sequence [rows, steps, fields]",
+        "reduction: {kind: sequence",
     )
     assert "found shape" not in out
 
@@ -231,3 +231,12 @@ def test_the_exporters_locale_is_served_or_the_reason_is_said(tmp_path, models):
     assert code == 0, out
     assert ("served with C.UTF-8" in out) is not installed, out
     assert re.search(r"text: string\[N, 1\] ← message", out), out
+
+
+def test_a_file_that_is_not_a_model_is_refused_without_a_traceback(tmp_path, models):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(models["zipmap"].read_bytes()[:200])  # a cut-off download
+    _refused(_topology(tmp_path, broken, ABC), str(broken))
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not a model at all\xff" * 10)
+    _refused(_topology(tmp_path, garbage, ABC), "is not an ONNX model")

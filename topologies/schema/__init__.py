@@ -72,6 +72,7 @@ from mlexec.topologies.schema.reduction import (
     OnnxReduction,
     PythonReduction,
     Reduction,
+    SequenceReduction,
     Stateful,
 )
 from mlexec.topologies.schema.sites import (
@@ -124,6 +125,7 @@ __all__ = [
     "Multiline",
     "OnRequest",
     "OnnxReduction",
+    "SequenceReduction",
     "Output",
     "PerRecord",
     "Pipeline",

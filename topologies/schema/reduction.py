@@ -19,6 +19,7 @@ __all__ = [
     "OnnxReduction",
     "PythonReduction",
     "Reduction",
+    "SequenceReduction",
     "Stateful",
 ]
 
@@ -96,6 +97,22 @@ class PythonReduction(_Reduction):
     columns: list[str] = Field(min_length=1)
 
 
+class SequenceReduction(_Reduction):
+    """Per key and dispatch group, the records as one sequence: a ``[groups, T, F]`` input.
+
+    For a model over a window's records (window, count, session, request).
+    Records are ordered by event time; a group of more than ``length`` records keeps
+    the latest ``length``, one of fewer is padded at the start with ``pad`` (the latest
+    record is always the last step). The reduced column is named ``sequence``; each
+    prediction lists the ids of the group's records in ``records``.
+    """
+
+    kind: Literal["sequence"]
+    fields: list[str] = Field(min_length=1)
+    length: int = Field(ge=1, le=100_000)
+    pad: float = 0.0
+
+
 class OnnxReduction(_Reduction):
     """An ONNX pre-model applied to every record: ``inputs`` fields → ``columns``."""
 
@@ -107,7 +124,8 @@ class OnnxReduction(_Reduction):
 
 
 Reduction = Annotated[
-    Identity | Aggregate | PythonReduction | OnnxReduction, Field(discriminator="kind")
+    Identity | Aggregate | PythonReduction | OnnxReduction | SequenceReduction,
+    Field(discriminator="kind"),
 ]
 
 

@@ -14,10 +14,17 @@ from pydantic import (
 
 from mlexec.topologies.schema.common import Duration, _Model
 from mlexec.topologies.schema.connectors import Connector, LogfileConnector
-from mlexec.topologies.schema.dispatch import Condition, Dispatch, Input, Placement
+from mlexec.topologies.schema.dispatch import Condition, Dispatch, Input, PerRecord, Placement
 from mlexec.topologies.schema.monitoring import Monitoring
 from mlexec.topologies.schema.outputs import Output, Sampling
-from mlexec.topologies.schema.reduction import Aggregate, Identity, Model, OnnxReduction, Reduction
+from mlexec.topologies.schema.reduction import (
+    Aggregate,
+    Identity,
+    Model,
+    OnnxReduction,
+    Reduction,
+    SequenceReduction,
+)
 
 __all__ = ["Lifecycle", "Training", "UseCase"]
 
@@ -155,6 +162,18 @@ class UseCase(_Model):
         if isinstance(self.reduction, OnnxReduction):
             for i, name in enumerate(self.reduction.inputs):
                 need_numeric(f"reduction.inputs.{i}", name)
+        if isinstance(self.reduction, SequenceReduction):
+            for i, name in enumerate(self.reduction.fields):
+                need_numeric(f"reduction.fields.{i}", name)
+            if isinstance(self.dispatch, PerRecord):
+                msg = (
+                    "reduction: a sequence is the records of a group (a window, a count, a "
+                    "session, a request, a micro-batch per key), found dispatch 'record'"
+                )
+                raise ValueError(msg)
+            if self.reduction.stateful is not None:
+                msg = "reduction.stateful: not for a sequence (its column is the whole sequence)"
+                raise ValueError(msg)
         if isinstance(self.dispatch, Condition):
             need_numeric("dispatch.field", self.dispatch.field)
         return self
