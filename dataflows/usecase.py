@@ -245,24 +245,33 @@ def _check_outputs(plan: UseCasePlan, model: OnnxModel, source: str) -> None:
 
 
 def watchable_columns(table: SamplesTable) -> list[str]:
-    """The samples table's columns monitoring can watch: features and scalar outputs."""
-    return [name for name, kind in table.columns if not kind.startswith("Array")]
+    """The samples table's columns monitoring can watch: numeric features and scalar outputs."""
+    return [name for name, kind in table.columns if kind in ("Float64", "Int64")]
 
 
 def _check_monitoring(plan: UseCasePlan, table: SamplesTable, source: str) -> None:
-    """Watched values and the accuracy output must be scalar columns of the samples table."""
+    """Watched values and the accuracy output must be numeric scalar columns of the table."""
     monitoring = plan.usecase.monitoring
     if monitoring is None:
         return
     columns = watchable_columns(table)
+    kinds = dict(table.columns)
+    text = "; text (a str field, class names) is not watched: watch numbers, e.g. class probabilities"
     for name in monitoring.watch:
         if name not in columns:
-            msg = f"a feature or scalar model output of {columns}, found {name!r}"
+            why = text if kinds.get(name) == "String" else ""
+            msg = f"a numeric feature or scalar model output of {columns}, found {name!r}{why}"
             raise _fail(source, plan.name, f"monitoring.watch.{name}", msg)
     accuracy = monitoring.accuracy
     outputs = [name for name in columns if name not in plan.features]
     if accuracy is not None and accuracy.output not in outputs:
-        msg = f"a scalar model output of {outputs}, found {accuracy.output!r}"
+        why = (
+            "; labels are numbers, so class names cannot be compared with them yet: compare "
+            "an int64-labelled export's label, or a probability"
+            if kinds.get(accuracy.output) == "String"
+            else ""
+        )
+        msg = f"a numeric scalar model output of {outputs}, found {accuracy.output!r}{why}"
         raise _fail(source, plan.name, "monitoring.accuracy.output", msg)
 
 

@@ -240,3 +240,39 @@ def test_a_file_that_is_not_a_model_is_refused_without_a_traceback(tmp_path, mod
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00not a model at all\xff" * 10)
     _refused(_topology(tmp_path, garbage, ABC), "is not an ONNX model")
+
+
+def test_text_columns_are_not_watched_and_class_names_not_compared_saying_why(tmp_path, models):
+    schema = {"pressure": "float", "color": "str", "temp": "float"}
+    ref = {"kind": "range", "start": "2030-01-01T00:00:00Z", "end": "2030-01-02T00:00:00Z"}
+    code, out = _validate(
+        _topology(
+            tmp_path,
+            models["pipeline"],
+            schema,
+            monitoring={"watch": {"color": {}}, "reference": ref},
+        )
+    )
+    assert (
+        code == 2 and "monitoring.watch.color" in out and "text" in out and "Traceback" not in out
+    )
+    accuracy = {
+        "watch": {},
+        "accuracy": {
+            "output": "output_label",
+            "metric": "error_rate",
+            "thresholds": {"warning": 0.2},
+        },
+    }
+    code, out = _validate(_topology(tmp_path, models["strlabel"], ABC, monitoring=accuracy))
+    assert code == 2 and "monitoring.accuracy.output" in out and "class names" in out, out
+    # the probabilities of the same model are numbers: watched
+    watched = {
+        "watch": {"temp": {}},
+        "reference": {
+            "kind": "range",
+            "start": "2030-01-01T00:00:00Z",
+            "end": "2030-01-02T00:00:00Z",
+        },
+    }
+    assert _validate(_topology(tmp_path, models["pipeline"], schema, monitoring=watched))[0] == 0
