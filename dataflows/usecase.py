@@ -256,7 +256,9 @@ def _check_monitoring(plan: UseCasePlan, table: SamplesTable, source: str) -> No
         return
     columns = watchable_columns(table)
     kinds = dict(table.columns)
-    text = "; text (a str field, class names) is not watched: watch numbers, e.g. class probabilities"
+    text = (
+        "; text (a str field, class names) is not watched: watch numbers, e.g. class probabilities"
+    )
     for name in monitoring.watch:
         if name not in columns:
             why = text if kinds.get(name) == "String" else ""

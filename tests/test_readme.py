@@ -79,6 +79,13 @@ def _table_rows(heading: str, first_column: str) -> list[list[str]]:
     return rows
 
 
+def _dispatch_for(reduction: dict) -> dict:
+    """A sequence is a group's records: it needs a grouping dispatch, not per record."""
+    return (
+        {"kind": "count", "count": 8} if reduction.get("kind") == "sequence" else {"kind": "record"}
+    )
+
+
 def test_every_dispatch_rule_and_reduction_has_a_valid_example():
     from typing import get_args
 
@@ -109,7 +116,7 @@ def test_every_dispatch_rule_and_reduction_has_a_valid_example():
             example = {"kind": "aggregate", "fields": {"vibration": ["mean"]}, **example}
         reduction_kinds.add(
             UseCase.model_validate(
-                {**base, "dispatch": {"kind": "record"}, "reduction": example}
+                {**base, "dispatch": _dispatch_for(example), "reduction": example}
             ).reduction.kind
         )
     union = get_args(get_args(Dispatch)[0])

@@ -31,6 +31,7 @@ __all__ = [
     "MetricsPortOpt",
     "Part",
     "SiteOpt",
+    "one_site",
     "TopologyArg",
     "app",
     "console",
@@ -102,7 +103,10 @@ def _root(
 
 
 TopologyArg = Annotated[Path, typer.Argument(help="The topology YAML file.", show_default=False)]
-SiteOpt = Annotated[str, typer.Option("--site", "-s", help="The site to act for.")]
+SiteOpt = Annotated[
+    str | None,
+    typer.Option("--site", "-s", help="The site to act for (default: the topology's only site)."),
+]
 MetricsPortOpt = Annotated[
     int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port.", min=1)
 ]
@@ -114,6 +118,17 @@ def load(path: Path) -> tuple[Topology, Plan]:
 
     topology = load_topology(path)
     return topology, plan_topology(topology, str(path))
+
+
+def one_site(path: Path, site: str | None) -> str:
+    """``site``, or the topology's only site; with several, say which there are."""
+    if site is not None:
+        return site
+    topology, _plan = load(path)
+    if len(topology.sites) == 1:
+        return next(iter(topology.sites))
+    msg = f"{path}: the topology has sites {sorted(topology.sites)}: name one with --site"
+    raise TopologyError(msg)
 
 
 class Part(StrEnum):

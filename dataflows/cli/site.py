@@ -17,6 +17,7 @@ from mlexec.cli.app import (
     TopologyArg,
     app,
     console,
+    one_site,
     print_connectors,
     print_outputs,
 )
@@ -33,7 +34,7 @@ UsecasePartOpt = Annotated[
 @app.command()
 def run(
     topology: TopologyArg,
-    site: SiteOpt,
+    site: SiteOpt = None,
     usecase: Annotated[
         str | None, typer.Option("--usecase", "-u", help="Run only this use case.")
     ] = None,
@@ -74,6 +75,7 @@ def run(
     Continuously, the store runs as a second process (the one owner of an embedded
     chDB store); with --until-end the pipelines run to the end first, then the store.
     """
+    site = one_site(topology, site)
     the_site = Site.load(topology, site)
     if until_end and part is Part.all:
         exit_on(signal.SIGINT, signal.SIGTERM)
@@ -106,7 +108,7 @@ def _run_part(spec: PartSpec, show: str) -> None:
 @app.command()
 def connect(
     topology: TopologyArg,
-    site: SiteOpt,
+    site: SiteOpt = None,
     usecase: Annotated[
         str | None, typer.Option("--usecase", "-u", help="Run only this use case's connectors.")
     ] = None,
@@ -120,6 +122,7 @@ def connect(
     Each connector checkpoints in the site's state directory after every delivered
     batch, so a restart resumes with nothing lost and nothing produced twice.
     """
+    site = one_site(topology, site)
     spec = PartSpec(
         "connect", str(topology), site, usecase=usecase, once=once, metrics_port=metrics_port
     )
@@ -129,7 +132,7 @@ def connect(
 @app.command()
 def act(
     topology: TopologyArg,
-    site: SiteOpt,
+    site: SiteOpt = None,
     usecase: Annotated[
         str | None, typer.Option("--usecase", "-u", help="Run only this use case's outputs.")
     ] = None,
@@ -145,6 +148,7 @@ def act(
     cannot deliver to <uc>.outputs.deadletter, and checkpoints its offsets in the
     site's state directory once deliveries are durable.
     """
+    site = one_site(topology, site)
     spec = PartSpec(
         "act", str(topology), site, usecase=usecase, once=once, metrics_port=metrics_port
     )
@@ -173,13 +177,14 @@ def mirror(
 
 
 @app.command()
-def up(topology: TopologyArg, site: SiteOpt) -> None:
+def up(topology: TopologyArg, site: SiteOpt = None) -> None:
     """Start and supervise a site: connectors, pipeline, store, outputs and mirror links.
 
     A process that exits is restarted with backoff and resumes from its recovery
     state or checkpoint; with a scale policy the pipeline gets more or fewer workers as
     its lag demands. SIGTERM or Ctrl-C stops every process gracefully.
     """
+    site = one_site(topology, site)
     the_site = Site.load(topology, site)
     supervisor = the_site.supervisor()
     console.print(f"supervising {', '.join(supervisor.parts)} of site [bold]{site}[/]")
@@ -192,8 +197,9 @@ def up(topology: TopologyArg, site: SiteOpt) -> None:
 
 
 @app.command()
-def status(topology: TopologyArg, site: SiteOpt) -> None:
+def status(topology: TopologyArg, site: SiteOpt = None) -> None:
     """Show a site's supervised processes, the pipeline's lag and throughput, restarts."""
+    site = one_site(topology, site)
     found = Site.load(topology, site).status()
     table = Table(title=f"site {site} (status written {found.age:.0f}s ago)", title_justify="left")
     for col in ("process", "pid", "state", "restarts", "last exit", "workers"):
@@ -241,7 +247,7 @@ def status(topology: TopologyArg, site: SiteOpt) -> None:
 @app.command()
 def reset(
     topology: TopologyArg,
-    site: SiteOpt,
+    site: SiteOpt = None,
     part: Annotated[
         Part, typer.Option(help="all; or only the pipeline's or the store's recovery.")
     ] = Part.all,
@@ -252,6 +258,7 @@ def reset(
     the sample store are kept; the dataflows read their topics again from the beginning
     (the store de-duplicates samples by record id).
     """
+    site = one_site(topology, site)
     removed = Site.load(topology, site).reset(part.value)  # type: ignore[arg-type]
     if removed:
         console.print("removed the recovery state " + ", ".join(removed), highlight=False)

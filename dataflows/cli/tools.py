@@ -20,6 +20,7 @@ from mlexec.cli.app import (
     console,
     interrupt_on,
     load,
+    one_site,
 )
 from mlexec.errors import TopologyError
 
@@ -83,12 +84,13 @@ def render(
 def query(
     topology: TopologyArg,
     sql: Annotated[str, typer.Argument(help="SQL for the site's sample store.")],
-    site: SiteOpt,
+    site: SiteOpt = None,
     json_lines: Annotated[
         bool, typer.Option("--json", help="Print JSON lines, not a table.")
     ] = False,
 ) -> None:
     """Run SQL on a site's sample store (the database is named ``mlexec``)."""
+    site = one_site(topology, site)
     from mlexec.connectors.samplestore import open_store
 
     topo, plan = load(topology)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from mlexec.cli import app
@@ -38,7 +39,15 @@ def test_configuration_and_usage_errors_exit_2(topology, tmp_path):
     broken.write_text("name: x\nsites: {}\nusecases: {}\n")
     assert _run("status", str(topology), "--site", "nowhere")[0] == 2  # a name it does not have
     assert _run("validate", str(broken))[0] == 2
-    assert _run("status", str(topology))[0] == 2  # click: a missing option
+    assert _run("query", str(topology))[0] == 2  # click: a missing argument
+    two = tmp_path / "two.yaml"
+    doc = yaml.safe_load(topology.read_text())
+    doc["sites"]["there"] = dict(doc["sites"]["here"], state_dir=str(tmp_path / "there"))
+    for uc in doc["usecases"].values():
+        uc["placement"] = dict.fromkeys(("connectors", "dispatch", "infer", "store"), "here")
+    two.write_text(yaml.safe_dump(doc))
+    code, text = _run("status", str(two))  # several sites and none named
+    assert code == 2 and "name one with --site" in text and "'there'" in text
 
 
 def test_runtime_failures_exit_1_with_one_line(topology, monkeypatch):
