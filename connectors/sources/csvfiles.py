@@ -7,8 +7,11 @@ import glob
 import io
 import logging
 import os
+import re
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from mlexec.connectors.sources.base import RecordShaper, SourceRecord
 from mlexec.connectors.sources.files import (
@@ -20,6 +23,22 @@ from mlexec.connectors.sources.files import (
 )
 from mlexec.errors import ConnectorError
 from mlexec.topologies.schema import CsvConnector
+
+_NUMBER = re.compile(r"\s*-?\d+(\.\d*)?\s*")
+
+
+def _in_zone(value: str, zone: ZoneInfo) -> str:
+    """A timestamp written without a zone, as ISO 8601 in ``zone``; others as they are."""
+    if _NUMBER.fullmatch(value):
+        return value  # epoch numbers have no zone
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return value  # the shaping says what is wrong with it
+    if moment.tzinfo is not None:
+        return value
+    return moment.replace(tzinfo=zone).isoformat()
+
 
 __all__ = ["CsvSource"]
 
@@ -45,6 +64,7 @@ class CsvSource:
         self.config = config
         self.origin = config.path
         self._shaper = shaper
+        self._zone = ZoneInfo(config.timezone) if config.timezone else None
         self._once = once
         self._cursors: dict[str, Cursor] = {
             stream: Cursor(**c) for stream, c in (state or {}).get("files", {}).items()
@@ -165,6 +185,24 @@ class CsvSource:
         end = lines[done - 1]
         return cursor.advanced(path, end.end, done, data[: end.end - cursor.offset])
 
+    def _cells(self, fields: dict[str, str]) -> dict[str, str]:
+        """The CSV's own conventions undone: null markers, a decimal comma, a local zone."""
+        cfg = self.config
+        if cfg.null_values:
+            nulls = set(cfg.null_values)
+            fields = {k: "" if v.strip() in nulls else v for k, v in fields.items()}
+        schema = self._shaper.schema
+        if cfg.decimal == ",":
+            for name, kind in schema.items():
+                if kind in ("float", "int") and name in fields:
+                    fields[name] = fields[name].replace(".", "").replace(",", ".")
+        if self._zone is not None:
+            for name, kind in schema.items():
+                value = fields.get(name)
+                if kind == "timestamp" and value:
+                    fields[name] = _in_zone(value, self._zone)
+        return fields
+
     def _say_missing(self, path: str, columns: list[str]) -> None:
         """Once per file: the schema fields its columns lack (each of its rows is a dead letter)."""
         given = set(columns) | set(self._shaper.constants)
@@ -216,7 +254,7 @@ class CsvSource:
             reason = f"expected {len(columns)} fields ({', '.join(columns)}), found {found}"
             return SourceRecord(position, where, None, raw, reason)
         try:
-            key, value = self._shaper.shape(dict(zip(columns, row, strict=True)))
+            key, value = self._shaper.shape(self._cells(dict(zip(columns, row, strict=True))))
         except ValueError as exc:
             return SourceRecord(position, where, None, raw, str(exc))
         return SourceRecord(position, where, key, value)

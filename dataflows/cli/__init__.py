@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 
-from mlexec.cli import model, monitor, site, tools, topics, validate
+from mlexec.cli import init, model, monitor, site, tools, topics, validate
 from mlexec.cli.app import MaskSecrets, app, fail
 from mlexec.runtime.locks import die_with_parent
 
 __all__ = ["MaskSecrets", "app", "fail", "main"]
 
-_ = (model, monitor, site, tools, topics, validate)  # imported for their commands
+_ = (init, model, monitor, site, tools, topics, validate)  # imported for their commands
 
 
 def main() -> None:

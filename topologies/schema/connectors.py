@@ -6,6 +6,7 @@ import codecs
 import re
 from datetime import timedelta
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jmespath
 from croniter import croniter
@@ -86,6 +87,12 @@ class CsvConnector(_Connector):
     columns: list[str] | None = None
     #: CSV column → record field.
     rename: dict[str, str] = {}
+    #: The decimal mark of numbers: ``","`` reads ``3,14`` as 3.14 (with another delimiter).
+    decimal: Literal[".", ","] = "."
+    #: Cells that mean "no value" (``NA``, ``-``, ``null``): read as empty.
+    null_values: list[str] = []
+    #: The zone (IANA name, e.g. ``Europe/Berlin``) of timestamps written without one.
+    timezone: str | None = None
     poll: Duration = timedelta(seconds=1)
     #: A last line without a newline is read once the file has been quiet this long.
     settle: Duration = timedelta(seconds=2)
@@ -95,6 +102,17 @@ class CsvConnector(_Connector):
         if not self.header and not self.columns:
             msg = "'columns' naming the CSV columns when 'header' is false, found none"
             raise ValueError(msg)
+        if self.decimal == self.delimiter:
+            msg = (
+                f"decimal: a mark other than the delimiter {self.delimiter!r} (use delimiter: ';')"
+            )
+            raise ValueError(msg)
+        if self.timezone is not None:
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                msg = f"timezone: an IANA time zone name such as Europe/Berlin, found {self.timezone!r}"
+                raise ValueError(msg) from None
         return self
 
 
