@@ -79,14 +79,18 @@ class SamplesTable:
     #: (column, ClickHouse type) for reduced inputs, then model outputs.
     columns: tuple[tuple[str, str], ...]
     retention_seconds: int
+    #: What the retention counts from: ``event`` time, or when the sample was ``stored``
+    #: (``sampled_at``), so that replayed history is kept as long as live samples.
+    retention_from: str = "event"
 
     def all_columns(self) -> list[tuple[str, str]]:
         """Fixed columns, then the use case's own."""
         return [*RESERVED_COLUMNS.items(), *self.columns]
 
     def ttl(self) -> str:
-        """The TTL clause: rows leave ``retention_seconds`` after their event time."""
-        return f"toDateTime(event_time) + INTERVAL {int(self.retention_seconds)} SECOND"
+        """The TTL clause: rows leave ``retention_seconds`` after their event (or storage) time."""
+        column = "sampled_at" if self.retention_from == "stored" else "event_time"
+        return f"toDateTime({column}) + INTERVAL {int(self.retention_seconds)} SECOND"
 
     def ddl(self, database: str) -> str:
         """``CREATE TABLE IF NOT EXISTS`` for this table."""

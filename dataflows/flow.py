@@ -434,7 +434,7 @@ def _sample_rows(rt: UseCaseRuntime, batch: RawBatch) -> tuple[Any, list[DeadLet
             )
         else:
             rows.append(row)
-    if rows:
+    if rows and rt.table.retention_from == "event":  # counted from storing: none expire here
         retention_ms = rt.table.retention_seconds * 1000
         oldest = int(time.time() * 1000) - retention_ms
         expired = sum(

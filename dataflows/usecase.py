@@ -90,6 +90,7 @@ def samples_table(plan: UseCasePlan, source: str = "<topology>") -> SamplesTable
         name=plan.table,
         columns=tuple(columns),
         retention_seconds=int(plan.usecase.retention.total_seconds()),
+        retention_from=plan.usecase.retention_from,
     )
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from mlexec.errors import MlexecError, TopologyError
 from mlexec.monitoring.alerts import standing_at
+from mlexec.monitoring.columns import now_utc
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -80,11 +82,27 @@ def monitor_run(
             "(whether or not it is a new alert), for a CI gate or a cron job."
         ),
     ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Evaluate a past event-time range from here (ISO 8601; UTC unless a zone is "
+            "given), in windows as it would have been live, then exit.",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="The range's end (default: now).")
+    ] = None,
+    every: Annotated[
+        str | None,
+        typer.Option(help="With --from: a window ends every this long (default monitoring.every)."),
+    ] = None,
 ) -> None:
     """Store labels and health, evaluate drift, quality, accuracy and health; alert on changes.
 
-    Runs every monitoring.every until Ctrl-C, or once. With an embedded (chDB) store
-    it needs the store directory to itself: mlexec run stores monitor in-process.
+    Runs every monitoring.every until Ctrl-C, or once, or over a past range (--from/--to).
+    With an embedded (chDB) store it needs the store directory to itself: mlexec run
+    stores monitor in-process.
     """
     from mlexec.connectors.samplestore import open_store
     from mlexec.lifecycle.reaction import follow
@@ -95,21 +113,65 @@ def monitor_run(
     with open_store(plan.topology.sites[where].sample_store) as store:
         monitor = follow(Monitor(plan, where, store, usecase=usecase, source=str(topology)))
         monitor.prepare()
+        if since is not None:
+            start = _moment("--from", since)
+            end = _moment("--to", until) if until else now_utc()
+            if end <= start:
+                msg = f"--to {end:%Y-%m-%d %H:%M} is not after --from {start:%Y-%m-%d %H:%M}"
+                raise TopologyError(msg)
+            evaluations = monitor.replay(start, end, _step(every))
+            for ev in evaluations:
+                _print_evaluation(ev)
+            _fail_on(evaluations, fail_on)
+            return
         if once:
             evaluations = monitor.run_once()
             for ev in evaluations:
                 _print_evaluation(ev)
-            if fail_on is not None:
-                standing = standing_at(evaluations, fail_on.value)
-                if standing:
-                    msg = (
-                        f"{len(standing)} watched value(s) at {fail_on.value} or above: "
-                        + "; ".join(standing[:5])
-                    )
-                    raise MlexecError(msg)
+            _fail_on(evaluations, fail_on)
             return
         console.print(f"monitoring site {where} every {monitor.every():g}s; Ctrl-C stops")
         _until_interrupted(monitor.run)
+
+
+def _fail_on(evaluations: list[Any], fail_on: FailOn | None) -> None:
+    """Exit 1 (a runtime failure) when a watched value stands at ``fail_on`` or above."""
+    if fail_on is None:
+        return
+    standing = standing_at(evaluations, fail_on.value)
+    if standing:
+        msg = f"{len(standing)} watched value(s) at {fail_on.value} or above: " + "; ".join(
+            standing[:5]
+        )
+        raise MlexecError(msg)
+
+
+def _moment(flag: str, text: str) -> datetime:
+    """An ISO 8601 time from the command line; UTC unless it names a zone."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        msg = (
+            f"{flag}: an ISO 8601 time like 2025-03-01 or 2025-03-01T08:00:00+01:00, found {text!r}"
+        )
+        raise TopologyError(msg) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _step(every: str | None) -> timedelta | None:
+    if every is None:
+        return None
+    from mlexec.topologies.schema import parse_duration
+
+    try:
+        step = parse_duration(every)
+    except ValueError as exc:
+        msg = f"--every: {exc}"
+        raise TopologyError(msg) from None
+    if not isinstance(step, timedelta) or step <= timedelta(0):
+        msg = f"--every: a positive duration like 10m or 1h, found {every!r}"
+        raise TopologyError(msg)
+    return step
 
 
 def _until_interrupted(serve: Callable[[threading.Event], None]) -> None:

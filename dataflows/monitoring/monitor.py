@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -162,6 +162,44 @@ class Monitor:
         self._state.save({**(self._state.load() or {}), "severities": severities})
         return out
 
+    def replay(
+        self, start: datetime, end: datetime, every: timedelta | None = None
+    ) -> list[Evaluation]:
+        """Evaluate the event-time range ``[start, end)`` in windows, as live would have.
+
+        For each monitored use case, windows of its ``monitoring.window`` end every
+        ``every`` (default its ``monitoring.every``) from ``start + window`` to ``end``;
+        alerts are judged against the previous window and published with the window's
+        end as their time, and the drift history is written, so the dashboard shows the
+        range. The live schedule's alert state is left as it was, and the life cycle is
+        not told (a replay never retrains or promotes).
+        """
+        self.ingest()
+        out: list[Evaluation] = []
+        for uc in self.usecases:
+            mon = uc.usecase.monitoring
+            if mon is None:
+                continue
+            step = every or mon.every
+            windows = int((end - start - mon.window) / step) + 1 if end - start >= mon.window else 0
+            if windows > MAX_REPLAY_WINDOWS:
+                msg = (
+                    f"{uc.name}: {windows:,} windows of {mon.window} every {step} in "
+                    f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}); at most "
+                    f"{MAX_REPLAY_WINDOWS:,}: give a longer --every or a shorter range"
+                )
+                raise MonitorError(msg)
+            previous: dict[str, str] = {}
+            now = start + mon.window
+            while now <= end:
+                ev = self.evaluate(uc, now)
+                ev.alerts.extend(judge_alerts(ev, previous, self.site, now))
+                if ev.alerts:
+                    publish_alerts(self.store, self.conf, ev.alerts)
+                out.append(ev)
+                now += step
+        return out
+
     def every(self) -> float:
         """Seconds between scheduled evaluations: the shortest ``monitoring.every``."""
         periods = [
@@ -179,6 +217,10 @@ class Monitor:
             except Exception as exc:  # noqa: BLE001 - a bad round must not end the schedule
                 _log.error("monitoring round failed, retrying in %gs: %s", self.every(), exc)
             stop.wait(self.every())
+
+
+#: The most windows one ``replay`` evaluates (a year of hourly windows is 8,760).
+MAX_REPLAY_WINDOWS = 20_000
 
 
 def latest(store: SampleStore, uc: UseCasePlan) -> dict[str, pl.DataFrame]:

@@ -355,10 +355,13 @@ def tables_ddl(database: str) -> list[str]:
     """``CREATE TABLE IF NOT EXISTS`` for the monitoring tables shared by every use case.
 
     Profiles are replaced by a newer one of the same reference; drift results, alerts
-    and runtime metrics are kept for 90 days.
+    and runtime metrics are kept for 90 days from when they were recorded
+    (``recorded_at``), so that a replayed past range (``monitor run --from``) keeps its
+    history though its ``time`` is long ago. Tables made before that column get it.
     """
     db = _ident(database)
-    keep = "TTL toDateTime(time) + INTERVAL 90 DAY"
+    recorded = "recorded_at DateTime64(3, 'UTC') DEFAULT now64(3)"
+    keep = "TTL toDateTime(recorded_at) + INTERVAL 90 DAY"
     return [
         f"CREATE TABLE IF NOT EXISTS {db}.{REFERENCES_TABLE} (usecase LowCardinality(String), "
         "reference String, column String, rows UInt64, n UInt64, mean Float64, std Float64, "
@@ -368,19 +371,28 @@ def tables_ddl(database: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {db}.{DRIFT_TABLE} (time DateTime64(3, 'UTC'), "
         "usecase LowCardinality(String), column String, statistic LowCardinality(String), "
         "value Float64, severity LowCardinality(String), rows UInt64, "
-        "window_start DateTime64(3, 'UTC'), window_end DateTime64(3, 'UTC'), reference String) "
-        f"ENGINE = MergeTree ORDER BY (usecase, column, statistic, time) {keep}",
+        "window_start DateTime64(3, 'UTC'), window_end DateTime64(3, 'UTC'), reference String, "
+        f"{recorded}) ENGINE = MergeTree ORDER BY (usecase, column, statistic, time) {keep}",
         f"CREATE TABLE IF NOT EXISTS {db}.{ALERTS_TABLE} (time DateTime64(3, 'UTC'), "
         "usecase LowCardinality(String), site LowCardinality(String), "
         "kind LowCardinality(String), subject String, statistic LowCardinality(String), "
         "value Float64, threshold Nullable(Float64), severity LowCardinality(String), "
         "window_start DateTime64(3, 'UTC'), window_end DateTime64(3, 'UTC'), "
-        f"reference String, message String) ENGINE = MergeTree ORDER BY (usecase, time) {keep}",
+        f"reference String, message String, {recorded}) "
+        f"ENGINE = MergeTree ORDER BY (usecase, time) {keep}",
         f"CREATE TABLE IF NOT EXISTS {db}.{METRICS_TABLE} (time DateTime64(3, 'UTC'), "
         "site LowCardinality(String), part LowCardinality(String), "
         "usecase LowCardinality(String), name LowCardinality(String), value Float64) "
         "ENGINE = ReplacingMergeTree ORDER BY (site, part, usecase, name, time) "
-        f"{keep}",
+        "TTL toDateTime(time) + INTERVAL 90 DAY",
+        *(
+            statement
+            for table in (DRIFT_TABLE, ALERTS_TABLE)
+            for statement in (
+                f"ALTER TABLE {db}.{table} ADD COLUMN IF NOT EXISTS {recorded}",
+                f"ALTER TABLE {db}.{table} MODIFY {keep}",
+            )
+        ),
     ]
 
 

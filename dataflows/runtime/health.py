@@ -74,7 +74,8 @@ def observe_expired(usecase: str, rows: int, retention: str) -> None:
         _log.warning(
             "%s: %d sample rows arrived with event times already past the retention of %s "
             "(or before 1970); the store's TTL removes them at once. Counted as "
-            "samples_expired; give the use case a longer retention to keep historical data",
+            "samples_expired; count the retention from storing (retention_from: stored, the "
+            "default) or give a longer one to keep historical data",
             usecase,
             rows,
             retention,

@@ -82,6 +82,9 @@ class UseCase(_Model):
     model: Model
     sampling: Sampling = Sampling()
     retention: Duration = timedelta(days=30)
+    #: What ``retention`` counts from: when a sample is ``stored`` (history replayed
+    #: today is kept as long as live samples), or its ``event`` time.
+    retention_from: Literal["stored", "event"] = "stored"
     outputs: list[Output] = []
     monitoring: Monitoring | None = None
     lifecycle: Lifecycle | None = None
