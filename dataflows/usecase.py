@@ -9,6 +9,7 @@ which YAML path to fix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -265,6 +266,17 @@ def _check_monitoring(plan: UseCasePlan, table: SamplesTable, source: str) -> No
             why = text if kinds.get(name) == "String" else ""
             msg = f"a numeric feature or scalar model output of {columns}, found {name!r}{why}"
             raise _fail(source, plan.name, f"monitoring.watch.{name}", msg)
+    reference = monitoring.reference
+    if isinstance(reference, FileReference) and monitoring.watch:
+        names = _reference_columns(reference.path)
+        if names is None:
+            what = "does not exist" if not Path(reference.path).is_file() else "cannot be read"
+            msg = f"the reference file {reference.path} {what} (Parquet or CSV with the watched columns)"
+            raise _fail(source, plan.name, "monitoring.reference.path", msg)
+        missing = [c for c in monitoring.watch if c not in names]
+        if missing:
+            msg = f"the reference file {reference.path} lacks watched columns {missing}; its columns: {names}"
+            raise _fail(source, plan.name, "monitoring.reference.path", msg)
     accuracy = monitoring.accuracy
     outputs = [name for name in columns if name not in plan.features]
     if accuracy is not None and accuracy.output not in outputs:

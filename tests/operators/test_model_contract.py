@@ -276,3 +276,19 @@ def test_text_columns_are_not_watched_and_class_names_not_compared_saying_why(tm
         },
     }
     assert _validate(_topology(tmp_path, models["pipeline"], schema, monitoring=watched))[0] == 0
+
+
+def test_a_missing_or_short_reference_file_is_refused_at_validate(tmp_path, models):
+    monitoring = {
+        "watch": {"a": {}, "c": {}},
+        "reference": {"kind": "file", "path": str(tmp_path / "gone.parquet")},
+    }
+    code, out = _validate(_topology(tmp_path, models["zipmap"], ABC, monitoring=monitoring))
+    assert (
+        code == 2 and "monitoring.reference.path" in out and "gone.parquet does not exist" in out
+    ), out
+    short = tmp_path / "short.csv"
+    short.write_text("a,b\n1,2\n")
+    monitoring["reference"]["path"] = str(short)
+    code, out = _validate(_topology(tmp_path, models["zipmap"], ABC, monitoring=monitoring))
+    assert code == 2 and "lacks watched columns ['c']" in out, out
