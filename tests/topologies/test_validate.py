@@ -356,7 +356,7 @@ MISTAKES = {
             monitoring={"reference": {"kind": "model"}, "watch": {"c": {}}}
         ),
         "usecases.vib.monitoring.watch.c",
-        ["a feature or scalar model output", "'c'"],
+        ["a numeric feature or scalar model output", "'c'"],
     ),
     "drift without a reference": (
         lambda d: d["usecases"]["vib"].update(
@@ -377,7 +377,7 @@ MISTAKES = {
             monitoring={"accuracy": {"output": "a", "thresholds": {"warning": 1}}}
         ),
         "usecases.vib.monitoring.accuracy.output",
-        ["a scalar model output", "'a'"],
+        ["a numeric scalar model output", "'a'"],
     ),
     "lifecycle without accuracy": (
         lambda d: d["usecases"]["vib"].update(lifecycle={"min_labels": 10}),
