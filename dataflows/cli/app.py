@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -30,7 +31,9 @@ __all__ = [
     "MaskSecrets",
     "MetricsPortOpt",
     "Part",
+    "JsonOpt",
     "SiteOpt",
+    "print_json",
     "one_site",
     "TopologyArg",
     "app",
@@ -107,6 +110,19 @@ SiteOpt = Annotated[
     str | None,
     typer.Option("--site", "-s", help="The site to act for (default: the topology's only site)."),
 ]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON (one document, or JSON lines), not tables.")
+]
+
+
+def print_json(value: Any) -> None:
+    """``value`` as one line of JSON on stdout (dates as ISO 8601, anything else as text)."""
+    import orjson
+
+    sys.stdout.write(orjson.dumps(value, default=str).decode() + "\n")
+    sys.stdout.flush()
+
+
 MetricsPortOpt = Annotated[
     int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port.", min=1)
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -11,10 +12,12 @@ import typer
 from rich.table import Table
 
 from mlexec.cli.app import (
+    JsonOpt,
     TopologyArg,
     app,
     console,
     load,
+    print_json,
 )
 from mlexec.errors import TopologyError
 
@@ -116,6 +119,7 @@ def model_list(
     topology: TopologyArg,
     usecase: Annotated[str | None, typer.Option("--usecase", "-u", help="Only this one.")] = None,
     site: RegistrySiteOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """The versions on the registry and what each does now."""
     from mlexec.lifecycle.registry import current_routing, read_registry
@@ -127,6 +131,21 @@ def model_list(
         plan, uc, conf = _registry(topology, name, site)
         registry = read_registry(conf)
         listing.append((uc, registry, current_routing(registry, uc)))
+    if json_out:
+        print_json(
+            {
+                uc.name: {
+                    "routing": dataclasses.asdict(routing),
+                    "versions": [
+                        {**dataclasses.asdict(m), "stage_now": routing.stage_of(m.version)}
+                        for (u, _), m in registry.manifests.items()
+                        if u == uc.name
+                    ],
+                }
+                for uc, registry, routing in listing
+            }
+        )
+        return
     for uc, registry, routing in listing:
         table = Table(
             title=f"{uc.name}: {routing.change or 'the topology model serves'}",

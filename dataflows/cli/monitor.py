@@ -21,11 +21,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 from mlexec.cli.app import (
+    JsonOpt,
     TopologyArg,
     app,
     console,
     interrupt_on,
     load,
+    print_json,
 )
 
 monitor_app = typer.Typer(
@@ -201,7 +203,10 @@ def _print_evaluation(ev) -> None:  # type: ignore[no-untyped-def]
 
 @monitor_app.command("show")
 def monitor_show(
-    topology: TopologyArg, usecase: UsecaseOpt = None, site: MonitorSiteOpt = None
+    topology: TopologyArg,
+    usecase: UsecaseOpt = None,
+    site: MonitorSiteOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """The latest evaluation, runtime health and alerts of the site's monitored use cases."""
     from mlexec.connectors.samplestore import open_store
@@ -212,6 +217,11 @@ def monitor_show(
     chosen = [uc for uc in plan.chosen_at(where, usecase, stage="store")]
     with open_store(plan.topology.sites[where].sample_store) as store:
         views = {uc.name: latest(store, uc) for uc in chosen}
+    if json_out:
+        print_json(
+            {name: {k: f.to_dicts() for k, f in view.items()} for name, view in views.items()}
+        )
+        return
     styles = {"critical": "bold red", "warning": "yellow", "resolved": "green"}
     for name, view in views.items():
         console.rule(f"[bold]{name}")

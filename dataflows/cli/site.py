@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.table import Table
 
 from mlexec.cli.app import (
     EXIT_INTERRUPTED,
+    JsonOpt,
     MetricsPortOpt,
     Part,
     SiteOpt,
@@ -19,6 +21,7 @@ from mlexec.cli.app import (
     console,
     one_site,
     print_connectors,
+    print_json,
     print_outputs,
 )
 from mlexec.runtime.part import PartSpec, exit_on, prepare_part, run_until_stopped
@@ -197,10 +200,13 @@ def up(topology: TopologyArg, site: SiteOpt = None) -> None:
 
 
 @app.command()
-def status(topology: TopologyArg, site: SiteOpt = None) -> None:
+def status(topology: TopologyArg, site: SiteOpt = None, json_out: JsonOpt = False) -> None:
     """Show a site's supervised processes, the pipeline's lag and throughput, restarts."""
     site = one_site(topology, site)
     found = Site.load(topology, site).status()
+    if json_out:
+        print_json(dataclasses.asdict(found))
+        return
     table = Table(title=f"site {site} (status written {found.age:.0f}s ago)", title_justify="left")
     for col in ("process", "pid", "state", "restarts", "last exit", "workers"):
         table.add_column(col)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from mlexec.cli.app import (
+    JsonOpt,
     TopologyArg,
     app,
     console,
     load,
+    print_json,
 )
 from mlexec.topologies.schema import (
     Connector,
@@ -31,12 +34,15 @@ if TYPE_CHECKING:
 
 
 @app.command()
-def validate(topology: TopologyArg) -> None:
+def validate(topology: TopologyArg, json_out: JsonOpt = False) -> None:
     """Check a topology (and its models) without side effects; print the plan."""
     from mlexec.runtime.run import prepare_site
 
     topo, plan = load(topology)
     runs = {site: prepare_site(plan, site, source=str(topology)) for site in topo.sites}
+    if json_out:
+        print_json(_plan_document(topology, runs))
+        return
 
     console.print(f"[bold green]ok[/] topology [bold]{topo.name}[/] ({topology})")
     sites = Table(title="sites", title_justify="left")
@@ -152,6 +158,62 @@ def validate(topology: TopologyArg) -> None:
         )
     if watching.row_count:
         console.print(watching)
+
+
+def _plan_document(topology: Path, runs: dict[str, SiteRun]) -> dict[str, Any]:
+    """The plan ``validate`` prints, as one JSON document (secrets masked)."""
+    plan = next(iter(runs.values())).plan
+    topo = plan.topology
+    runtimes = {rt.plan.name: rt for run in runs.values() for rt in [*run.process, *run.store]}
+    usecases = {}
+    for uc in plan.usecases.values():
+        rt = runtimes.get(uc.name)
+        model = rt.model if rt is not None else None
+        usecases[uc.name] = {
+            "sites": dict(uc.sites),
+            "dispatch": uc.usecase.dispatch.kind,
+            "reduction": uc.usecase.reduction.kind,
+            "features": list(uc.features),
+            "model": None
+            if model is None
+            else {
+                "name": model.name,
+                "version": model.version,
+                "inputs": [
+                    {"input": f.spec.describe(), "columns": list(f.columns), "batch": f.spec.batch}
+                    for f in model.feeds
+                ],
+                "outputs": [model.signature.output(o).describe() for o in model.outputs],
+                "providers": list(model.signature.providers),
+                "notes": list(model.signature.notes),
+            },
+            "topics": {
+                "raw": uc.raw_topic,
+                "predictions": uc.predictions_topic,
+                "deadletter": uc.deadletter_topic,
+                "samples": uc.samples_topic,
+                "feedback": uc.feedback_topic,
+            },
+            "table": uc.table,
+        }
+    return {
+        "ok": True,
+        "topology": topo.name,
+        "file": str(topology),
+        "sites": {
+            name: {
+                "kafka": mask_url(site.kafka.bootstrap),
+                "security": site.kafka.security.protocol,
+                "sample_store": mask_url(site.sample_store),
+                "state_dir": site.state_dir,
+                "topics": [
+                    {"name": t.name, "partitions": t.partitions} for t in plan.topics_at(name)
+                ],
+            }
+            for name, site in topo.sites.items()
+        },
+        "usecases": usecases,
+    }
 
 
 def _print_models(runs: dict[str, SiteRun]) -> None:

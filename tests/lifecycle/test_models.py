@@ -3,6 +3,7 @@ A/B, shadow, large and tampered artifacts."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -415,6 +416,9 @@ def test_drift_to_promotion_train_publish_canary_promote_end_to_end(broker, tmp_
     assert "8 canary 30%" in events[0]
     listed = _cli("list", str(path), "--usecase", uc.name)
     assert re.search(r"\b8\W+canary 30%", listed)
+    doc = json.loads(_cli("list", str(path), "--usecase", uc.name, "--json"))[uc.name]
+    assert doc["routing"]["canary"] == ["8", 0.3]
+    assert {v["version"]: v["stage_now"] for v in doc["versions"]}["8"].startswith("canary")
 
     serve(2000, 1000)  # the canary serves its share of the keys
     compared = _cli("compare", str(path), "--usecase", uc.name, "--window", "2h")

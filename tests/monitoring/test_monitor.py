@@ -3,6 +3,7 @@ accuracy against feedback labels, alerts on mlexec.alerts and in the alerts tabl
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from datetime import UTC, datetime, timedelta
@@ -380,6 +381,13 @@ def test_monitor_commands_record_a_reference_evaluate_and_show(broker, tmp_path,
     assert "warning" in rows["f0"]
     assert re.search(r"\Wok\W", rows["f1"])
     assert any("psi of f0" in ln for ln in lines)  # the alerts table
+
+    shown = runner.invoke(app, ["monitor", "show", str(path), "--usecase", uc.name, "--json"])
+    assert shown.exit_code == 0, shown.output
+    view = json.loads(shown.output)[uc.name]
+    psi = {r["column"]: r for r in view["drift"] if r["statistic"] == "psi"}
+    assert psi["f0"]["severity"] == "warning" and psi["f1"]["severity"] in ("", None, "ok")
+    assert any("psi of f0" in a["message"] for a in view["alerts"])
 
     done = runner.invoke(app, ["monitor", "show", str(path), "--usecase", "nope"])
     assert done.exit_code == 2 and "no use case 'nope'" in done.output  # a usage error

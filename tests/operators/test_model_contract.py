@@ -7,6 +7,7 @@ to change.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,22 @@ def test_validate_prints_the_signature_classes_and_providers(tmp_path, models):
     assert "output_label: str per row" in out
     assert "classes ['pump_bad', 'pump_ok', 'pump_worn']" in out
     assert "CUDAExecutionProvider is not available" in out and "CPU" in out
+
+
+def test_validate_json_carries_the_signature(tmp_path, models):
+    path = _topology(
+        tmp_path, models["pipeline"], {"pressure": "float", "color": "str", "temp": "float"}
+    )
+    done = CliRunner().invoke(app, ["validate", str(path), "--json"])
+    assert done.exit_code == 0, done.output
+    doc = json.loads(done.output)
+    model = doc["usecases"]["uc"]["model"]
+    assert {i["input"]: i["columns"] for i in model["inputs"]} == {
+        "temp: float[N, 1]": ["temp"],
+        "pressure: float[N, 1]": ["pressure"],
+        "color: string[N, 1]": ["color"],
+    }
+    assert doc["ok"] and doc["sites"]["here"]["kafka"] == "127.0.0.1:9"
 
 
 def test_a_pipeline_with_one_input_per_column_is_fed_by_name(tmp_path, models):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -214,6 +215,15 @@ def test_up_and_status_from_the_command_line_and_sigterm_stops_everything(broker
         assert shown.returncode == 0, shown.stderr
         for words in ("pipeline", "store", "running", "0 records behind", "2,000 processed"):
             assert words in shown.stdout, (words, shown.stdout)
+        as_json = subprocess.run(
+            [*cli, "status", str(path), "--json"],  # one site: --site may be left out
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        doc = json.loads(as_json.stdout)
+        assert {p["name"] for p in doc["parts"]} >= {"pipeline", "store"}
+        assert doc["site"] == "here" and doc["lag"][0] == 0 and doc["lag"][1] >= 2_000
         status = read_status(plan, "here")
         assert status is not None
         children = [p["pid"] for p in status["parts"] if p["pid"]]
