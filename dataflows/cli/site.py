@@ -26,6 +26,7 @@ from mlexec.cli.app import (
 )
 from mlexec.runtime.part import PartSpec, exit_on, prepare_part, run_until_stopped
 from mlexec.runtime.site import Site
+from mlexec.topologies.secrets import mask_url
 
 __all__ = ["act", "connect", "mirror", "reset", "run", "status", "up"]
 
@@ -80,21 +81,67 @@ def run(
     """
     site = one_site(topology, site)
     the_site = Site.load(topology, site)
+    _banner(the_site, part.value, usecase, until_end)
     if until_end and part is Part.all:
         exit_on(signal.SIGINT, signal.SIGTERM)
         the_site.run_to_end(usecase=usecase, workers=workers, recovery=not no_recovery)
+        _summary(the_site, usecase)
         return
-    the_site.run(
-        part.value,  # type: ignore[arg-type]
-        usecase=usecase,
-        until_end=until_end,
-        workers=workers,
-        recovery=not no_recovery,
-        metrics_port=metrics_port,
-        health_every=health_every,
-        monitor=monitor,
-        dashboard_port=dashboard_port,
+    try:
+        the_site.run(
+            part.value,  # type: ignore[arg-type]
+            usecase=usecase,
+            until_end=until_end,
+            workers=workers,
+            recovery=not no_recovery,
+            metrics_port=metrics_port,
+            health_every=health_every,
+            monitor=monitor,
+            dashboard_port=dashboard_port,
+        )
+    finally:
+        if part is not Part.store:
+            _summary(the_site, usecase)
+
+
+def _banner(the_site: Site, part: str, usecase: str | None, until_end: bool) -> None:
+    """What runs where: the use cases' pipelines and stores on this site, and until when."""
+    plan, name = the_site.plan, the_site.name
+    chosen = [uc for uc in plan.usecases_at(name) if usecase in (None, uc.name)]
+    piped = [
+        f"{uc.name} ({uc.read_name(uc.raw_topic, 'connectors', 'dispatch')} → {uc.predictions_topic})"
+        for uc in chosen
+        if name in (uc.site("dispatch"), uc.site("infer"))
+    ]
+    stored = [uc.name for uc in chosen if uc.site("store") == name]
+    parts = []
+    if part in ("all", "pipeline") and piped:
+        parts.append(f"pipeline of {', '.join(piped)}")
+    if part in ("all", "store") and stored:
+        parts.append(
+            f"store of {', '.join(stored)} in {mask_url(plan.topology.sites[name].sample_store)}"
+        )
+    until = "to the end of their input" if until_end else "until Ctrl-C"
+    console.print(
+        f"site [bold]{name}[/]: {'; '.join(parts) or 'nothing placed here'} — {until}",
+        highlight=False,
     )
+
+
+def _summary(the_site: Site, usecase: str | None) -> None:
+    """What this process did, per use case: records read, predictions, dead letters, samples."""
+    from mlexec.runtime.health import RuntimeHealth
+
+    values = RuntimeHealth(the_site.plan, the_site.name, "pipeline").values()
+    names = sorted({uc for uc, _ in values if usecase in (None, uc)})
+    for uc in names:
+        got = {measure: int(v) for (u, measure), v in values.items() if u == uc}
+        console.print(
+            f"{uc}: {got.get('records_in', 0):,} records read, {got.get('predictions', 0):,} "
+            f"predictions, {got.get('deadletters', 0):,} dead letters, "
+            f"{got.get('samples', 0):,} samples",
+            highlight=False,
+        )
 
 
 def _run_part(spec: PartSpec, show: str) -> None:

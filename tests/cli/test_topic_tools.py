@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -196,3 +197,30 @@ def test_feedback_sends_labels_by_record_id_or_key_and_time(tmp_path, broker, ui
         datetime(2030, 3, 17, 10, tzinfo=UTC).timestamp() * 1000
     )
     assert by[("", "m2")]["event_time"] == T0
+
+
+def test_run_says_what_runs_where_and_what_it_did(tmp_path, broker, uid):
+    path = _topology(tmp_path, broker.bootstrap, uid)
+    data = tmp_path / "pumps.jsonl"
+    rows = [{"machine": "m0", "ts": T0 + i, "temp": float(i)} for i in range(10)]
+    data.write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
+    assert _cli("produce", str(path), str(data))[0] == 0
+    conf = client_config(load_topology(path).sites["edge"].kafka)
+    from mlexec.connectors.kafka import produce_records
+
+    produce_records(conf, f"raw-{uid}", [(b"m0", b"not json")])
+    done = subprocess.run(
+        [sys.executable, "-m", "mlexec.cli", "run", str(path), "--until-end"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())
+    assert (
+        f"site edge: pipeline of u{uid} (raw-{uid} → u{uid}.predictions); store of u{uid}" in out
+    ), out
+    assert "to the end of their input" in out
+    samples = len(read_topic(conf, f"u{uid}.samples"))
+    assert f"u{uid}: 11 records read, 10 predictions, 1 dead letters, {samples} samples" in out, out
