@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
@@ -316,3 +317,46 @@ def run_demo(work_dir: Path, machines: int = 20, seconds: int = 1000) -> DemoRep
         monitoring=monitoring,
         actions={s.output: (s.consumed, s.delivered, s.target) for s in outputs.statuses},
     )
+
+
+def write_example(folder: Path, rows: int = 600, seed: int = 7) -> dict[str, Path]:
+    """Files to start from: pump readings of the last hour, a classifier, labels.
+
+    A new user brings these: a CSV, a scikit-learn model exported with skl2onnx's
+    defaults, and what was found later.
+
+    ``pumps.csv`` has ISO 8601 times with a zone and some empty ``vibration`` cells;
+    ``pumps.onnx`` imputes them and says whether a reading is abnormal (a label and a
+    ZipMap of probabilities); ``labels.csv`` holds what a technician found for a third
+    of the readings, by pump and time.
+    """
+    from skl2onnx import to_onnx
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=55)
+    temperature = rng.normal(60.0, 5.0, rows)
+    vibration = rng.normal(0.3, 0.1, rows) + np.clip(temperature - 62.0, 0, None) * 0.05
+    abnormal = (vibration > 0.42).astype(np.int64)
+    lines = ["pump,ts,temperature,vibration"]
+    labels = ["pump,ts,label"]
+    for i in range(rows):
+        at = (start + timedelta(seconds=5 * i)).isoformat()
+        pump = f"pump-{i % 6}"
+        cell = "" if i % 37 == 5 else f"{vibration[i]:.4f}"
+        lines.append(f"{pump},{at},{temperature[i]:.3f},{cell}")
+        if i % 3 == 0:
+            labels.append(f"{pump},{at},{int(abnormal[i])}")
+    csv_path, labels_path, model_path = (
+        folder / n for n in ("pumps.csv", "labels.csv", "pumps.onnx")
+    )
+    csv_path.write_text("\n".join(lines) + "\n")
+    labels_path.write_text("\n".join(labels) + "\n")
+    x = np.column_stack([temperature, vibration]).astype(np.float32)
+    x[::37, 1] = np.nan
+    pipe = make_pipeline(SimpleImputer(), LogisticRegression()).fit(x, abnormal)
+    model_path.write_bytes(to_onnx(pipe, x[:1]).SerializeToString())
+    return {"csv": csv_path, "labels": labels_path, "model": model_path}

@@ -253,11 +253,25 @@ def init(
                     "path": str(model.resolve()),
                     **({"inputs": numeric} if _one_input(model) else {}),
                 },
-                "sampling": {"rate": 0.1},
+                "sampling": {"rate": 1.0},
                 "retention": "30d",
             }
         },
     }
+    notes.append(
+        "sampling.rate 1.0 keeps every prediction in the sample store: lower it as volumes grow"
+    )
+    plain = delimiter == "," and not decimal_comma and not null
+    if plain:  # polars reads the file as it is: it is the reference monitoring compares with
+        doc["usecases"][usecase]["monitoring"] = {  # type: ignore[index]
+            "every": "1m",
+            "window": "1h",
+            "watch": {n: {} for n in numeric},
+            "reference": {"kind": "file", "path": str(data.resolve())},
+        }
+        notes.append(
+            f"monitoring watches {', '.join(numeric)} against the file itself as reference"
+        )
     text = yaml.safe_dump(doc, sort_keys=False)
     header = "".join(f"# {n}\n" for n in notes)
     target.write_text(f"# written by `mlexec init {data}`\n{header}{text}")

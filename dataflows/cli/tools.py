@@ -143,9 +143,21 @@ def demo(
     ] = Path(".mlexec/demo"),
     machines: Annotated[int, typer.Option(min=1, help="Machines in the synthetic park.")] = 20,
     seconds: Annotated[int, typer.Option(min=20, help="Seconds of readings per machine.")] = 1000,
+    files: Annotated[
+        Path | None,
+        typer.Option(
+            help="Only write example files to start from (pumps.csv, pumps.onnx, labels.csv) "
+            "into this folder: the README's walkthrough."
+        ),
+    ] = None,
 ) -> None:
     """From nothing: local broker, models, data, the site dataflow to the end, a report."""
-    from mlexec.demo import run_demo
+    from mlexec.demo import run_demo, write_example
+
+    if files is not None:
+        written = write_example(files)
+        console.print(f"wrote {', '.join(str(p) for p in written.values())}")
+        return
 
     console.rule("[bold]mlexec demo")
     console.print("local broker, synthetic sensor park, two models (scikit-learn → ONNX) …")

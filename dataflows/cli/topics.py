@@ -356,7 +356,8 @@ def feedback(
     """Send labels from a file to a use case's feedback topic, for accuracy monitoring.
 
     A row names its prediction by ``record_id`` (the prediction's ``id``) or by ``key`` and
-    ``time`` (epoch in the input's time unit, or ISO 8601); ``label`` is a number. Rows
+    ``time`` — or the input's own key and time columns — (epoch in the input's time
+    unit, or ISO 8601); ``label`` is a number. Rows
     that cannot be sent are listed and the command exits 1.
     """
     from mlexec.connectors.kafka import ensure_topics, produce_records
@@ -389,14 +390,15 @@ def feedback(
         if not problem and record_id:
             doc["record_id"] = str(record_id)
         elif not problem:
-            if row.get("key") is None or row.get("time") is None:
-                problem = "no record_id, nor key and time"
+            key = row.get("key", row.get(schema.key))
+            at = row.get("time", row.get(schema.time))
+            if key is None or at is None:
+                problem = f"no record_id, nor key and time (or {schema.key} and {schema.time})"
             else:
-                at = row["time"]
                 if isinstance(at, str) and _NUMBER.fullmatch(at.strip()):
                     at = float(at)  # epoch numbers in a column that also holds ISO text
                 try:
-                    doc.update(key=str(row["key"]), time=parse_time(at, parser))
+                    doc.update(key=str(key), time=parse_time(at, parser))
                 except (ValueError, TypeError, OverflowError) as exc:
                     problem = f"time: {exc}"
         if problem:
