@@ -82,6 +82,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help: no "<bool>" type column, no markup residue in the texts
+    rich_markup_mode=None,
 )
 
 
@@ -105,7 +107,9 @@ def _root(
     """A machine-learning execution environment for streams: one topology, every site."""
 
 
-TopologyArg = Annotated[Path, typer.Argument(help="The topology YAML file.", show_default=False)]
+TopologyArg = Annotated[
+    Path, typer.Argument(help="The topology YAML file.", show_default=False, metavar="TOPOLOGY")
+]
 SiteOpt = Annotated[
     str | None,
     typer.Option("--site", "-s", help="The site to act for (default: the topology's only site)."),

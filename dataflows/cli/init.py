@@ -192,7 +192,7 @@ def init(
     bootstrap: Annotated[str, typer.Option(help="The Kafka bootstrap servers.")] = "127.0.0.1:9092",
     force: Annotated[bool, typer.Option(help="Overwrite an existing topology.")] = False,
 ) -> None:
-    """Write a starter topology for a CSV (and a model), checked like ``mlexec validate``."""
+    """Write a starter topology for a CSV (and a model), checked as mlexec validate checks."""
     if not data.is_file():
         msg = f"{data}: no such file"
         raise MlexecError(msg)

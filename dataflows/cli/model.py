@@ -24,6 +24,7 @@ from mlexec.errors import TopologyError
 model_app = typer.Typer(
     help="Model versions on the registry (mlexec.models): publish, stages, rollback, compare.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(model_app, name="model")
 

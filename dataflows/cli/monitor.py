@@ -33,6 +33,7 @@ from mlexec.cli.app import (
 monitor_app = typer.Typer(
     help="Drift, data quality, accuracy and runtime health of a site's use cases.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(monitor_app, name="monitor")
 
@@ -271,7 +272,7 @@ def monitor_reference(
     ] = None,
     site: MonitorSiteOpt = None,
 ) -> None:
-    """Record a model version's training data as the reference ``kind: model`` names."""
+    """Record a model version's training data as the reference that kind: model names."""
     from mlexec.connectors.samplestore import open_store
     from mlexec.monitoring.monitor import Monitor, read_reference_file
 

@@ -89,7 +89,7 @@ def query(
         bool, typer.Option("--json", help="Print JSON lines, not a table.")
     ] = False,
 ) -> None:
-    """Run SQL on a site's sample store (the database is named ``mlexec``)."""
+    """Run SQL on a site's sample store (the database is named mlexec)."""
     site = one_site(topology, site)
     from mlexec.connectors.samplestore import open_store
 

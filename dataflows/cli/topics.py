@@ -355,9 +355,9 @@ def feedback(
 ) -> None:
     """Send labels from a file to a use case's feedback topic, for accuracy monitoring.
 
-    A row names its prediction by ``record_id`` (the prediction's ``id``) or by ``key`` and
-    ``time`` — or the input's own key and time columns — (epoch in the input's time
-    unit, or ISO 8601); ``label`` is a number. Rows
+    A row names its prediction by record_id (the prediction's id), or by key and time
+    (or the input's own key and time columns; epoch in the input's time unit, or ISO
+    8601); label is a number. Rows
     that cannot be sent are listed and the command exits 1.
     """
     from mlexec.connectors.kafka import ensure_topics, produce_records
