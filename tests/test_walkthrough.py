@@ -51,6 +51,8 @@ def test_the_readme_walkthrough_runs_in_a_fresh_directory(tmp_path, broker):
         assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
         outputs[argv[1]] = " ".join(done.stdout.split())
     assert "wrote" in outputs["init"] and (tmp_path / "pumps.yaml").is_file()
+    assert "site local: connectors pumps/csv (csv " in outputs["connect"]  # what runs, once
+    assert "site local: pipeline of pumps (pumps.raw → pumps.predictions)" in outputs["run"]
     assert "600 records read, 600 predictions, 0 dead letters, 600 samples" in outputs["run"]
     assert len(re.findall(r"pumps\.raw:\d+:\d+", outputs["tail"])) == 5, outputs["tail"]
     assert "sent 200 labels" in outputs["feedback"]

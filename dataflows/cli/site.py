@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -144,9 +144,29 @@ def _summary(the_site: Site, usecase: str | None) -> None:
         )
 
 
+def _part_banner(spec: PartSpec, statuses: list[Any]) -> None:
+    """What a connect or act part runs: each connector (output) and where it goes."""
+    items = []
+    for st in statuses:
+        if hasattr(st, "connector"):
+            items.append(f"{st.usecase}/{st.connector} ({st.kind} {mask_url(st.origin)})")
+        elif hasattr(st, "output"):
+            items.append(f"{st.usecase}/{st.output} ({st.kind} → {mask_url(st.target)})")
+    if not items:
+        return
+    until = "once" if spec.once else "until Ctrl-C"
+    what = (
+        "connectors" if spec.part == "connect" else "outputs" if spec.part == "act" else spec.part
+    )
+    console.print(
+        f"site [bold]{spec.site}[/]: {what} {', '.join(items)} — {until}", highlight=False
+    )
+
+
 def _run_part(spec: PartSpec, show: str) -> None:
     """Run a connect, act or mirror part in the foreground; its counts at the end."""
     prepared = prepare_part(spec)
+    _part_banner(spec, prepared.statuses)
     try:
         received = run_until_stopped(prepared.run)
     finally:

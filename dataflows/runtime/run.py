@@ -245,7 +245,8 @@ def _host_monitoring(
     if dashboard_port is not None:
         board = Dashboard(DashboardData(run.plan, run.site, store), dashboard_port).start()
         hosted.callback(board.close)
-        _log.warning("monitoring dashboard at %s", board.url)
+        # what the user started the site for, not a warning: said on the process's stdout
+        print(f"monitoring dashboard of site {run.site} at {board.url}", flush=True)  # noqa: T201
 
 
 def site_dataflow(

@@ -164,6 +164,8 @@ def test_a_running_site_monitors_on_its_schedule_and_serves_the_dashboard(broker
         [sys.executable, "-m", "mlexec.cli", "run", str(path), "--site", "here"]
         + ["--dashboard-port", str(port), "--health-every", "1"],
         cwd=os.getcwd(),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
 
@@ -181,4 +183,7 @@ def test_a_running_site_monitors_on_its_schedule_and_serves_the_dashboard(broker
         )
     finally:
         proc.terminate()
-        proc.wait(60)
+        said, _ = proc.communicate(timeout=60)
+    # the page's address is said on stdout (not logged as a warning), and what runs where
+    assert f"monitoring dashboard of site here at http://127.0.0.1:{port}" in said, said
+    assert "site here: pipeline of" in said
