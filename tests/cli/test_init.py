@@ -73,10 +73,12 @@ def _naive_local(folder: Path) -> tuple[Path, list[int], dict]:
 @pytest.mark.parametrize(
     "make", [_iso_with_zone, _epoch_ms, _naive_local], ids=["iso-zone", "epoch-ms", "naive-local"]
 )
-def test_init_writes_a_topology_that_validates_and_runs(tmp_path, broker, make):
+def test_init_writes_a_topology_that_validates_and_runs(tmp_path, broker, uid, make):
     data, times, options = make(tmp_path)
     target = tmp_path / "topology.yaml"
+    # a name of its own: the session's broker is shared (the walkthrough's is "pumps")
     args = ["init", str(data), "--out", str(target), "--bootstrap", broker.bootstrap]
+    args += ["--name", f"{data.stem}-{uid}"]
     for flag, value in options.items():
         args += [flag] if value is None else [flag, value]
     done = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
@@ -123,10 +125,11 @@ def test_init_says_what_it_cannot_infer(tmp_path):
     )
 
 
-def test_csv_conventions_that_cannot_hold_are_refused_at_validate(tmp_path, broker):
+def test_csv_conventions_that_cannot_hold_are_refused_at_validate(tmp_path, broker, uid):
     data, _times, options = _naive_local(tmp_path)
     target = tmp_path / "topology.yaml"
     args = ["init", str(data), "--out", str(target), "--bootstrap", broker.bootstrap]
+    args += ["--name", f"weather-{uid}"]
     args += ["--timezone", "Europe/Berlin", "--delimiter", ";", "--decimal-comma", "--null", "NA"]
     assert CliRunner().invoke(app, args).exit_code == 0
     doc = yaml.safe_load(target.read_text())
