@@ -38,14 +38,12 @@ def _history(path, rng: random.Random) -> int:
     return len(lines) - 1
 
 
-def test_a_year_old_csv_is_stored_and_its_range_monitored_in_windows(tmp_path, broker, uid):
-    rows = _history(tmp_path / "history.csv", random.Random(3))
+def _site(tmp_path, broker, uid: str, csv_name: str, **usecase):  # type: ignore[no-untyped-def]
+    """A one-site topology of a CSV of machine, ts, temp and load; ``usecase`` adds keys.
+
+    Returns the topology's path, the loaded topology and its plan.
+    """
     make_mlp(tmp_path / "m.onnx", inputs=2, hidden=(4,), seed=2)
-    reference = {
-        "kind": "range",
-        "start": DAY0.isoformat(),
-        "end": (DAY0 + timedelta(days=1)).isoformat(),
-    }
     doc = {
         "name": f"h{uid}",
         "sites": {
@@ -68,24 +66,40 @@ def test_a_year_old_csv_is_stored_and_its_range_monitored_in_windows(tmp_path, b
                         "load": "float",
                     },
                 },
-                "connectors": [{"kind": "csv", "path": str(tmp_path / "history.csv")}],
+                "connectors": [{"kind": "csv", "path": str(tmp_path / csv_name)}],
                 "dispatch": {"kind": "microbatch"},
                 "model": {"name": "m", "version": "1", "path": str(tmp_path / "m.onnx")},
                 "sampling": {"rate": 1.0},
-                "retention": "14d",  # counted from storing: the year-old samples stay
-                "monitoring": {
-                    "every": "6h",
-                    "window": "6h",
-                    "watch": {"temp": {"psi": {"warning": 0.1, "critical": 0.25}}, "load": {}},
-                    "reference": reference,
-                },
+                **usecase,
             }
         },
     }
     path = tmp_path / "topology.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     topology = load_topology(path)
-    plan = plan_topology(topology, str(path))
+    return path, topology, plan_topology(topology, str(path))
+
+
+def test_a_year_old_csv_is_stored_and_its_range_monitored_in_windows(tmp_path, broker, uid):
+    rows = _history(tmp_path / "history.csv", random.Random(3))
+    reference = {
+        "kind": "range",
+        "start": DAY0.isoformat(),
+        "end": (DAY0 + timedelta(days=1)).isoformat(),
+    }
+    path, topology, plan = _site(
+        tmp_path,
+        broker,
+        uid,
+        "history.csv",
+        retention="14d",  # counted from storing: the year-old samples stay
+        monitoring={
+            "every": "6h",
+            "window": "6h",
+            "watch": {"temp": {"psi": {"warning": 0.1, "critical": 0.25}}, "load": {}},
+            "reference": reference,
+        },
+    )
     run_connectors(prepare_connectors(plan, "here", once=True), once=True)
     run_site(prepare_site(plan, "here"), recovery=False)
     (uc,) = plan.usecases.values()
@@ -139,42 +153,9 @@ def test_samples_past_an_event_time_retention_are_counted_and_said(tmp_path, bro
         at = DAY0 if i % 2 else datetime.now(UTC) - timedelta(minutes=i)
         lines.append(f"a,{at.isoformat()},{20 + i},{i / 20}")
     (tmp_path / "mixed.csv").write_text("\n".join(lines) + "\n")
-    make_mlp(tmp_path / "m.onnx", inputs=2, hidden=(4,), seed=2)
-    doc = {
-        "name": f"e{uid}",
-        "sites": {
-            "here": {
-                "kafka": {"bootstrap": broker.bootstrap},
-                "sample_store": f"chdb://{tmp_path}/chdb",
-                "state_dir": f"{tmp_path}/state",
-            }
-        },
-        "usecases": {
-            f"e{uid}": {
-                "input": {
-                    "topic": f"raw-{uid}",
-                    "key": "machine",
-                    "time": "ts",
-                    "schema": {
-                        "machine": "str",
-                        "ts": "timestamp",
-                        "temp": "float",
-                        "load": "float",
-                    },
-                },
-                "connectors": [{"kind": "csv", "path": str(tmp_path / "mixed.csv")}],
-                "dispatch": {"kind": "microbatch"},
-                "model": {"name": "m", "version": "1", "path": str(tmp_path / "m.onnx")},
-                "sampling": {"rate": 1.0},
-                "retention": "14d",
-                "retention_from": "event",
-            }
-        },
-    }
-    path = tmp_path / "topology.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    topology = load_topology(path)
-    plan = plan_topology(topology, str(path))
+    path, topology, plan = _site(
+        tmp_path, broker, uid, "mixed.csv", retention="14d", retention_from="event"
+    )
     run_connectors(prepare_connectors(plan, "here", once=True), once=True)
     with caplog.at_level(logging.WARNING):
         run_site(prepare_site(plan, "here"), recovery=False)
