@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from mlexec.errors import MlexecError, TopologyError
 from mlexec.topologies.secrets import mask_text
@@ -73,6 +73,30 @@ class _Handled(TyperGroup):
             raise fail(exc) from exc
         except KeyboardInterrupt:
             raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _plain_usage_name(self: TyperArgument) -> str:
+    """``TOPOLOGY`` and ``[SQL]`` in a usage line, as Unix tools write them, not ``{sql}``."""
+    name = self.display_name_raw.upper()
+    name = name if self.required else f"[{name}]"
+    return name if self.nargs == 1 else f"{name}..."
+
+
+def _plain_list_name(self: TyperArgument) -> str:
+    """The same name in the list of arguments."""
+    name = self.display_name_raw.upper()
+    return name if self.nargs == 1 else f"{name}..."
+
+
+def _no_argument_type(self: TyperArgument, ctx: object) -> None:
+    """An argument's help says what it is; typer's ``<path>`` beside it is noise."""
+
+
+# Typer (pinned) marks a required argument ``{name}`` and appends ``<type>`` to each
+# argument's help; the users' report read both as markup residue.
+TyperArgument._usage_display_name = _plain_usage_name  # type: ignore[method-assign]
+TyperArgument._rich_display_name = _plain_list_name  # type: ignore[method-assign]
+TyperArgument.display_type_rich = _no_argument_type  # type: ignore[method-assign, assignment]
 
 
 app = typer.Typer(

@@ -185,12 +185,12 @@ def init(
         str | None, typer.Option(help="The zone of timestamps written without one (IANA name).")
     ] = None,
     delimiter: Annotated[str, typer.Option(help="The CSV delimiter.")] = ",",
-    decimal_comma: Annotated[bool, typer.Option(help="Numbers are written 3,14.")] = False,
+    decimal_comma: Annotated[bool, typer.Option("--decimal-comma", help="Numbers are written 3,14.")] = False,
     null: Annotated[
         list[str] | None, typer.Option(help="A cell that means no value (repeatable), e.g. NA.")
     ] = None,
     bootstrap: Annotated[str, typer.Option(help="The Kafka bootstrap servers.")] = "127.0.0.1:9092",
-    force: Annotated[bool, typer.Option(help="Overwrite an existing topology.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing topology.")] = False,
 ) -> None:
     """Write a starter topology for a CSV (and a model), checked as mlexec validate checks."""
     if not data.is_file():

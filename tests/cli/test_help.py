@@ -22,5 +22,8 @@ def test_help_texts_carry_no_markup_residue():
     for name in [(), *names]:
         done = CliRunner().invoke(app, [*name, "--help"], env={"COLUMNS": "120"})
         assert done.exit_code == 0, (name, done.output)
-        for residue in ("``", "<bool>", ":mod:", ":func:", "{topology}"):
+        for residue in ("``", "<bool>", ":mod:", ":func:", "{", "TOPOLOGY <path>", "/ --no-f"):
             assert residue not in done.output, (name, residue, done.output)
+        usage = done.output.splitlines()[0]
+        if name and "TOPOLOGY" in done.output:  # arguments in capitals, as Unix tools write them
+            assert usage.split("[OPTIONS]")[-1].strip().upper() == usage.split("[OPTIONS]")[-1].strip()
