@@ -51,7 +51,7 @@ class _StorePartition(StatefulSinkPartition[tuple[str, list[dict[str, Any]]], Pe
         max_age: float,
         resume: Pending | None,
     ) -> None:
-        self._store: SampleStore = open_store(url)
+        self._store: SampleStore = open_store(url, owner=True)
         self._tables = dict(tables)
         self._max_rows = max_rows
         self._max_age = max_age

@@ -304,13 +304,13 @@ class _SharedChdb(SampleStore):
     the last handle closed closes it.
     """
 
-    _open: dict[Path, tuple[ChdbStore, int]] = {}
+    _open: dict[Path, tuple[ChdbStore, Any, int]] = {}
     _lock = threading.Lock()
 
     def __init__(self, path: Path) -> None:
         with self._lock:
-            store, handles = self._open.get(path) or (ChdbStore(path), 0)
-            self._open[path] = (store, handles + 1)
+            store, service, handles = self._open.get(path) or (*_own(path), 0)
+            self._open[path] = (store, service, handles + 1)
         self._store: ChdbStore | None = store
         self._path = path
         self.database = store.database
@@ -334,17 +334,38 @@ class _SharedChdb(SampleStore):
         with self._lock:
             if self._store is None:
                 return
-            store, handles = self._open[self._path]
+            store, service, handles = self._open[self._path]
             if handles == 1:
                 del self._open[self._path]
+                service.close()
                 store.close()
             else:
-                self._open[self._path] = (store, handles - 1)
+                self._open[self._path] = (store, service, handles - 1)
             self._store = None
 
 
-def open_store(url: str) -> SampleStore:
-    """The backend for a sample-store URL (chDB: this process's shared store of the directory)."""
+def _own(path: Path) -> tuple[ChdbStore, Any]:
+    """Open the chDB directory in this process and answer other processes for it."""
+    from mlexec.connectors.storeservice import StoreService, describe_holder
+
+    try:
+        store = ChdbStore(path)
+    except SampleStoreError as exc:
+        held = describe_holder(path)
+        if held is None:
+            raise
+        msg = f"the chDB store at {path} is held by {held}; stop it first (commands that only read go through it)"
+        raise SampleStoreError(msg) from exc
+    return store, StoreService(store, path).start()
+
+
+def open_store(url: str, *, owner: bool = False) -> SampleStore:
+    """The backend for a sample-store URL.
+
+    A ``chdb://`` directory is this process's shared store of it when this process
+    holds it; otherwise, unless ``owner`` (the store dataflow, which must hold its
+    directory), the process that holds it answers for it; otherwise it is opened here.
+    """
     if url.startswith("chdb://"):
         path = url[len("chdb://") :]
         if not path:
@@ -352,7 +373,14 @@ def open_store(url: str) -> SampleStore:
                 f"a chDB store URL needs a directory: chdb:///path/to/dir, found {mask_url(url)!r}"
             )
             raise SampleStoreError(msg)
-        return _SharedChdb(Path(path).resolve())
+        directory = Path(path).resolve()
+        if not owner and directory not in _SharedChdb._open:
+            from mlexec.connectors.storeservice import find_service
+
+            remote = find_service(directory)
+            if remote is not None:
+                return remote
+        return _SharedChdb(directory)
     if url.startswith(("clickhouse://", "clickhouses://")):
         return ClickHouseServerStore(url)
     msg = f"a sample-store URL chdb:///dir or clickhouse://user:pass@host:port/db, found {mask_url(url)!r}"

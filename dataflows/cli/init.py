@@ -185,7 +185,9 @@ def init(
         str | None, typer.Option(help="The zone of timestamps written without one (IANA name).")
     ] = None,
     delimiter: Annotated[str, typer.Option(help="The CSV delimiter.")] = ",",
-    decimal_comma: Annotated[bool, typer.Option("--decimal-comma", help="Numbers are written 3,14.")] = False,
+    decimal_comma: Annotated[
+        bool, typer.Option("--decimal-comma", help="Numbers are written 3,14.")
+    ] = False,
     null: Annotated[
         list[str] | None, typer.Option(help="A cell that means no value (repeatable), e.g. NA.")
     ] = None,

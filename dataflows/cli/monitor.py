@@ -104,8 +104,7 @@ def monitor_run(
     """Store labels and health, evaluate drift, quality, accuracy and health; alert on changes.
 
     Runs every monitoring.every until Ctrl-C, or once, or over a past range (--from/--to).
-    With an embedded (chDB) store it needs the store directory to itself: mlexec run
-    stores monitor in-process.
+    While a site's store runs, an embedded (chDB) store is reached through it.
     """
     from mlexec.connectors.samplestore import open_store
     from mlexec.lifecycle.reaction import follow

@@ -24,6 +24,7 @@ from mlexec.cli.app import (
     print_json,
     print_outputs,
 )
+from mlexec.cli.progress import until_end_progress
 from mlexec.runtime.part import PartSpec, exit_on, prepare_part, run_until_stopped
 from mlexec.runtime.site import Site
 from mlexec.topologies.secrets import mask_url
@@ -84,7 +85,8 @@ def run(
     _banner(the_site, part.value, usecase, until_end)
     if until_end and part is Part.all:
         exit_on(signal.SIGINT, signal.SIGTERM)
-        the_site.run_to_end(usecase=usecase, workers=workers, recovery=not no_recovery)
+        with until_end_progress(console, the_site.plan, site, usecase):
+            the_site.run_to_end(usecase=usecase, workers=workers, recovery=not no_recovery)
         _summary(the_site, usecase)
         return
     try:
@@ -247,16 +249,25 @@ def mirror(
 
 
 @app.command()
-def up(topology: TopologyArg, site: SiteOpt = None) -> None:
+def up(
+    topology: TopologyArg,
+    site: SiteOpt = None,
+    dashboard_port: Annotated[
+        int | None,
+        typer.Option(help="Serve the monitoring dashboard from the store process on this port."),
+    ] = None,
+) -> None:
     """Start and supervise a site: connectors, pipeline, store, outputs and mirror links.
 
     A process that exits is restarted with backoff and resumes from its recovery
     state or checkpoint; with a scale policy the pipeline gets more or fewer workers as
-    its lag demands. SIGTERM or Ctrl-C stops every process gracefully.
+    its lag demands. SIGTERM or Ctrl-C stops every process gracefully. While the site
+    runs, `query`, `monitor` and `model compare` on its embedded store go through the
+    store process.
     """
     site = one_site(topology, site)
     the_site = Site.load(topology, site)
-    supervisor = the_site.supervisor()
+    supervisor = the_site.supervisor(dashboard_port=dashboard_port)
     console.print(f"supervising {', '.join(supervisor.parts)} of site [bold]{site}[/]")
     try:
         received = run_until_stopped(supervisor.run)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -155,30 +156,39 @@ def _plan(spec: PartSpec, locked: bool) -> Any:
 
 
 def _run_dataflow(spec: PartSpec, plan: Any, child: subprocess.Popen[bytes] | None) -> None:
+    from mlexec.connectors.samplestore import open_store
+    from mlexec.connectors.storeservice import name_this_holder
     from mlexec.runtime.run import prepare_resources, prepare_site, run_pipeline, run_store
 
+    name_this_holder(f"the {spec.part} of site {spec.site}, {spec.topology}")
     prepared = prepare_site(plan, spec.site, spec.usecase, source=spec.topology)
-    prepare_resources(prepared, tables=spec.part == "store")  # chDB stays locked by its opener
     exit_on(signal.SIGINT, signal.SIGTERM, child=child)
-    if spec.part == "store":
-        run_store(
-            prepared,
-            until_end=spec.until_end,
-            recovery=spec.recovery,
-            metrics_port=spec.metrics_port,
-            health_every=spec.health_every,
-            monitor=spec.monitor,
-            dashboard_port=spec.dashboard_port,
-        )
-    else:
-        run_pipeline(
-            prepared,
-            until_end=spec.until_end,
-            workers=spec.workers,
-            recovery=spec.recovery,
-            metrics_port=spec.metrics_port,
-            health_every=spec.health_every,
-        )
+    with ExitStack() as held:
+        if spec.part == "store" and prepared.store:
+            # The store holds its directory from its first moment to its last, so what
+            # asks it in between (query, monitor) is answered and never opens it in a gap.
+            url = plan.topology.sites[spec.site].sample_store
+            held.enter_context(open_store(url, owner=True))
+        prepare_resources(prepared, tables=spec.part == "store")
+        if spec.part == "store":
+            run_store(
+                prepared,
+                until_end=spec.until_end,
+                recovery=spec.recovery,
+                metrics_port=spec.metrics_port,
+                health_every=spec.health_every,
+                monitor=spec.monitor,
+                dashboard_port=spec.dashboard_port,
+            )
+        else:
+            run_pipeline(
+                prepared,
+                until_end=spec.until_end,
+                workers=spec.workers,
+                recovery=spec.recovery,
+                metrics_port=spec.metrics_port,
+                health_every=spec.health_every,
+            )
 
 
 def prepare_part(spec: PartSpec, *, locked: bool = False) -> PreparedPart:

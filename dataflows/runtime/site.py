@@ -196,10 +196,11 @@ class Site:
 
     # ------------------------------------------------------------ supervision
 
-    def supervisor(self) -> Supervisor:
+    def supervisor(self, *, dashboard_port: int | None = None) -> Supervisor:
         """A supervisor of every part, after checking that no part of the site runs.
 
         Takes the site's ``up`` lock (released by :meth:`stop`, or with the process).
+        With ``dashboard_port`` the store process serves the monitoring page there.
         """
         from mlexec.runtime.supervisor import Supervisor
 
@@ -209,27 +210,29 @@ class Site:
             if found is not None:
                 self._up_lock.release()
                 raise SiteBusyError(describe(self.name, part, found) + "; stop it first")
-        supervisor = Supervisor(self.plan, self.name, Path(self.topology))
+        supervisor = Supervisor(
+            self.plan, self.name, Path(self.topology), dashboard_port=dashboard_port
+        )
         if not supervisor.parts:
             self._up_lock.release()
             msg = f"site {self.name!r} has nothing to run"
             raise TopologyError(msg)
         return supervisor
 
-    def supervise(self, stop: threading.Event) -> None:
+    def supervise(self, stop: threading.Event, *, dashboard_port: int | None = None) -> None:
         """Start and supervise every part in the foreground until ``stop`` is set."""
-        supervisor = self.supervisor()
+        supervisor = self.supervisor(dashboard_port=dashboard_port)
         try:
             supervisor.run(stop)
         finally:
             self._release_up()
 
-    def start(self) -> Site:
+    def start(self, *, dashboard_port: int | None = None) -> Site:
         """Supervise every part in a background thread; :meth:`stop` ends it."""
         if self._supervision is not None:
             msg = f"site {self.name!r} is already started"
             raise MlexecError(msg)
-        supervisor = self.supervisor()
+        supervisor = self.supervisor(dashboard_port=dashboard_port)
         stop = threading.Event()
         thread = threading.Thread(
             target=supervisor.run, args=(stop,), name=f"mlexec-up-{self.name}", daemon=True

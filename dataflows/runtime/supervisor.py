@@ -96,6 +96,7 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         lag: Callable[[], tuple[int, int] | None] | None = None,
         backoff: tuple[float, float] = (1.0, 30.0),
+        dashboard_port: int | None = None,
     ) -> None:
         plan.require_site(site)
         self.plan = plan
@@ -117,7 +118,7 @@ class Supervisor:
             self._add("pipeline", PartSpec("pipeline", path, site, workers=self.workers))
             self.parts["pipeline"].workers = self.workers
         if run.store:
-            self._add("store", PartSpec("store", path, site))
+            self._add("store", PartSpec("store", path, site, dashboard_port=dashboard_port))
         if any(uc.usecase.outputs and uc.site("act") == site for uc in plan.usecases.values()):
             self._add("act", PartSpec("act", path, site))
         for link in plan.topology.links:

@@ -26,4 +26,6 @@ def test_help_texts_carry_no_markup_residue():
             assert residue not in done.output, (name, residue, done.output)
         usage = done.output.splitlines()[0]
         if name and "TOPOLOGY" in done.output:  # arguments in capitals, as Unix tools write them
-            assert usage.split("[OPTIONS]")[-1].strip().upper() == usage.split("[OPTIONS]")[-1].strip()
+            assert (
+                usage.split("[OPTIONS]")[-1].strip().upper() == usage.split("[OPTIONS]")[-1].strip()
+            )
