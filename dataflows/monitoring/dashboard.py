@@ -25,7 +25,7 @@ from mlexec.monitoring.sql import ALERTS_TABLE, DRIFT_TABLE, METRICS_TABLE, quot
 from mlexec.topologies.plan import Plan
 from mlexec.usecase import samples_table, watchable_columns
 
-__all__ = ["Dashboard", "DashboardData", "plotly_js"]
+__all__ = ["Dashboard", "DashboardData", "axis_scale", "gapped", "plotly_js"]
 
 _log = logging.getLogger(__name__)
 
@@ -35,6 +35,51 @@ _PANELS = {
     "throughput": ("records_in_per_s", "predictions_per_s", "deadletters_per_s"),
     "lag": ("lag", "store_backlog"),
 }
+
+
+#: The outputs whose distributions are shown, at most.
+_MAX_OUTPUTS = 8
+#: A pause longer than this many usual intervals is drawn as a gap.
+_GAP = 3.0
+#: Values spread over more than this factor are drawn on a log axis (a backfill's
+#: thousands per second beside a live trickle's tens).
+_LOG_SPREAD = 30.0
+
+
+def gapped(times: list[int], values: list[float], every_ms: float | None = None) -> dict[str, Any]:
+    """``{"t", "v"}`` with a ``None`` value where the series pauses, so the line breaks.
+
+    A pause is an interval over ``_GAP`` times the usual one: ``every_ms`` when the
+    series has a schedule, else the median interval of the series itself.
+    """
+    if len(times) < 2:
+        return {"t": list(times), "v": list(values)}
+    steps = sorted(b - a for a, b in zip(times, times[1:], strict=False) if b > a)
+    usual = every_ms or (steps[len(steps) // 2] if steps else 0)
+    t, v = [times[0]], [values[0]]
+    for (a, b), value in zip(zip(times, times[1:], strict=False), values[1:], strict=True):
+        if usual and b - a > _GAP * usual:
+            t.append((a + b) // 2)
+            v.append(None)
+        t.append(b)
+        v.append(value)
+    return {"t": t, "v": v}
+
+
+def axis_scale(series: dict[str, dict[str, Any]]) -> str:
+    """``log`` when the positive values spread over more than ``_LOG_SPREAD``, else ``linear``."""
+    positive = [x for s in series.values() for x in s["v"] if x is not None and x > 0]
+    if positive and max(positive) > _LOG_SPREAD * min(positive):
+        return "log"
+    return "linear"
+
+
+def _duration(d: timedelta) -> str:
+    seconds = int(d.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def plotly_js() -> Path:
@@ -65,43 +110,68 @@ class DashboardData:
         uc = next((u for u in self.usecases if u.name == name), None)
         if uc is None:
             return {"error": f"no monitored use case {name!r}"}
+        drift, thresholds = self._drift(uc)
         return {
             "usecase": name,
-            "drift": self._drift(name),
+            "drift": drift,
+            "thresholds": thresholds,
             "predictions": self._predictions(uc),
             **{panel: self._metrics(name, names) for panel, names in _PANELS.items()},
             "alerts": self._alerts(name),
         }
 
-    def _drift(self, usecase: str) -> dict[str, Any]:
-        """Per statistic, per column: (times, values)."""
+    def _drift(self, uc: Any) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+        """Per watched statistic, per column: (times, values); and the statistics' thresholds.
+
+        Only what the use case watches is shown (the monitor computes every statistic of a
+        watched column); each threshold line says its severity and value.
+        """
+        watched = {col: w.thresholds() for col, w in uc.usecase.monitoring.watch.items()}
         frame = self.store.query(
             f"SELECT statistic, column, groupArray(toUnixTimestamp64Milli(time)) AS t, "
             f"groupArray(value) AS v FROM (SELECT * FROM {self._db}.{DRIFT_TABLE} "
-            f"WHERE usecase = {quote(usecase)} AND time >= {self._since()} ORDER BY time) "
+            f"WHERE usecase = {quote(uc.name)} AND time >= {self._since()} ORDER BY time) "
             "GROUP BY statistic, column ORDER BY statistic, column"
         )
+        every = uc.usecase.monitoring.every.total_seconds() * 1000
         out: dict[str, Any] = {}
+        lines: dict[str, dict[tuple[str, float], list[str]]] = {}
         for stat, column, t, v in frame.iter_rows():
-            out.setdefault(stat, {})[column] = {"t": t, "v": v}
-        return out
+            limits = watched.get(column, {}).get(stat)
+            if limits is None:
+                continue
+            out.setdefault(stat, {})[column] = gapped(t, v, every)
+            for severity in ("warning", "critical"):
+                value = getattr(limits, severity)
+                if value is not None:
+                    lines.setdefault(stat, {}).setdefault((severity, value), []).append(column)
+        thresholds = {
+            stat: [
+                {"severity": severity, "value": value, "columns": columns}
+                for (severity, value), columns in sorted(found.items(), key=lambda kv: kv[0][1])
+            ]
+            for stat, found in lines.items()
+        }
+        return out, thresholds
 
     def _predictions(self, uc: Any) -> dict[str, Any]:
-        """A histogram of the first scalar output over the window, by model version."""
+        """Histograms of the scalar outputs over the last window, by model version."""
         table = samples_table(uc)
-        outputs = [c for c in watchable_columns(table) if c not in uc.features]
-        if not outputs:
-            return {}
-        output = outputs[0]
-        frame = self.store.query(
-            f"SELECT model_version AS version, groupArray(10000)(toFloat64(`{output}`)) AS v "
-            f"FROM {self._db}.`{uc.table}` WHERE event_time >= "
-            f"(SELECT max(event_time) FROM {self._db}.`{uc.table}`) - INTERVAL "
-            f"{int(uc.usecase.monitoring.window.total_seconds())} SECOND GROUP BY version"
-        )
-        return {"output": output, "versions": {r[0]: r[1] for r in frame.iter_rows()}}
+        outputs = [c for c in watchable_columns(table) if c not in uc.features][:_MAX_OUTPUTS]
+        window = uc.usecase.monitoring.window
+        shown: dict[str, Any] = {}
+        for output in outputs:
+            frame = self.store.query(
+                f"SELECT model_version AS version, "
+                f"groupArray(10000)(toFloat64(`{output}`)) AS v FROM {self._db}.`{uc.table}` "
+                f"WHERE event_time >= (SELECT max(event_time) FROM {self._db}.`{uc.table}`) "
+                f"- INTERVAL {int(window.total_seconds())} SECOND GROUP BY version"
+            )
+            shown[output] = {r[0]: r[1] for r in frame.iter_rows()}
+        return {"window": _duration(window), "outputs": shown}
 
     def _metrics(self, usecase: str, names: tuple[str, ...]) -> dict[str, Any]:
+        """Per measure: (times, values), gaps shown as gaps; and the axis' scale."""
         listed = ", ".join(quote(n) for n in names)
         frame = self.store.query(
             f"SELECT name, groupArray(toUnixTimestamp64Milli(time)) AS t, groupArray(value) AS v "
@@ -109,7 +179,8 @@ class DashboardData:
             f"WHERE usecase = {quote(usecase)} AND name IN ({listed}) AND time >= {self._since()} "
             "GROUP BY time, name ORDER BY time) GROUP BY name ORDER BY name"
         )
-        return {name: {"t": t, "v": v} for name, t, v in frame.iter_rows()}
+        series = {name: gapped(t, v) for name, t, v in frame.iter_rows()}
+        return {"series": series, "scale": axis_scale(series)}
 
     def _alerts(self, usecase: str) -> list[dict[str, Any]]:
         frame = self.store.query(
@@ -220,26 +291,38 @@ _PAGE = """<!doctype html>
   <span id="status"></span></header>
 <main>
   <section><h2>Drift per watched value</h2><div id="drift" class="plot"></div></section>
-  <section><h2>Prediction distribution (window)</h2><div id="predictions" class="plot"></div></section>
+  <section><h2><span id="predictions-title">Predictions</span>
+    <select id="output"></select></h2><div id="predictions" class="plot"></div></section>
   <section><h2>Inference latency (ms)</h2><div id="latency" class="plot"></div></section>
   <section><h2>Throughput (records/s)</h2><div id="throughput" class="plot"></div></section>
   <section><h2>Lag and store backlog (records)</h2><div id="lag" class="plot"></div></section>
   <section><h2>Alerts</h2><div id="alerts"></div></section>
 </main>
 <script>
-const layout = (y) => ({margin: {l: 50, r: 10, t: 10, b: 60}, yaxis: {title: y},
-  xaxis: {type: "date"}, legend: {orientation: "h"}});
+const COLORS = {warning: "#b26a00", critical: "#b00020"};
+const layout = (y, scale) => ({margin: {l: 10, r: 10, t: 10, b: 10},
+  yaxis: {title: {text: y}, type: scale || "linear", automargin: true},
+  xaxis: {type: "date", automargin: true}, legend: {orientation: "h", y: -0.2}});
 let current = null;
 
-function lines(id, series, y) {
+function lines(id, series, y, scale, decorate) {
   const traces = Object.entries(series).map(([name, s]) => ({
-    x: s.t.map((t) => new Date(t)), y: s.v, name, mode: "lines+markers", type: "scatter"}));
-  draw(id, traces, layout(y));
+    x: s.t.map((t) => new Date(t)), y: s.v, name, mode: "lines+markers", type: "scatter",
+    connectgaps: false}));
+  const lay = layout(y, scale);
+  if (decorate) decorate(lay);
+  draw(id, traces, lay);
+  document.getElementById(id).dataset.scale = scale || "linear";
+}
+
+function panel(id, found, y) {
+  const scale = (found || {}).scale || "linear";
+  lines(id, (found || {}).series || {}, scale === "log" ? y + " (log)" : y, scale);
 }
 
 function draw(id, traces, lay) {
   const el = document.getElementById(id);
-  const points = traces.reduce((n, t) => n + (t.y || t.x || []).length, 0);
+  const points = traces.reduce((n, t) => n + (t.y || t.x || []).filter((v) => v !== null).length, 0);
   el.dataset.points = points;
   if (!points) { el.innerHTML = '<div class="empty">no data yet</div>'; return; }
   Plotly.newPlot(el, traces, lay, {displaylogo: false, responsive: true});
@@ -247,7 +330,29 @@ function draw(id, traces, lay) {
 
 function drift() {
   const stat = document.getElementById("statistic").value;
-  lines("drift", (current.drift || {})[stat] || {}, stat);
+  const limits = (current.thresholds || {})[stat] || [];
+  lines("drift", (current.drift || {})[stat] || {}, stat, "linear", (lay) => {
+    lay.shapes = limits.map((l) => ({type: "line", xref: "paper", x0: 0, x1: 1, y0: l.value,
+      y1: l.value, line: {color: COLORS[l.severity], dash: "dash", width: 1.5}}));
+    lay.annotations = limits.map((l) => ({xref: "paper", x: 1, xanchor: "right", y: l.value,
+      yanchor: "bottom", showarrow: false, text: `${l.severity} ${l.value}`,
+      font: {size: 11, color: COLORS[l.severity]}}));
+  });
+  document.getElementById("drift").dataset.thresholds = limits.length;
+}
+
+function predictions() {
+  const p = current.predictions || {};
+  const out = document.getElementById("output").value;
+  const versions = (p.outputs || {})[out] || {};
+  document.getElementById("predictions-title").textContent =
+    out ? `Predictions of ${out}, last ${p.window} window` : "Predictions";
+  draw("predictions", Object.entries(versions).map(([v, xs]) => ({
+    x: xs, type: "histogram", name: "version " + v, opacity: 0.7})),
+    {margin: {l: 10, r: 10, t: 10, b: 10}, barmode: "overlay", legend: {orientation: "h", y: -0.2},
+     xaxis: {title: {text: out}, automargin: true},
+     yaxis: {title: {text: "samples"}, automargin: true}});
+  document.getElementById("predictions").dataset.output = out;
 }
 
 function alerts(rows) {
@@ -268,13 +373,14 @@ async function load(name) {
   sel.innerHTML = stats.map((s) => `<option>${s}</option>`).join("");
   if (stats.includes("psi")) sel.value = "psi";
   drift();
-  const p = current.predictions || {};
-  draw("predictions", Object.entries(p.versions || {}).map(([v, xs]) => ({
-    x: xs, type: "histogram", name: "version " + v, opacity: 0.7})),
-    {margin: {l: 50, r: 10, t: 10, b: 40}, barmode: "overlay", xaxis: {title: p.output || ""}});
-  lines("latency", current.latency || {}, "ms");
-  lines("throughput", current.throughput || {}, "records/s");
-  lines("lag", current.lag || {}, "records");
+  const outputs = Object.keys((current.predictions || {}).outputs || {});
+  const osel = document.getElementById("output");
+  osel.innerHTML = outputs.map((o) => `<option>${o}</option>`).join("");
+  osel.style.display = outputs.length > 1 ? "" : "none";
+  predictions();
+  panel("latency", current.latency, "ms");
+  panel("throughput", current.throughput, "records/s");
+  panel("lag", current.lag, "records");
   alerts(current.alerts || []);
   document.getElementById("status").textContent = "";
   document.body.dataset.loaded = name;
@@ -286,6 +392,7 @@ async function load(name) {
   sel.innerHTML = overview.usecases.map((u) => `<option>${u}</option>`).join("");
   sel.onchange = () => load(sel.value);
   document.getElementById("statistic").onchange = drift;
+  document.getElementById("output").onchange = predictions;
   if (overview.usecases.length) await load(overview.usecases[0]);
   else document.getElementById("status").textContent = "no monitored use case on this site";
 })();

@@ -66,7 +66,8 @@ def test_the_dashboard_draws_every_plot_from_the_store_offline(broker, tmp_path,
         tmp_path,
         broker.bootstrap,
         uid,
-        _monitoring(T0, watch={f: {"psi": {"warning": 0.1}} for f in FIELDS[:4]}),
+        # evaluated each hour (below) as scheduled: no gap between them
+        _monitoring(T0, every="1h", watch={f: {"psi": {"warning": 0.1}} for f in FIELDS[:4]}),
     )
     topology, plan, uc, conf = prepared(path)
     rng = np.random.default_rng(4)
@@ -78,20 +79,22 @@ def test_the_dashboard_draws_every_plot_from_the_store_offline(broker, tmp_path,
     for row in rows:
         row["y"] = float(rng.beta(2, 5))
     now_ms = int(time.time() * 1000)
+    # a backfill at 6,259/s, then a live trickle of ~30/s, and a pause of the pipeline
+    rates = {0: 6259.0, 1: 31.0, 2: 30.0, 3: 29.0, 7: 30.0, 8: 32.0}
     snapshots = [
         {
-            "time": now_ms - (5 - i) * 10_000,
+            "time": now_ms - (9 - i) * 10_000,
             "site": "here",
             "part": "pipeline",
             "rows": [
-                {"usecase": uc.name, "name": "records_in_per_s", "value": 1000.0 + i},
-                {"usecase": uc.name, "name": "predictions_per_s", "value": 990.0 + i},
+                {"usecase": uc.name, "name": "records_in_per_s", "value": rate},
+                {"usecase": uc.name, "name": "predictions_per_s", "value": rate - 1},
                 {"usecase": uc.name, "name": "latency_p50_ms", "value": 0.2},
                 {"usecase": uc.name, "name": "latency_p99_ms", "value": 0.9},
                 {"usecase": uc.name, "name": "lag", "value": float(100 * i)},
             ],
         }
-        for i in range(5)
+        for i, rate in rates.items()
     ]
     produce_records(
         conf, "mlexec.metrics", [(b"here/pipeline", orjson.dumps(s)) for s in snapshots]
@@ -105,9 +108,21 @@ def test_the_dashboard_draws_every_plot_from_the_store_offline(broker, tmp_path,
             page = httpx.get(board.url, timeout=10).text
             assert not re.search(r"(src|href)=[\"']https?://", page)  # every asset is local
             data = httpx.get(f"{board.url}api/usecase?name={uc.name}", timeout=10).json()
+            assert set(data["drift"]) == {"psi"}  # only what is watched, of every statistic
             assert set(data["drift"]["psi"]) == set(FIELDS[:4])
             assert len(data["drift"]["psi"]["f1"]["v"]) == 3
-            assert sorted(data["throughput"]) == ["predictions_per_s", "records_in_per_s"]
+            assert data["thresholds"]["psi"] == [
+                {"severity": "warning", "value": 0.1, "columns": FIELDS[:4]}
+            ]
+            assert data["predictions"]["window"] == "1h" and list(
+                data["predictions"]["outputs"]
+            ) == ["y"]
+            throughput = data["throughput"]["series"]
+            assert sorted(throughput) == ["predictions_per_s", "records_in_per_s"]
+            assert data["throughput"]["scale"] == "log"  # 6,259/s and 30/s both readable
+            assert data["latency"]["scale"] == "linear"
+            rates_drawn = throughput["records_in_per_s"]["v"]
+            assert rates_drawn == [6259.0, 31.0, 30.0, 29.0, None, 30.0, 32.0]  # the pause a gap
 
             dom = _browse(board.url, "--dump-dom")
             assert dom.returncode == 0, dom.stderr[-2000:]
@@ -118,6 +133,15 @@ def test_the_dashboard_draws_every_plot_from_the_store_offline(broker, tmp_path,
                 assert match is not None, f"{plot} was not drawn"
                 assert int(match.group(1)) > 0, f"{plot} holds no data"
             assert html.count("main-svg") >= 5  # plotly drew its SVGs
+            drift_html = html[html.index('id="drift"') : html.index('id="predictions-title"')]
+            assert 'data-thresholds="1"' in drift_html
+            # the warning's threshold: a horizontal dashed line across the plot, in its colour
+            line = r'class="shape-group"[^>]*><path[^>]*d="M[\d.]+,([\d.]+)L[\d.]+,\1"[^>]*'
+            drawn = re.search(line + r"stroke: rgb\(178, 106, 0\)[^>]*stroke-dasharray", drift_html)
+            assert drawn, "no threshold line drawn in the drift plot"
+            assert "warning 0.1" in drift_html  # the line says what it is
+            assert re.search(r'id="throughput"[^>]*data-scale="log"', html)
+            assert "Predictions of y, last 1h window" in html
             assert "psi of f1" in html  # the alerts table
 
             shot = Path(tmp_path / "dashboard.png")
