@@ -24,6 +24,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from mlexec.connectors.delivery import ReliableProducer
+from mlexec.connectors.kafkalog import LOGGER
 from mlexec.errors import ConnectorError, MlexecError
 from mlexec.topologies.plan import TopicSpec
 from mlexec.topologies.schema import KafkaSettings
@@ -55,6 +56,8 @@ def client_config(kafka: KafkaSettings) -> dict[str, Any]:
         # mlexec creates every topic with its declared partitions (ensure_topics); a topic
         # the broker made up on a write (4 partitions on Tansu) would never be read
         "allow.auto.create.topics": False,
+        # librdkafka's own log through mlexec's logging, each kind of line once a minute
+        "logger": LOGGER,
     }
     if sec.ca:
         conf["ssl.ca.location"] = sec.ca
