@@ -23,23 +23,27 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PATH_IN_MESSAGE = re.compile(r"^([A-Za-z0-9_.-]+): (.*)$", re.DOTALL)
 
 
-def expand_env(value: Any, path: tuple[str | int, ...] = ()) -> Any:
+def expand_env(
+    value: Any, path: tuple[str | int, ...] = (), builtins: dict[str, str] | None = None
+) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree.
 
     Expansion runs on parsed scalars (not on the raw text) so a secret holding YAML
     syntax cannot change the document's structure. Defaults may nest
     (``${A:-${B:-x}}``); a value taken from the environment is used as it is.
+    ``builtins`` are names the file defines whatever the environment says
+    (``TOPOLOGY_DIR``, the folder of the topology file).
     """
     if isinstance(value, dict):
-        return {k: expand_env(v, (*path, k)) for k, v in value.items()}
+        return {k: expand_env(v, (*path, k), builtins) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, (*path, i)) for i, v in enumerate(value)]
+        return [expand_env(v, (*path, i), builtins) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
-    return _expand(value, path)
+    return _expand(value, path, builtins or {})
 
 
-def _expand(text: str, path: tuple[str | int, ...]) -> str:
+def _expand(text: str, path: tuple[str | int, ...], builtins: dict[str, str]) -> str:
     out: list[str] = []
     i = 0
     while (start := text.find("${", i)) >= 0:
@@ -59,10 +63,12 @@ def _expand(text: str, path: tuple[str | int, ...]) -> str:
             i = after
             continue
         var = name.group(0)
-        if var in os.environ:
+        if var in builtins:
+            out.append(builtins[var])
+        elif var in os.environ:
             out.append(os.environ[var])
         elif default is not None:
-            out.append(_expand(default, path))
+            out.append(_expand(default, path, builtins))
         else:
             msg = f"environment variable {var} is not set (write ${{{var}:-default}} for a default)"
             raise _EnvError(path, msg)
@@ -105,7 +111,7 @@ def parse_topology(text: str, source: str = "<string>", base_dir: Path | None = 
     """Validate topology YAML ``text``; ``source`` names it in errors.
 
     Relative model (and pre-model) paths are resolved against ``base_dir`` (the
-    topology's folder).
+    topology's folder), which ``${TOPOLOGY_DIR}`` names in any value.
     """
     try:
         root = yaml.compose(text)
@@ -119,7 +125,8 @@ def parse_topology(text: str, source: str = "<string>", base_dir: Path | None = 
         msg = f"{source}: expected a mapping with sites and usecases, found {type(raw).__name__}"
         raise TopologyError(msg)
     try:
-        raw = expand_env(raw)
+        here = {"TOPOLOGY_DIR": str(base_dir.resolve())} if base_dir is not None else {}
+        raw = expand_env(raw, builtins=here)
     except _EnvError as exc:
         raise TopologyError(_describe(source, root, exc.path, exc.message)) from exc
     if base_dir is not None:

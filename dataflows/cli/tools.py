@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -152,13 +153,15 @@ def demo(
     ] = None,
 ) -> None:
     """From nothing: local broker, models, data, the site dataflow to the end, a report."""
-    from mlexec.demo import run_demo, write_example
+    from mlexec.demo import demo_topology_path, run_demo, write_example
 
     if files is not None:
         written = write_example(files)
         console.print(f"wrote {', '.join(str(p) for p in written.values())}")
         return
 
+    # the report's table shows the alerts; logged too, they would break into the tables
+    logging.getLogger("mlexec.monitoring.alerts").setLevel(logging.ERROR)
     console.rule("[bold]mlexec demo")
     console.print("local broker, synthetic sensor park, two models (scikit-learn → ONNX) …")
     with console.status("running the demo topology to the end"):
@@ -198,8 +201,11 @@ def demo(
         f"data, models and the chDB store are in [bold]{work_dir}[/]; the broker is stopped. "
         "Query the samples again with:"
     )
+    # topologies/demo.yaml's own default is the checkout's .mlexec/demo
+    default = (demo_topology_path().parent.parent / ".mlexec" / "demo").resolve()
+    where = "" if work_dir.resolve() == default else f"MLEXEC_DEMO_DIR={work_dir.resolve()} "
     console.print(
-        f"  MLEXEC_DEMO_DIR={work_dir.resolve()} mlexec query topologies/demo.yaml --site edge "
+        f"  {where}mlexec query topologies/demo.yaml --site edge "
         "'SELECT count() FROM mlexec.samples_readings FINAL'",
         highlight=False,
         soft_wrap=True,

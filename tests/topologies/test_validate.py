@@ -466,3 +466,17 @@ def test_defaults_nest_and_environment_values_are_taken_verbatim(monkeypatch):
     monkeypatch.setenv("OUTER", "${INNER}")
     assert expand_env("${OUTER:-x}") == "${INNER}"
     assert expand_env("cost $5, ${ not a variable") == "cost $5, ${ not a variable"
+
+
+def test_topology_dir_names_the_files_folder_so_the_demo_finds_what_make_demo_wrote(
+    monkeypatch, tmp_path
+):
+    from mlexec.demo import demo_topology_path
+
+    monkeypatch.delenv("MLEXEC_DEMO_DIR", raising=False)
+    monkeypatch.setenv("TOPOLOGY_DIR", "/elsewhere")  # the file's folder, whatever the env says
+    topo = load_topology(demo_topology_path())
+    checkout = demo_topology_path().resolve().parent.parent
+    made = Path(topo.usecases["readings"].model.path).resolve()  # type: ignore[union-attr]
+    assert made == checkout / ".mlexec" / "demo" / "reading-anomaly.onnx"
+    assert Path(topo.sites["edge"].state_dir).resolve() == checkout / ".mlexec" / "demo" / "state"
