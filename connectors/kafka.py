@@ -80,7 +80,13 @@ class BrokerUnreachable(ConnectorError):
 REACH_TIMEOUT = 6.0
 
 
-def ensure_topics(conf: dict[str, Any], topics: Iterable[TopicSpec], timeout: float = 30.0) -> None:
+def ensure_topics(
+    conf: dict[str, Any],
+    topics: Iterable[TopicSpec],
+    timeout: float = 30.0,
+    *,
+    site: str | None = None,
+) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are.
 
     The first contact of every part with its broker: one that does not answer within
@@ -94,8 +100,9 @@ def ensure_topics(conf: dict[str, Any], topics: Iterable[TopicSpec], timeout: fl
     except KafkaException as exc:
         where = mask_url(str(conf.get("bootstrap.servers", "?")))
         reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        whose = f"site {site}'s Kafka broker" if site else "the Kafka broker"
         msg = (
-            f"the Kafka broker at {where} does not answer within {wait:g} s ({reason}): is it "
+            f"{whose} at {where} does not answer within {wait:g} s ({reason}): is it "
             "running and reachable? `mlexec broker` starts a local one"
         )
         raise BrokerUnreachable(msg) from None

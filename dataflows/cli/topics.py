@@ -283,7 +283,9 @@ def produce(
     where, topic = _where(plan, uc, "raw", site)
     dead_topic = uc.deadletter_topic
     conf = _conf(plan, where)
-    ensure_topics(conf, [s for s in plan.topics_at(where) if s.name in (topic, dead_topic)])
+    ensure_topics(
+        conf, [s for s in plan.topics_at(where) if s.name in (topic, dead_topic)], site=where
+    )
     schema = uc.usecase.input
     shaper = RecordShaper(schema.schema_, schema.key, nullable=schema.nullable)
     good = bad = 0
@@ -407,7 +409,7 @@ def feedback(
         good.append((str(doc.get("record_id") or doc.get("key")).encode(), orjson.dumps(doc)))
     if good:
         conf = _conf(plan, where)
-        ensure_topics(conf, [s for s in plan.topics_at(where) if s.name == topic])
+        ensure_topics(conf, [s for s in plan.topics_at(where) if s.name == topic], site=where)
         produce_records(conf, topic, good)
     console.print(f"sent {len(good):,} labels of {file} to {topic} on site {where}")
     if refused:

@@ -138,7 +138,7 @@ def prepare_resources(run: SiteRun, *, tables: bool = True) -> None:
     stays locked by the process that opened it.
     """
     site = run.plan.topology.sites[run.site]
-    ensure_topics(client_config(site.kafka), run.plan.topics_at(run.site))
+    ensure_topics(client_config(site.kafka), run.plan.topics_at(run.site), site=run.site)
     if run.store and tables:
         with open_store(site.sample_store) as store:
             for rt in run.store:

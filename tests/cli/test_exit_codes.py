@@ -97,5 +97,6 @@ def test_a_broker_that_is_not_there_is_one_line_and_exit_1(tmp_path):
         for sig, handler in kept.items():
             signal.signal(sig, handler)
     assert code == 1, text
-    assert "does not answer" in text and "`mlexec broker` starts a local one" in text
+    assert "site here's Kafka broker at 127.0.0.1:" in text and "does not answer" in text
+    assert "`mlexec broker` starts a local one" in text
     assert text.count("error:") == 1 and "Traceback" not in text
