@@ -56,7 +56,8 @@ def gapped(times: list[int], values: list[float], every_ms: float | None = None)
         return {"t": list(times), "v": list(values)}
     steps = sorted(b - a for a, b in zip(times, times[1:], strict=False) if b > a)
     usual = every_ms or (steps[len(steps) // 2] if steps else 0)
-    t, v = [times[0]], [values[0]]
+    t: list[int] = [times[0]]
+    v: list[float | None] = [values[0]]
     for (a, b), value in zip(zip(times, times[1:], strict=False), values[1:], strict=True):
         if usual and b - a > _GAP * usual:
             t.append((a + b) // 2)
