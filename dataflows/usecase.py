@@ -288,6 +288,15 @@ def _check_monitoring(plan: UseCasePlan, table: SamplesTable, source: str) -> No
         )
         msg = f"a numeric scalar model output of {outputs}, found {accuracy.output!r}{why}"
         raise _fail(source, plan.name, "monitoring.accuracy.output", msg)
+    if accuracy is not None and accuracy.probabilities is not None:
+        found = kinds.get(accuracy.probabilities)
+        if found not in ("Float64", "Array(Float32)", "Array(Float64)"):
+            probable = [n for n, k in table.columns if k.startswith("Array(Float") or n in outputs]
+            msg = (
+                "the output of class probabilities (a row of floats per record) or of P(class 1), "
+                f"one of {probable}, found {accuracy.probabilities!r}"
+            )
+            raise _fail(source, plan.name, "monitoring.accuracy.probabilities", msg)
 
 
 def _example(plan: UseCasePlan, model: OnnxModel) -> Predictions:

@@ -240,6 +240,8 @@ def monitor_show(
             first = view["drift"].row(0, named=True)
             drift.caption = f"{first['rows']:,} samples up to {first['window_end']}"
         console.print(drift if view["drift"].height else "no evaluation yet: mlexec monitor run")
+        if view["performance"].height:
+            console.print(_performance(view["performance"], styles))
         health = Table(title="runtime health (latest)", title_justify="left")
         for col in ("site", "part", "measure", "value", "at"):
             health.add_column(col, justify="right" if col == "value" else "left")
@@ -304,3 +306,23 @@ def monitor_dashboard(
         console.print(f"monitoring dashboard of site {where} at [bold]{board.url}[/]; Ctrl-C stops")
         sys.stdout.flush()
         _until_interrupted(board.serve)
+
+
+def _performance(frame: Any, styles: dict[str, str]) -> Table:
+    """Per version/variant: the realized metric (labels) beside the estimated ones (CBPE)."""
+    table = Table(
+        title="model performance (latest evaluation): realized from labels, estimated before them",
+        title_justify="left",
+    )
+    for col in ("version/variant", "metric", "value ", "severity"):
+        table.add_column(col.strip(), justify="right" if col == "value " else "left")
+    for row in frame.iter_rows(named=True):
+        sev = row["severity"]
+        stat = row["statistic"]
+        table.add_row(
+            row["subject"],
+            stat.replace("estimated_", "estimated ") if stat.startswith("estimated_") else stat,
+            f"{row['value']:.4g}",
+            f"[{styles.get(sev, '')}]{sev}[/]" if sev else "ok",
+        )
+    return table

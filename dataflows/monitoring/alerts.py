@@ -39,7 +39,7 @@ def judge_alerts(ev: Evaluation, previous: dict[str, str], site: str, now: datet
             "health"
             if subject == "health"
             else "accuracy"
-            if stat in ("mae", "rmse", "error_rate")
+            if stat in ("mae", "rmse", "error_rate") or stat.startswith("estimated_")
             else "quality"
             if stat in ("null_rate", "out_of_range")
             else "drift"

@@ -117,6 +117,7 @@ class DashboardData:
             "drift": drift,
             "thresholds": thresholds,
             "predictions": self._predictions(uc),
+            "performance": self._performance(uc),
             **{panel: self._metrics(name, names) for panel, names in _PANELS.items()},
             "alerts": self._alerts(name),
         }
@@ -154,6 +155,22 @@ class DashboardData:
             for stat, found in lines.items()
         }
         return out, thresholds
+
+    def _performance(self, uc: Any) -> dict[str, Any]:
+        """Realized error (labels) and estimated error rate (CBPE) per version/variant over time."""
+        frame = self.store.query(
+            f"SELECT column, statistic, groupArray(toUnixTimestamp64Milli(time)) AS t, "
+            f"groupArray(value) AS v FROM (SELECT * FROM {self._db}.{DRIFT_TABLE} "
+            f"WHERE usecase = {quote(uc.name)} AND time >= {self._since()} AND statistic IN "
+            "('mae', 'rmse', 'error_rate', 'estimated_error_rate') ORDER BY time) "
+            "GROUP BY column, statistic ORDER BY column, statistic"
+        )
+        every = uc.usecase.monitoring.every.total_seconds() * 1000
+        series = {
+            f"{subject} {stat.replace('_', ' ')}": gapped(t, v, every)
+            for subject, stat, t, v in frame.iter_rows()
+        }
+        return {"series": series, "scale": "linear"}
 
     def _predictions(self, uc: Any) -> dict[str, Any]:
         """Histograms of the scalar outputs over the last window, by model version."""
@@ -294,6 +311,8 @@ _PAGE = """<!doctype html>
   <section><h2>Drift per watched value</h2><div id="drift" class="plot"></div></section>
   <section><h2><span id="predictions-title">Predictions</span>
     <select id="output"></select></h2><div id="predictions" class="plot"></div></section>
+  <section><h2>Model performance: realized and estimated (before labels)</h2>
+    <div id="performance" class="plot"></div></section>
   <section><h2>Inference latency (ms)</h2><div id="latency" class="plot"></div></section>
   <section><h2>Throughput (records/s)</h2><div id="throughput" class="plot"></div></section>
   <section><h2>Lag and store backlog (records)</h2><div id="lag" class="plot"></div></section>
@@ -379,6 +398,7 @@ async function load(name) {
   osel.innerHTML = outputs.map((o) => `<option>${o}</option>`).join("");
   osel.style.display = outputs.length > 1 ? "" : "none";
   predictions();
+  panel("performance", current.performance, "error");
   panel("latency", current.latency, "ms");
   panel("throughput", current.throughput, "records/s");
   panel("lag", current.lag, "records");

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
+import polars as pl
+
 from mlexec.connectors.samplestore import SampleStore
 from mlexec.monitoring.columns import (
     DRIFT_COLUMNS,
@@ -15,6 +18,7 @@ from mlexec.monitoring.columns import (
     ms,
     num,
 )
+from mlexec.monitoring.estimate import Calibration, estimate, fit_calibration
 from mlexec.monitoring.references import References
 from mlexec.monitoring.sql import (
     DRIFT_TABLE,
@@ -23,6 +27,7 @@ from mlexec.monitoring.sql import (
     accuracy_sql,
     drift_sql,
     feedback_table,
+    labelled_pairs,
     quote,
     sql_time,
 )
@@ -30,6 +35,7 @@ from mlexec.topologies.plan import UseCasePlan
 from mlexec.topologies.schema import (
     STATISTICS,
     Monitoring,
+    RangeReference,
     Thresholds,
 )
 
@@ -66,6 +72,8 @@ class Evaluator:
         self.store = store
         self.references = references
         self._db = f"`{store.database}`"
+        #: (use case, reference) → per model version, the calibration of its estimate
+        self._calibrations: dict[tuple[str, str], dict[str, Calibration]] = {}
 
     def evaluate(self, uc: UseCasePlan, now: datetime) -> Evaluation:
         """Drift, quality, accuracy and health of one use case over the window ending ``now``."""
@@ -83,6 +91,8 @@ class Evaluator:
                 self._drift(uc, mon, ev, where)
         if mon.accuracy is not None:
             self._accuracy(uc, mon, ev, where)
+            if mon.accuracy.estimated:
+                self._estimated(uc, mon, ev, where)
         self._health(uc, mon, ev, now)
         self._write_drift(ev, now)
         return ev
@@ -129,6 +139,82 @@ class Evaluator:
                 subject = f"{row['version']}/{row['variant']}"
                 ev.values[(subject, acc.metric)] = float(row[acc.metric])
                 ev.thresholds[(subject, acc.metric)] = acc.thresholds
+
+    def _calibrations_of(
+        self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation
+    ) -> dict[str, Calibration]:
+        """Per model version, the estimate's calibration on the reference's labelled samples.
+
+        Fitted once per reference on the production variant's samples of each version
+        the reference range holds (a version's probabilities are its own).
+        """
+        acc, ref = mon.accuracy, mon.reference
+        assert acc is not None and acc.probabilities is not None
+        assert isinstance(ref, RangeReference)
+        key = (uc.name, ref.name())
+        if key in self._calibrations:
+            return self._calibrations[key]
+        where = (
+            f"event_time >= {sql_time(ref.start)} AND event_time < {sql_time(ref.end)} "
+            "AND variant = 'production'"
+        )
+        pairs = labelled_pairs(
+            f"{self._db}.`{uc.table}`",
+            f"{self._db}.`{feedback_table(uc)}`",
+            f"model_version AS version, `{acc.probabilities}` AS p",
+            where,
+        )
+        frame = self.store.query(f"SELECT version, p, label FROM ({pairs}) ORDER BY version")
+        needed = max(acc.min_labels, 100)
+        fitted: dict[str, Calibration] = {}
+        for (version,), group in frame.group_by(["version"], maintain_order=True):
+            if group.height >= needed:
+                p, labels = _probabilities(group["p"]), group["label"].to_numpy()
+                try:
+                    fitted[str(version)] = fit_calibration(p, labels, acc.classes)
+                except ValueError as exc:  # e.g. classes that do not fit the probabilities
+                    ev.notes.append(f"version {version}: no estimated accuracy: {exc}")
+        if not fitted:
+            ev.notes.append(
+                f"{frame.height} labelled samples in the reference range; the estimated "
+                f"accuracy is calibrated on at least {needed} of a version"
+            )
+            return fitted
+        self._calibrations[key] = fitted
+        return fitted
+
+    def _estimated(self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation, where: str) -> None:
+        """Accuracy, precision, recall, F1 and ROC AUC per version, before labels (CBPE)."""
+        acc = mon.accuracy
+        assert acc is not None
+        calibrations = self._calibrations_of(uc, mon, ev)
+        if not calibrations:
+            return
+        frame = self.store.query(
+            f"SELECT model_version AS version, variant, `{acc.probabilities}` AS p, "
+            f"toFloat64(`{acc.output}`) AS predicted FROM {self._db}.`{uc.table}` FINAL "
+            f"WHERE {where} ORDER BY version, variant"
+        )
+        for (version, variant), group in frame.group_by(
+            ["version", "variant"], maintain_order=True
+        ):
+            subject = f"{version}/{variant}"
+            calibration = calibrations.get(str(version))
+            if calibration is None:
+                ev.notes.append(
+                    f"{subject}: no labelled reference samples of version {version} to "
+                    "calibrate its estimated accuracy on"
+                )
+                continue
+            if group.height < mon.min_rows:
+                ev.notes.append(
+                    f"{subject}: {group.height} samples; the estimated accuracy needs {mon.min_rows}"
+                )
+                continue
+            got = estimate(_probabilities(group["p"]), group["predicted"].to_numpy(), calibration)
+            for name, value in got.items():
+                ev.values[(subject, f"estimated_{name}")] = value
+            ev.thresholds[(subject, "estimated_error_rate")] = acc.thresholds
 
     def _health(
         self,
@@ -186,3 +272,10 @@ class Evaluator:
                 DRIFT_COLUMNS,
             ),
         )
+
+
+def _probabilities(column: pl.Series) -> np.ndarray:
+    """``[rows, classes]`` from a list column, or ``[rows]`` from a column of P(class 1)."""
+    if isinstance(column.dtype, pl.List | pl.Array):
+        return np.array(column.to_list(), dtype=np.float64)
+    return column.cast(pl.Float64).to_numpy()

@@ -226,11 +226,23 @@ MAX_REPLAY_WINDOWS = 20_000
 def latest(store: SampleStore, uc: UseCasePlan) -> dict[str, pl.DataFrame]:
     """What ``mlexec monitor show`` prints: the latest evaluation, health and alerts."""
     db, name = f"`{store.database}`", quote(uc.name)
+    evaluated = store.query(
+        f"SELECT column, statistic, value, severity, rows, window_end FROM {db}.{DRIFT_TABLE} "
+        f"WHERE usecase = {name} AND time = (SELECT max(time) FROM {db}.{DRIFT_TABLE} "
+        f"WHERE usecase = {name}) ORDER BY column, statistic"
+    )
+    performance = pl.col("statistic").is_in(["mae", "rmse", "error_rate"]) | pl.col(
+        "statistic"
+    ).str.starts_with("estimated_")
     return {
-        "drift": store.query(
-            f"SELECT column, statistic, value, severity, rows, window_end FROM {db}.{DRIFT_TABLE} "
-            f"WHERE usecase = {name} AND time = (SELECT max(time) FROM {db}.{DRIFT_TABLE} "
-            f"WHERE usecase = {name}) ORDER BY column, statistic"
+        "drift": evaluated.filter(~performance) if evaluated.height else evaluated,
+        # per version/variant: realized (from labels) beside estimated (before them)
+        "performance": (
+            evaluated.filter(performance)
+            .rename({"column": "subject"})
+            .select("subject", "statistic", "value", "severity")
+            if evaluated.height
+            else evaluated
         ),
         "health": store.query(
             f"SELECT site, part, name, argMax(value, time) AS value, max(time) AS at "

@@ -50,6 +50,7 @@ __all__ = [
     "Alert",
     "accuracy_sql",
     "grid_ks",
+    "labelled_pairs",
     "training_sql",
     "variants_sql",
     "feedback_ddl",
@@ -270,7 +271,7 @@ def accuracy_sql(samples: str, feedback: str, output: str, where: str) -> str:
     record id; the latest label of a record wins.
     """
     picked = f"model_version AS version, variant, {_value(output)} AS predicted"
-    pairs = _labelled_pairs(samples, feedback, picked, where)
+    pairs = labelled_pairs(samples, feedback, picked, where)
     return (
         "SELECT version, variant, count() AS labelled, avg(abs(predicted - label)) AS mae, "
         "sqrt(avg(pow(predicted - label, 2))) AS rmse, avg(predicted != label) AS error_rate "
@@ -428,7 +429,7 @@ def variants_sql(samples: str, output: str, where: str) -> str:
     )
 
 
-def _labelled_pairs(samples: str, feedback: str, picked_columns: str, where: str) -> str:
+def labelled_pairs(samples: str, feedback: str, picked_columns: str, where: str) -> str:
     """Sampled predictions joined with their latest label (by record id, or key and time)."""
     labels = (
         f"SELECT record_id, key, event_time, argMax(label, received_at) AS label "
@@ -452,7 +453,7 @@ def training_sql(samples: str, feedback: str, features: Sequence[str]) -> str:
     features are the same, the labels too.
     """
     cols = ", ".join(_ident(f) for f in features)
-    pairs = _labelled_pairs(samples, feedback, cols, "variant != 'shadow'")
+    pairs = labelled_pairs(samples, feedback, cols, "variant != 'shadow'")
     firsts = ", ".join(f"any({_ident(f)}) AS {_ident(f)}" for f in features)
     return (
         f"SELECT record_id, any(event_time) AS event_time, {firsts}, any(label) AS label "

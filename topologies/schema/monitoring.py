@@ -154,6 +154,30 @@ class Accuracy(_Model):
     thresholds: Thresholds
     #: Fewer labelled predictions than this in the window give no verdict.
     min_labels: int = Field(default=20, ge=1)
+    #: Also estimate it before labels arrive (CBPE): from the class probabilities in
+    #: ``probabilities``, calibrated on the labelled samples of the reference range;
+    #: judged as ``estimated_error_rate`` with the same thresholds.
+    estimated: bool = False
+    #: The output of class probabilities (per row, in class order), or of P(class 1).
+    probabilities: str | None = None
+    #: The label value of each probability, in order (default 0, 1, …).
+    classes: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _estimable(self) -> Accuracy:
+        if not self.estimated:
+            return self
+        if self.metric != "error_rate":
+            msg = (
+                "estimated: a classifier's accuracy (CBPE) is estimated from its class "
+                f"probabilities: metric error_rate, found {self.metric!r} (no estimate of a "
+                "regressor's error yet)"
+            )
+            raise ValueError(msg)
+        if self.probabilities is None:
+            msg = "probabilities: the output of class probabilities, for estimated: true"
+            raise ValueError(msg)
+        return self
 
 
 class Health(_Model):
@@ -200,6 +224,13 @@ class Monitoring(_Model):
                 msg = (
                     f"watch.{column}.range: [low, high] for out_of_range (or a reference, whose "
                     "min and max are the default), found neither"
+                )
+                raise ValueError(msg)
+        if self.accuracy is not None and self.accuracy.estimated:
+            if not isinstance(self.reference, RangeReference):
+                msg = (
+                    "reference: a range of labelled samples (kind range) to calibrate the "
+                    f"estimated accuracy on, found {'none' if self.reference is None else self.reference.kind}"
                 )
                 raise ValueError(msg)
         return self
