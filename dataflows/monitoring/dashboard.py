@@ -122,6 +122,14 @@ class DashboardData:
             "alerts": self._alerts(name),
         }
 
+    def _evaluated(self, usecase: str) -> str:
+        """The evaluations since the page's horizon, the latest of a window re-evaluated."""
+        return (
+            f"SELECT column, statistic, time, argMax(value, recorded_at) AS value "
+            f"FROM {self._db}.{DRIFT_TABLE} WHERE usecase = {quote(usecase)} "
+            f"AND time >= {self._since()} GROUP BY column, statistic, time ORDER BY time"
+        )
+
     def _drift(self, uc: Any) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
         """Per watched statistic, per column: (times, values); and the statistics' thresholds.
 
@@ -131,8 +139,7 @@ class DashboardData:
         watched = {col: w.thresholds() for col, w in uc.usecase.monitoring.watch.items()}
         frame = self.store.query(
             f"SELECT statistic, column, groupArray(toUnixTimestamp64Milli(time)) AS t, "
-            f"groupArray(value) AS v FROM (SELECT * FROM {self._db}.{DRIFT_TABLE} "
-            f"WHERE usecase = {quote(uc.name)} AND time >= {self._since()} ORDER BY time) "
+            f"groupArray(value) AS v FROM ({self._evaluated(uc.name)}) "
             "GROUP BY statistic, column ORDER BY statistic, column"
         )
         every = uc.usecase.monitoring.every.total_seconds() * 1000
@@ -160,9 +167,8 @@ class DashboardData:
         """Realized error (labels) and estimated error rate (CBPE) per version/variant over time."""
         frame = self.store.query(
             f"SELECT column, statistic, groupArray(toUnixTimestamp64Milli(time)) AS t, "
-            f"groupArray(value) AS v FROM (SELECT * FROM {self._db}.{DRIFT_TABLE} "
-            f"WHERE usecase = {quote(uc.name)} AND time >= {self._since()} AND statistic IN "
-            "('mae', 'rmse', 'error_rate', 'estimated_error_rate') ORDER BY time) "
+            f"groupArray(value) AS v FROM ({self._evaluated(uc.name)}) WHERE statistic IN "
+            "('mae', 'rmse', 'error_rate', 'estimated_error_rate') "
             "GROUP BY column, statistic ORDER BY column, statistic"
         )
         every = uc.usecase.monitoring.every.total_seconds() * 1000

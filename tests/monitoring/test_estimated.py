@@ -13,8 +13,9 @@ import yaml
 
 from mlexec.connectors.kafka import client_config, ensure_topics, produce_records
 from mlexec.connectors.samplestore import open_store
+from mlexec.monitoring.dashboard import DashboardData
 from mlexec.monitoring.estimate import estimate, fit_calibration, isotonic
-from mlexec.monitoring.monitor import Monitor
+from mlexec.monitoring.monitor import Monitor, latest
 from mlexec.runtime.run import prepare_site, run_site
 from mlexec.topologies import TopologyError, load_topology, plan_topology
 
@@ -143,6 +144,14 @@ def test_estimated_accuracy_tracks_the_realized_and_alerts_before_the_labels(bro
         monitor = Monitor(plan, "here", store)
         monitor.prepare()
         after = [monitor.run_once(_at(end))[0] for end in ends]
+        shown = latest(store, uc)  # what monitor show prints
+        board = DashboardData(plan, "here", store, hours=24 * 365 * 10).usecase(uc.name)
+    performance = set(shown["performance"]["statistic"].to_list())
+    assert {"error_rate", "estimated_error_rate", "estimated_roc_auc"} <= performance
+    assert not set(shown["drift"]["statistic"].to_list()) & performance
+    drawn = board["performance"]["series"]
+    assert len(drawn["1/production estimated error rate"]["v"]) == len(ends)
+    assert len(drawn["1/production error rate"]["v"]) == len(ends)
     realized = [1.0 - ev.values[(subject, "error_rate")] for ev in after]
     assert realized[0] > 0.85 and realized[-1] < 0.78  # the truth fell from ~0.9 to ~0.75
     gaps = [abs(e - r) for e, r in zip(estimated, realized, strict=True)]
