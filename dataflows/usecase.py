@@ -288,6 +288,16 @@ def _check_monitoring(plan: UseCasePlan, table: SamplesTable, source: str) -> No
         )
         msg = f"a numeric scalar model output of {outputs}, found {accuracy.output!r}{why}"
         raise _fail(source, plan.name, "monitoring.accuracy.output", msg)
+    segments = monitoring.segments
+    if segments is not None:
+        kinds_of = dict(table.all_columns())
+        allowed = [
+            n for n, k in kinds_of.items() if k in ("String", "LowCardinality(String)", "Int64")
+        ]
+        allowed = [n for n in allowed if n not in ("record_id", "sample_reason")]
+        if segments.by not in allowed:
+            msg = f"a text or integer column of the samples to segment by, one of {allowed}, found {segments.by!r}"
+            raise _fail(source, plan.name, "monitoring.segments.by", msg)
     if accuracy is not None and accuracy.probabilities is not None:
         found = kinds.get(accuracy.probabilities)
         if found not in ("Float64", "Array(Float32)", "Array(Float64)"):

@@ -242,6 +242,8 @@ def monitor_show(
         console.print(drift if view["drift"].height else "no evaluation yet: mlexec monitor run")
         if view["performance"].height:
             console.print(_performance(view["performance"], styles))
+        if view["segments"].height:
+            console.print(_segments(view["segments"], styles))
         health = Table(title="runtime health (latest)", title_justify="left")
         for col in ("site", "part", "measure", "value", "at"):
             health.add_column(col, justify="right" if col == "value" else "left")
@@ -323,6 +325,24 @@ def _performance(frame: Any, styles: dict[str, str]) -> Table:
             row["subject"],
             stat.replace("estimated_", "estimated ") if stat.startswith("estimated_") else stat,
             f"{row['value']:.4g}",
+            f"[{styles.get(sev, '')}]{sev}[/]" if sev else "ok",
+        )
+    return table
+
+
+def _segments(frame: Any, styles: dict[str, str]) -> Table:
+    """The segments farthest past their thresholds (value ÷ threshold, highest first)."""
+    table = Table(title="top drifting segments (latest evaluation)", title_justify="left")
+    for col in ("segment", "subject", "statistic", "value ", "of threshold ", "severity"):
+        table.add_column(col.strip(), justify="right" if col.endswith(" ") else "left")
+    for row in frame.iter_rows(named=True):
+        sev = row["severity"]
+        table.add_row(
+            row["segment"],
+            row["column"],
+            row["statistic"],
+            f"{row['value']:.4g}",
+            f"{row['of_threshold']:.2f}×",
             f"[{styles.get(sev, '')}]{sev}[/]" if sev else "ok",
         )
     return table

@@ -106,6 +106,7 @@ DRIFT_COLUMNS = {
     "time": MS_TIME,
     "usecase": _STR,
     "column": _STR,
+    "segment": _STR,
     "statistic": _STR,
     "value": _F64,
     "severity": _STR,

@@ -118,6 +118,7 @@ class DashboardData:
             "thresholds": thresholds,
             "predictions": self._predictions(uc),
             "performance": self._performance(uc),
+            "segments": self._segments(uc),
             **{panel: self._metrics(name, names) for panel, names in _PANELS.items()},
             "alerts": self._alerts(name),
         }
@@ -177,6 +178,18 @@ class DashboardData:
             for subject, stat, t, v in frame.iter_rows()
         }
         return {"series": series, "scale": "linear"}
+
+    def _segments(self, uc: Any) -> list[dict[str, Any]]:
+        """The latest evaluation's segments farthest past their thresholds."""
+        from mlexec.monitoring.monitor import top_segments
+
+        name = quote(uc.name)
+        frame = self.store.query(
+            f"SELECT column, segment, statistic, value, severity FROM {self._db}.{DRIFT_TABLE} "
+            f"WHERE usecase = {name} AND segment != '' AND time = (SELECT max(time) FROM "
+            f"{self._db}.{DRIFT_TABLE} WHERE usecase = {name})"
+        )
+        return top_segments(frame, uc).to_dicts() if frame.height else []
 
     def _predictions(self, uc: Any) -> dict[str, Any]:
         """Histograms of the scalar outputs over the last window, by model version."""
@@ -322,6 +335,7 @@ _PAGE = """<!doctype html>
   <section><h2>Inference latency (ms)</h2><div id="latency" class="plot"></div></section>
   <section><h2>Throughput (records/s)</h2><div id="throughput" class="plot"></div></section>
   <section><h2>Lag and store backlog (records)</h2><div id="lag" class="plot"></div></section>
+  <section><h2>Top drifting segments</h2><div id="segments"></div></section>
   <section><h2>Alerts</h2><div id="alerts"></div></section>
 </main>
 <script>
@@ -381,6 +395,17 @@ function predictions() {
   document.getElementById("predictions").dataset.output = out;
 }
 
+function segments(rows) {
+  const el = document.getElementById("segments");
+  el.dataset.points = rows.length;
+  if (!rows.length) { el.innerHTML = '<div class="empty">no segments declared or judged</div>'; return; }
+  el.innerHTML = "<table><tr><th>segment</th><th>subject</th><th>statistic</th><th>value</th>" +
+    "<th>of threshold</th><th>severity</th></tr>" +
+    rows.map((r) => `<tr><td>${r.segment}</td><td>${r.column}</td><td>${r.statistic}</td>` +
+      `<td>${r.value.toPrecision(4)}</td><td>${r.of_threshold.toFixed(2)}×</td>` +
+      `<td class="${r.severity}">${r.severity || "ok"}</td></tr>`).join("") + "</table>";
+}
+
 function alerts(rows) {
   const el = document.getElementById("alerts");
   el.dataset.points = rows.length;
@@ -408,6 +433,7 @@ async function load(name) {
   panel("latency", current.latency, "ms");
   panel("throughput", current.throughput, "records/s");
   panel("lag", current.lag, "records");
+  segments(current.segments || []);
   alerts(current.alerts || []);
   document.getElementById("status").textContent = "";
   document.body.dataset.loaded = name;

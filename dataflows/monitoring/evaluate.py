@@ -23,7 +23,9 @@ from mlexec.monitoring.references import References
 from mlexec.monitoring.sql import (
     DRIFT_TABLE,
     METRICS_TABLE,
+    SEGMENT_MARK,
     Alert,
+    Segmenting,
     accuracy_sql,
     drift_sql,
     feedback_table,
@@ -120,6 +122,26 @@ class Evaluator:
                 ev.values[(col, stat)] = num(row[f"c{i}_{stat}"])
             for stat, limits in mon.watch[col].thresholds().items():
                 ev.thresholds[(col, stat)] = limits
+        segmenting = _segmenting(mon)
+        if segmenting is None:
+            return
+        sql = drift_sql(
+            source,
+            self.store.database,
+            uc.name,
+            ev.reference,
+            columns,
+            mon.bins,
+            ranges,
+            segmenting,
+        )
+        for seg in self.store.query(sql).iter_rows(named=True):
+            where_ = f"{SEGMENT_MARK}{segmenting.column}={seg['segment']}"
+            for i, col in enumerate(columns):
+                for stat in STATISTICS:
+                    ev.values[(col + where_, stat)] = num(seg[f"c{i}_{stat}"])
+                for stat, limits in mon.watch[col].thresholds().items():
+                    ev.thresholds[(col + where_, stat)] = limits
 
     def _accuracy(
         self,
@@ -139,6 +161,17 @@ class Evaluator:
                 subject = f"{row['version']}/{row['variant']}"
                 ev.values[(subject, acc.metric)] = float(row[acc.metric])
                 ev.thresholds[(subject, acc.metric)] = acc.thresholds
+        segmenting = _segmenting(mon)
+        if segmenting is None:
+            return
+        sql = accuracy_sql(samples, feedback, acc.output, where, segmenting)
+        for row in self.store.query(sql).iter_rows(named=True):
+            subject = (
+                f"{row['version']}/{row['variant']}{SEGMENT_MARK}"
+                f"{segmenting.column}={row['segment']}"
+            )
+            ev.values[(subject, acc.metric)] = float(row[acc.metric])
+            ev.thresholds[(subject, acc.metric)] = acc.thresholds
 
     def _calibrations_of(
         self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation
@@ -240,9 +273,9 @@ class Evaluator:
 
     def _write_drift(self, ev: Evaluation, now: datetime) -> None:
         rows = [
-            (col, stat, value)
-            for (col, stat), value in ev.values.items()
-            if col != "health" and value == value
+            (subject, stat, value)
+            for (subject, stat), value in ev.values.items()
+            if subject != "health" and value == value
         ]
         if not rows:
             return
@@ -253,7 +286,8 @@ class Evaluator:
                     {
                         "time": ms(now),
                         "usecase": ev.usecase,
-                        "column": col,
+                        "column": col.split(SEGMENT_MARK)[0],
+                        "segment": col.split(SEGMENT_MARK)[1] if SEGMENT_MARK in col else "",
                         "statistic": stat,
                         "value": value,
                         "severity": (
@@ -279,3 +313,9 @@ def _probabilities(column: pl.Series) -> np.ndarray:
     if isinstance(column.dtype, pl.List | pl.Array):
         return np.array(column.to_list(), dtype=np.float64)
     return column.cast(pl.Float64).to_numpy()
+
+
+def _segmenting(mon: Monitoring) -> Segmenting | None:
+    if mon.segments is None:
+        return None
+    return Segmenting(mon.segments.by, mon.segments.min_rows, mon.segments.largest)

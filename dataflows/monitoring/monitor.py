@@ -227,23 +227,66 @@ def latest(store: SampleStore, uc: UseCasePlan) -> dict[str, pl.DataFrame]:
     """What ``mlexec monitor show`` prints: the latest evaluation, health and alerts."""
     db, name = f"`{store.database}`", quote(uc.name)
     evaluated = store.query(
-        f"SELECT column, statistic, value, severity, rows, window_end FROM {db}.{DRIFT_TABLE} "
-        f"WHERE usecase = {name} AND time = (SELECT max(time) FROM {db}.{DRIFT_TABLE} "
-        f"WHERE usecase = {name}) ORDER BY column, statistic"
+        f"SELECT column, segment, statistic, value, severity, rows, window_end "
+        f"FROM {db}.{DRIFT_TABLE} WHERE usecase = {name} AND time = (SELECT max(time) "
+        f"FROM {db}.{DRIFT_TABLE} WHERE usecase = {name}) ORDER BY column, statistic"
     )
+    if not evaluated.height:
+        empty = evaluated.drop("segment", strict=False)
+        return {"drift": empty, "performance": empty, "segments": empty, **_health(store, uc)}
     performance = pl.col("statistic").is_in(["mae", "rmse", "error_rate"]) | pl.col(
         "statistic"
     ).str.starts_with("estimated_")
+    whole = evaluated.filter(pl.col("segment") == "").drop("segment")
     return {
-        "drift": evaluated.filter(~performance) if evaluated.height else evaluated,
+        "drift": whole.filter(~performance),
         # per version/variant: realized (from labels) beside estimated (before them)
         "performance": (
-            evaluated.filter(performance)
+            whole.filter(performance)
             .rename({"column": "subject"})
             .select("subject", "statistic", "value", "severity")
-            if evaluated.height
-            else evaluated
         ),
+        "segments": top_segments(evaluated.filter(pl.col("segment") != ""), uc),
+        **_health(store, uc),
+    }
+
+
+def top_segments(rows: pl.DataFrame, uc: UseCasePlan) -> pl.DataFrame:
+    """The judged values of segments, the farthest past (or nearest to) their threshold first."""
+    mon = uc.usecase.monitoring
+    assert mon is not None
+    limits: dict[tuple[str, str], float] = {}
+    for col, watched in mon.watch.items():
+        for stat, t in watched.thresholds().items():
+            limits[(col, stat)] = t.warning if t.warning is not None else (t.critical or 0.0)
+    acc = mon.accuracy
+    judged = []
+    for row in rows.iter_rows(named=True):
+        limit = limits.get((row["column"], row["statistic"]))
+        if limit is None and acc is not None and row["statistic"] == acc.metric:
+            t = acc.thresholds
+            limit = t.warning if t.warning is not None else t.critical
+        if limit:
+            judged.append({**row, "of_threshold": row["value"] / limit})
+    top = mon.segments.top if mon.segments is not None else 10
+    if not judged:
+        return pl.DataFrame(
+            schema={
+                "segment": pl.String,
+                "column": pl.String,
+                "statistic": pl.String,
+                "value": pl.Float64,
+                "severity": pl.String,
+                "of_threshold": pl.Float64,
+            }
+        )
+    frame = pl.DataFrame(judged).sort("of_threshold", descending=True).head(top)
+    return frame.select("segment", "column", "statistic", "value", "severity", "of_threshold")
+
+
+def _health(store: SampleStore, uc: UseCasePlan) -> dict[str, pl.DataFrame]:
+    db, name = f"`{store.database}`", quote(uc.name)
+    return {
         "health": store.query(
             f"SELECT site, part, name, argMax(value, time) AS value, max(time) AS at "
             f"FROM {db}.{METRICS_TABLE} WHERE usecase = {name} GROUP BY site, part, name "

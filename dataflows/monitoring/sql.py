@@ -46,6 +46,8 @@ __all__ = [
     "feedback_table",
     "reference_table",
     "QUANTILE_SHIFT_LEVELS",
+    "SEGMENT_MARK",
+    "Segmenting",
     "REFERENCES_TABLE",
     "Alert",
     "accuracy_sql",
@@ -76,6 +78,8 @@ QUANTILE_SHIFT_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
 _FLOOR = 1e-6
 
 REFERENCES_TABLE = "mlexec_references"
+#: Between a watched subject and its segment in a subject's name: ``f1 @ key=m-07``.
+SEGMENT_MARK = " @ "
 
 
 def feedback_table(uc: UseCasePlan) -> str:
@@ -196,13 +200,18 @@ def drift_sql(
     columns: Sequence[str],
     bins: int,
     ranges: Mapping[str, tuple[float, float] | None],
+    segments: Segmenting | None = None,
 ) -> str:
     """Every statistic of every column over ``source``, against the stored profile.
 
-    One row: ``rows`` and, per column ``i``, ``c{i}_<statistic>``.
+    One row: ``rows`` and, per column ``i``, ``c{i}_<statistic>``. With ``segments``
+    one row per segment (``segment``): the largest, of at least its ``min_rows``.
     """
     ref_table = f"{_ident(database)}.{REFERENCES_TABLE}"
     withs, inner, outer = [], ["count() AS rows"], ["rows"]
+    if segments is not None:
+        inner.insert(0, f"{segments.expression} AS segment")
+        outer.insert(0, "segment")
     for i, col in enumerate(columns):
         profile = ("edges", "counts", "grid", "mean", "std", "min", "max")
         withs.append(
@@ -258,24 +267,51 @@ def drift_sql(
             f"c{i}_nulls / greatest(rows, 1) AS c{i}_null_rate",
             f"c{i}_outside / greatest(c{i}_n, 1) AS c{i}_out_of_range",
         ]
+    grouped = "" if segments is None else f" {segments.clauses()}"
     return (
         f"WITH {', '.join(withs)} SELECT {', '.join(outer)} "
-        f"FROM (SELECT {', '.join(inner)} FROM {source})"
+        f"FROM (SELECT {', '.join(inner)} FROM {source}{grouped})"
     )
 
 
-def accuracy_sql(samples: str, feedback: str, output: str, where: str) -> str:
+@dataclass(frozen=True)
+class Segmenting:
+    """Statistics per value of a column: the ``largest`` segments of ``min_rows`` or more."""
+
+    column: str
+    min_rows: int
+    largest: int
+
+    @property
+    def expression(self) -> str:
+        return f"toString({_ident(self.column)})"
+
+    def clauses(self) -> str:
+        return (
+            f"GROUP BY segment HAVING count() >= {int(self.min_rows)} "
+            f"ORDER BY count() DESC, segment LIMIT {int(self.largest)}"
+        )
+
+
+def accuracy_sql(
+    samples: str, feedback: str, output: str, where: str, segments: Segmenting | None = None
+) -> str:
     """Labelled predictions per model version and variant: count, MAE, RMSE, error rate.
 
     A label joins its prediction by record id, or by key and event time when it names no
-    record id; the latest label of a record wins.
+    record id; the latest label of a record wins. With ``segments``, per segment too.
     """
     picked = f"model_version AS version, variant, {_value(output)} AS predicted"
+    by = "version, variant"
+    if segments is not None:
+        picked += f", {segments.expression} AS segment"
+        by += ", segment"
     pairs = labelled_pairs(samples, feedback, picked, where)
+    having = "" if segments is None else f" HAVING labelled >= {int(segments.min_rows)}"
     return (
-        "SELECT version, variant, count() AS labelled, avg(abs(predicted - label)) AS mae, "
+        f"SELECT {by}, count() AS labelled, avg(abs(predicted - label)) AS mae, "
         "sqrt(avg(pow(predicted - label, 2))) AS rmse, avg(predicted != label) AS error_rate "
-        f"FROM ({pairs}) GROUP BY version, variant ORDER BY version, variant"
+        f"FROM ({pairs}) GROUP BY {by}{having} ORDER BY {by}"
     )
 
 
@@ -386,6 +422,7 @@ def tables_ddl(database: str) -> list[str]:
         "usecase LowCardinality(String), name LowCardinality(String), value Float64) "
         "ENGINE = ReplacingMergeTree ORDER BY (site, part, usecase, name, time) "
         "TTL toDateTime(time) + INTERVAL 90 DAY",
+        f"ALTER TABLE {db}.{DRIFT_TABLE} ADD COLUMN IF NOT EXISTS segment String DEFAULT ''",
         *(
             statement
             for table in (DRIFT_TABLE, ALERTS_TABLE)

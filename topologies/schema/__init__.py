@@ -52,6 +52,7 @@ from mlexec.topologies.schema.monitoring import (
     Monitoring,
     RangeReference,
     Reference,
+    Segments,
     Thresholds,
     Watched,
 )
@@ -139,6 +140,7 @@ __all__ = [
     "Sasl",
     "Scale",
     "Security",
+    "Segments",
     "Session",
     "Site",
     "Sliding",

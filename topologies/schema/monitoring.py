@@ -22,6 +22,7 @@ __all__ = [
     "RangeReference",
     "Reference",
     "STATISTICS",
+    "Segments",
     "Thresholds",
     "Watched",
 ]
@@ -180,6 +181,19 @@ class Accuracy(_Model):
         return self
 
 
+class Segments(_Model):
+    """Drift and accuracy per value of a column, besides over the whole window."""
+
+    #: A column of the samples table: ``key``, a text or integer feature, ``model_version``.
+    by: str
+    #: Segments with fewer samples (labelled predictions) in the window are not judged.
+    min_rows: int = Field(default=100, ge=1)
+    #: At most this many segments per window are evaluated: the largest.
+    largest: int = Field(default=200, ge=1, le=10_000)
+    #: How many of the most drifting ``monitor show`` and the dashboard list.
+    top: int = Field(default=10, ge=1)
+
+
 class Health(_Model):
     """Thresholds on the runtime health the dataflows report."""
 
@@ -207,6 +221,7 @@ class Monitoring(_Model):
     reference: Reference | None = None
     watch: dict[str, Watched] = {}
     accuracy: Accuracy | None = None
+    segments: Segments | None = None
     health: Health = Health()
 
     @model_validator(mode="after")
