@@ -288,6 +288,11 @@ def _check_monitoring(plan: UseCasePlan, table: SamplesTable, source: str) -> No
         )
         msg = f"a numeric scalar model output of {outputs}, found {accuracy.output!r}{why}"
         raise _fail(source, plan.name, "monitoring.accuracy.output", msg)
+    multivariate = monitoring.multivariate
+    for name in (multivariate.columns or []) if multivariate is not None else []:
+        if name not in columns:
+            msg = f"numeric features or scalar model outputs of {columns}, found {name!r}"
+            raise _fail(source, plan.name, "monitoring.multivariate.columns", msg)
     segments = monitoring.segments
     if segments is not None:
         kinds_of = dict(table.all_columns())

@@ -137,7 +137,10 @@ class DashboardData:
         Only what the use case watches is shown (the monitor computes every statistic of a
         watched column); each threshold line says its severity and value.
         """
-        watched = {col: w.thresholds() for col, w in uc.usecase.monitoring.watch.items()}
+        mon = uc.usecase.monitoring
+        watched = {col: w.thresholds() for col, w in mon.watch.items()}
+        if mon.multivariate is not None:
+            watched["multivariate"] = {"reconstruction": mon.multivariate.thresholds}
         frame = self.store.query(
             f"SELECT statistic, column, groupArray(toUnixTimestamp64Milli(time)) AS t, "
             f"groupArray(value) AS v FROM ({self._evaluated(uc.name)}) "

@@ -19,6 +19,7 @@ from mlexec.monitoring.columns import (
     num,
 )
 from mlexec.monitoring.estimate import Calibration, estimate, fit_calibration
+from mlexec.monitoring.multivariate import Pca, error_sql, fit_pca
 from mlexec.monitoring.references import References
 from mlexec.monitoring.sql import (
     DRIFT_TABLE,
@@ -42,6 +43,9 @@ from mlexec.topologies.schema import (
 )
 
 __all__ = ["Evaluation", "Evaluator"]
+
+#: Reference rows (at most, a random choice) the multivariate drift's components are fitted on.
+_PCA_ROWS = 200_000
 
 
 @dataclass
@@ -74,6 +78,8 @@ class Evaluator:
         self.store = store
         self.references = references
         self._db = f"`{store.database}`"
+        #: (use case, reference) → the multivariate drift's components, the reference's error
+        self._pcas: dict[tuple[str, str], tuple[Pca, float]] = {}
         #: (use case, reference) → per model version, the calibration of its estimate
         self._calibrations: dict[tuple[str, str], dict[str, Calibration]] = {}
 
@@ -91,6 +97,8 @@ class Evaluator:
                 ev.notes.append(str(exc))
             else:
                 self._drift(uc, mon, ev, where)
+                if mon.multivariate is not None and ev.rows >= mon.min_rows:
+                    self._multivariate(uc, mon, ev, where)
         if mon.accuracy is not None:
             self._accuracy(uc, mon, ev, where)
             if mon.accuracy.estimated:
@@ -142,6 +150,28 @@ class Evaluator:
                     ev.values[(col + where_, stat)] = num(seg[f"c{i}_{stat}"])
                 for stat, limits in mon.watch[col].thresholds().items():
                     ev.thresholds[(col + where_, stat)] = limits
+
+    def _multivariate(self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation, where: str) -> None:
+        """The window's PCA reconstruction error ÷ the reference's, as ``multivariate``."""
+        multi = mon.multivariate
+        assert multi is not None
+        key = (uc.name, ev.reference)
+        if key not in self._pcas:
+            columns = list(multi.columns or mon.watch)
+            source = self.references.reference_source(uc)
+            listed = ", ".join(f"toFloat64(`{c}`) AS `{c}`" for c in columns)
+            rows = self.store.query(
+                f"SELECT {listed} FROM {source} ORDER BY rand() LIMIT {_PCA_ROWS}"
+            )
+            pca = fit_pca(rows.select(columns).to_numpy(), columns, multi.variance)
+            reference_error = self.store.query(error_sql(pca, source))["error"][0]
+            self._pcas[key] = (pca, float(reference_error))
+        pca, reference_error = self._pcas[key]
+        found = self.store.query(error_sql(pca, f"{self._db}.`{uc.table}` FINAL WHERE {where}"))
+        error = float(found["error"][0])
+        ratio = error / reference_error if reference_error > 1e-12 else float("nan")
+        ev.values[("multivariate", "reconstruction")] = ratio
+        ev.thresholds[("multivariate", "reconstruction")] = multi.thresholds
 
     def _accuracy(
         self,

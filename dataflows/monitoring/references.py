@@ -138,6 +138,21 @@ class References:
             self._profile(uc, name, source, list(mon.watch))
         return name
 
+    def reference_source(self, uc: UseCasePlan) -> str:
+        """The reference's rows as a table expression (with its ``WHERE``), once profiled."""
+        ref = monitoring_of(uc).reference
+        if isinstance(ref, RangeReference):
+            return (
+                f"{self._db}.`{uc.table}` FINAL WHERE event_time >= {sql_time(ref.start)} "
+                f"AND event_time < {sql_time(ref.end)}"
+            )
+        name = self.reference_name(uc)
+        table = f"{self._db}.`{reference_table(uc)}`"
+        return (
+            f"{table} WHERE reference = {quote(name)} AND recorded_at = (SELECT "
+            f"max(recorded_at) FROM {table} WHERE reference = {quote(name)})"
+        )
+
     def _profile(self, uc: UseCasePlan, name: str, source: str, columns: list[str]) -> None:
         mon = monitoring_of(uc)
         prof = self.store.query(profile_sql(source, columns, mon.bins)).row(0, named=True)

@@ -19,6 +19,7 @@ __all__ = [
     "Health",
     "ModelReference",
     "Monitoring",
+    "Multivariate",
     "RangeReference",
     "Reference",
     "STATISTICS",
@@ -194,6 +195,17 @@ class Segments(_Model):
     top: int = Field(default=10, ge=1)
 
 
+class Multivariate(_Model):
+    """Drift of the columns' joint distribution: the reference's PCA rebuilding a window."""
+
+    #: The numeric columns taken together (default: every watched column).
+    columns: list[str] | None = None
+    #: The share of the standardised reference's variance the kept components explain.
+    variance: float = Field(default=0.65, gt=0, lt=1)
+    #: On the window's mean reconstruction error ÷ the reference's (1.0: alike).
+    thresholds: Thresholds = Thresholds(warning=1.2, critical=1.5)
+
+
 class Health(_Model):
     """Thresholds on the runtime health the dataflows report."""
 
@@ -222,6 +234,7 @@ class Monitoring(_Model):
     watch: dict[str, Watched] = {}
     accuracy: Accuracy | None = None
     segments: Segments | None = None
+    multivariate: Multivariate | None = None
     health: Health = Health()
 
     @model_validator(mode="after")
@@ -239,6 +252,16 @@ class Monitoring(_Model):
                 msg = (
                     f"watch.{column}.range: [low, high] for out_of_range (or a reference, whose "
                     "min and max are the default), found neither"
+                )
+                raise ValueError(msg)
+        if self.multivariate is not None:
+            if self.reference is None:
+                msg = "reference: a reference to fit the multivariate drift's components on"
+                raise ValueError(msg)
+            if len(self.multivariate.columns or self.watch) < 2:
+                msg = (
+                    "multivariate.columns: two or more numeric columns taken together "
+                    f"(default: the watched ones), found {list(self.multivariate.columns or self.watch)}"
                 )
                 raise ValueError(msg)
         if self.accuracy is not None and self.accuracy.estimated:
