@@ -24,11 +24,20 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import polars as pl
 import pyarrow as pa
 
+from mlexec.connectors.storeservice import (
+    Endpoint,
+    StoreService,
+    StoreServiceError,
+    arrow_stream,
+    describe_holder,
+    find_service,
+    read_arrow,
+)
 from mlexec.errors import StoreError
 from mlexec.topologies.secrets import mask_url
 
@@ -36,6 +45,7 @@ __all__ = [
     "RESERVED_COLUMNS",
     "ChdbStore",
     "ClickHouseServerStore",
+    "RemoteStore",
     "SampleStore",
     "SampleStoreError",
     "SamplesTable",
@@ -344,10 +354,33 @@ class _SharedChdb(SampleStore):
             self._store = None
 
 
+class RemoteStore(SampleStore):
+    """A handle on a chDB store through the process that holds its directory."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.database = endpoint.database
+
+    def _post(self, path: str, body: bytes, kind: str = "text/plain") -> bytes:
+        try:
+            return self.endpoint.post(path, body, kind)
+        except StoreServiceError as exc:
+            raise SampleStoreError(str(exc)) from exc
+
+    def command(self, sql: str) -> None:
+        self._post("/command", sql.encode())
+
+    def query(self, sql: str) -> pl.DataFrame:
+        return pl.from_arrow(read_arrow(self._post("/query", sql.encode())))  # type: ignore[return-value]
+
+    def insert(self, table: SamplesTable | str, rows: pa.Table) -> None:
+        name = table if isinstance(table, str) else table.name
+        kind = "application/vnd.apache.arrow.stream"
+        self._post(f"/insert?table={quote(name)}", arrow_stream(rows), kind)
+
+
 def _own(path: Path) -> tuple[ChdbStore, Any]:
     """Open the chDB directory in this process and answer other processes for it."""
-    from mlexec.connectors.storeservice import StoreService, describe_holder
-
     try:
         store = ChdbStore(path)
     except SampleStoreError as exc:
@@ -375,11 +408,9 @@ def open_store(url: str, *, owner: bool = False) -> SampleStore:
             raise SampleStoreError(msg)
         directory = Path(path).resolve()
         if not owner and directory not in _SharedChdb._open:
-            from mlexec.connectors.storeservice import find_service
-
-            remote = find_service(directory)
-            if remote is not None:
-                return remote
+            endpoint = find_service(directory)
+            if endpoint is not None:
+                return RemoteStore(endpoint)
         return _SharedChdb(directory)
     if url.startswith(("clickhouse://", "clickhouses://")):
         return ClickHouseServerStore(url)

@@ -22,28 +22,49 @@ import os
 import secrets
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, quote, urlparse
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlparse
 
 import orjson
 import polars as pl
 import pyarrow as pa
 
-from mlexec.connectors.samplestore import SamplesTable, SampleStore, SampleStoreError
+from mlexec.errors import StoreError
 
 __all__ = [
     "ENDPOINT_FILE",
-    "RemoteStore",
+    "Endpoint",
     "StoreService",
+    "StoreServiceError",
+    "arrow_stream",
+    "read_arrow",
     "describe_holder",
     "find_service",
     "name_this_holder",
 ]
 
 _log = logging.getLogger(__name__)
+
+
+class StoreServiceError(StoreError):
+    """The holder of a store refused a statement, or stopped answering."""
+
+
+class _Statements(Protocol):
+    """What is served: a store's three kinds of statement."""
+
+    database: str
+
+    def command(self, sql: str) -> None: ...
+
+    def query(self, sql: str) -> pl.DataFrame: ...
+
+    def insert(self, table: str, rows: pa.Table) -> None: ...
+
 
 #: Where, inside a chDB directory, its holder says who it is and where it answers.
 ENDPOINT_FILE = "mlexec-store.json"
@@ -69,20 +90,8 @@ def _command() -> str:
     return line if len(line) <= 120 else line[:117] + "..."
 
 
-def _arrow_bytes(frame: pl.DataFrame) -> bytes:
-    table = frame.to_arrow()
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
-
-
-def _read_arrow(body: bytes) -> pa.Table:
-    return pa.ipc.open_stream(io.BytesIO(body)).read_all()
-
-
 class _Handler(BaseHTTPRequestHandler):
-    store: SampleStore
+    store: _Statements
     token: str
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server interface
@@ -96,13 +105,13 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
             if url.path == "/query":
-                self._send(200, _ARROW, _arrow_bytes(self.store.query(body.decode())))
+                self._send(200, _ARROW, arrow_stream(self.store.query(body.decode()).to_arrow()))
             elif url.path == "/command":
                 self.store.command(body.decode())
                 self._send(204, "text/plain", b"")
             elif url.path == "/insert":
                 table = parse_qs(url.query).get("table", [""])[0]
-                self.store.insert(table, _read_arrow(body))
+                self.store.insert(table, read_arrow(body))
                 self._send(204, "text/plain", b"")
             else:
                 self._send(404, "text/plain", b"not found")
@@ -130,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
 class StoreService:
     """Serve ``store`` (this process's handle on a chDB directory) on 127.0.0.1."""
 
-    def __init__(self, store: SampleStore, directory: Path) -> None:
+    def __init__(self, store: _Statements, directory: Path) -> None:
         self.token = secrets.token_urlsafe(24)
         handler = type("Handler", (_Handler,), {"store": store, "token": self.token})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -196,46 +205,47 @@ def describe_holder(directory: Path) -> str | None:
     return f"pid {found['pid']} ({found.get('command', '?')}) since {found.get('since', '?')}"
 
 
-class RemoteStore(SampleStore):
-    """A handle on a chDB store through the process that holds its directory."""
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the holder of a chDB directory answers for it."""
 
-    def __init__(self, directory: Path, port: int, token: str, database: str) -> None:
-        self.directory = directory
-        self.database = database
-        self._port = port
-        self._token = token
+    directory: Path
+    port: int
+    token: str
+    database: str
 
-    def _post(self, path: str, body: bytes, kind: str = "text/plain") -> bytes:
-        conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=_TIMEOUT)
+    def post(self, path: str, body: bytes, kind: str = "text/plain") -> bytes:
+        """One statement to the holder; its answer, or :class:`StoreServiceError`."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=_TIMEOUT)
         try:
-            conn.request("POST", path, body, {_TOKEN_HEADER: self._token, "Content-Type": kind})
+            conn.request("POST", path, body, {_TOKEN_HEADER: self.token, "Content-Type": kind})
             answer = conn.getresponse()
             data = answer.read()
         except OSError as exc:
             msg = f"the process holding the chDB store at {self.directory} stopped answering: {exc}"
-            raise SampleStoreError(msg) from exc
+            raise StoreServiceError(msg) from exc
         finally:
             conn.close()
         if answer.status >= 300:
-            raise SampleStoreError(data.decode(errors="replace"))
+            raise StoreServiceError(data.decode(errors="replace"))
         return data
 
-    def command(self, sql: str) -> None:
-        self._post("/command", sql.encode())
 
-    def query(self, sql: str) -> pl.DataFrame:
-        return pl.from_arrow(_read_arrow(self._post("/query", sql.encode())))  # type: ignore[return-value]
-
-    def insert(self, table: SamplesTable | str, rows: pa.Table) -> None:
-        name = table if isinstance(table, str) else table.name
-        sink = io.BytesIO()
-        with pa.ipc.new_stream(sink, rows.schema) as writer:
-            writer.write_table(rows)
-        self._post(f"/insert?table={quote(name)}", sink.getvalue(), _ARROW)
+def arrow_stream(table: pa.Table) -> bytes:
+    """``table`` as an Arrow IPC stream (what /insert takes and /query answers)."""
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
 
 
-def find_service(directory: Path) -> RemoteStore | None:
-    """A handle through the answering holder of ``directory``, or ``None``."""
+def read_arrow(body: bytes) -> pa.Table:
+    """An Arrow IPC stream's table."""
+    return pa.ipc.open_stream(io.BytesIO(body)).read_all()
+
+
+def find_service(directory: Path) -> Endpoint | None:
+    """Where the holder of ``directory`` answers, if it is alive and answers; else ``None``."""
     found = _read(directory / ENDPOINT_FILE)
     if found is None or not _alive(found.get("pid")):
         return None
@@ -253,4 +263,4 @@ def find_service(directory: Path) -> RemoteStore | None:
         conn.close()
     if not isinstance(said, dict):
         return None
-    return RemoteStore(directory, port, token, str(said.get("database", "mlexec")))
+    return Endpoint(directory, port, token, str(said.get("database", "mlexec")))
