@@ -20,6 +20,7 @@ from mlexec.monitoring.columns import (
 )
 from mlexec.monitoring.estimate import Calibration, estimate, fit_calibration
 from mlexec.monitoring.multivariate import Pca, error_sql, fit_pca
+from mlexec.monitoring.nulls import NullDistributions
 from mlexec.monitoring.references import References
 from mlexec.monitoring.sql import (
     DRIFT_TABLE,
@@ -77,6 +78,7 @@ class Evaluator:
     def __init__(self, store: SampleStore, references: References) -> None:
         self.store = store
         self.references = references
+        self.nulls = NullDistributions(store, references)
         self._db = f"`{store.database}`"
         #: (use case, reference) → the multivariate drift's components, the reference's error
         self._pcas: dict[tuple[str, str], tuple[Pca, float]] = {}
@@ -129,7 +131,7 @@ class Evaluator:
             for stat in STATISTICS:
                 ev.values[(col, stat)] = num(row[f"c{i}_{stat}"])
             for stat, limits in mon.watch[col].thresholds().items():
-                ev.thresholds[(col, stat)] = limits
+                ev.thresholds[(col, stat)] = self._limits(uc, mon, ev, col, stat, ev.rows, limits)
         segmenting = _segmenting(mon)
         if segmenting is None:
             return
@@ -149,7 +151,18 @@ class Evaluator:
                 for stat in STATISTICS:
                     ev.values[(col + where_, stat)] = num(seg[f"c{i}_{stat}"])
                 for stat, limits in mon.watch[col].thresholds().items():
-                    ev.thresholds[(col + where_, stat)] = limits
+                    ev.thresholds[(col + where_, stat)] = self._limits(
+                        uc, mon, ev, col, stat, int(seg["rows"]), limits
+                    )
+
+    def _limits(
+        self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation, column: str, stat: str,
+        rows: int, limits: Thresholds,
+    ) -> Thresholds:  # fmt: skip
+        """The thresholds judged: as declared, or from a false-alarm rate at ``rows``."""
+        if not limits.calibrated:
+            return limits
+        return self.nulls.resolve(uc, mon, ev.reference, column, stat, rows, limits)
 
     def _multivariate(self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation, where: str) -> None:
         """The window's PCA reconstruction error ÷ the reference's, as ``multivariate``."""

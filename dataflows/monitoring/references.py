@@ -23,6 +23,7 @@ from mlexec.monitoring.columns import (
     num,
 )
 from mlexec.monitoring.sql import (
+    NULLS_TABLE,
     REFERENCES_TABLE,
     bin_counts_sql,
     profile_sql,
@@ -185,6 +186,13 @@ class References:
         for row in rows:
             row["created_at"] = now
         self.store.insert(REFERENCES_TABLE, arrow_table(rows, REFERENCE_COLUMNS))
+        # a new profile of the reference: its no-drift distributions are drawn again
+        exists = self.store.query(f"EXISTS TABLE {self._db}.{NULLS_TABLE}")
+        if exists.height and exists.row(0)[0]:
+            self.store.command(
+                f"DELETE FROM {self._db}.{NULLS_TABLE} WHERE usecase = {quote(uc.name)} "
+                f"AND reference = {quote(name)}"
+            )
 
 
 def read_reference_file(path: str) -> pl.DataFrame:

@@ -45,6 +45,7 @@ __all__ = [
     "METRICS_TABLE",
     "feedback_table",
     "reference_table",
+    "NULLS_TABLE",
     "QUANTILE_SHIFT_LEVELS",
     "SEGMENT_MARK",
     "Segmenting",
@@ -78,6 +79,8 @@ QUANTILE_SHIFT_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
 _FLOOR = 1e-6
 
 REFERENCES_TABLE = "mlexec_references"
+#: Per reference, window size, column and statistic: its values over undrifted windows.
+NULLS_TABLE = "mlexec_null_distributions"
 #: Between a watched subject and its segment in a subject's name: ``f1 @ key=m-07``.
 SEGMENT_MARK = " @ "
 
@@ -405,6 +408,10 @@ def tables_ddl(database: str) -> list[str]:
         "min Float64, max Float64, edges Array(Float64), counts Array(UInt64), "
         "grid Array(Float64), created_at DateTime64(3, 'UTC')) "
         "ENGINE = ReplacingMergeTree(created_at) ORDER BY (usecase, reference, column)",
+        f"CREATE TABLE IF NOT EXISTS {db}.{NULLS_TABLE} (usecase LowCardinality(String), "
+        "reference String, column String, statistic LowCardinality(String), n UInt64, "
+        "values Array(Float64), created_at DateTime64(3, 'UTC')) "
+        "ENGINE = ReplacingMergeTree(created_at) ORDER BY (usecase, reference, column, statistic, n)",
         f"CREATE TABLE IF NOT EXISTS {db}.{DRIFT_TABLE} (time DateTime64(3, 'UTC'), "
         "usecase LowCardinality(String), column String, statistic LowCardinality(String), "
         "value Float64, severity LowCardinality(String), rows UInt64, "

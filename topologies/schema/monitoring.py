@@ -50,15 +50,44 @@ STATISTICS = (
 
 
 class Thresholds(_Model):
-    """Alert at ``warning`` and/or ``critical`` when the value reaches it."""
+    """Alert at ``warning`` and/or ``critical`` when the value reaches it.
+
+    Or by the false alarms wanted: ``false_alarm_rate: 0.01`` puts the warning where an
+    undrifted window of the same size reaches it 1 % of the time (the statistic's
+    distribution under no drift, bootstrapped from the reference; drift and quality
+    statistics only), ``critical_false_alarm_rate`` the critical one.
+    """
 
     warning: float | None = Field(default=None, ge=0)
     critical: float | None = Field(default=None, ge=0)
+    false_alarm_rate: float | None = Field(default=None, gt=0, lt=0.5)
+    critical_false_alarm_rate: float | None = Field(default=None, gt=0, lt=0.5)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether a threshold comes from a false-alarm rate (resolved per window size)."""
+        return self.false_alarm_rate is not None or self.critical_false_alarm_rate is not None
 
     @model_validator(mode="after")
     def _some(self) -> Thresholds:
-        if self.warning is None and self.critical is None:
-            msg = "'warning' and/or 'critical' (a number), found neither"
+        if self.warning is None and self.critical is None and not self.calibrated:
+            msg = (
+                "'warning' and/or 'critical' (a number), or 'false_alarm_rate' (e.g. 0.01), "
+                "found none"
+            )
+            raise ValueError(msg)
+        if self.warning is not None and self.false_alarm_rate is not None:
+            msg = "'warning' or 'false_alarm_rate', not both: the rate sets the warning"
+            raise ValueError(msg)
+        if self.critical is not None and self.critical_false_alarm_rate is not None:
+            msg = "'critical' or 'critical_false_alarm_rate', not both"
+            raise ValueError(msg)
+        rates = (self.false_alarm_rate, self.critical_false_alarm_rate)
+        if None not in rates and rates[1] >= rates[0]:  # type: ignore[operator]
+            msg = (
+                f"critical_false_alarm_rate ({rates[1]}) below false_alarm_rate ({rates[0]}): "
+                "critical is the rarer"
+            )
             raise ValueError(msg)
         if self.warning is not None and self.critical is not None and self.critical < self.warning:
             msg = f"critical ({self.critical}) at least warning ({self.warning})"
@@ -167,6 +196,12 @@ class Accuracy(_Model):
 
     @model_validator(mode="after")
     def _estimable(self) -> Accuracy:
+        if self.thresholds.calibrated:
+            msg = (
+                "thresholds: a number for accuracy (warning/critical); false_alarm_rate is "
+                "for drift and quality statistics, whose no-drift distribution the reference gives"
+            )
+            raise ValueError(msg)
         if not self.estimated:
             return self
         if self.metric != "error_rate":
@@ -218,6 +253,17 @@ class Health(_Model):
     #: Samples waiting in Kafka for the sample store.
     store_backlog: Thresholds | None = None
 
+    @model_validator(mode="after")
+    def _numbers(self) -> Health:
+        for name in ("lag", "deadletter_rate", "latency_p99_ms", "store_backlog"):
+            limits = getattr(self, name)
+            if limits is not None and limits.calibrated:
+                msg = (
+                    f"{name}: a number (warning/critical); false_alarm_rate is for drift statistics"
+                )
+                raise ValueError(msg)
+        return self
+
 
 class Monitoring(_Model):
     """What ``mlexec monitor run`` watches for a use case, how often and against what."""
@@ -230,6 +276,9 @@ class Monitoring(_Model):
     bins: int = Field(default=10, ge=2, le=100)
     #: Fewer samples than this in the window give no drift or quality verdict.
     min_rows: int = Field(default=100, ge=1)
+    #: Bootstrap windows drawn from the reference per window size, for the thresholds
+    #: given as a false-alarm rate (the rarest rate needs a few of them past it).
+    false_alarm_replicates: int = Field(default=1000, ge=50, le=10_000)
     reference: Reference | None = None
     watch: dict[str, Watched] = {}
     accuracy: Accuracy | None = None
@@ -242,6 +291,13 @@ class Monitoring(_Model):
         drift = {"psi", "ks", "js", "wasserstein", "mean_shift", "quantile_shift"}
         for column, watched in self.watch.items():
             judged = set(watched.thresholds())
+            rated = [s for s, t in watched.thresholds().items() if t.calibrated]
+            if self.reference is None and rated:
+                msg = (
+                    f"reference: a reference to draw undrifted windows from, for the "
+                    f"false_alarm_rate of watch.{column}.{rated[0]}, found none"
+                )
+                raise ValueError(msg)
             if self.reference is None and drift & judged:
                 msg = (
                     f"reference: a reference (kind range, file or model) for the drift of "
@@ -255,6 +311,9 @@ class Monitoring(_Model):
                 )
                 raise ValueError(msg)
         if self.multivariate is not None:
+            if self.multivariate.thresholds.calibrated:
+                msg = "multivariate.thresholds: a number (warning/critical), not a false-alarm rate"
+                raise ValueError(msg)
             if self.reference is None:
                 msg = "reference: a reference to fit the multivariate drift's components on"
                 raise ValueError(msg)

@@ -1,0 +1,215 @@
+"""Thresholds by false-alarm rate: each statistic's distribution under no drift, per window size.
+
+A fixed PSI or KS cut-off means something else at every window size: a window of 200
+rows reaches PSI 0.1 by chance, one of 2 million never does though it shifted. With
+``false_alarm_rate: r`` the threshold is the ``1 − r`` quantile of the statistic over
+windows of the same size drawn from the reference itself (undrifted by construction):
+``false_alarm_replicates`` bootstrap windows (rows drawn with replacement), evaluated by
+the very drift statement the live windows go through (grouped by replicate), once per
+reference and window size (two significant digits) and stored in
+``mlexec_null_distributions``.
+
+Windows larger than :data:`BOOTSTRAP_MAX` rows are bootstrapped at that size and the
+quantile scaled by how the statistic's chance spread shrinks with size: ``1/n`` for PSI
+(a χ² over n), ``1/√n`` for the others (around the reference's own rate for
+``null_rate`` and ``out_of_range``). KS read off the 500-point quantile grids is
+resolved to ~0.002, which at a million rows is coarser than its chance spread: there
+the declared rate is an upper bound.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from mlexec.connectors.samplestore import SampleStore
+from mlexec.monitoring.columns import arrow_table, ms, now_utc
+from mlexec.monitoring.references import References
+from mlexec.monitoring.sql import NULLS_TABLE, Segmenting, drift_sql, quote
+from mlexec.topologies.plan import UseCasePlan
+from mlexec.topologies.schema import STATISTICS, Monitoring, Thresholds
+
+__all__ = ["BOOTSTRAP_MAX", "NullDistributions", "size_key"]
+
+#: Windows of more rows are bootstrapped at this size, their quantiles scaled.
+BOOTSTRAP_MAX = 20_000
+#: How a statistic's chance spread shrinks with the window's rows: n ** -exponent.
+_EXPONENT = {"psi": 1.0}
+#: Statistics whose no-drift distribution is taken as a gamma (a scaled χ²).
+_GAMMA = ("psi",)
+#: Statistics whose chance values centre on the reference's own value, not on 0.
+_CENTRED = ("null_rate", "out_of_range")
+
+
+def _quantile(values: np.ndarray, level: float, statistic: str) -> float:
+    """The ``level`` quantile of the bootstrapped values.
+
+    PSI under no drift is a scaled χ² (a gamma): its tail quantile comes from the
+    replicates' mean and variance (Wilson–Hilferty), far steadier than the few
+    replicates past it; the others are read off the replicates themselves.
+    """
+    if statistic in _GAMMA and len(values) > 1:
+        mean, var = float(np.mean(values)), float(np.var(values, ddof=1))
+        if mean > 0 and var > 0:
+            shape, scale = mean * mean / var, var / mean
+            z = NormalDist().inv_cdf(level)
+            c = 1.0 / (9.0 * shape)
+            return shape * scale * max(0.0, 1.0 - c + z * math.sqrt(c)) ** 3
+    # the smallest value reached by at most 1 − level of the replicates: for a statistic
+    # of discrete values (KS off the quantile grids) the rate is then at most the declared
+    ordered = np.sort(values)
+    candidates = np.unique(ordered)
+    reached = 1.0 - np.searchsorted(ordered, candidates, side="left") / len(ordered)
+    fitting = candidates[reached <= 1.0 - level + 1e-12]
+    return float(fitting[0]) if len(fitting) else float(np.nextafter(ordered[-1], np.inf))
+
+
+def size_key(rows: int) -> int:
+    """The window size a distribution is kept for: two significant digits, at most the cap."""
+    n = min(max(int(rows), 1), BOOTSTRAP_MAX)
+    digits = len(str(n)) - 2
+    return n if digits <= 0 else round(n, -digits)
+
+
+class NullDistributions:
+    """The no-drift distributions of a site's watched statistics, bootstrapped once, stored."""
+
+    def __init__(self, store: SampleStore, references: References) -> None:
+        self.store = store
+        self.references = references
+        self._db = f"`{store.database}`"
+        self._cache: dict[tuple[str, str, int], dict[tuple[str, str], np.ndarray]] = {}
+        self._rows: dict[tuple[str, str], int] = {}
+
+    def resolve(
+        self, uc: UseCasePlan, mon: Monitoring, reference: str, column: str, statistic: str,
+        rows: int, limits: Thresholds,
+    ) -> Thresholds:  # fmt: skip
+        """The thresholds of ``column``'s ``statistic`` for a window of ``rows``.
+
+        The reference is a sample too: a window of ``n`` rows against a reference of
+        ``m`` varies like one of ``n·m / (n + m)`` rows against the exact distribution
+        (the two-sample statistics' classical scaling), so the bootstrap draws windows of
+        that effective size.
+        """
+        m = self._reference_rows(uc)
+        effective = max(1, round(rows * m / (rows + m))) if m else rows
+        at = size_key(effective)
+        values = self._values(uc, mon, reference, at).get((column, statistic))
+        if values is None or not len(values):
+            return Thresholds(warning=limits.warning or 0.0, critical=limits.critical)
+        rows = effective
+
+        def threshold(rate: float | None, fixed: float | None) -> float | None:
+            if rate is None:
+                return fixed
+            q = _quantile(values, 1.0 - rate, statistic)
+            if rows <= at:
+                return q
+            base = float(np.median(values)) if statistic in _CENTRED else 0.0
+            return base + (q - base) * (at / rows) ** _EXPONENT.get(statistic, 0.5)
+
+        warning = threshold(limits.false_alarm_rate, limits.warning)
+        critical = threshold(limits.critical_false_alarm_rate, limits.critical)
+        if warning is not None and critical is not None:
+            critical = max(critical, warning)
+        return Thresholds(
+            warning=warning if warning is not None or critical is not None else 0.0,
+            critical=critical,
+        )
+
+    def _reference_rows(self, uc: UseCasePlan) -> int:
+        key = self.references.reference_name(uc)
+        if (uc.name, key) not in self._rows:
+            source = self.references.reference_source(uc)
+            found = self.store.query(f"SELECT count() AS n FROM {source}")["n"][0]
+            self._rows[(uc.name, key)] = int(found)
+        return self._rows[(uc.name, key)]
+
+    def _values(
+        self, uc: UseCasePlan, mon: Monitoring, reference: str, n: int
+    ) -> dict[tuple[str, str], np.ndarray]:
+        key = (uc.name, reference, n)
+        if key in self._cache:
+            return self._cache[key]
+        stored = self.store.query(
+            f"SELECT column, statistic, values FROM {self._db}.{NULLS_TABLE} FINAL "
+            f"WHERE usecase = {quote(uc.name)} AND reference = {quote(reference)} AND n = {n}"
+        )
+        found = (
+            {(c, s): np.asarray(v, dtype=np.float64) for c, s, v in stored.iter_rows()}
+            if stored.height
+            else {}
+        )
+        if not all((c, s) in found for c in mon.watch for s in STATISTICS):
+            found = self._bootstrap(uc, mon, reference, n)
+        self._cache[key] = found
+        return found
+
+    def _bootstrap(
+        self, uc: UseCasePlan, mon: Monitoring, reference: str, n: int
+    ) -> dict[tuple[str, str], np.ndarray]:
+        """``false_alarm_replicates`` windows of ``n`` rows drawn from the reference, evaluated."""
+        source = self.references.reference_source(uc)
+        total = self._reference_rows(uc)
+        if total == 0:
+            return {}
+        replicates = mon.false_alarm_replicates
+        seed = zlib.crc32(f"{uc.name}/{reference}/{n}".encode())
+        drawn = (
+            f"(SELECT k.replicate AS replicate, r.* FROM (SELECT intDiv(number, {n}) AS "
+            f"replicate, cityHash64({seed}, number) % {total} AS __row FROM "
+            f"numbers({replicates * n})) AS k INNER JOIN (SELECT *, rowNumberInAllBlocks() "
+            f"AS __row FROM {source}) AS r ON k.__row = r.__row) AS drawn"
+        )
+        columns = list(mon.watch)
+        ranges = {c: w.range for c, w in mon.watch.items()}
+        sql = drift_sql(
+            drawn, self.store.database, uc.name, reference, columns, mon.bins, ranges,
+            Segmenting("replicate", 1, replicates),
+        )  # fmt: skip
+        frame = self.store.query(sql)
+        found: dict[tuple[str, str], np.ndarray] = {}
+        rows: list[dict[str, Any]] = []
+        created = ms(now_utc())
+        for i, col in enumerate(columns):
+            for stat in STATISTICS:
+                values = frame[f"c{i}_{stat}"].cast(float).to_numpy()
+                values = np.sort(values[np.isfinite(values)])
+                found[(col, stat)] = values
+                rows.append(
+                    {
+                        "usecase": uc.name,
+                        "reference": reference,
+                        "column": col,
+                        "statistic": stat,
+                        "n": n,
+                        "values": [float(v) for v in values],
+                        "created_at": created,
+                    }
+                )
+        self.store.insert(NULLS_TABLE, arrow_table(rows, NULL_COLUMNS))
+        return found
+
+
+def _null_columns() -> dict[str, Any]:
+    import pyarrow as pa
+
+    from mlexec.monitoring.columns import MS_TIME
+
+    return {
+        "usecase": pa.string(),
+        "reference": pa.string(),
+        "column": pa.string(),
+        "statistic": pa.string(),
+        "n": pa.uint64(),
+        "values": pa.list_(pa.float64()),
+        "created_at": MS_TIME,
+    }
+
+
+NULL_COLUMNS = _null_columns()
