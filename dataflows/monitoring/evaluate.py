@@ -131,7 +131,9 @@ class Evaluator:
             for stat in STATISTICS:
                 ev.values[(col, stat)] = num(row[f"c{i}_{stat}"])
             for stat, limits in mon.watch[col].thresholds().items():
-                ev.thresholds[(col, stat)] = self._limits(uc, mon, ev, col, stat, ev.rows, limits)
+                judged = self._limits(uc, mon, ev, col, stat, ev.rows, limits)
+                if judged is not None:
+                    ev.thresholds[(col, stat)] = judged
         segmenting = _segmenting(mon)
         if segmenting is None:
             return
@@ -151,18 +153,21 @@ class Evaluator:
                 for stat in STATISTICS:
                     ev.values[(col + where_, stat)] = num(seg[f"c{i}_{stat}"])
                 for stat, limits in mon.watch[col].thresholds().items():
-                    ev.thresholds[(col + where_, stat)] = self._limits(
-                        uc, mon, ev, col, stat, int(seg["rows"]), limits
-                    )
+                    judged = self._limits(uc, mon, ev, col, stat, int(seg["rows"]), limits)
+                    if judged is not None:
+                        ev.thresholds[(col + where_, stat)] = judged
 
     def _limits(
         self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation, column: str, stat: str,
         rows: int, limits: Thresholds,
-    ) -> Thresholds:  # fmt: skip
+    ) -> Thresholds | None:  # fmt: skip
         """The thresholds judged: as declared, or from a false-alarm rate at ``rows``."""
         if not limits.calibrated:
             return limits
-        return self.nulls.resolve(uc, mon, ev.reference, column, stat, rows, limits)
+        judged = self.nulls.resolve(uc, mon, ev.reference, column, stat, rows, limits)
+        if judged is None:
+            ev.notes.append(f"{column}/{stat}: no undrifted window to draw from the reference")
+        return judged
 
     def _multivariate(self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation, where: str) -> None:
         """The window's PCA reconstruction error ÷ the reference's, as ``multivariate``."""

@@ -88,8 +88,10 @@ class NullDistributions:
     def resolve(
         self, uc: UseCasePlan, mon: Monitoring, reference: str, column: str, statistic: str,
         rows: int, limits: Thresholds,
-    ) -> Thresholds:  # fmt: skip
-        """The thresholds of ``column``'s ``statistic`` for a window of ``rows``.
+    ) -> Thresholds | None:  # fmt: skip
+        """The thresholds of ``column``'s ``statistic`` for a window of ``rows``, or ``None``.
+
+        ``None`` when no undrifted window can be drawn (an empty reference): no verdict.
 
         The reference is a sample too: a window of ``n`` rows against a reference of
         ``m`` varies like one of ``n·m / (n + m)`` rows against the exact distribution
@@ -100,8 +102,8 @@ class NullDistributions:
         effective = max(1, round(rows * m / (rows + m))) if m else rows
         at = size_key(effective)
         values = self._values(uc, mon, reference, at).get((column, statistic))
-        if values is None or not len(values):
-            return Thresholds(warning=limits.warning or 0.0, critical=limits.critical)
+        if values is None or not len(values):  # nothing to draw from: no verdict
+            return None
         rows = effective
 
         def threshold(rate: float | None, fixed: float | None) -> float | None:

@@ -89,3 +89,25 @@ def test_a_segment_column_that_is_not_there_or_not_text_is_refused(broker, tmp_p
         (uc,) = plan_topology(load_topology(path)).usecases.values()
         with pytest.raises(TopologyError, match=rf"monitoring.segments.by: .*found {found}"):
             UseCaseRuntime.build(uc, str(path))
+
+
+def test_thousands_of_tiny_segments_are_skipped_and_an_odd_segment_name_is_kept(
+    broker, tmp_path, uid
+):
+    path = _direct_topology(tmp_path, broker.bootstrap, uid, _segmented())
+    topology, plan, uc, conf = prepared(path)
+    rng = np.random.default_rng(4)
+    rows = _sample_rows(T0, N, rng)
+    window = _sample_rows(T0 + HOUR_MS, N, rng)
+    odd = "o'brien \\ ✓"  # a quote, a backslash and a non-ASCII mark in a key
+    for i, row in enumerate(window):
+        if i < 600:
+            row["key"], row["f1"] = odd, row["f1"] + 2.0
+        else:
+            row["key"] = f"one-off-{i}"  # 7,400 segments of a single row each
+    with open_store(topology.sites["here"].sample_store) as store:
+        monitor = _monitor_over(store, plan, uc, rows + window)
+        (ev,) = monitor.run_once(_at(T0 + 2 * HOUR_MS))
+    segmented = {s for s, _ in ev.values if " @ " in s}
+    assert segmented == {f"f1 @ key={odd}", f"f2 @ key={odd}"}  # only it has 200 rows
+    assert (f"f1 @ key={odd}", "psi") in {(a.subject, a.statistic) for a in ev.alerts}
