@@ -36,13 +36,18 @@ from mlexec.topologies.schema import STATISTICS, Monitoring, Thresholds
 __all__ = ["BOOTSTRAP_MAX", "NullDistributions", "size_key"]
 
 #: Windows of more rows are bootstrapped at this size, their quantiles scaled.
-BOOTSTRAP_MAX = 20_000
+BOOTSTRAP_MAX = 5_000
 #: How a statistic's chance spread shrinks with the window's rows: n ** -exponent.
 _EXPONENT = {"psi": 1.0}
 #: Statistics whose no-drift distribution is taken as a gamma (a scaled χ²).
 _GAMMA = ("psi",)
 #: Statistics whose chance values centre on the reference's own value, not on 0.
 _CENTRED = ("null_rate", "out_of_range")
+
+
+def _rated(mon: Monitoring) -> list[str]:
+    """The watched columns with a threshold given as a false-alarm rate."""
+    return [c for c, w in mon.watch.items() if any(t.calibrated for t in w.thresholds().values())]
 
 
 def _quantile(values: np.ndarray, level: float, statistic: str) -> float:
@@ -147,7 +152,7 @@ class NullDistributions:
             if stored.height
             else {}
         )
-        if not all((c, s) in found for c in mon.watch for s in STATISTICS):
+        if not all((c, s) in found for c in _rated(mon) for s in STATISTICS):
             found = self._bootstrap(uc, mon, reference, n)
         self._cache[key] = found
         return found
@@ -162,25 +167,24 @@ class NullDistributions:
             return {}
         replicates = mon.false_alarm_replicates
         seed = zlib.crc32(f"{uc.name}/{reference}/{n}".encode())
-        drawn = (
-            f"(SELECT k.replicate AS replicate, r.* FROM (SELECT intDiv(number, {n}) AS "
-            f"replicate, cityHash64({seed}, number) % {total} AS __row FROM "
-            f"numbers({replicates * n})) AS k INNER JOIN (SELECT *, rowNumberInAllBlocks() "
-            f"AS __row FROM {source}) AS r ON k.__row = r.__row) AS drawn"
-        )
-        columns = list(mon.watch)
-        ranges = {c: w.range for c, w in mon.watch.items()}
-        sql = drift_sql(
-            drawn, self.store.database, uc.name, reference, columns, mon.bins, ranges,
-            Segmenting("replicate", 1, replicates),
-        )  # fmt: skip
-        frame = self.store.query(sql)
         found: dict[tuple[str, str], np.ndarray] = {}
         rows: list[dict[str, Any]] = []
         created = ms(now_utc())
-        for i, col in enumerate(columns):
+        for col in _rated(mon):  # one column a statement: replicates × n values in memory
+            drawn = (
+                f"(SELECT k.replicate AS replicate, r.`{col}` AS `{col}` FROM (SELECT "
+                f"intDiv(number, {n}) AS replicate, cityHash64({seed}, number) % {total} AS "
+                f"__row FROM numbers({replicates * n})) AS k INNER JOIN (SELECT `{col}`, "
+                f"rowNumberInAllBlocks() AS __row FROM {source}) AS r ON k.__row = r.__row) "
+                "AS drawn"
+            )
+            sql = drift_sql(
+                drawn, self.store.database, uc.name, reference, [col], mon.bins,
+                {col: mon.watch[col].range}, Segmenting("replicate", 1, replicates),
+            )  # fmt: skip
+            frame = self.store.query(sql)
             for stat in STATISTICS:
-                values = frame[f"c{i}_{stat}"].cast(float).to_numpy()
+                values = frame[f"c0_{stat}"].cast(float).to_numpy()
                 values = np.sort(values[np.isfinite(values)])
                 found[(col, stat)] = values
                 rows.append(
