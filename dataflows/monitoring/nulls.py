@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from statistics import NormalDist
 from typing import Any
 
@@ -33,7 +34,14 @@ from mlexec.monitoring.sql import NULLS_TABLE, Segmenting, drift_sql, quote
 from mlexec.topologies.plan import UseCasePlan
 from mlexec.topologies.schema import STATISTICS, Monitoring, Thresholds
 
-__all__ = ["BOOTSTRAP_MAX", "NullDistributions", "size_key"]
+__all__ = [
+    "BOOTSTRAP_MAX",
+    "NullDistributions",
+    "bootstrap_column",
+    "effective_rows",
+    "size_key",
+    "threshold_at",
+]
 
 #: Windows of more rows are bootstrapped at this size, their quantiles scaled.
 BOOTSTRAP_MAX = 5_000
@@ -45,9 +53,12 @@ _GAMMA = ("psi",)
 _CENTRED = ("null_rate", "out_of_range")
 
 
-def _rated(mon: Monitoring) -> list[str]:
-    """The watched columns with a threshold given as a false-alarm rate."""
-    return [c for c, w in mon.watch.items() if any(t.calibrated for t in w.thresholds().values())]
+def _rated(mon: Monitoring) -> dict[str, list[str]]:
+    """Per watched column, the statistics whose threshold is a false-alarm rate."""
+    rated = {
+        c: [s for s, t in w.thresholds().items() if t.calibrated] for c, w in mon.watch.items()
+    }
+    return {c: stats for c, stats in rated.items() if stats}
 
 
 def _quantile(values: np.ndarray, level: float, statistic: str) -> float:
@@ -103,22 +114,16 @@ class NullDistributions:
         (the two-sample statistics' classical scaling), so the bootstrap draws windows of
         that effective size.
         """
-        m = self._reference_rows(uc)
-        effective = max(1, round(rows * m / (rows + m))) if m else rows
+        effective = effective_rows(rows, self._reference_rows(uc))
         at = size_key(effective)
         values = self._values(uc, mon, reference, at).get((column, statistic))
         if values is None or not len(values):  # nothing to draw from: no verdict
             return None
-        rows = effective
 
         def threshold(rate: float | None, fixed: float | None) -> float | None:
             if rate is None:
                 return fixed
-            q = _quantile(values, 1.0 - rate, statistic)
-            if rows <= at:
-                return q
-            base = float(np.median(values)) if statistic in _CENTRED else 0.0
-            return base + (q - base) * (at / rows) ** _EXPONENT.get(statistic, 0.5)
+            return threshold_at(values, statistic, at, effective, rate)
 
         warning = threshold(limits.false_alarm_rate, limits.warning)
         critical = threshold(limits.critical_false_alarm_rate, limits.critical)
@@ -152,7 +157,7 @@ class NullDistributions:
             if stored.height
             else {}
         )
-        if not all((c, s) in found for c in _rated(mon) for s in STATISTICS):
+        if not all((c, s) in found for c, rated in _rated(mon).items() for s in rated):
             found = self._bootstrap(uc, mon, reference, n)
         self._cache[key] = found
         return found
@@ -171,21 +176,11 @@ class NullDistributions:
         rows: list[dict[str, Any]] = []
         created = ms(now_utc())
         for col in _rated(mon):  # one column a statement: replicates × n values in memory
-            drawn = (
-                f"(SELECT k.replicate AS replicate, r.`{col}` AS `{col}` FROM (SELECT "
-                f"intDiv(number, {n}) AS replicate, cityHash64({seed}, number) % {total} AS "
-                f"__row FROM numbers({replicates * n})) AS k INNER JOIN (SELECT `{col}`, "
-                f"rowNumberInAllBlocks() AS __row FROM {source}) AS r ON k.__row = r.__row) "
-                "AS drawn"
-            )
-            sql = drift_sql(
-                drawn, self.store.database, uc.name, reference, [col], mon.bins,
-                {col: mon.watch[col].range}, Segmenting("replicate", 1, replicates),
+            drawn = bootstrap_column(
+                self.store, source, total, uc.name, reference, col, mon.bins,
+                mon.watch[col].range, n, replicates, seed, _rated(mon)[col],
             )  # fmt: skip
-            frame = self.store.query(sql)
-            for stat in STATISTICS:
-                values = frame[f"c0_{stat}"].cast(float).to_numpy()
-                values = np.sort(values[np.isfinite(values)])
+            for stat, values in drawn.items():
                 found[(col, stat)] = values
                 rows.append(
                     {
@@ -200,6 +195,55 @@ class NullDistributions:
                 )
         self.store.insert(NULLS_TABLE, arrow_table(rows, NULL_COLUMNS))
         return found
+
+
+def bootstrap_column(
+    store: SampleStore, source: str, total: int, usecase: str, reference: str, column: str,
+    bins: int, value_range: tuple[float, float] | None, n: int, replicates: int, seed: int,
+    statistics: Sequence[str] = STATISTICS,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Every statistic of ``column`` over windows drawn from the reference, sorted.
+
+    ``replicates`` windows of ``n`` rows drawn with replacement from ``source``
+    (``total`` rows), evaluated by the live drift statement grouped by replicate.
+    """
+    drawn = (
+        f"(SELECT k.replicate AS replicate, r.`{column}` AS `{column}` FROM (SELECT "
+        f"intDiv(number, {n}) AS replicate, cityHash64({seed}, number) % {total} AS "
+        f"__row FROM numbers({replicates * n})) AS k INNER JOIN (SELECT `{column}`, "
+        f"rowNumberInAllBlocks() AS __row FROM {source}) AS r ON k.__row = r.__row) "
+        "AS drawn"
+    )
+    sql = drift_sql(
+        drawn, store.database, usecase, reference, [column], bins, {column: value_range},
+        Segmenting("replicate", 1, replicates), sample=n, statistics=statistics,
+    )  # fmt: skip
+    frame = store.query(sql)
+    out = {}
+    for stat in statistics:
+        values = frame[f"c0_{stat}"].cast(float).to_numpy()
+        out[stat] = np.sort(values[np.isfinite(values)])
+    return out
+
+
+def threshold_at(
+    values: np.ndarray, statistic: str, drawn_at: int, rows: int, rate: float
+) -> float:
+    """The value an undrifted window of ``rows`` (effective) reaches at ``rate``.
+
+    From the statistic's ``values`` over windows of ``drawn_at`` rows, scaled past it.
+    """
+    q = _quantile(values, 1.0 - rate, statistic)
+    if rows <= drawn_at:
+        return q
+    base = float(np.median(values)) if statistic in _CENTRED else 0.0
+    return base + (q - base) * (drawn_at / rows) ** _EXPONENT.get(statistic, 0.5)
+
+
+def effective_rows(rows: int, reference_rows: int) -> int:
+    """A window of ``rows`` against a reference of ``reference_rows``, as one against the truth."""
+    m = reference_rows
+    return max(1, round(rows * m / (rows + m))) if m else rows
 
 
 def _null_columns() -> dict[str, Any]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mlexec.topologies.plan import UseCasePlan
-from mlexec.topologies.schema import Thresholds
+from mlexec.topologies.schema import STATISTICS, Thresholds
 
 __all__ = [
     "ALERTS_TABLE",
@@ -127,10 +127,10 @@ def _value(column: str) -> str:
     return f"toFloat64({_ident(column)})"
 
 
-def _sorted(column: str) -> str:
-    """The column's values present (NaN left out), sorted; sampled beyond GRID_SAMPLE."""
+def _sorted(column: str, sample: int = GRID_SAMPLE) -> str:
+    """The column's values present (NaN left out), sorted; sampled beyond ``sample``."""
     v = _value(column)
-    return f"arraySort(groupArraySampleIf({GRID_SAMPLE}, 1)({v}, NOT isNaN({v})))"
+    return f"arraySort(groupArraySampleIf({int(sample)}, 1)({v}, NOT isNaN({v})))"
 
 
 def _pick(values: str, levels: str) -> str:
@@ -204,11 +204,15 @@ def drift_sql(
     bins: int,
     ranges: Mapping[str, tuple[float, float] | None],
     segments: Segmenting | None = None,
+    sample: int = GRID_SAMPLE,
+    statistics: Sequence[str] = STATISTICS,
 ) -> str:
     """Every statistic of every column over ``source``, against the stored profile.
 
     One row: ``rows`` and, per column ``i``, ``c{i}_<statistic>``. With ``segments``
     one row per segment (``segment``): the largest, of at least its ``min_rows``.
+    ``sample``: values kept for the quantile grid per row (a segment's reservoir);
+    ``statistics``: which to compute (KS, O(GRID²) per row, is the costly one).
     """
     ref_table = f"{_ident(database)}.{REFERENCES_TABLE}"
     withs, inner, outer = [], ["count() AS rows"], ["rows"]
@@ -232,7 +236,7 @@ def drift_sql(
             f"countIf({ok} AND ({v} < {low} OR {v} > {high})) AS c{i}_outside",
             f"avgIf({v}, {ok}) AS c{i}_mean",
             f"{_counts(_cumulative(col, f'r{i}_edges', bins))} AS c{i}_counts",
-            f"{_sorted(col)} AS c{i}_sorted",
+            f"{_sorted(col, sample)} AS c{i}_sorted",
         ]
         cur = f"arrayMap(x -> x / greatest(c{i}_n, 1), c{i}_counts)"
         exp = f"arrayMap(x -> x / greatest(arraySum(r{i}_counts), 1), r{i}_counts)"
@@ -257,18 +261,22 @@ def drift_sql(
         )
         std = f"greatest(r{i}_std, 1e-12)"
         picks = ", ".join(str(int(q * GRID) + 1) for q in QUANTILE_SHIFT_LEVELS)
+        computed = {
+            "psi": psi,
+            "js": js,
+            "ks": ks,
+            "wasserstein": f"arrayAvg(arrayMap((a, b) -> abs(a - b), c{i}_grid, r{i}_grid))",
+            "mean_shift": f"abs(c{i}_mean - r{i}_mean) / {std}",
+            "quantile_shift": (
+                f"arrayMax(arrayMap(k -> abs(c{i}_grid[k] - r{i}_grid[k]), [{picks}])) / {std}"
+            ),
+            "null_rate": f"c{i}_nulls / greatest(rows, 1)",
+            "out_of_range": f"c{i}_outside / greatest(c{i}_n, 1)",
+        }
         outer += [
             f"c{i}_n",
             f"{_pick(f'c{i}_sorted', _GRID_LEVELS)} AS c{i}_grid",
-            f"{psi} AS c{i}_psi",
-            f"{js} AS c{i}_js",
-            f"{ks} AS c{i}_ks",
-            f"arrayAvg(arrayMap((a, b) -> abs(a - b), c{i}_grid, r{i}_grid)) AS c{i}_wasserstein",
-            f"abs(c{i}_mean - r{i}_mean) / {std} AS c{i}_mean_shift",
-            f"arrayMax(arrayMap(k -> abs(c{i}_grid[k] - r{i}_grid[k]), [{picks}])) / {std} "
-            f"AS c{i}_quantile_shift",
-            f"c{i}_nulls / greatest(rows, 1) AS c{i}_null_rate",
-            f"c{i}_outside / greatest(c{i}_n, 1) AS c{i}_out_of_range",
+            *(f"{computed[stat]} AS c{i}_{stat}" for stat in statistics),
         ]
     grouped = "" if segments is None else f" {segments.clauses()}"
     return (
