@@ -199,9 +199,9 @@ def main() -> None:
     print(f"| reference profile (once per reference) | {profile_s:.2f} |")
     print(f"| drift statement: 8 statistics × {args.features} columns | {drift_s:.2f} |")
     print(f"| scipy: PSI + KS + Wasserstein, data already in memory | {scipy_s:.2f} |")
-    for rated, (count, seconds) in bootstrap_s.items():
+    for which, (count, seconds) in bootstrap_s.items():
         print(
-            f"| no-drift distributions of {rated} for false-alarm thresholds: {count} "
+            f"| no-drift distributions of {which} for false-alarm thresholds: {count} "
             f"columns × 1,000 windows of {BOOTSTRAP_MAX:,} rows (once per reference and "
             f"window size) | {seconds:.2f} |"
         )
