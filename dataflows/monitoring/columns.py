@@ -114,6 +114,8 @@ DRIFT_COLUMNS = {
     "window_start": MS_TIME,
     "window_end": MS_TIME,
     "reference": _STR,
+    "warning": _F64,
+    "critical": _F64,
 }
 ALERT_COLUMNS = {
     "time": MS_TIME,

@@ -46,7 +46,9 @@ _GAP = 3.0
 _LOG_SPREAD = 30.0
 
 
-def gapped(times: list[int], values: list[float], every_ms: float | None = None) -> dict[str, Any]:
+def gapped(
+    times: list[int], values: list[float | None], every_ms: float | None = None
+) -> dict[str, Any]:
     """``{"t", "v"}`` with a ``None`` value where the series pauses, so the line breaks.
 
     A pause is an interval over ``_GAP`` times the usual one: ``every_ms`` when the
@@ -111,11 +113,12 @@ class DashboardData:
         uc = next((u for u in self.usecases if u.name == name), None)
         if uc is None:
             return {"error": f"no monitored use case {name!r}"}
-        drift, thresholds = self._drift(uc)
+        drift, thresholds, varying = self._drift(uc)
         return {
             "usecase": name,
             "drift": drift,
             "thresholds": thresholds,
+            "threshold_series": varying,
             "predictions": self._predictions(uc),
             "performance": self._performance(uc),
             "segments": self._segments(uc),
@@ -124,18 +127,20 @@ class DashboardData:
         }
 
     def _evaluated(self, usecase: str) -> str:
-        """The evaluations since the page's horizon, the latest of a window re-evaluated."""
+        """The whole windows' evaluations since the page's horizon (a re-evaluated one's latest)."""
         return (
-            f"SELECT column, statistic, time, argMax(value, recorded_at) AS value "
-            f"FROM {self._db}.{DRIFT_TABLE} WHERE usecase = {quote(usecase)} "
+            f"SELECT column, statistic, time, argMax(value, recorded_at) AS value, "
+            f"argMax(ifNull(warning, nan), recorded_at) AS warning "
+            f"FROM {self._db}.{DRIFT_TABLE} WHERE usecase = {quote(usecase)} AND segment = '' "
             f"AND time >= {self._since()} GROUP BY column, statistic, time ORDER BY time"
         )
 
-    def _drift(self, uc: Any) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    def _drift(self, uc: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """Per watched statistic, per column: (times, values); and the statistics' thresholds.
 
         Only what the use case watches is shown (the monitor computes every statistic of a
-        watched column); each threshold line says its severity and value.
+        watched column); each threshold line says its severity and value. A threshold
+        given as a false-alarm rate differs by window size: its warning per window.
         """
         mon = uc.usecase.monitoring
         watched = {col: w.thresholds() for col, w in mon.watch.items()}
@@ -143,17 +148,21 @@ class DashboardData:
             watched["multivariate"] = {"reconstruction": mon.multivariate.thresholds}
         frame = self.store.query(
             f"SELECT statistic, column, groupArray(toUnixTimestamp64Milli(time)) AS t, "
-            f"groupArray(value) AS v FROM ({self._evaluated(uc.name)}) "
+            f"groupArray(value) AS v, groupArray(warning) AS w FROM ({self._evaluated(uc.name)}) "
             "GROUP BY statistic, column ORDER BY statistic, column"
         )
         every = uc.usecase.monitoring.every.total_seconds() * 1000
         out: dict[str, Any] = {}
+        varying: dict[str, Any] = {}
         lines: dict[str, dict[tuple[str, float], list[str]]] = {}
-        for stat, column, t, v in frame.iter_rows():
+        for stat, column, t, v, w in frame.iter_rows():
             limits = watched.get(column, {}).get(stat)
             if limits is None:
                 continue
             out.setdefault(stat, {})[column] = gapped(t, v, every)
+            if limits.false_alarm_rate is not None:
+                shown = [None if x != x else x for x in w]  # NaN: no threshold that window
+                varying.setdefault(stat, {})[column] = gapped(t, shown, every)
             for severity in ("warning", "critical"):
                 value = getattr(limits, severity)
                 if value is not None:
@@ -165,7 +174,7 @@ class DashboardData:
             ]
             for stat, found in lines.items()
         }
-        return out, thresholds
+        return out, thresholds, varying
 
     def _performance(self, uc: Any) -> dict[str, Any]:
         """Realized error (labels) and estimated error rate (CBPE) per version/variant over time."""
@@ -351,7 +360,8 @@ let current = null;
 function lines(id, series, y, scale, decorate) {
   const traces = Object.entries(series).map(([name, s]) => ({
     x: s.t.map((t) => new Date(t)), y: s.v, name, mode: "lines+markers", type: "scatter",
-    connectgaps: false}));
+    connectgaps: false,
+    ...(name.startsWith("warning of ") ? {line: {dash: "dot", color: COLORS.warning}} : {})}));
   const lay = layout(y, scale);
   if (decorate) decorate(lay);
   draw(id, traces, lay);
@@ -374,14 +384,17 @@ function draw(id, traces, lay) {
 function drift() {
   const stat = document.getElementById("statistic").value;
   const limits = (current.thresholds || {})[stat] || [];
-  lines("drift", (current.drift || {})[stat] || {}, stat, "linear", (lay) => {
+  const varying = Object.entries((current.threshold_series || {})[stat] || {});
+  const series = {...((current.drift || {})[stat] || {})};
+  for (const [column, s] of varying) series[`warning of ${column} (false-alarm rate)`] = s;
+  lines("drift", series, stat, "linear", (lay) => {
     lay.shapes = limits.map((l) => ({type: "line", xref: "paper", x0: 0, x1: 1, y0: l.value,
       y1: l.value, line: {color: COLORS[l.severity], dash: "dash", width: 1.5}}));
     lay.annotations = limits.map((l) => ({xref: "paper", x: 1, xanchor: "right", y: l.value,
       yanchor: "bottom", showarrow: false, text: `${l.severity} ${l.value}`,
       font: {size: 11, color: COLORS[l.severity]}}));
   });
-  document.getElementById("drift").dataset.thresholds = limits.length;
+  document.getElementById("drift").dataset.thresholds = limits.length + varying.length;
 }
 
 function predictions() {

@@ -348,6 +348,9 @@ class Evaluator:
                         "window_start": ms(ev.window_start),
                         "window_end": ms(ev.window_end),
                         "reference": ev.reference,
+                        # the thresholds judged against (a false-alarm rate's, for this size)
+                        "warning": limits.warning if limits else None,
+                        "critical": limits.critical if limits else None,
                     }
                     for col, stat, value in rows
                 ],

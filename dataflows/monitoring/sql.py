@@ -438,6 +438,8 @@ def tables_ddl(database: str) -> list[str]:
         "ENGINE = ReplacingMergeTree ORDER BY (site, part, usecase, name, time) "
         "TTL toDateTime(time) + INTERVAL 90 DAY",
         f"ALTER TABLE {db}.{DRIFT_TABLE} ADD COLUMN IF NOT EXISTS segment String DEFAULT ''",
+        f"ALTER TABLE {db}.{DRIFT_TABLE} ADD COLUMN IF NOT EXISTS warning Nullable(Float64)",
+        f"ALTER TABLE {db}.{DRIFT_TABLE} ADD COLUMN IF NOT EXISTS critical Nullable(Float64)",
         *(
             statement
             for table in (DRIFT_TABLE, ALERTS_TABLE)

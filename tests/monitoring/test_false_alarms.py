@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from mlexec.connectors.samplestore import open_store
+from mlexec.monitoring.dashboard import DashboardData
 from mlexec.monitoring.monitor import Monitor
 from mlexec.monitoring.nulls import size_key
 from mlexec.topologies import TopologyError, parse_topology
@@ -81,6 +82,11 @@ def test_declared_false_alarm_rates_hold_at_every_window_size_and_shifts_are_cau
         monitor = Monitor(plan, "here", store)
         monitor.prepare()
         evs = monitor.replay(_at(T0 + HOUR_MS), _at(T0 + (shifted_from + SHIFTED + 1) * HOUR_MS))
+        board = DashboardData(plan, "here", store, hours=24 * 365 * 10).usecase(uc.name)
+        stored = store.query(
+            f"SELECT toUnixTimestamp64Milli(time) AS t, warning FROM mlexec.mlexec_drift "
+            f"WHERE usecase = '{uc.name}' AND column = 'f0' AND statistic = 'psi' ORDER BY time"
+        )
     by_hour = {int((ev.window_start.timestamp() * 1000 - T0) // HOUR_MS): ev for ev in evs}
     low, high = stats.binom.interval(0.999, WINDOWS, RATE)
     psi_at = {}
@@ -96,6 +102,13 @@ def test_declared_false_alarm_rates_hold_at_every_window_size_and_shifts_are_cau
     shifted = [by_hour[h] for h in range(shifted_from, shifted_from + SHIFTED)]
     for stat in ("psi", "ks"):
         assert _alarming(shifted, stat) >= 0.9 * SHIFTED, stat
+    # each window's resolved threshold is stored and drawn (it changes with the size)
+    judged = [ev.thresholds[("f0", "psi")].warning for ev in evs if ("f0", "psi") in ev.thresholds]
+    assert len(judged) == 2 * WINDOWS + SHIFTED
+    assert stored["warning"].to_list() == pytest.approx(judged)
+    drawn = board["threshold_series"]["psi"]["f0"]["v"]
+    assert [x for x in drawn if x is not None] == pytest.approx(judged)
+    assert board["thresholds"].get("psi", []) == []  # no fixed line for a rated statistic
     # a fixed PSI cut-off of 0.1 on the same windows: it misses the 0.2 σ shift
     fixed = sum(ev.values[("f0", "psi")] >= 0.1 for ev in shifted)
     assert fixed < SHIFTED / 2

@@ -78,6 +78,8 @@ def test_a_drift_and_an_error_only_one_segment_has_are_found_there(broker, tmp_p
     assert top[0]["of_threshold"] >= top[1]["of_threshold"] >= top[2]["of_threshold"]
     assert "" not in shown["drift"]["column"].to_list() and shown["drift"].height == 2 * 8
     assert [s["segment"] for s in board["segments"]] == [t["segment"] for t in top]
+    # the whole window's line is the whole window's value, never a segment's
+    assert board["drift"]["psi"]["f1"]["v"] == [pytest.approx(ev.values[("f1", "psi")])]
 
 
 def test_a_segment_column_that_is_not_there_or_not_text_is_refused(broker, tmp_path, uid):
