@@ -24,10 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ESTIMATED", "Calibration", "estimate", "fit_calibration", "isotonic"]
-
-#: The estimated metrics, as stored (``estimated_<name>``; ``rows``: the rows estimated on).
-ESTIMATED = ("accuracy", "error_rate", "precision", "recall", "f1", "roc_auc", "rows")
+__all__ = ["Calibration", "estimate", "fit_calibration", "isotonic"]
 
 
 def isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -113,11 +113,7 @@ class References:
                     "it is profiled once it is over"
                 )
                 raise MonitorError(msg)
-            source = (
-                f"{self._db}.`{uc.table}` FINAL WHERE event_time >= {sql_time(ref.start)} "
-                f"AND event_time < {sql_time(ref.end)}"
-            )
-            self._profile(uc, name, source, list(mon.watch))
+            self._profile(uc, name, self.reference_source(uc), list(mon.watch))
         elif isinstance(ref, FileReference):
             self.record_reference(uc, read_reference_file(ref.path), name)
         else:
