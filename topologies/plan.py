@@ -80,6 +80,8 @@ class UseCasePlan:
     replies_topic: str
     #: Labels for predictions (by record id, or key and event time), read by the monitor.
     feedback_topic: str
+    #: Per-window profiles of the watched columns (``monitoring.profiles``), for the store.
+    profiles_topic: str
     #: Where outputs put what they could not deliver, with the last error.
     outputs_deadletter_topic: str
     #: Columns after reduction, in order: what a model can take as input.
@@ -128,6 +130,12 @@ class UseCasePlan:
         return self.site("dispatch") != self.site("infer")
 
     @property
+    def profiled(self) -> bool:
+        """Whether the inference site sends profiles of the watched columns."""
+        mon = self.usecase.monitoring
+        return mon is not None and mon.profiles is not None
+
+    @property
     def on_request(self) -> bool:
         return isinstance(self.usecase.dispatch, OnRequest)
 
@@ -146,6 +154,7 @@ class UseCasePlan:
             TopicSpec(self.samples_topic, parts),
             TopicSpec(self.deadletter_topic, 1),
             TopicSpec(self.feedback_topic, parts),
+            *([TopicSpec(self.profiles_topic, parts)] if self.profiled else []),
             *requests,
             *self.output_topics(),
         ]
@@ -224,6 +233,8 @@ class Plan:
             ]
             if uc.on_request:
                 hops.append((uc.replies_topic, "infer", "dispatch"))
+            if uc.profiled:
+                hops.append((uc.profiles_topic, "infer", "store"))
             for topic, producer, consumer in hops:
                 if uc.site(consumer) == site:
                     name = uc.read_name(topic, producer, consumer)
@@ -241,6 +252,8 @@ class Plan:
             ]
             if uc.on_request:
                 hops.append((uc.replies_topic, "infer", "dispatch"))
+            if uc.profiled:
+                hops.append((uc.profiles_topic, "infer", "store"))
             if uc.usecase.outputs:
                 hops.append((uc.predictions_topic, "infer", "act"))
             for topic, producer, consumer in hops:
@@ -392,6 +405,7 @@ def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
             requests_topic=f"{name}.requests",
             replies_topic=f"{name}.replies",
             feedback_topic=f"{name}.feedback",
+            profiles_topic=f"{name}.profiles",
             outputs_deadletter_topic=f"{name}.outputs.deadletter",
             features=features,
             model_inputs=inputs,

@@ -34,6 +34,7 @@ TOPICS = {
     "deadletters": ("deadletter_topic", "dispatch"),
     "raw": ("raw_topic", "connectors"),
     "samples": ("samples_topic", "infer"),
+    "profiles": ("profiles_topic", "infer"),
     "feedback": ("feedback_topic", "store"),
     "replies": ("replies_topic", "infer"),
     "alerts": ("", "store"),

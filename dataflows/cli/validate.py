@@ -193,6 +193,7 @@ def _plan_document(topology: Path, runs: dict[str, SiteRun]) -> dict[str, Any]:
                 "deadletter": uc.deadletter_topic,
                 "samples": uc.samples_topic,
                 "feedback": uc.feedback_topic,
+                **({"profiles": uc.profiles_topic} if uc.profiled else {}),
             },
             "table": uc.table,
         }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -21,10 +21,12 @@ from mlexec.monitoring.columns import (
 from mlexec.monitoring.estimate import Calibration, estimate, fit_calibration
 from mlexec.monitoring.multivariate import Pca, error_sql, fit_pca
 from mlexec.monitoring.nulls import NullDistributions
+from mlexec.monitoring.profiles import Merged, merged_sql, profile_statistics
 from mlexec.monitoring.references import References
 from mlexec.monitoring.sql import (
     DRIFT_TABLE,
     METRICS_TABLE,
+    REFERENCES_TABLE,
     SEGMENT_MARK,
     Alert,
     Segmenting,
@@ -98,7 +100,10 @@ class Evaluator:
             except MonitorError as exc:
                 ev.notes.append(str(exc))
             else:
-                self._drift(uc, mon, ev, where)
+                if mon.profiles is not None:
+                    self._drift_of_profiles(uc, mon, ev)
+                else:
+                    self._drift(uc, mon, ev, where)
                 if mon.multivariate is not None and ev.rows >= mon.min_rows:
                     self._multivariate(uc, mon, ev, where)
         if mon.accuracy is not None:
@@ -156,6 +161,55 @@ class Evaluator:
                     judged = self._limits(uc, mon, ev, col, stat, int(seg["rows"]), limits)
                     if judged is not None:
                         ev.thresholds[(col + where_, stat)] = judged
+
+    def _drift_of_profiles(self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation) -> None:
+        """Drift and quality from the window's profiles: all sites merged, and per site.
+
+        The window is that of the last whole profile windows: ``monitoring.window`` back
+        from the latest multiple of ``profiles.window`` (as profiles are aligned).
+        """
+        assert mon.profiles is not None
+        size = mon.profiles.window
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        end = ev.window_end - (ev.window_end - epoch) % size
+        start = end - mon.window
+        db = self.store.database
+        refs = self.store.query(
+            f"SELECT column, edges, counts, grid, mean, std, min, max FROM {self._db}."
+            f"{REFERENCES_TABLE} FINAL WHERE usecase = {quote(uc.name)} "
+            f"AND reference = {quote(ev.reference)}"
+        )
+        reference = {r["column"]: r for r in refs.iter_rows(named=True)}
+        passes = [False, True] if mon.profiles.per_site else [False]
+        for by_site in passes:
+            sql = merged_sql(db, uc.name, start, end, by_site=by_site)
+            merged: dict[tuple[str, str], Merged] = {}
+            for row in self.store.query(sql).iter_rows(named=True):
+                at = (row["column"], row["site"] if by_site else "")
+                held = merged.get(at)
+                if held is not None:  # profiles of two accuracies: judge the larger part
+                    ev.notes.append(f"{at[0]}: profiles of more than one accuracy in the window")
+                    if held.rows >= int(row["all_rows"]):
+                        continue
+                merged[at] = Merged.of(row)
+            if not by_site:
+                ev.rows = max((m.rows for m in merged.values()), default=0)
+                if ev.rows < mon.min_rows:
+                    ev.notes.append(
+                        f"{ev.rows} rows profiled in the window; drift needs {mon.min_rows}"
+                    )
+                    return
+            for (col, site), profile in merged.items():
+                if col not in mon.watch or col not in reference or profile.rows < mon.min_rows:
+                    continue
+                subject = col + (f"{SEGMENT_MARK}site={site}" if by_site else "")
+                got = profile_statistics(profile, reference[col], mon.watch[col].range)
+                for stat, value in got.items():
+                    ev.values[(subject, stat)] = num(value)
+                for stat, limits in mon.watch[col].thresholds().items():
+                    judged = self._limits(uc, mon, ev, col, stat, profile.rows, limits)
+                    if judged is not None:
+                        ev.thresholds[(subject, stat)] = judged
 
     def _limits(
         self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation, column: str, stat: str,

@@ -34,6 +34,7 @@ from mlexec.monitoring.alerts import judge_alerts, publish_alerts
 from mlexec.monitoring.columns import MonitorError, now_utc
 from mlexec.monitoring.evaluate import Evaluation, Evaluator
 from mlexec.monitoring.ingest import Ingestion
+from mlexec.monitoring.profiles import profiles_table
 from mlexec.monitoring.references import References, read_reference_file
 from mlexec.monitoring.sql import (
     ALERTS_TABLE,
@@ -123,6 +124,9 @@ class Monitor:
         )
         for ddl in tables_ddl(self.store.database):
             self.store.command(ddl)
+        profiles = profiles_table(self.usecases)
+        if profiles is not None:
+            self.store.ensure_table(profiles)
         for uc in self.usecases:
             table = self.tables[uc.name]
             self.store.ensure_table(table)

@@ -27,6 +27,7 @@ from mlexec.connectors.samplestore import open_store
 from mlexec.errors import TopologyError
 from mlexec.flow import build_flow
 from mlexec.lifecycle.watcher import RegistryWatcher
+from mlexec.monitoring.profiles import profiles_table
 from mlexec.runtime.health import Reporter, RuntimeHealth, serve_metrics
 from mlexec.topologies.plan import Plan
 from mlexec.usecase import UseCaseRuntime
@@ -143,6 +144,9 @@ def prepare_resources(run: SiteRun, *, tables: bool = True) -> None:
         with open_store(site.sample_store) as store:
             for rt in run.store:
                 store.ensure_table(rt.table)
+            profiles = profiles_table(rt.plan for rt in run.store)
+            if profiles is not None:
+                store.ensure_table(profiles)
 
 
 def _flow_name(run: SiteRun, part: str) -> str:

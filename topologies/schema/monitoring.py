@@ -20,6 +20,7 @@ __all__ = [
     "ModelReference",
     "Monitoring",
     "Multivariate",
+    "Profiles",
     "RangeReference",
     "Reference",
     "STATISTICS",
@@ -241,6 +242,26 @@ class Multivariate(_Model):
     thresholds: Thresholds = Thresholds(warning=1.2, critical=1.5)
 
 
+class Profiles(_Model):
+    """The inference site sends mergeable profiles of the watched columns per window.
+
+    Drift and quality are then computed from the profiles of every record (merged per
+    site and over the evaluation window), not from the samples, so a thin link carries
+    monitoring without carrying data; the samples stay optional (``sampling.rate: 0``).
+    """
+
+    #: The profile window (event time); it must divide the evaluation window.
+    window: Duration = timedelta(minutes=5)
+    #: A window is sent once the newest event time is this far past its end.
+    lateness: Duration = timedelta(seconds=30)
+    #: ... or once the input has been idle this long (wall clock).
+    idle_close: Duration = timedelta(minutes=1)
+    #: The histogram's relative accuracy: a value's bucket represents it within this share.
+    accuracy: float = Field(default=0.005, gt=0, le=0.05)
+    #: Also judge every site's own merged profiles (subject ``column @ site=<name>``).
+    per_site: bool = True
+
+
 class Health(_Model):
     """Thresholds on the runtime health the dataflows report."""
 
@@ -284,6 +305,7 @@ class Monitoring(_Model):
     accuracy: Accuracy | None = None
     segments: Segments | None = None
     multivariate: Multivariate | None = None
+    profiles: Profiles | None = None
     health: Health = Health()
 
     @model_validator(mode="after")
@@ -308,6 +330,16 @@ class Monitoring(_Model):
                 msg = (
                     f"watch.{column}.range: [low, high] for out_of_range (or a reference, whose "
                     "min and max are the default), found neither"
+                )
+                raise ValueError(msg)
+        if self.profiles is not None:
+            if not self.watch:
+                msg = "profiles: watched columns to profile (watch: {...}), found none"
+                raise ValueError(msg)
+            if self.window % self.profiles.window:
+                msg = (
+                    f"profiles.window: a duration that divides the evaluation window "
+                    f"({self.window}), found {self.profiles.window}"
                 )
                 raise ValueError(msg)
         if self.multivariate is not None:
