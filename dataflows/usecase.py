@@ -303,6 +303,11 @@ def _check_monitoring(plan: UseCasePlan, table: SamplesTable, source: str) -> No
         if segments.by not in allowed:
             msg = f"a text or integer column of the samples to segment by, one of {allowed}, found {segments.by!r}"
             raise _fail(source, plan.name, "monitoring.segments.by", msg)
+    for name in (accuracy.features or []) if accuracy is not None else []:
+        if name not in columns or name not in plan.features:
+            features = [c for c in columns if c in plan.features]
+            msg = f"numeric features of the samples to learn the error from, of {features}, found {name!r}"
+            raise _fail(source, plan.name, "monitoring.accuracy.features", msg)
     if accuracy is not None and accuracy.probabilities is not None:
         found = kinds.get(accuracy.probabilities)
         if found not in ("Float64", "Array(Float32)", "Array(Float64)"):

@@ -177,11 +177,12 @@ class DashboardData:
         return out, thresholds, varying
 
     def _performance(self, uc: Any) -> dict[str, Any]:
-        """Realized error (labels) and estimated error rate (CBPE) per version/variant over time."""
+        """Realized error (labels) and estimated error (CBPE, DLE) per version/variant over time."""
         frame = self.store.query(
             f"SELECT column, statistic, groupArray(toUnixTimestamp64Milli(time)) AS t, "
             f"groupArray(value) AS v FROM ({self._evaluated(uc.name)}) WHERE statistic IN "
-            "('mae', 'rmse', 'error_rate', 'estimated_error_rate') "
+            "('mae', 'rmse', 'error_rate', 'estimated_error_rate', 'estimated_mae', "
+            "'estimated_rmse') "
             "GROUP BY column, statistic ORDER BY column, statistic"
         )
         every = uc.usecase.monitoring.every.total_seconds() * 1000

@@ -18,6 +18,7 @@ from mlexec.monitoring.columns import (
     ms,
     num,
 )
+from mlexec.monitoring.dle import ErrorModel, fit_error_model
 from mlexec.monitoring.estimate import Calibration, estimate, fit_calibration
 from mlexec.monitoring.multivariate import Pca, error_sql, fit_pca
 from mlexec.monitoring.nulls import NullDistributions
@@ -86,6 +87,8 @@ class Evaluator:
         self._pcas: dict[tuple[str, str], tuple[Pca, float]] = {}
         #: (use case, reference) → per model version, the calibration of its estimate
         self._calibrations: dict[tuple[str, str], dict[str, Calibration]] = {}
+        #: (use case, reference) → per model version, the learned error of its estimate
+        self._error_models: dict[tuple[str, str], dict[str, ErrorModel]] = {}
 
     def evaluate(self, uc: UseCasePlan, now: datetime) -> Evaluation:
         """Drift, quality, accuracy and health of one use case over the window ending ``now``."""
@@ -318,10 +321,90 @@ class Evaluator:
         self._calibrations[key] = fitted
         return fitted
 
+    def _error_models_of(
+        self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation, columns: tuple[str, ...]
+    ) -> dict[str, ErrorModel]:
+        """Per model version, its error learned on the reference's labelled samples (DLE)."""
+        acc, ref = mon.accuracy, mon.reference
+        assert acc is not None and isinstance(ref, RangeReference)
+        key = (uc.name, ref.name())
+        if key in self._error_models:
+            return self._error_models[key]
+        where = (
+            f"event_time >= {sql_time(ref.start)} AND event_time < {sql_time(ref.end)} "
+            "AND variant = 'production'"
+        )
+        picked = ", ".join(f"toFloat64(`{c}`) AS `{c}`" for c in columns)
+        pairs = labelled_pairs(
+            f"{self._db}.`{uc.table}`",
+            f"{self._db}.`{feedback_table(uc)}`",
+            f"model_version AS version, {picked}, toFloat64(`{acc.output}`) AS predicted",
+            where,
+        )
+        frame = self.store.query(f"SELECT * FROM ({pairs}) ORDER BY version, record_id")
+        fitted: dict[str, ErrorModel] = {}
+        for (version,), group in frame.group_by(["version"], maintain_order=True):
+            try:
+                fitted[str(version)] = fit_error_model(
+                    group.select(columns).to_numpy(),
+                    group["predicted"].to_numpy(),
+                    group["label"].to_numpy(),
+                    columns,
+                )
+            except ValueError as exc:
+                ev.notes.append(f"version {version}: no estimated {acc.metric}: {exc}")
+        if fitted:
+            self._error_models[key] = fitted
+        else:
+            ev.notes.append(
+                f"{frame.height} labelled samples in the reference range: no version's "
+                f"error could be learned for the estimated {acc.metric}"
+            )
+        return fitted
+
+    def _estimated_error(
+        self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation, where: str
+    ) -> None:
+        """A regressor's expected MAE and RMSE per version and variant, before labels (DLE)."""
+        acc = mon.accuracy
+        assert acc is not None
+        columns = tuple(
+            acc.features or [f for f in uc.features if uc.kind(f) in ("float", "int", "bool")]
+        )
+        models = self._error_models_of(uc, mon, ev, columns)
+        if not models:
+            return
+        picked = ", ".join(f"toFloat64(`{c}`) AS `{c}`" for c in columns)
+        frame = self.store.query(
+            f"SELECT model_version AS version, variant, {picked}, toFloat64(`{acc.output}`) "
+            f"AS predicted FROM {self._db}.`{uc.table}` FINAL WHERE {where} "
+            "ORDER BY version, variant"
+        )
+        for (version, variant), group in frame.group_by(
+            ["version", "variant"], maintain_order=True
+        ):
+            subject = f"{version}/{variant}"
+            model = models.get(str(version))
+            if model is None or group.height < mon.min_rows:
+                why = (
+                    f"no labelled reference samples of version {version}"
+                    if model is None
+                    else f"{group.height} samples; it needs {mon.min_rows}"
+                )
+                ev.notes.append(f"{subject}: no estimated {acc.metric}: {why}")
+                continue
+            got = model.estimate(group.select(columns).to_numpy(), group["predicted"].to_numpy())
+            for name, value in got.items():
+                ev.values[(subject, f"estimated_{name}")] = value
+            ev.thresholds[(subject, f"estimated_{acc.metric}")] = acc.thresholds
+
     def _estimated(self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation, where: str) -> None:
         """Accuracy, precision, recall, F1 and ROC AUC per version, before labels (CBPE)."""
         acc = mon.accuracy
         assert acc is not None
+        if acc.metric != "error_rate":
+            self._estimated_error(uc, mon, ev, where)
+            return
         calibrations = self._calibrations_of(uc, mon, ev)
         if not calibrations:
             return

@@ -195,8 +195,101 @@ def test_estimated_accuracy_is_refused_without_probabilities_or_a_labelled_range
     doc = yaml.safe_load(base)
     doc["usecases"]["churnx"]["monitoring"]["accuracy"]["metric"] = "mae"
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(doc))
-    with pytest.raises(TopologyError, match="metric error_rate, found 'mae'"):
+    with pytest.raises(TopologyError, match="metric 'mae' is estimated from the features"):
         load_topology(tmp_path / "b.yaml")
+
+
+#: The spread of x0 hour by hour, for the regressor: ever more rows where it is noisier.
+REGRESSOR_SPREADS = [1.0, 1.0, 1.2, 1.4, 1.6]
+
+
+def _noise(x0: np.ndarray) -> np.ndarray:
+    """The label noise's scale: the model is worse the farther x0 is from 0."""
+    return 0.1 + 0.5 * np.abs(x0)
+
+
+def _regressor(folder: Path, rng: np.random.Generator) -> Path:
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LinearRegression
+
+    x = rng.normal(size=(5000, 2)).astype(np.float32)
+    y = 2.0 * x[:, 0] + x[:, 1] + rng.normal(size=5000) * _noise(x[:, 0])
+    path = folder / "regressor.onnx"
+    path.write_bytes(to_onnx(LinearRegression().fit(x, y), x[:1]).SerializeToString())
+    return path
+
+
+def test_a_regressors_estimated_error_tracks_the_realized_before_the_labels(broker, tmp_path, uid):
+    """DLE: the inputs move where the model is noisier; the learned error says so first."""
+    rng = np.random.default_rng(8)
+    path = _topology(tmp_path, broker.bootstrap, uid, _regressor(tmp_path, rng))
+    doc = yaml.safe_load(path.read_text())
+    (uc_doc,) = doc["usecases"].values()
+    uc_doc["monitoring"]["accuracy"] = {
+        "output": "variable",
+        "metric": "mae",
+        "thresholds": {"warning": 0.55},
+        "estimated": True,
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    topology = load_topology(path)
+    plan = plan_topology(topology)
+    (uc,) = plan.usecases.values()
+    conf = client_config(topology.sites["here"].kafka)
+    ensure_topics(conf, plan.topics_at("here"))
+    per_hour = 3000
+    records, labels = [], {}
+    for hour, spread in enumerate(REGRESSOR_SPREADS):
+        x0 = rng.normal(scale=spread, size=per_hour)
+        x1 = rng.normal(size=per_hour)
+        y = 2.0 * x0 + x1 + rng.normal(size=per_hour) * _noise(x0)
+        for i in range(per_hour):
+            rid = f"h{hour}-{i}"
+            ts = T0 + hour * HOUR_MS + i * (HOUR_MS // per_hour)
+            records.append({"id": rid, "ts": ts, "x0": float(x0[i]), "x1": float(x1[i])})
+            labels[rid] = (hour, ts, float(y[i]))
+    produce_records(conf, uc.raw_topic, [(r["id"].encode(), orjson.dumps(r)) for r in records])
+    run_site(prepare_site(plan, "here"), recovery=False)
+
+    def send_labels(hours: set[int]) -> None:
+        chosen = [(k, ts, y) for k, (h, ts, y) in labels.items() if h in hours]
+        produce_records(
+            conf,
+            uc.feedback_topic,
+            [(k.encode(), orjson.dumps({"key": k, "time": ts, "label": y})) for k, ts, y in chosen],
+        )
+
+    send_labels({0})
+    store_url = topology.sites["here"].sample_store
+    ends = [T0 + (h + 1) * HOUR_MS for h in range(1, len(REGRESSOR_SPREADS))]
+    with open_store(store_url) as store:
+        monitor = Monitor(plan, "here", store)
+        monitor.prepare()
+        before = [monitor.run_once(_at(end))[0] for end in ends]
+    subject = "1/production"
+    estimated = [ev.values[(subject, "estimated_mae")] for ev in before]
+    assert all((subject, "mae") not in ev.values for ev in before)  # no labels yet
+    assert all(
+        ev.values[(subject, "estimated_rmse")] >= e for ev, e in zip(before, estimated, strict=True)
+    )
+    early = [ev for ev in before if any(a.statistic == "estimated_mae" for a in ev.alerts)]
+    assert early, [round(e, 3) for e in estimated]
+
+    send_labels(set(range(1, len(REGRESSOR_SPREADS))))
+    with open_store(store_url) as store:
+        monitor = Monitor(plan, "here", store)
+        monitor.prepare()
+        after = [monitor.run_once(_at(end))[0] for end in ends]
+    realized = [ev.values[(subject, "mae")] for ev in after]
+    assert realized[-1] > 1.3 * realized[0]  # the error grew as the inputs moved
+    gaps = [abs(e - r) / r for e, r in zip(estimated, realized, strict=True)]
+    print(
+        "estimated vs realized MAE per window:",
+        [(round(e, 3), round(r, 3)) for e, r in zip(estimated, realized, strict=True)],
+    )
+    assert max(gaps) <= 0.08, list(zip(estimated, realized, strict=True))
+    flagged = [ev for ev in after if any(a.statistic == "mae" for a in ev.alerts)]
+    assert flagged and before.index(early[0]) <= after.index(flagged[0])
 
 
 def test_rows_without_probabilities_are_left_out_and_a_concept_shift_is_not_seen():

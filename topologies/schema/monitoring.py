@@ -186,14 +186,19 @@ class Accuracy(_Model):
     thresholds: Thresholds
     #: Fewer labelled predictions than this in the window give no verdict.
     min_labels: int = Field(default=20, ge=1)
-    #: Also estimate it before labels arrive (CBPE): from the class probabilities in
-    #: ``probabilities``, calibrated on the labelled samples of the reference range;
-    #: judged as ``estimated_error_rate`` with the same thresholds.
+    #: Also estimate it before labels arrive: for ``error_rate`` from the class
+    #: probabilities in ``probabilities`` (CBPE), for ``mae`` / ``rmse`` by a model of the
+    #: error learned from ``features`` and the prediction (DLE); both fitted on the
+    #: labelled samples of the reference range, judged as ``estimated_<metric>`` with
+    #: the same thresholds.
     estimated: bool = False
     #: The output of class probabilities (per row, in class order), or of P(class 1).
     probabilities: str | None = None
     #: The label value of each probability, in order (default 0, 1, …).
     classes: tuple[float, ...] | None = None
+    #: The numeric columns a regressor's error is learned from (default: every numeric
+    #: feature of the samples).
+    features: list[str] | None = None
 
     @model_validator(mode="after")
     def _estimable(self) -> Accuracy:
@@ -205,13 +210,14 @@ class Accuracy(_Model):
             raise ValueError(msg)
         if not self.estimated:
             return self
-        if self.metric != "error_rate":
-            msg = (
-                "estimated: a classifier's accuracy (CBPE) is estimated from its class "
-                f"probabilities: metric error_rate, found {self.metric!r} (no estimate of a "
-                "regressor's error yet)"
-            )
-            raise ValueError(msg)
+        if self.metric != "error_rate":  # a regressor's: learned from the features
+            if self.probabilities is not None:
+                msg = (
+                    f"probabilities: class probabilities estimate a classifier's error_rate; "
+                    f"metric {self.metric!r} is estimated from the features (drop it)"
+                )
+                raise ValueError(msg)
+            return self
         if self.probabilities is None:
             msg = "probabilities: the output of class probabilities, for estimated: true"
             raise ValueError(msg)
