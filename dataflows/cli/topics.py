@@ -161,7 +161,9 @@ def tail(
     topology: TopologyArg,
     what: Annotated[
         str,
-        typer.Argument(help="predictions, deadletters, raw, samples, feedback, replies or alerts."),
+        typer.Argument(
+            help="predictions, deadletters, raw, samples, profiles, feedback, replies or alerts."
+        ),
     ] = "predictions",
     usecase: UsecaseOpt = None,
     site: TopicSiteOpt = None,
