@@ -222,6 +222,8 @@ def _profiles(
         "edge_s": edge_s,
         "cloud_s": cloud_s,
         "windows": windows,
+        "messages": len(sent),
+        "late_messages": sum(1 for m in sent if b'"part":"late:' in m),
         "profile_bytes_per_window": per_window,
         "sample_bytes_per_window_at_5pct": samples_per_window,
         # records/s of a site above which its profiles are smaller than 5 % of its rows
@@ -261,7 +263,10 @@ def main() -> None:
         drift_s = float(np.median(timings))
         flagged = [f for i, f in enumerate(features) if result[f"c{i}_psi"] > 0.05]
 
-        frame = store.query(f"SELECT event_time, {', '.join(features)} FROM {cur}").to_arrow()
+        # in event-time order, as a site reads its stream
+        frame = store.query(
+            f"SELECT event_time, {', '.join(features)} FROM {cur} ORDER BY event_time"
+        ).to_arrow()
         profiled = _profiles(store, frame, features, result)
         del frame
 
