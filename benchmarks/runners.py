@@ -202,7 +202,6 @@ def site(args: dict[str, Any]) -> dict[str, float]:
         conf,
         process=run.process,
         until_end=not args.get("follow"),
-        producers=processes,
     )
     addresses = args.get("addresses")
     started, cpu = time.time(), cpu_seconds()

@@ -9,6 +9,8 @@ full means poll and retry, and the first delivery error is raised at the next wr
 from __future__ import annotations
 
 import logging
+import threading
+import uuid
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -139,9 +141,25 @@ class Outgoing:
     headers: Sequence[list[tuple[str, bytes]]] | None = None
 
 
+#: (sink, worker thread) → the worker's producer and how many of its parts use it.
+_WORKER_PRODUCERS: dict[tuple[str, int], tuple[ReliableProducer, int]] = {}
+_PRODUCERS_LOCK = threading.Lock()
+
+
 class _ProducerPart(StatefulSinkPartition[Outgoing, None]):
-    def __init__(self, conf: dict[str, Any]) -> None:
-        self._producer = ReliableProducer(conf, what="the dataflow's sink")
+    """One part of the sink; the parts a worker owns share its one producer.
+
+    A worker calls its parts one after another on its own thread, so a flush at one
+    part's snapshot waits only for what that worker produced.
+    """
+
+    def __init__(self, conf: dict[str, Any], sink: str) -> None:
+        self._key = (sink, threading.get_ident())
+        with _PRODUCERS_LOCK:
+            found = _WORKER_PRODUCERS.get(self._key)
+            producer = found[0] if found else ReliableProducer(conf, what="the dataflow's sink")
+            _WORKER_PRODUCERS[self._key] = (producer, (found[1] if found else 0) + 1)
+        self._producer = producer
 
     def write_batch(self, items: list[Outgoing]) -> None:
         self._producer.raise_if_failed()
@@ -160,7 +178,18 @@ class _ProducerPart(StatefulSinkPartition[Outgoing, None]):
         self._producer.flush(60.0)
 
     def close(self) -> None:
-        self._producer.flush(60.0)
+        try:
+            self._producer.flush(60.0)
+        finally:
+            with _PRODUCERS_LOCK:
+                producer, users = _WORKER_PRODUCERS.pop(self._key, (self._producer, 1))
+                if users > 1:
+                    _WORKER_PRODUCERS[self._key] = (producer, users - 1)
+
+
+#: The sink's parts: fixed, so that its recovery state (a key per part) stays valid
+#: whatever the number of workers and processes a site resumes with.
+SINK_PARTS = 16
 
 
 class KafkaBatchSink(FixedPartitionedSink[Outgoing, None]):
@@ -168,12 +197,18 @@ class KafkaBatchSink(FixedPartitionedSink[Outgoing, None]):
 
     A stateful sink so that its snapshot — taken at each epoch's end, before bytewax
     commits the input offsets of that epoch — flushes the producer: a crash can then
-    repeat messages (removed downstream by id) but never lose one. ``parts`` producers
-    share the load; an item goes to the part its key hashes to.
+    repeat messages (removed downstream by id) but never lose one. An item goes to the
+    part its key (the topic) hashes to.
+
+    There are always :data:`SINK_PARTS` parts, spread over the workers (bytewax panics
+    when a resumed run lists fewer parts than the recovery state holds); the parts a
+    worker owns share one producer, so there are as many producers as workers (up to
+    ``SINK_PARTS``), whatever the scale.
     """
 
-    def __init__(self, conf: dict[str, Any], parts: int = 1) -> None:
+    def __init__(self, conf: dict[str, Any], parts: int = SINK_PARTS) -> None:
         self._parts = parts
+        self._id = uuid.uuid4().hex
         self._conf = {
             **conf,
             "enable.idempotence": True,
@@ -190,7 +225,7 @@ class KafkaBatchSink(FixedPartitionedSink[Outgoing, None]):
         return zlib.crc32(item_key.encode())
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ProducerPart:
-        return _ProducerPart(self._conf)
+        return _ProducerPart(self._conf, self._id)
 
 
 def produce_records(

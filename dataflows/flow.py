@@ -569,7 +569,6 @@ def build_flow(
     store_url: str | None = None,
     until_end: bool = False,
     batch_size: int = 1000,
-    producers: int = 1,
     site: str | None = None,
 ) -> Dataflow:
     """One dataflow running ``process`` use cases' pipelines and ``store`` use cases' sinks.
@@ -604,5 +603,5 @@ def build_flow(
         op.output("store_sink", all_rows, SampleStoreSink(store_url, tables))
     if outgoing:
         keyed = op.key_on("kafka_route", op.merge("kafka_all", *outgoing), lambda out: out.topic)
-        op.output("kafka_out", keyed, KafkaBatchSink(conf, parts=producers))
+        op.output("kafka_out", keyed, KafkaBatchSink(conf))
     return flow

@@ -25,6 +25,8 @@ from mlexec.cli.app import (
     print_outputs,
 )
 from mlexec.cli.progress import until_end_progress
+from mlexec.errors import TopologyError
+from mlexec.runtime.cluster import cluster_from
 from mlexec.runtime.part import PartSpec, exit_on, prepare_part, run_until_stopped
 from mlexec.runtime.site import Site
 from mlexec.topologies.secrets import mask_url
@@ -74,12 +76,40 @@ def run(
         int | None,
         typer.Option(help="Serve the monitoring dashboard from the store process on this port."),
     ] = None,
+    process_id: Annotated[
+        int | None,
+        typer.Option(
+            "--process-id",
+            "-i",
+            min=0,
+            help="--part pipeline as process N of a bytewax cluster (or BYTEWAX_PROCESS_ID, "
+            "or the pod ordinal of BYTEWAX_POD_NAME and BYTEWAX_STATEFULSET_NAME).",
+        ),
+    ] = None,
+    addresses: Annotated[
+        str | None,
+        typer.Option(
+            "--addresses",
+            "-a",
+            help="The cluster's processes as host:port;host:port;… in process order (or "
+            "BYTEWAX_ADDRESSES, or a file of them, BYTEWAX_HOSTFILE_PATH).",
+        ),
+    ] = None,
 ) -> None:
     """Run a site's dataflows: the pipelines of the use cases placed there, and the store.
 
     Continuously, the store runs as a second process (the one owner of an embedded
     chDB store); with --until-end the pipelines run to the end first, then the store.
+    With --process-id and --addresses the pipeline is one process of a bytewax cluster,
+    each process reading its share of the input partitions.
     """
+    cluster = cluster_from(process_id, addresses)
+    if cluster is not None and part is not Part.pipeline:
+        msg = (
+            "--process-id/--addresses (or BYTEWAX_* in the environment): a cluster runs the "
+            f"pipeline only, so --part pipeline, found --part {part.value}"
+        )
+        raise TopologyError(msg)
     site = one_site(topology, site)
     the_site = Site.load(topology, site)
     _banner(the_site, part.value, usecase, until_end)
@@ -100,6 +130,7 @@ def run(
             health_every=health_every,
             monitor=monitor,
             dashboard_port=dashboard_port,
+            cluster=cluster,
         )
     finally:
         if part is not Part.store:

@@ -83,6 +83,9 @@ class PartSpec:
     once: bool = False
     #: pipeline, store: stop once everything present at start is processed
     until_end: bool = False
+    #: pipeline: this process's number in a bytewax cluster, and every process's host:port
+    process_id: int | None = None
+    addresses: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.part not in PARTS:
@@ -104,7 +107,11 @@ class PartSpec:
     @property
     def lock(self) -> str | None:
         """The site lock the part holds while it runs (a mirror takes none)."""
-        return None if self.part == "mirror" else self.part
+        if self.part == "mirror":
+            return None
+        if self.part == "pipeline" and self.process_id:  # a cluster's further processes
+            return f"pipeline.{self.process_id}"
+        return self.part
 
 
 def spawn_part(spec: PartSpec, *, new_session: bool = False) -> subprocess.Popen[bytes]:
@@ -158,6 +165,7 @@ def _plan(spec: PartSpec, locked: bool) -> Any:
 def _run_dataflow(spec: PartSpec, plan: Any, child: subprocess.Popen[bytes] | None) -> None:
     from mlexec.connectors.samplestore import open_store
     from mlexec.connectors.storeservice import name_this_holder
+    from mlexec.runtime.cluster import Cluster
     from mlexec.runtime.run import prepare_resources, prepare_site, run_pipeline, run_store
 
     name_this_holder(f"the {spec.part} of site {spec.site}, {spec.topology}")
@@ -181,6 +189,11 @@ def _run_dataflow(spec: PartSpec, plan: Any, child: subprocess.Popen[bytes] | No
                 dashboard_port=spec.dashboard_port,
             )
         else:
+            cluster = (
+                Cluster(spec.process_id, tuple(spec.addresses))
+                if spec.process_id is not None and spec.addresses
+                else None
+            )
             run_pipeline(
                 prepared,
                 until_end=spec.until_end,
@@ -188,6 +201,7 @@ def _run_dataflow(spec: PartSpec, plan: Any, child: subprocess.Popen[bytes] | No
                 recovery=spec.recovery,
                 metrics_port=spec.metrics_port,
                 health_every=spec.health_every,
+                cluster=cluster,
             )
 
 

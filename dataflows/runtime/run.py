@@ -28,6 +28,7 @@ from mlexec.errors import TopologyError
 from mlexec.flow import build_flow
 from mlexec.lifecycle.watcher import RegistryWatcher
 from mlexec.monitoring.profiles import profiles_table
+from mlexec.runtime.cluster import Cluster
 from mlexec.runtime.health import Reporter, RuntimeHealth, serve_metrics
 from mlexec.topologies.plan import Plan
 from mlexec.usecase import UseCaseRuntime
@@ -114,8 +115,12 @@ def _execute(
     workers: int,
     epoch: timedelta,
     health: tuple[SiteRun, str, int | None, float] | None = None,
+    cluster: Cluster | None = None,
 ) -> None:
-    """Run ``flow``; with ``health`` (run, part, metrics port, report interval) report it."""
+    """Run ``flow``; with ``health`` (run, part, metrics port, report interval) report it.
+
+    In a ``cluster`` this process is one of its processes.
+    """
     recovery = _recovery(state_dir, flow) if state_dir is not None else None
     reporter = None
     if health is not None:
@@ -126,7 +131,14 @@ def _execute(
         conf = client_config(run.plan.topology.sites[run.site].kafka)
         reporter = Reporter(watched, conf, every).start()
     try:
-        execute(flow, workers=workers, epoch=epoch, recovery=recovery)
+        execute(
+            flow,
+            workers=workers,
+            epoch=epoch,
+            recovery=recovery,
+            process_id=None if cluster is None else cluster.process_id,
+            addresses=None if cluster is None else list(cluster.addresses),
+        )
     finally:
         if reporter is not None:
             reporter.stop()
@@ -163,11 +175,14 @@ def run_pipeline(
     batch_size: int = 1000,
     metrics_port: int | None = None,
     health_every: float = 10.0,
+    cluster: Cluster | None = None,
 ) -> None:
     """Run the use cases' pipelines (raw → predictions, samples, dead letters).
 
     Runtime health goes to ``mlexec.metrics`` every ``health_every`` seconds and, with
-    ``metrics_port``, to Prometheus on 127.0.0.1.
+    ``metrics_port``, to Prometheus on 127.0.0.1. In a ``cluster`` this is one of its
+    processes: its health is reported as part ``pipeline.<process id>`` (process 0:
+    ``pipeline``), on ``metrics_port`` + its process id.
     """
     if not run.process:
         return
@@ -178,13 +193,17 @@ def run_pipeline(
         process=run.process,
         until_end=until_end,
         batch_size=batch_size,
-        producers=workers,
         site=run.site,
     )
-    health = (run, "pipeline", metrics_port, health_every)
+    part, port = "pipeline", metrics_port
+    if cluster is not None and cluster.process_id:
+        part = f"pipeline.{cluster.process_id}"
+        port = None if metrics_port is None else metrics_port + cluster.process_id
+    health = (run, part, port, health_every)
     watcher = _watcher(run, until_end=until_end)
     try:
-        _execute(flow, Path(site.state_dir) if recovery else None, workers, epoch, health)
+        state = Path(site.state_dir) if recovery else None
+        _execute(flow, state, workers, epoch, health, cluster)
     finally:
         if watcher is not None:
             watcher.stop()
@@ -301,7 +320,6 @@ def site_dataflow(
             conf,
             process=run.process,
             until_end=until_end,
-            producers=workers,
             site=site,
         )
         watcher = _watcher(run, until_end=until_end)

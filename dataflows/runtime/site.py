@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from bytewax.dataflow import Dataflow
 
+    from mlexec.runtime.cluster import Cluster
     from mlexec.runtime.supervisor import Supervisor
     from mlexec.topologies.plan import Plan
 
@@ -134,8 +135,11 @@ class Site:
         health_every: float = 10.0,
         monitor: bool = True,
         dashboard_port: int | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         """Run the dataflows in this process until a signal stops them.
+
+        With a ``cluster`` (the pipeline only), this process is one of its processes.
 
         With ``until_end``, a single part runs until the end of its input.
 
@@ -144,7 +148,7 @@ class Site:
         the run stops too, for a supervisor to restart both.
         """
         prepared = self._prepared(usecase)
-        options = {
+        options: dict[str, Any] = {
             "usecase": usecase,
             "recovery": recovery,
             "health_every": health_every,
@@ -162,8 +166,15 @@ class Site:
                 )
             )
             return
+        if cluster is not None:
+            if part != "pipeline":
+                msg = "a cluster runs the pipeline: --part pipeline with --process-id/--addresses"
+                raise TopologyError(msg)
+            options["process_id"] = cluster.process_id
+            options["addresses"] = list(cluster.addresses)
         pipeline = self.spec("pipeline", workers=workers, metrics_port=metrics_port, **options)
-        SiteLock(self.name, self.state_dir, "pipeline").acquire()
+        assert pipeline.lock is not None
+        SiteLock(self.name, self.state_dir, pipeline.lock).acquire()
         child = None
         if part == "all" and prepared.store:
             store = self.spec(

@@ -1,0 +1,167 @@
+"""A site's pipeline as a bytewax cluster of processes, started as a StatefulSet starts it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from mlexec.connectors.broker import free_port
+from mlexec.connectors.reading import read_topic
+from mlexec.errors import TopologyError
+from mlexec.runtime.cluster import Cluster, cluster_from
+from tests.dataflows.spine import feed, spine_topology
+from tests.waiting import wait_for
+
+MLEXEC = [sys.executable, "-m", "mlexec.cli"]
+PARTITIONS = 6
+
+
+def _topology(tmp: Path, bootstrap: str, uid: str) -> Path:
+    path = spine_topology(
+        tmp,
+        bootstrap,
+        uid,
+        dispatch="{kind: microbatch, max_records: 200, max_wait: 10ms}",
+        reduction="{kind: identity}",
+        sampling="{rate: 1.0}",
+    )
+    doc = yaml.safe_load(path.read_text())
+    (uc,) = doc["usecases"].values()
+    uc["input"]["partitions"] = PARTITIONS  # every process gets some to read
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _hostfile(tmp: Path, processes: int) -> Path:
+    path = tmp / f"hosts-{processes}-{free_port()}"
+    path.write_text("".join(f"127.0.0.1:{free_port()}\n" for _ in range(processes)))
+    return path
+
+
+def _start(path: Path, processes: int, *, recovery: bool, until_end: bool = True) -> list[Any]:
+    """The pipeline as ``processes`` processes, each told who it is as Kubernetes would:
+    its pod name and the StatefulSet's, and a hostfile of every pod's address."""
+    hosts = _hostfile(path.parent, processes)
+    procs = []
+    for ordinal in range(processes):
+        env = dict(
+            os.environ,
+            BYTEWAX_POD_NAME=f"pipeline-{ordinal}",
+            BYTEWAX_STATEFULSET_NAME="pipeline",
+            BYTEWAX_HOSTFILE_PATH=str(hosts),
+        )
+        argv = [*MLEXEC, "run", str(path), "--part", "pipeline"]
+        argv += ["--until-end"] if until_end else []
+        argv += [] if recovery else ["--no-recovery"]
+        procs.append(
+            subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        )
+    return procs
+
+
+def _finish(procs: list[Any], timeout: float = 240.0) -> None:
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        assert p.returncode == 0, err.decode()[-3000:]
+
+
+def _predictions(conf: dict[str, Any], topic: str) -> list[tuple[tuple[int, int], float]]:
+    """((partition, offset) of the record, output) of every prediction."""
+    out = []
+    for _, value, _, _, _ in read_topic(conf, topic):
+        p = orjson.loads(value)
+        _, partition, offset = p["id"].rsplit(":", 2)
+        out.append(((int(partition), int(offset)), p["outputs"]["y"]))
+    return out
+
+
+def test_the_cluster_is_found_as_bytewax_finds_it():
+    assert cluster_from(None, None, {}) is None
+    assert cluster_from(1, "a:1;b:2", {}) == Cluster(1, ("a:1", "b:2"))
+    env = {"BYTEWAX_POD_NAME": "pipe-2", "BYTEWAX_STATEFULSET_NAME": "pipe"}
+    assert cluster_from(None, "a:1;b:2;c:3", env) == Cluster(2, ("a:1", "b:2", "c:3"))
+    assert cluster_from(None, None, {"BYTEWAX_PROCESS_ID": "0", "BYTEWAX_ADDRESSES": "a:1"}) == (
+        Cluster(0, ("a:1",))
+    )
+    with pytest.raises(TopologyError, match="needs --addresses"):
+        cluster_from(0, None, {})
+    with pytest.raises(TopologyError, match="a cluster of 2 processes"):
+        cluster_from(2, "a:1;b:2", {})
+    with pytest.raises(TopologyError, match="host:port per process"):
+        cluster_from(0, "a:1;nonsense", {})
+    with pytest.raises(TopologyError, match="is not <BYTEWAX_STATEFULSET_NAME>-<ordinal>"):
+        cluster_from(None, "a:1", {"BYTEWAX_POD_NAME": "x-y", "BYTEWAX_STATEFULSET_NAME": "p"})
+    with pytest.raises(TopologyError, match="BYTEWAX_HOSTFILE_PATH /nowhere: cannot be read"):
+        cluster_from(0, None, {"BYTEWAX_HOSTFILE_PATH": "/nowhere"})
+
+
+@pytest.mark.integration
+def test_one_two_and_three_processes_make_the_same_predictions_and_samples(broker, tmp_path, uid):
+    results = {}
+    for processes in (1, 2, 3):
+        folder = tmp_path / f"p{processes}"
+        folder.mkdir()
+        path = _topology(folder, broker.bootstrap, f"{uid}p{processes}")
+        topology, plan, uc, conf, _values, positions, good, bad = feed(path, 3000, bad_every=61)
+        _finish(_start(path, processes, recovery=False))
+        subprocess.run([*MLEXEC, "run", str(path), "--part", "store", "--until-end"], check=True)
+        from mlexec.connectors.samplestore import open_store
+
+        with open_store(topology.sites["here"].sample_store) as store:
+            rows = store.query(f"SELECT record_id, y FROM mlexec.{uc.table} FINAL")
+        samples = {
+            tuple(int(x) for x in rid.rsplit(":", 2)[1:]): y
+            for rid, y in zip(rows["record_id"], rows["y"], strict=True)
+        }
+        predicted = _predictions(conf, uc.predictions_topic)
+        assert len(predicted) == len(dict(predicted)) == len(good)  # one each, no duplicate
+        assert {positions[i] for i in good} == set(dict(predicted))
+        assert len(read_topic(conf, uc.deadletter_topic)) == len(bad)
+        results[processes] = (dict(predicted), samples)
+    one, two, three = results[1], results[2], results[3]
+    assert one[0] == two[0] == three[0]  # by record and value
+    assert one[1] == two[1] == three[1] and len(one[1]) == len(one[0])
+
+
+@pytest.mark.integration
+def test_a_cluster_killed_mid_stream_resumes_with_three_processes_then_one(broker, tmp_path, uid):
+    path = _topology(tmp_path, broker.bootstrap, uid)
+    topology, plan, uc, conf, _v, positions, good, bad = feed(path, 6000, bad_every=47)
+    procs = _start(path, 2, recovery=True, until_end=False)
+    wait_for(
+        lambda: len(read_topic(conf, uc.predictions_topic)) >= 1500,
+        timeout=180,
+        what="the 2-process cluster's first predictions",
+    )
+    for p in procs:  # kill -9, mid-stream
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    _finish(_start(path, 3, recovery=True))  # resumes from recovery with 3 processes
+    *_, positions2, good2, bad2 = feed(path, 2000, bad_every=47, seed=2, start=6000)
+    _finish(_start(path, 1, recovery=True))  # ... and with one, for what came since
+
+    predicted = _predictions(conf, uc.predictions_topic)
+    by_record: dict[tuple[int, int], set[float]] = {}
+    for position, y in predicted:
+        by_record.setdefault(position, set()).add(y)
+    expected = {positions[i] for i in good} | {positions2[i] for i in good2}
+    assert set(by_record) == expected  # every good record predicted, nothing else
+    assert all(len(ys) == 1 for ys in by_record.values())  # a replayed one: the same value
+    dead = read_topic(conf, uc.deadletter_topic)
+    dead_at = {
+        (int(dict(h)["mlexec.partition"]), int(dict(h)["mlexec.offset"])) for _, _, h, _, _ in dead
+    }
+    assert dead_at == {positions[i] for i in bad} | {positions2[i] for i in bad2}
