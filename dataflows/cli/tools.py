@@ -31,6 +31,7 @@ class Rendering(StrEnum):
 
     mm2 = "mm2"
     grafana = "grafana"
+    k8s = "k8s"
 
 
 @app.command()
@@ -40,22 +41,50 @@ def render(
         Rendering,
         typer.Argument(
             help="mm2: MirrorMaker 2 properties per link; grafana: Grafana provisioning "
-            "(ClickHouse datasource and monitoring dashboard) per ClickHouse-server site."
+            "(ClickHouse datasource and monitoring dashboard) per ClickHouse-server site; "
+            "k8s: a site's Kubernetes manifests (kubectl apply -k)."
         ),
     ],
     out: Annotated[Path, typer.Option(help="The directory to write to.")] = Path("deploy"),
+    site: SiteOpt = None,
+    image: Annotated[
+        str, typer.Option(help="k8s: the container image holding mlexec (and the models).")
+    ] = "mlexec:latest",
+    namespace: Annotated[str | None, typer.Option(help="k8s: the namespace.")] = None,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="k8s: pipeline processes to start with.")
+    ] = 1,
+    max_replicas: Annotated[
+        int, typer.Option(min=1, help="k8s: the most pipeline processes scaling on lag adds.")
+    ] = 4,
 ) -> None:
-    """Write what the infrastructure needs: MirrorMaker 2 properties, Grafana provisioning.
+    """Write what the infrastructure needs: MirrorMaker 2, Grafana, Kubernetes manifests.
 
     MirrorMaker 2 properties are private (mode 0600): with SASL they hold the
     credentials. Grafana's files hold none (its password comes from its environment)
-    and must be readable by the Grafana container's user.
+    and must be readable by the Grafana container's user; nor do the Kubernetes
+    manifests (every ${VAR} of the topology comes from the Secret <name>-secrets).
     """
     from mlexec.topologies.render import render_grafana, render_mm2
 
     topo, plan = load(topology)
     files: dict[str, str] = {}
-    if what is Rendering.mm2:
+    if what is Rendering.k8s:
+        from mlexec.topologies.kubernetes import render_k8s
+
+        chosen = one_site(topology, site)
+        files = render_k8s(
+            plan,
+            chosen,
+            Path(topology).read_text(),
+            topology_file=Path(topology).name,
+            image=image,
+            namespace=namespace,
+            replicas=replicas,
+            max_replicas=max(max_replicas, replicas),
+        )
+        out = out / chosen
+    elif what is Rendering.mm2:
         if not topo.links:
             msg = f"{topology}: links: no links to render MirrorMaker 2 for"
             raise TopologyError(msg)

@@ -6,7 +6,13 @@ so a StatefulSet starts ``mlexec run --part pipeline`` exactly as it starts byte
 - ``--process-id`` / ``BYTEWAX_PROCESS_ID``, or the pod's ordinal: ``BYTEWAX_POD_NAME``
   (``pipeline-2``) less ``BYTEWAX_STATEFULSET_NAME`` (``pipeline``) and a dash;
 - ``--addresses "h0:p;h1:p"`` / ``BYTEWAX_ADDRESSES``, or ``BYTEWAX_HOSTFILE_PATH``, a
-  file of one ``host:port`` per line, in process order.
+  file of one ``host:port`` per line, in process order;
+- or, on Kubernetes (what ``mlexec render k8s`` sets up), ``MLEXEC_PEERS``, the
+  StatefulSet's headless Service as ``service:port``: the processes are its pods,
+  ``<statefulset>-<i>.<service>:<port>`` for as many as the Service resolves to. A
+  process then watches that count (:class:`PeerWatch`) and stops itself when the
+  StatefulSet is scaled, to be restarted into the new cluster — a rescale from
+  recovery.
 
 Every process runs the same dataflow; each reads the Kafka partitions bytewax gives its
 workers, and all of them share the site's recovery directory (on Kubernetes a volume
@@ -15,14 +21,32 @@ every pod mounts), so a cluster resumes from recovery with another process count
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+import signal
+import socket
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlexec.errors import TopologyError
 
-__all__ = ["Cluster", "cluster_from"]
+__all__ = ["Cluster", "PeerWatch", "cluster_from", "resolved_peers"]
+
+_log = logging.getLogger(__name__)
+
+#: service host → how many pods it resolves to.
+Resolver = Callable[[str], int]
+
+
+def resolved_peers(host: str) -> int:
+    """How many addresses a (headless) Service's name resolves to: its pods."""
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return 0
+    return len({info[4][0] for info in found})
 
 
 @dataclass(frozen=True)
@@ -31,6 +55,8 @@ class Cluster:
 
     process_id: int
     addresses: tuple[str, ...]
+    #: The Service whose pods are the processes (``MLEXEC_PEERS``), when found by it.
+    peers: str | None = None
 
     @property
     def processes(self) -> int:
@@ -60,10 +86,25 @@ def _hostfile(path: str) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
+def _from_peers(process_id: int, peers: str, env: Mapping[str, str], resolve: Resolver) -> Cluster:
+    host, _, port = peers.rpartition(":")
+    statefulset = env.get("BYTEWAX_STATEFULSET_NAME", "")
+    if not host or not port.isdigit() or not statefulset:
+        msg = (
+            f"MLEXEC_PEERS: the StatefulSet's headless Service as service:port, with "
+            f"BYTEWAX_STATEFULSET_NAME set; found {peers!r}"
+        )
+        raise TopologyError(msg)
+    count = max(resolve(host), process_id + 1)  # a pod not yet resolvable counts itself
+    addresses = tuple(f"{statefulset}-{i}.{host}:{port}" for i in range(count))
+    return Cluster(process_id, addresses, peers)
+
+
 def cluster_from(
     process_id: int | None,
     addresses: str | None,
     env: Mapping[str, str] | None = None,
+    resolve: Resolver = resolved_peers,
 ) -> Cluster | None:
     """The cluster the flags (else the environment) describe; ``None``: one process."""
     env = os.environ if env is None else env
@@ -80,6 +121,8 @@ def cluster_from(
     listed = [a.strip() for a in addresses.split(";") if a.strip()] if addresses else None
     if listed is None and env.get("BYTEWAX_HOSTFILE_PATH") and process_id is not None:
         listed = _hostfile(env["BYTEWAX_HOSTFILE_PATH"])
+    if listed is None and env.get("MLEXEC_PEERS") and process_id is not None:
+        return _from_peers(process_id, env["MLEXEC_PEERS"], env, resolve)
     if process_id is None and listed is None:
         return None
     if process_id is None or not listed:
@@ -102,3 +145,55 @@ def cluster_from(
         )
         raise TopologyError(msg)
     return Cluster(process_id, tuple(listed))
+
+
+class PeerWatch:
+    """Stop this process when its Service's pod count leaves the cluster's size.
+
+    Checked every ``every`` seconds; two checks in a row that disagree with the cluster
+    (a StatefulSet scaled, not a pod restarting) call ``stop`` — by default SIGTERM to
+    this process, which stops at once and resumes, restarted, from the last snapshot.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        every: float = 30.0,
+        resolve: Resolver = resolved_peers,
+        stop: Callable[[], None] | None = None,
+    ) -> None:
+        assert cluster.peers is not None
+        self._cluster, self._every, self._resolve = cluster, every, resolve
+        self._stop = stop or (lambda: os.kill(os.getpid(), signal.SIGTERM))
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mlexec-peers", daemon=True)
+
+    def check(self, disagreed: int) -> int:
+        """One check; how many in a row have disagreed (the stop is called at two)."""
+        host = (self._cluster.peers or "").rpartition(":")[0]
+        found = self._resolve(host)
+        if found in (0, self._cluster.processes):  # nothing resolvable: not news
+            return 0
+        if disagreed + 1 >= 2:
+            _log.warning(
+                "the pipeline's StatefulSet has %d pods, this cluster %d processes: "
+                "stopping to rejoin it as %d (a rescale from recovery)",
+                found,
+                self._cluster.processes,
+                found,
+            )
+            self._stop()
+        return disagreed + 1
+
+    def start(self) -> PeerWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _run(self) -> None:
+        disagreed = 0
+        while not self._done.wait(self._every):
+            disagreed = self.check(disagreed)

@@ -16,6 +16,7 @@ every few seconds; the monitor writes them into the metrics table.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -254,10 +255,18 @@ def flush_reporters(timeout: float = 5.0) -> None:
         reporter.final(timeout)
 
 
+def metrics_address() -> str:
+    """Where metrics are served: 127.0.0.1, unless ``MLEXEC_METRICS_ADDRESS`` says.
+
+    In a pod, probes and Prometheus reach it on the pod's address: ``0.0.0.0`` there.
+    """
+    return os.environ.get("MLEXEC_METRICS_ADDRESS", "127.0.0.1")
+
+
 def serve_metrics(health: RuntimeHealth, port: int) -> None:
-    """Serve ``health`` (and nothing else) for Prometheus on 127.0.0.1:``port``."""
+    """Serve ``health`` (and nothing else) for Prometheus at :func:`metrics_address`."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
     registry.register(health)  # type: ignore[arg-type]
-    start_http_server(port, addr="127.0.0.1", registry=registry)
+    start_http_server(port, addr=metrics_address(), registry=registry)

@@ -86,6 +86,8 @@ class PartSpec:
     #: pipeline: this process's number in a bytewax cluster, and every process's host:port
     process_id: int | None = None
     addresses: list[str] | None = None
+    #: pipeline: the Service whose pods are the cluster (``MLEXEC_PEERS``), if found so
+    peers: str | None = None
 
     def __post_init__(self) -> None:
         if self.part not in PARTS:
@@ -190,7 +192,7 @@ def _run_dataflow(spec: PartSpec, plan: Any, child: subprocess.Popen[bytes] | No
             )
         else:
             cluster = (
-                Cluster(spec.process_id, tuple(spec.addresses))
+                Cluster(spec.process_id, tuple(spec.addresses), spec.peers)
                 if spec.process_id is not None and spec.addresses
                 else None
             )
@@ -248,7 +250,9 @@ def prepare_part(spec: PartSpec, *, locked: bool = False) -> PreparedPart:
 
         registry = CollectorRegistry()
         registry.register(prepared.collector)
-        start_http_server(spec.metrics_port, addr="127.0.0.1", registry=registry)
+        from mlexec.runtime.health import metrics_address
+
+        start_http_server(spec.metrics_port, addr=metrics_address(), registry=registry)
     return prepared
 
 

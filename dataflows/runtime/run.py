@@ -28,7 +28,7 @@ from mlexec.errors import TopologyError
 from mlexec.flow import build_flow
 from mlexec.lifecycle.watcher import RegistryWatcher
 from mlexec.monitoring.profiles import profiles_table
-from mlexec.runtime.cluster import Cluster
+from mlexec.runtime.cluster import Cluster, PeerWatch
 from mlexec.runtime.health import Reporter, RuntimeHealth, serve_metrics
 from mlexec.topologies.plan import Plan
 from mlexec.usecase import UseCaseRuntime
@@ -201,12 +201,15 @@ def run_pipeline(
         port = None if metrics_port is None else metrics_port + cluster.process_id
     health = (run, part, port, health_every)
     watcher = _watcher(run, until_end=until_end)
+    peers = PeerWatch(cluster).start() if cluster is not None and cluster.peers else None
     try:
         state = Path(site.state_dir) if recovery else None
         _execute(flow, state, workers, epoch, health, cluster)
     finally:
         if watcher is not None:
             watcher.stop()
+        if peers is not None:
+            peers.stop()
 
 
 def run_store(

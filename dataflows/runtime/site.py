@@ -172,6 +172,7 @@ class Site:
                 raise TopologyError(msg)
             options["process_id"] = cluster.process_id
             options["addresses"] = list(cluster.addresses)
+            options["peers"] = cluster.peers
         pipeline = self.spec("pipeline", workers=workers, metrics_port=metrics_port, **options)
         assert pipeline.lock is not None
         SiteLock(self.name, self.state_dir, pipeline.lock).acquire()

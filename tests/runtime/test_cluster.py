@@ -16,7 +16,7 @@ import yaml
 from mlexec.connectors.broker import free_port
 from mlexec.connectors.reading import read_topic
 from mlexec.errors import TopologyError
-from mlexec.runtime.cluster import Cluster, cluster_from
+from mlexec.runtime.cluster import Cluster, PeerWatch, cluster_from
 from tests.dataflows.spine import feed, spine_topology
 from tests.waiting import wait_for
 
@@ -165,3 +165,30 @@ def test_a_cluster_killed_mid_stream_resumes_with_three_processes_then_one(broke
         (int(dict(h)["mlexec.partition"]), int(dict(h)["mlexec.offset"])) for _, _, h, _, _ in dead
     }
     assert dead_at == {positions[i] for i in bad} | {positions2[i] for i in bad2}
+
+
+def test_on_kubernetes_the_peers_are_the_services_pods_and_a_scale_restarts_the_process():
+    env = {
+        "BYTEWAX_POD_NAME": "site-pipeline-1",
+        "BYTEWAX_STATEFULSET_NAME": "site-pipeline",
+        "MLEXEC_PEERS": "site-pipeline:2101",
+    }
+    pods = {"n": 2}
+    cluster = cluster_from(None, None, env, resolve=lambda host: pods["n"])
+    assert cluster == Cluster(
+        1, ("site-pipeline-0.site-pipeline:2101", "site-pipeline-1.site-pipeline:2101"),
+        "site-pipeline:2101",
+    )  # fmt: skip
+    # a pod not resolvable yet (DNS lags a new pod) still counts itself
+    assert cluster_from(None, None, env, resolve=lambda host: 0).processes == 2  # type: ignore[union-attr]
+    with pytest.raises(TopologyError, match="MLEXEC_PEERS: the StatefulSet's headless Service"):
+        cluster_from(None, None, {**env, "MLEXEC_PEERS": "no-port"}, resolve=lambda h: 1)
+
+    stopped = []
+    watch = PeerWatch(cluster, resolve=lambda host: pods["n"], stop=lambda: stopped.append(1))
+    assert watch.check(0) == 0 and not stopped  # as many pods as processes
+    pods["n"] = 0
+    assert watch.check(0) == 0  # DNS answering nothing is not a scale
+    pods["n"] = 3  # scaled out: once may be a pod coming and going ...
+    assert watch.check(0) == 1 and not stopped
+    assert watch.check(1) == 2 and stopped == [1]  # ... twice in a row is a rescale
