@@ -17,8 +17,10 @@ What runs where (``kubectl apply -k <out>``):
   server store needs none), hosting the monitoring;
 - connectors, outputs and the mirror of each link from this site as Deployments;
 - resource requests, liveness and readiness from each process's metrics endpoint,
-  Prometheus scrape annotations, and a HorizontalPodAutoscaler of the pipeline on its
-  lag (``mlexec_lag``, an External metric, e.g. from prometheus-adapter).
+  Prometheus scrape annotations and a scrape job (a ConfigMap: ``scrape.yml``) that
+  labels each series with its ``site`` and ``part``, and a HorizontalPodAutoscaler of
+  the pipeline on its lag (``mlexec_lag{site, part="pipeline"}``, an External metric,
+  e.g. from prometheus-adapter).
 """
 
 from __future__ import annotations
@@ -229,6 +231,43 @@ class _Site:
             },
         }
 
+    def scrape(self) -> dict[str, Any]:
+        """Prometheus's scrape job for the site's pods.
+
+        Each series gets its pod's ``site`` and ``part``: what the autoscaler and the
+        dashboards select on.
+        """
+        pod = "__meta_kubernetes_pod_"
+        job = {
+            "job_name": f"mlexec-{self.name}",
+            "kubernetes_sd_configs": [{"role": "pod"}],
+            "relabel_configs": [
+                {
+                    "source_labels": [
+                        f"{pod}label_app_kubernetes_io_part_of",
+                        f"{pod}label_mlexec_site",
+                    ],
+                    "regex": f"mlexec;{self.labels['mlexec/site']}",
+                    "action": "keep",
+                },
+                {
+                    "source_labels": [f"{pod}ip"],
+                    "regex": "(.+)",
+                    "replacement": f"$1:{METRICS_PORT}",
+                    "target_label": "__address__",
+                },
+                {"source_labels": [f"{pod}label_mlexec_site"], "target_label": "site"},
+                {"source_labels": [f"{pod}label_mlexec_part"], "target_label": "part"},
+                {"source_labels": [f"{pod}name"], "target_label": "pod"},
+            ],
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": self._meta(f"{self.name}-prometheus", "prometheus"),
+            "data": {"scrape.yml": yaml.safe_dump({"scrape_configs": [job]}, sort_keys=False)},
+        }
+
     def autoscaler(self, most: int) -> dict[str, Any]:
         return {
             "apiVersion": "autoscaling/v2",
@@ -248,7 +287,12 @@ class _Site:
                         "external": {
                             "metric": {
                                 "name": "mlexec_lag",
-                                "selector": {"matchLabels": {"site": self.site}},
+                                "selector": {
+                                    "matchLabels": {
+                                        "site": self.labels["mlexec/site"],
+                                        "part": "pipeline",
+                                    }
+                                },
                             },
                             "target": {"type": "AverageValue", "averageValue": "50000"},
                         },
@@ -285,6 +329,7 @@ def render_k8s(
     resources: dict[str, dict[str, Any]] = {
         "topology.yaml": s.topology(topology_text),
         "state.yaml": s.state_claim(),
+        "prometheus.yaml": s.scrape(),
     }
     if any(uc.site("dispatch") == site or uc.site("infer") == site for uc in at_site):
         resources["pipeline-service.yaml"] = s.peers()

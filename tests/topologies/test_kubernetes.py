@@ -105,7 +105,7 @@ def test_the_command_writes_a_directory_kustomize_builds(tmp_path, monkeypatch):
     ).stdout
     docs = [d for d in yaml.safe_load_all(built) if d]
     listed = yaml.safe_load((tmp_path / "edge" / "kustomization.yaml").read_text())["resources"]
-    assert len(docs) == len(listed) == 7 and all(
+    assert len(docs) == len(listed) == 8 and all(
         d["metadata"]["namespace"] == "plant" for d in docs
     )
     assert all(_invalid(d) is None for d in docs)
