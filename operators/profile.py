@@ -111,7 +111,6 @@ class ColumnProfile:
     def of(cls, values: np.ndarray, alpha: float) -> ColumnProfile:
         x = np.asarray(values, dtype=np.float64).reshape(len(values), -1)[:, 0]
         present = np.clip(x[~np.isnan(x)], -_LARGEST, _LARGEST)  # ±inf: the largest floats
-        distinct, times = np.unique(present, return_counts=True)
         empty = not len(present)
         profile = cls(
             rows=len(x),
@@ -123,49 +122,62 @@ class ColumnProfile:
             high=float("nan") if empty else float(present.max()),
             keys=np.zeros(0, dtype=np.int64),
             counts=np.zeros(0, dtype=np.int64),
-            exact=distinct,
-            exact_counts=times.astype(np.int64),
         )
-        return profile if len(distinct) <= EXACT_MAX else profile.bucketed(alpha)
+        if len(present) > EXACT_MAX:
+            keys, counts = np.unique(bucket_keys(present, alpha), return_counts=True)
+            if len(keys) > EXACT_MAX:  # more buckets, so more distinct values: bucketed
+                return replace(profile, keys=keys, counts=counts.astype(np.int64))
+        distinct, times = np.unique(present, return_counts=True)
+        exact = replace(profile, exact=distinct, exact_counts=times.astype(np.int64))
+        return exact if len(distinct) <= EXACT_MAX else exact.bucketed(alpha)
 
     def bucketed(self, alpha: float) -> ColumnProfile:
         """The same profile with its exact values moved into their buckets."""
         if not len(self.exact):
             return self
         keys, counts = _added(
-            self.keys, self.counts, bucket_keys(self.exact, alpha), self.exact_counts
+            [self.keys, bucket_keys(self.exact, alpha)], [self.counts, self.exact_counts]
         )
         return replace(self, keys=keys, counts=counts, exact=np.zeros(0), exact_counts=counts[:0])
 
     def merge(self, other: ColumnProfile, alpha: float) -> ColumnProfile:
-        exact, exact_counts = _added(self.exact, self.exact_counts, other.exact, other.exact_counts)
-        merged = ColumnProfile(
-            rows=self.rows + other.rows,
-            n=self.n + other.n,
-            nulls=self.nulls + other.nulls,
-            total=self.total + other.total,
-            squares=self.squares + other.squares,
-            low=float(np.fmin(self.low, other.low)),
-            high=float(np.fmax(self.high, other.high)),
+        return ColumnProfile.merged([self, other], alpha)
+
+    @classmethod
+    def merged(cls, profiles: list[ColumnProfile], alpha: float) -> ColumnProfile:
+        """The profile of all of ``profiles``' values (one sort for all of them)."""
+        if len(profiles) == 1:
+            return profiles[0]
+        exact, exact_counts = _added(
+            [p.exact for p in profiles], [p.exact_counts for p in profiles]
+        )
+        merged = cls(
+            rows=sum(p.rows for p in profiles),
+            n=sum(p.n for p in profiles),
+            nulls=sum(p.nulls for p in profiles),
+            total=sum(p.total for p in profiles),
+            squares=sum(p.squares for p in profiles),
+            low=float(np.nanmin([p.low for p in profiles] + [np.inf])),
+            high=float(np.nanmax([p.high for p in profiles] + [-np.inf])),
             keys=np.zeros(0, dtype=np.int64),
             counts=np.zeros(0, dtype=np.int64),
             exact=exact,
             exact_counts=exact_counts,
         )
-        if not len(self.keys) and not len(other.keys) and len(exact) <= EXACT_MAX:
+        if merged.n == 0:
+            merged = replace(merged, low=float("nan"), high=float("nan"))
+        if not any(len(p.keys) for p in profiles) and len(exact) <= EXACT_MAX:
             return merged
-        keys, counts = _added(self.keys, self.counts, other.keys, other.counts)
+        keys, counts = _added([p.keys for p in profiles], [p.counts for p in profiles])
         return replace(merged, keys=keys, counts=counts).bucketed(alpha)
 
 
-def _added(
-    a: np.ndarray, a_counts: np.ndarray, b: np.ndarray, b_counts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two (sorted value, count) maps added."""
-    values, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
-    counts = np.zeros(len(values), dtype=np.int64)
-    np.add.at(counts, inverse, np.concatenate([a_counts, b_counts]).astype(np.int64))
-    return values, counts
+def _added(values: list[np.ndarray], counts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted value, count) maps added."""
+    found, inverse = np.unique(np.concatenate(values), return_inverse=True)
+    weights = np.concatenate(counts).astype(np.float64)
+    added = np.bincount(inverse, weights=weights, minlength=len(found))
+    return found, np.rint(added).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -247,9 +259,14 @@ def partials(
     return out
 
 
+#: Per-batch profiles a window holds before they are merged into one.
+_PENDING = 64
+
+
 @dataclass
 class _ProfileState:
-    open: dict[int, dict[str, ColumnProfile]]
+    #: window start → column → the profiles not merged yet
+    open: dict[int, dict[str, list[ColumnProfile]]]
     closed_until: int
     newest: int | None
     last_arrival: datetime | None = None
@@ -291,7 +308,9 @@ class ProfileLogic(StatefulBatchLogic[Partial, WindowProfile, _ProfileState]):
         for start in sorted(s.open):
             if until is not None and start + self._window > until:
                 break
-            out.append(self._profile(start, "window", s.open.pop(start)))
+            held = s.open.pop(start)
+            merged = {n: ColumnProfile.merged(ps, self._alpha) for n, ps in held.items()}
+            out.append(self._profile(start, "window", merged))
             s.closed_until = max(s.closed_until, start + self._window)
         return out
 
@@ -304,15 +323,12 @@ class ProfileLogic(StatefulBatchLogic[Partial, WindowProfile, _ProfileState]):
                     self._profile(piece.window_start, f"late:{piece.first_id}", piece.columns)
                 )
                 continue
-            held = s.open.get(piece.window_start)
-            s.open[piece.window_start] = (
-                piece.columns
-                if held is None
-                else {
-                    n: held[n].merge(c, self._alpha) if n in held else c
-                    for n, c in piece.columns.items()
-                }
-            )
+            held = s.open.setdefault(piece.window_start, {})
+            for name, column in piece.columns.items():
+                pending = held.setdefault(name, [])
+                pending.append(column)
+                if len(pending) >= _PENDING:  # bounded: merged every so many batches
+                    held[name] = [ColumnProfile.merged(pending, self._alpha)]
             s.newest = piece.newest if s.newest is None else max(s.newest, piece.newest)
         s.last_arrival = self._now()
         out.extend(self._close(everything=False))
@@ -333,7 +349,7 @@ class ProfileLogic(StatefulBatchLogic[Partial, WindowProfile, _ProfileState]):
     def snapshot(self) -> _ProfileState:
         s = self._state
         return _ProfileState(
-            open={k: dict(v) for k, v in s.open.items()},
+            open={k: {n: list(ps) for n, ps in v.items()} for k, v in s.open.items()},
             closed_until=s.closed_until,
             newest=s.newest,
             last_arrival=s.last_arrival,
