@@ -244,8 +244,9 @@ def _ks(current: np.ndarray, reference: np.ndarray) -> float:
     """The drift statement's KS: the larger gap of either grid's CDF read at the other's."""
 
     def gap(other: np.ndarray, grid: np.ndarray) -> float:
-        below = np.searchsorted(np.sort(other), grid, side="right") / GRID
-        return float(np.max(np.abs(below - (np.arange(1, len(grid) + 1) - 0.5) / GRID)))
+        below = np.searchsorted(np.sort(other), grid, side="right")
+        own = np.searchsorted(grid, grid, side="right")  # sorted: a value's last position
+        return float(np.max(np.abs(below - own))) / GRID
 
     return max(gap(current, reference), gap(reference, current))
 

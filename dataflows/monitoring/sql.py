@@ -16,7 +16,8 @@ Everything that reads many rows is one SQL statement run where the samples are
                           floored at 1e-6
   ``js``                  Jensen–Shannon distance, base 2, over the same bins
   ``ks``                  sup |F_cur − F_ref|, both CDFs read off the quantile
-                          grids (error ≤ 1 / GRID)
+                          grids at every point of either (error ≤ 1 / GRID;
+                          ties, as in a discrete column, count as one step)
   ``wasserstein``         mean |Q_cur(p) − Q_ref(p)| over the grid's levels
   ``mean_shift``          |mean_cur − mean_ref| / std_ref
   ``quantile_shift``      max over the 5/25/50/75/95 % quantiles of
@@ -251,9 +252,13 @@ def drift_sql(
             f"{cur}, {exp})) + 0.5 * arraySum(arrayMap((a, e) -> {half.format(p='e', q='a')}, "
             f"{cur}, {exp}))))"
         )
+        # both CDFs at each point of one grid: the other's by counting, its own by the
+        # last position of the point's value (ties: a discrete column's grid repeats)
         cdf_gap = (
-            "arrayMax(arrayMap((x, k) -> abs(arrayCount(y -> y <= x, {other}) / {n} "
-            "- (k - 0.5) / {n}), {grid}, arrayEnumerate({grid})))"
+            "arrayMax(arrayMap((x, own) -> abs(arrayCount(y -> y <= x, {other}) - own) / {n}, "
+            "{grid}, arrayReverseFill((k, last) -> last, arrayEnumerate({grid}), "
+            "arrayMap(k -> k = length({grid}) OR {grid}[k + 1] != {grid}[k], "
+            "arrayEnumerate({grid})))))"
         )
         ks = (
             f"greatest({cdf_gap.format(other=f'c{i}_grid', grid=f'r{i}_grid', n=GRID)}, "
