@@ -28,7 +28,7 @@ from mlexec.connectors.kafka import KafkaBatchSink, Outgoing
 from mlexec.connectors.samplesink import SampleStoreSink
 from mlexec.connectors.samplestore import SamplesTable
 from mlexec.lifecycle.router import Inferred, ServeError
-from mlexec.monitoring.profiles import PROFILES_TABLE, profile_rows, profiles_table
+from mlexec.monitoring.profiles import profiles_table
 from mlexec.operators.dispatch import (
     ConditionLogic,
     CountLogic,
@@ -53,11 +53,11 @@ from mlexec.operators.emit import (
     sample_values,
 )
 from mlexec.operators.parse import ParseResult
-from mlexec.operators.profile import Partial, ProfileLogic, partials
 from mlexec.operators.records import DeadLetter, Records
 from mlexec.operators.reduce import Reduced, ReductionError, StatefulReduceLogic
 from mlexec.operators.requests import RangeRequest, RequestLogic, RequestReader
 from mlexec.operators.windows import WindowLogic, WindowShape
+from mlexec.profiling import profile_branch, stored_profiles
 from mlexec.runtime.health import observe_dispatch, observe_expired
 from mlexec.topologies.schema import (
     Condition,
@@ -346,67 +346,8 @@ def _process_branch(
         predicted = op.map(f"{n}_infer", reduced, lambda r: _infer(rt, r))
         out.append(op.flat_map(f"{n}_publish", predicted, lambda rp: _publish(rt, *rp)))
         if plan.profiled:
-            out.append(_profiles(rt, predicted))
+            out.append(profile_branch(rt, predicted))
     return op.merge(f"{n}_out", *out)
-
-
-def _partials(
-    rt: UseCaseRuntime, reduced: Reduced, groups: list[Inferred] | ServeError
-) -> list[tuple[str, Partial]]:
-    """Per-batch profiles of the watched columns of every record served (not the shadow's).
-
-    A window's correction re-emits rows already profiled: it is left out.
-    """
-    mon = rt.plan.usecase.monitoring
-    assert mon is not None and mon.profiles is not None
-    if isinstance(groups, ServeError) or reduced.correction:
-        return []
-    window = int(mon.profiles.window.total_seconds() * 1000)
-    out = []
-    for group in groups:
-        if group.shadow:
-            continue
-        pred = group.predictions
-        columns = {
-            c: pred.records.columns[c] if c in rt.plan.features else pred.outputs[c]
-            for c in mon.watch
-        }
-        got = partials(
-            pred.records.times, pred.records.record_ids, columns, window, mon.profiles.accuracy
-        )
-        out += [("profile", p) for p in got]
-    return out
-
-
-def _profiles(
-    rt: UseCaseRuntime,
-    predicted: Stream[tuple[Reduced, list[Inferred] | ServeError, list[DeadLetter]]],
-) -> Stream[Outgoing]:
-    """Served records → one profile per window and watched column on ``<uc>.profiles``."""
-    plan = rt.plan
-    n = plan.name
-    mon = plan.usecase.monitoring
-    assert mon is not None and mon.profiles is not None
-    conf = mon.profiles
-    pieces = op.flat_map(f"{n}_profile-batch", predicted, lambda rp: _partials(rt, rp[0], rp[1]))
-    windows = op.stateful_batch(
-        f"{n}_profile",
-        pieces,
-        lambda state: ProfileLogic(
-            n,
-            plan.site("infer"),
-            conf.window,
-            conf.lateness,
-            conf.idle_close,
-            conf.accuracy,
-            resume=state,
-        ),
-    )
-    return op.map(
-        f"{n}_publish-profiles",
-        op.key_rm(f"{n}_profile-unkey", windows),
-        lambda w: Outgoing(plan.profiles_topic, w.messages()),
-    )
 
 
 def _infer(
@@ -531,33 +472,11 @@ def _store_branch(
     )
     if not plan.profiled:
         return rows, bad
-    name = plan.read_name(plan.profiles_topic, "infer", "store")
-    profiles = op.map(
-        f"{n}_profile-rows",
-        op.input(
-            f"{n}_profiles",
-            flow,
-            KafkaBatchSource(
-                conf,
-                name,
-                until_end=until_end,
-                group=f"mlexec-{n}-profiles",
-                context={"usecase": n},
-            ),
-        ),
-        lambda b: profile_rows(n, b),
+    stored, refused = stored_profiles(flow, rt, conf, until_end)
+    refused_out = op.map(
+        f"{n}_bad-profiles-out", refused, lambda d: _deadletters(plan.deadletter_topic, d)
     )
-    stored = op.filter_map(
-        f"{n}_profiles-stored",
-        profiles,
-        lambda s: (PROFILES_TABLE, (PROFILES_TABLE, s[0])) if s[0] else None,
-    )
-    refused = op.filter_map(
-        f"{n}_bad-profiles",
-        profiles,
-        lambda s: _deadletters(plan.deadletter_topic, s[1]) if s[1] else None,
-    )
-    return op.merge(f"{n}_stored", rows, stored), op.merge(f"{n}_bad-stored", bad, refused)
+    return op.merge(f"{n}_stored", rows, stored), op.merge(f"{n}_bad-stored", bad, refused_out)
 
 
 def build_flow(
