@@ -63,7 +63,8 @@ def render(
     MirrorMaker 2 properties are private (mode 0600): with SASL they hold the
     credentials. Grafana's files hold none (its password comes from its environment)
     and must be readable by the Grafana container's user; nor do the Kubernetes
-    manifests (every ${VAR} of the topology comes from the Secret <name>-secrets).
+    manifests (every environment variable the topology names without a default comes from
+    the Secret <name>-secrets).
     """
     from mlexec.topologies.render import render_grafana, render_mm2
 
