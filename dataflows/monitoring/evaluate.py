@@ -278,6 +278,15 @@ class Evaluator:
             ev.values[(subject, acc.metric)] = float(row[acc.metric])
             ev.thresholds[(subject, acc.metric)] = acc.thresholds
 
+    def _labelled_reference(self, uc: UseCasePlan, ref: RangeReference, picked: str) -> str:
+        """The production samples of the reference range joined with their labels."""
+        where = (
+            f"event_time >= {sql_time(ref.start)} AND event_time < {sql_time(ref.end)} "
+            "AND variant = 'production'"
+        )
+        samples, feedback = f"{self._db}.`{uc.table}`", f"{self._db}.`{feedback_table(uc)}`"
+        return labelled_pairs(samples, feedback, picked, where)
+
     def _calibrations_of(
         self, uc: UseCasePlan, mon: Monitoring, ev: Evaluation
     ) -> dict[str, Calibration]:
@@ -292,15 +301,8 @@ class Evaluator:
         key = (uc.name, ref.name())
         if key in self._calibrations:
             return self._calibrations[key]
-        where = (
-            f"event_time >= {sql_time(ref.start)} AND event_time < {sql_time(ref.end)} "
-            "AND variant = 'production'"
-        )
-        pairs = labelled_pairs(
-            f"{self._db}.`{uc.table}`",
-            f"{self._db}.`{feedback_table(uc)}`",
-            f"model_version AS version, `{acc.probabilities}` AS p",
-            where,
+        pairs = self._labelled_reference(
+            uc, ref, f"model_version AS version, `{acc.probabilities}` AS p"
         )
         frame = self.store.query(f"SELECT version, p, label FROM ({pairs}) ORDER BY version")
         needed = max(acc.min_labels, 100)
@@ -330,16 +332,9 @@ class Evaluator:
         key = (uc.name, ref.name())
         if key in self._error_models:
             return self._error_models[key]
-        where = (
-            f"event_time >= {sql_time(ref.start)} AND event_time < {sql_time(ref.end)} "
-            "AND variant = 'production'"
-        )
         picked = ", ".join(f"toFloat64(`{c}`) AS `{c}`" for c in columns)
-        pairs = labelled_pairs(
-            f"{self._db}.`{uc.table}`",
-            f"{self._db}.`{feedback_table(uc)}`",
-            f"model_version AS version, {picked}, toFloat64(`{acc.output}`) AS predicted",
-            where,
+        pairs = self._labelled_reference(
+            uc, ref, f"model_version AS version, {picked}, toFloat64(`{acc.output}`) AS predicted"
         )
         frame = self.store.query(f"SELECT * FROM ({pairs}) ORDER BY version, record_id")
         fitted: dict[str, ErrorModel] = {}
