@@ -7,8 +7,10 @@ pins a confluent-kafka older than mlexec's. It imports nothing of mlexec.
 
 Consumes ``topic`` (JSON records of 16 floats) from the earliest offset, scores each
 record with onnxruntime and writes a prediction to ``<topic>.out``; stops after
-``count`` outputs and prints one JSON line: the time of the first and the last record
-(the consumer-group join before them is left out) and its peak resident memory.
+``count`` outputs (with ``"kind": "window"``: one per key and 10 s tumbling window of
+event time, each field's mean and max, Quix's own window) and prints one JSON line:
+the time of the first and the last record (the consumer-group join before them is
+left out) and its peak resident memory.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import time
 
 import numpy as np
 import onnxruntime as ort
+import quixstreams.dataframe.windows.aggregations as agg
 from quixstreams import Application
 
 FIELDS = [f"f{i}" for i in range(16)]
+FEATURES = [f"{f}_mean" for f in FIELDS] + [f"{f}_max" for f in FIELDS]
 
 
 def _cpu_seconds() -> float:
@@ -59,7 +63,13 @@ def main() -> None:
         state_dir=args["state_dir"],
         loglevel="WARNING",
     )
-    source = app.topic(args["topic"], value_deserializer="json")
+    windowed = args.get("kind") == "window"
+    source = app.topic(
+        args["topic"],
+        value_deserializer="json",
+        # windows on the record's event time, as the other pipelines do
+        timestamp_extractor=(lambda value, headers, ts, kind: value["ts"]) if windowed else None,
+    )
     sink = app.topic(f"{args['topic']}.out", value_serializer="json")
     first: list[float] = []
     cpu: list[float] = []
@@ -72,12 +82,33 @@ def main() -> None:
         (y,) = session.run(None, {"x": x})
         return {"key": record["sensor"], "time": record["ts"], "score": float(y[0, 0])}
 
-    sdf = app.dataframe(source).apply(score)
+    def score_window(window: dict) -> dict:
+        if not first:
+            first.append(time.time())
+            cpu.append(_cpu_seconds())
+        x = np.array([[window[f] for f in FEATURES]], dtype=np.float32)
+        (y,) = session.run(None, {"x": x})
+        return {"window": window["start"], "score": float(y[0, 0])}
+
+    if windowed:  # (g): Quix's own tumbling window, the same aggregations, final results
+        aggregations = {f"{f}_mean": agg.Mean(f) for f in FIELDS}
+        aggregations.update({f"{f}_max": agg.Max(f) for f in FIELDS})
+        sdf = (
+            app.dataframe(source)
+            .tumbling_window(duration_ms=10_000, grace_ms=1_000)
+            .agg(**aggregations)
+            .final()
+            .apply(score_window)
+        )
+    else:
+        sdf = app.dataframe(source).apply(score)
     # Quix gives an output the input's timestamp; stamp it when it is produced, as a
     # Kafka producer does for the other pipelines, so latencies compare
     sdf = sdf.set_timestamp(lambda value, key, timestamp, headers: int(time.time() * 1000))
     sdf.to_topic(sink)
-    app.run(count=args["count"], collect=False)
+    # a window closes when a later record passes it, so the last ones never do: a
+    # windowed run stops once its closable windows are out or the input went quiet
+    app.run(count=args["count"], timeout=10.0 if windowed else 0.0, collect=False)
     result = {
         "start": first[0] if first else time.time(),
         "end": time.time(),

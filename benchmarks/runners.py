@@ -30,7 +30,7 @@ from mlexec.connectors.reading import CONSUMER_TUNING
 from mlexec.connectors.samplestore import open_store
 from mlexec.topologies.plan import TopicSpec
 
-FIELDS = [f"f{i}" for i in range(16)]
+FIELDS: list[str] = [f"f{i}" for i in range(16)]
 BATCH = 256
 PARTITIONS = 2
 
@@ -269,5 +269,9 @@ def ensure_out(bootstrap: str, topic: str) -> None:
 
 if __name__ == "__main__":
     command, raw = sys.argv[1], json.loads(sys.argv[2])
-    result = {"loop": loop, "site": site, "prepare": prepare, "store": store}[command](raw)
+    from benchmarks.windows import bytewax_windows, window_loop
+
+    runs = {"loop": loop, "site": site, "prepare": prepare, "store": store}
+    runs.update({"window_loop": window_loop, "bytewax_windows": bytewax_windows})
+    result = runs[command](raw)
     print("RESULT " + json.dumps(result), flush=True)
