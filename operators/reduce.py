@@ -66,7 +66,9 @@ class Reduced:
 
 
 def _simple(name: str, params: tuple[float, ...], c: pl.Expr) -> pl.Expr | None:
-    t = pl.col("time").cast(pl.Float64) / 1000.0
+    # seconds from the group's first record: epoch seconds (~2e9) leave a 1 s spread
+    # 7 significant digits after the mean is taken off, integer milliseconds all 16
+    t = (pl.col("time") - pl.col("time").min()).cast(pl.Float64) / 1000.0
     match name:
         case "mean":
             return c.mean()
