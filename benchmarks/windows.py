@@ -84,15 +84,17 @@ def window_loop(args: dict[str, Any]) -> dict[str, float]:
     late = 0
     started, cpu = time.time(), cpu_seconds()
 
+    earliest = float("inf")  # no open window ends before this
+
     def close(watermark: float) -> None:
-        nonlocal frames
-        if not frames:
+        nonlocal frames, earliest
+        if not frames or watermark < earliest:
             return
         open_rows = pl.concat(frames)
         done = open_rows.filter(pl.col("window") + SIZE_MS <= watermark)
-        if done.height == 0:
-            return
-        frames = [open_rows.filter(pl.col("window") + SIZE_MS > watermark)]
+        rest = open_rows.filter(pl.col("window") + SIZE_MS > watermark)
+        frames = [rest] if rest.height else []
+        earliest = cast(int, rest["window"].min()) + SIZE_MS if rest.height else float("inf")
         closed = done.group_by("sensor", "window").agg(AGGREGATIONS)
         scores = _score(session, closed)[:, 0].tolist()
         for key, start, score in zip(closed["sensor"], closed["window"], scores, strict=True):
@@ -119,7 +121,9 @@ def window_loop(args: dict[str, Any]) -> dict[str, float]:
         marks = pl.Series([newest.get(p, -(2**62)) - LATENESS_MS for p in range(PARTITIONS)])
         on_time = frame.filter(pl.col("window") + SIZE_MS > marks.gather(frame["partition"]))
         late += frame.height - on_time.height
-        frames.append(on_time.drop("partition"))
+        if on_time.height:
+            frames.append(on_time.drop("partition"))
+            earliest = min(earliest, cast(int, on_time["window"].min()) + SIZE_MS)
         for p, ts in frame.group_by("partition").agg(pl.col("ts").max()).iter_rows():
             newest[p] = max(newest.get(p, ts), ts)
         if len(newest) == PARTITIONS:

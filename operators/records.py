@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -82,13 +83,23 @@ class Records:
     def take(self, index: np.ndarray) -> Records:
         """The rows at ``index`` (an integer or boolean array)."""
         positions = np.flatnonzero(index) if index.dtype == bool else index
+        n = len(positions)
+        if n > 1 and positions[-1] - positions[0] == n - 1 and (np.diff(positions) == 1).all():
+            # a run of rows (a window's, in arrival order): the lists are sliced
+            run = slice(int(positions[0]), int(positions[0]) + n)
+            pick: Callable[[list[Any]], list[Any]] = lambda items: items[run]  # noqa: E731
+        else:
+            getter = itemgetter(*positions.tolist()) if n > 1 else None
+            pick = lambda items: (  # noqa: E731
+                list(getter(items)) if getter else [items[i] for i in positions.tolist()]
+            )
         return self._derive(
-            [self.record_ids[i] for i in positions],
+            pick(self.record_ids),
             self.ids[positions],
-            [self.keys[i] for i in positions],
+            pick(self.keys),
             self.times[positions],
             lambda a: a[positions],
-            None if self.raw is None else [self.raw[i] for i in positions],
+            None if self.raw is None else pick(self.raw),
         )
 
     def slices(self, size: int) -> list[Records]:
