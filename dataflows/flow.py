@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 import bytewax.operators as op
+import numpy as np
 import orjson
 from bytewax.dataflow import Dataflow, Stream
 
@@ -38,6 +39,7 @@ from mlexec.operators.dispatch import (
     Reply,
     Slice,
     eager_batches,
+    gather,
     late_letter,
     per_record,
     split_by_bucket,
@@ -207,6 +209,8 @@ def _dispatch(
         )
         dispatched = op.stateful_batch(f"{n}_dispatch", buckets, _keyed_logic(rule))
     batches: Stream[Dispatched] = op.key_rm(f"{n}_unkey", dispatched)
+    if not isinstance(rule, MicroBatch | OnRequest):  # keyed by bucket: gather the closes
+        batches = op.flat_map_batch(f"{n}_gather", batches, gather)
     if extra:
         batches = op.merge(f"{n}_dispatched", batches, *extra)
     return batches, bad
@@ -232,15 +236,52 @@ def _keyed_logic(rule: Any) -> Any:
 
 
 def _reduce(rt: UseCaseRuntime, dispatched: Dispatched) -> tuple[Reduced | None, list[DeadLetter]]:
-    """Reduce a dispatch; one the reduction cannot take becomes dead letters with the reason."""
+    """Reduce a dispatch; one the reduction cannot take becomes dead letters with the reason.
+
+    A failing dispatch of several windows is reduced again window by window, so only
+    the windows the reduction cannot take are dead letters.
+    """
     try:
         return rt.reducer(dispatched), []
     except ReductionError as exc:
         recs = dispatched.records
         assert recs is not None
-        reason = f"reduction failed: {exc}"
-        dead = [late_letter(recs, i, reason) for i in range(len(recs))]
-        return None, [replace(d, stage="reduce") for d in dead]
+        windows = _windows_of(dispatched)
+        if len(windows) < 2:
+            reason = f"reduction failed: {exc}"
+            dead = [late_letter(recs, i, reason) for i in range(len(recs))]
+            return None, [replace(d, stage="reduce") for d in dead]
+    kept: list[Reduced] = []
+    letters: list[DeadLetter] = []
+    for window in windows:
+        reduced, failed = _reduce(rt, window)
+        letters += failed
+        if reduced is not None and len(reduced.records):
+            kept.append(reduced)
+    if not kept:
+        return None, letters
+    whole = Records.concat([r.records for r in kept])
+    return replace(kept[0], records=whole), letters
+
+
+def _windows_of(dispatched: Dispatched) -> list[Dispatched]:
+    """A grouped dispatch as one dispatch per (key, group)."""
+    recs, groups = dispatched.records, dispatched.groups
+    if recs is None or groups is None or dispatched.per_record:
+        return [dispatched]
+    index: dict[tuple[str, int], list[int]] = {}
+    for i, pair in enumerate(zip(recs.keys, groups.tolist(), strict=True)):
+        index.setdefault(pair, []).append(i)
+    times = dispatched.group_times
+    return [
+        replace(
+            dispatched,
+            records=recs.take(np.asarray(rows)),
+            groups=groups[rows],
+            group_times=None if times is None else times[rows],
+        )
+        for rows in index.values()
+    ]
 
 
 def _split_reduced(reduced: Reduced, buckets: int) -> list[tuple[str, Reduced]]:

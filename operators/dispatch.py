@@ -24,7 +24,6 @@ deterministic.
 
 from __future__ import annotations
 
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import orjson
 from bytewax.operators import StatefulBatchLogic
 from croniter import croniter
 
+from mlexec.operators.buckets import NO_TIME, Progress, Slice, bucket_of, split_by_bucket
 from mlexec.operators.records import DeadLetter, Records
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "Slice",
     "bucket_of",
     "eager_batches",
+    "gather",
     "late_letter",
     "ms",
     "per_record",
@@ -60,8 +61,6 @@ __all__ = [
 ]
 
 Clock = Callable[[], datetime]
-#: "No event time seen yet" for a partition (below any real epoch millisecond).
-NO_TIME = np.iinfo(np.int64).min
 
 
 def utc_now() -> datetime:
@@ -110,6 +109,38 @@ class Dispatched:
     request: Request | None = None
     late: list[DeadLetter] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
+
+
+def gather(items: list[Dispatched]) -> list[Dispatched]:
+    """The windows of every bucket that one activation closed, as one dispatch.
+
+    Keyed state lives in many buckets, so one watermark closes one window batch per
+    bucket; gathered, they take one reduction, one inference batch and one publish
+    instead of one each (a key is in one bucket: no two share a reduced id). What is
+    not a plain closed window — corrections, requests, replies, late records, per-record
+    or ungrouped dispatches — goes on as it came.
+    """
+    plain = [
+        d
+        for d in items
+        if d.records is not None
+        and d.groups is not None
+        and not (d.correction or d.per_record or d.request or d.late or d.replies)
+    ]
+    if len(plain) < 2:
+        return items
+    times = None
+    if any(d.group_times is not None for d in plain):
+        times = np.concatenate(
+            [d.groups if d.group_times is None else d.group_times for d in plain]
+        )
+    merged = Dispatched(
+        records=Records.concat([d.records for d in plain]),  # type: ignore[misc]
+        groups=np.concatenate([d.groups for d in plain]),  # type: ignore[misc]
+        group_times=times,
+    )
+    taken = {id(d) for d in plain}
+    return [*(d for d in items if id(d) not in taken), merged]
 
 
 def per_record(records: Records) -> Dispatched:
@@ -184,124 +215,6 @@ class MicroBatchLogic(StatefulBatchLogic[Records, Dispatched, _BatchState]):
 
 
 # ------------------------------------------------------------------ buckets
-
-
-def bucket_of(key: str, buckets: int) -> int:
-    """The stable bucket of a record key (crc32, the same in every process)."""
-    return zlib.crc32(key.encode()) % buckets
-
-
-@dataclass
-class Slice:
-    """One bucket's share of a source batch, with the source partition's progress.
-
-    Every bucket receives a slice of every batch — empty when none of its keys are in
-    it — so each knows how far every partition has got in event time. ``before`` is,
-    per row, the newest event time of the partition's records *ahead of it in this
-    batch* (``NO_TIME`` when none): with the progress from earlier batches it says,
-    deterministically, how far the partition was when the row arrived.
-    """
-
-    partition: int
-    newest: int
-    records: Records | None = None
-    before: np.ndarray | None = None
-
-
-def _codes(keys: list[str], buckets: int) -> np.ndarray:
-    per_key: dict[str, int] = {}
-    return np.fromiter(
-        (per_key.setdefault(k, bucket_of(k, buckets)) for k in keys),
-        dtype=np.int64,
-        count=len(keys),
-    )
-
-
-class Progress:
-    """How far each source partition has got in event time, and when it was last heard.
-
-    The watermark is the minimum over the partitions, as in Flink: one partition read
-    ahead of another does not run the other late. A partition silent for ``idle`` stops
-    holding the others back; one never heard from holds them until it has been silent
-    that long (a restart starts every partition's silence anew).
-    """
-
-    def __init__(
-        self,
-        partitions: int,
-        idle: timedelta,
-        started: datetime,
-        newest: dict[int, int] | None = None,
-    ) -> None:
-        self.partitions = partitions
-        self.idle = idle
-        self.newest: dict[int, int] = dict(newest or {})
-        self._heard = {p: started for p in range(partitions)}
-
-    def heard(self, piece: Slice, now: datetime) -> None:
-        """Take a slice's partition progress (after its rows were judged against the old)."""
-        self._heard[piece.partition] = now
-        if piece.newest != NO_TIME:
-            seen = self.newest.get(piece.partition, NO_TIME)
-            self.newest[piece.partition] = max(seen, piece.newest)
-
-    def of(self, partition: int) -> int:
-        return self.newest.get(partition, NO_TIME)
-
-    def newest_overall(self) -> int:
-        return max(self.newest.values(), default=NO_TIME)
-
-    def watermark(self, now: datetime, *, caught_up_when_idle: bool = False) -> int | None:
-        """The minimum over live partitions; ``None`` while a live one is unknown.
-
-        With ``caught_up_when_idle``, when every partition is silent the input is taken as
-        caught up and the slowest partition's progress is the watermark.
-        """
-        marks = []
-        for p in range(self.partitions):
-            if now - self._heard.get(p, now) >= self.idle:
-                continue  # silent: no longer holds the others back
-            seen = self.newest.get(p)
-            if seen is None:
-                return None  # a live partition we know nothing of yet
-            marks.append(seen)
-        marks.extend(t for p, t in self.newest.items() if p >= self.partitions)
-        if marks:
-            return min(marks)
-        if caught_up_when_idle:
-            return min(self.newest.values(), default=None)
-        return None
-
-
-def split_by_bucket(
-    records: Records, buckets: int, *, progress: bool = False
-) -> list[tuple[str, Records]] | list[tuple[str, Slice]]:
-    """Split a batch into per-bucket batches keyed ``"b<n>"`` for stateful routing.
-
-    With ``progress``, every bucket gets a :class:`Slice` (see there) instead.
-    """
-    if not progress:
-        if buckets == 1:
-            return [("b0", records)]
-        codes = _codes(records.keys, buckets)
-        return [(f"b{b}", records.take(codes == b)) for b in np.unique(codes)]
-    partition = int(records.ids[0] >> np.uint64(48)) if len(records) else 0
-    times = records.times
-    before = np.empty(len(times), dtype=np.int64)
-    if len(times):
-        before[0] = NO_TIME
-        np.maximum.accumulate(times[:-1], out=before[1:])
-    newest = int(times.max()) if len(times) else NO_TIME
-    codes = _codes(records.keys, buckets) if buckets > 1 else np.zeros(len(records), np.int64)
-    out: list[tuple[str, Slice]] = []
-    for b in range(buckets):
-        mine = codes == b
-        if mine.any():
-            piece = Slice(partition, newest, records.take(mine), before[mine])
-        else:
-            piece = Slice(partition, newest)
-        out.append((f"b{b}", piece))
-    return out
 
 
 def _plain(value: object) -> object:

@@ -102,6 +102,17 @@ class Records:
             None if self.raw is None else pick(self.raw),
         )
 
+    def rows(self, start: int, stop: int) -> Records:
+        """The rows ``start:stop`` (views of the arrays, slices of the lists)."""
+        return self._derive(
+            self.record_ids[start:stop],
+            self.ids[start:stop],
+            self.keys[start:stop],
+            self.times[start:stop],
+            lambda a: a[start:stop],
+            None if self.raw is None else self.raw[start:stop],
+        )
+
     def slices(self, size: int) -> list[Records]:
         """Consecutive pieces of at most ``size`` rows."""
         if len(self) <= size:
@@ -177,7 +188,7 @@ def _columns(
     rows: Callable[[np.ndarray], np.ndarray],
 ) -> dict[str, np.ndarray]:
     """Column views into ``block`` plus the selected rows of any other columns."""
-    cols = {} if block is None else {n: block[:, j] for j, n in enumerate(names)}
+    cols = {} if block is None else dict(zip(names, block.T, strict=True))  # column views
     for n, v in others.items():
         if n not in cols:
             cols[n] = rows(v)

@@ -197,3 +197,52 @@ def _loads(value: bytes) -> Any:
         return json.loads(value.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
+
+
+def picky(frame: Any) -> Any:
+    """A python reduction that fails on any window of key s3 (the others: f0's mean)."""
+    import polars as pl
+
+    if "s3" in frame["key"].to_list():
+        raise ValueError("s3 is not reducible")
+    return frame.group_by(["key", "group"], maintain_order=True).agg(
+        pl.col("group_time").first().alias("time"), pl.col("f0").mean().alias("level")
+    )
+
+
+def test_a_window_the_reduction_fails_on_costs_only_its_own_records(broker, tmp_path, uid):
+    """Windows of every bucket closed at once are reduced together; when the reduction
+    fails, it is retried window by window and only the failing windows' records are
+    dead letters (stage reduce, with the reason) — every other window is predicted."""
+    path = spine_topology(
+        tmp_path,
+        broker.bootstrap,
+        uid,
+        dispatch=f"{{kind: tumbling, size: {SIZE_MS}ms, lateness: {LATENESS_MS}ms}}",
+        reduction="{kind: python, entrypoint: 'tests.dataflows.test_window_reference:picky', "
+        "columns: [level]}",
+        sampling="{rate: 0.0}",
+    )
+    _, plan, uc, conf = prepared(path)
+    rng = random.Random(5)
+    rows = []
+    for i in range(1_200):  # in order: no late records; keys s0..s5
+        rec: dict[str, Any] = {"sensor": f"s{i % 6}", "ts": T0 + i * 20}
+        rec.update({f: round(rng.uniform(-3, 3), 4) for f in FIELDS})
+        rows.append((rec["sensor"].encode(), orjson.dumps(rec)))
+    positions = produce_records(conf, uc.raw_topic, rows)
+    run_pipeline(prepare_site(plan, "here"), until_end=True, workers=1, recovery=False)
+
+    keys = {pos: orjson.loads(v)["sensor"] for pos, (_, v) in zip(positions, rows, strict=True)}
+    windows = {(k, T0 + i * 20 - (T0 + i * 20) % SIZE_MS) for i, k in enumerate(
+        orjson.loads(v)["sensor"] for _, v in rows
+    )}  # fmt: skip
+    got = {orjson.loads(v)["id"] for _, v, _, _, _ in read_topic(conf, uc.predictions_topic)}
+    assert got == {f"{uc.name}:{k}:{w}" for k, w in windows if k != "s3"}
+    dead = {}
+    for _, _, h, _, _ in read_topic(conf, uc.deadletter_topic):
+        head = {k: v.decode() for k, v in h}
+        dead[(int(head["mlexec.partition"]), int(head["mlexec.offset"]))] = head
+    assert set(dead) == {pos for pos, k in keys.items() if k == "s3"}
+    assert all(h["mlexec.stage"] == "reduce" for h in dead.values())
+    assert all("s3 is not reducible" in h["mlexec.reason"] for h in dead.values())
