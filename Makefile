@@ -61,9 +61,10 @@ $(QUIX_STAMP): benchmarks/quix-requirements.txt
 	.venv-quix/bin/python -m pip install -q -r benchmarks/quix-requirements.txt
 	touch $(QUIX_STAMP)
 
-bench: $(STAMP) $(QUIX_STAMP)
+bench: $(STAMP) $(QUIX_STAMP) system-deps
 	$(BIN)/python -m benchmarks.e2e
 	$(BIN)/python -m benchmarks.drift
+	$(BIN)/python -m benchmarks.edge
 
 clean:
 	rm -rf $(VENV) .venv-quix .mlexec .pytest_cache test-artifacts

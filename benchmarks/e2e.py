@@ -487,6 +487,10 @@ def _only(args: argparse.Namespace) -> None:
                 for p in ("loop", "site") + (("quix",) if QUIX_PYTHON.exists() else ()):
                     p50, p99 = bench.latency(p, args.rate, args.latency_seconds)
                     print(f"latency {p}: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+            elif part == "site-latency":  # (d)'s p99 in --latency-runs runs
+                for _ in range(args.latency_runs):
+                    p50, p99 = bench.latency("site", args.rate, args.latency_seconds)
+                    print(f"latency site: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
             else:
                 got = _median([runs[part]() for _ in range(args.repeat)])
                 print(
@@ -505,9 +509,13 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20_000, help="paced rate for latency")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument(
+        "--latency-runs", type=int, default=5, help="runs of (d)'s latency (each p99 printed)"
+    )
+    parser.add_argument(
         "--only",
         help="measure just these, comma-separated: loop,quix,site,site2,site3,window,"
-        "window-loop,quix-window,bytewax-window,site-collect,tree-loop,tree-site,latency",
+        "window-loop,quix-window,bytewax-window,site-collect,tree-loop,tree-site,latency,"
+        "site-latency",
     )
     args = parser.parse_args()
     if args.only:
@@ -539,7 +547,11 @@ def main() -> None:
         loop, one, two, window = (_median(runs[k]) for k in ("loop", "one", "two", "window"))
         tree_loop, tree_site = _median(runs["tree-loop"]), _median(runs["tree-site"])
         qx = _median(runs["quix"]) if quix else None
-        lat = {p: bench.latency(p, args.rate, args.latency_seconds) for p in ("loop", "site")}
+        lat = {"loop": bench.latency("loop", args.rate, args.latency_seconds)}
+        site_runs = [
+            bench.latency("site", args.rate, args.latency_seconds) for _ in range(args.latency_runs)
+        ]
+        lat["site"] = sorted(site_runs, key=lambda r: r[1])[len(site_runs) // 2]  # median p99
         if quix:
             lat["quix"] = bench.latency("quix", args.rate, args.latency_seconds)
         stores = bench.store_runs
@@ -644,7 +656,11 @@ def main() -> None:
         f"(d) CPU per record, 2 processes ÷ 1 = {two['cpu_us'] / one['cpu_us']:.2f}   "
         "(target ≤ 1.10: it would scale on more cores)"
     )
-    print(f"(d) p99 at {args.rate:,}/s = {lat['site'][1]:.1f} ms   (target ≤ 30, max wait 20 ms)")
+    p99s = ", ".join(f"{p99:.1f}" for _, p99 in site_runs)
+    print(
+        f"(d) p99 at {args.rate:,}/s in {len(site_runs)} runs = {p99s} ms   "
+        "(target ≤ 30 in every run; max wait 20 ms)"
+    )
     print(f"(d) peak RSS = {one['rss_mb']:.0f} MB   (target < 500)")
     if stores:
         store = stores[len(stores) // 2]

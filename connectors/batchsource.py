@@ -31,7 +31,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from mlexec.connectors.delivery import KafkaDeliveryError
-from mlexec.connectors.kafka import _IDLE_PAUSE, ensure_topics, produce_records
+from mlexec.connectors.kafka import ensure_topics, idle_pause, produce_records
 from mlexec.connectors.reading import CONSUMER_TUNING, consumer_config
 from mlexec.errors import ConnectorError, MlexecError
 from mlexec.topologies.plan import TopicSpec
@@ -348,7 +348,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, SourceState]):
         self._poll_timeout = poll_timeout
         self._until_end = until_end
         self._done = False
-        self._idle = False
+        self._empty_polls = 0
         self._progress = PROGRESS.setdefault((topic, partition), [0, 0, 0])
         self._progress[0] = max(start, 0)
         self._progress[1] = max(self._progress[1], self._progress[0])
@@ -385,7 +385,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, SourceState]):
                 good.append(msg)
             elif self._until_end:
                 self._done = True
-        self._idle = not taken
+        self._empty_polls = 0 if taken else self._empty_polls + 1
         if taken:
             _low, high = self._shared.consumer.get_watermark_offsets(self._tp, cached=True)
             if high >= 0:
@@ -410,12 +410,14 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, SourceState]):
         ]
 
     def next_awake(self) -> datetime | None:
-        """Poll again at once while records come; after an empty poll, in a millisecond.
+        """Poll again at once while records come; after empty polls, in 1 to 50 ms.
 
         Polls never block (the other partitions and steps of the worker run meanwhile);
-        the pause keeps an idle partition from spinning a core.
+        the pause, growing while the partition stays silent, keeps it from spinning.
         """
-        return datetime.now(UTC) + _IDLE_PAUSE if self._idle else None
+        if not self._empty_polls:
+            return None
+        return datetime.now(UTC) + idle_pause(self._empty_polls)
 
     def snapshot(self) -> SourceState:
         return (self._next, self._topic_id, self._label)
@@ -456,9 +458,10 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, SourceState]):
         until_end: bool = False,
         group: str = "mlexec",
         context: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         # a position past the end is an error to notice, never a silent jump
-        self._conf = consumer_config(conf, group, eof=True, reset="error")
+        self._conf = consumer_config(conf, group, eof=True, reset="error", **(settings or {}))
         #: What alerts of this source name (use case, site).
         self._context = dict(context or {})
         self._topic = topic

@@ -45,8 +45,16 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-#: How long an idle source partition waits before it polls its (non-blocking) consumer again.
+#: How long an idle source partition waits before it polls its (non-blocking) consumer
+#: again: 1 ms after an empty poll, doubling with each further one up to 50 ms — a busy
+#: partition polls at once, one silent for 60 ms on about 20 times a second, not 1,000.
 _IDLE_PAUSE = timedelta(milliseconds=1)
+_IDLE_MAX = timedelta(milliseconds=50)
+
+
+def idle_pause(empty_polls: int) -> timedelta:
+    """The pause after ``empty_polls`` empty polls in a row (at least one)."""
+    return min(_IDLE_PAUSE * (1 << min(empty_polls - 1, 8)), _IDLE_MAX)
 
 
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from bytewax.dataflow import Dataflow, Stream
 
 from mlexec.connectors.batchsource import KafkaBatchSource, RawBatch
 from mlexec.connectors.kafka import KafkaBatchSink, Outgoing
+from mlexec.connectors.reading import BACKGROUND_TUNING
 from mlexec.connectors.samplesink import SampleStoreSink
 from mlexec.connectors.samplestore import SamplesTable
 from mlexec.lifecycle.router import Inferred, ServeError
@@ -499,7 +500,12 @@ def _store_branch(
     n = plan.name
     samples = plan.read_name(plan.samples_topic, "infer", "store")
     source = KafkaBatchSource(
-        conf, samples, until_end=until_end, group=f"mlexec-{n}-store", context={"usecase": n}
+        conf,
+        samples,
+        until_end=until_end,
+        group=f"mlexec-{n}-store",
+        context={"usecase": n},
+        settings=BACKGROUND_TUNING,
     )
     raw = op.input(f"{n}_samples", flow, source)
     split = op.map(f"{n}_sample-rows", raw, lambda b: _sample_rows(rt, b))

@@ -16,6 +16,7 @@ from bytewax.dataflow import Dataflow, Stream
 
 from mlexec.connectors.batchsource import KafkaBatchSource
 from mlexec.connectors.kafka import Outgoing
+from mlexec.connectors.reading import BACKGROUND_TUNING
 from mlexec.lifecycle.router import Inferred, ServeError
 from mlexec.monitoring.profiles import PROFILES_TABLE, profile_rows
 from mlexec.operators.profile import Partial, ProfileLogic, partials
@@ -93,7 +94,12 @@ def stored_profiles(
     n = plan.name
     name = plan.read_name(plan.profiles_topic, "infer", "store")
     source = KafkaBatchSource(
-        conf, name, until_end=until_end, group=f"mlexec-{n}-profiles", context={"usecase": n}
+        conf,
+        name,
+        until_end=until_end,
+        group=f"mlexec-{n}-profiles",
+        context={"usecase": n},
+        settings=BACKGROUND_TUNING,
     )
     read = op.map(
         f"{n}_profile-rows", op.input(f"{n}_profiles", flow, source), lambda b: profile_rows(n, b)

@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from mlexec.connectors.batchsource import send_alert
 from mlexec.connectors.kafka import ensure_topics
-from mlexec.connectors.reading import TopicReader, read_topic
+from mlexec.connectors.reading import BACKGROUND_TUNING, TopicReader, read_topic
 from mlexec.lifecycle.protocol import (
     Assembler,
     RegistryError,
@@ -100,7 +100,7 @@ class RegistryWatcher:
 
     def _follow(self) -> None:
         # not strict: a mirrored copy of the registry may not exist yet
-        reader = TopicReader(self.conf, "mlexec-registry", strict=False)
+        reader = TopicReader(self.conf, "mlexec-registry", strict=False, settings=BACKGROUND_TUNING)
         try:
             reader.assign((t, 0, self._next.get(t, OFFSET_BEGINNING)) for t in self.topics)
             while not self._stop.is_set():
