@@ -155,7 +155,9 @@ def _name(pid: int) -> str:
     if b"mlexec.runtime.part" in argv:
         spec = orjson.loads(argv[argv.index(b"mlexec.runtime.part") + 1])
         return str(spec["part"])
-    return "supervisor (mlexec up)" if b"up" in argv else Path(argv[0].decode()).name
+    if b"mlexec.runtime.supervise" in argv or b"up" in argv:
+        return "supervisor (mlexec up)"
+    return Path(argv[0].decode()).name
 
 
 def _pss_mb(pid: int) -> float:

@@ -1,19 +1,33 @@
-"""Connectors: everything that touches the outside — Kafka, the sample store, the broker."""
+"""Connectors: everything that touches the outside — Kafka, the sample store, the broker.
 
-from mlexec.connectors.batchsource import KafkaBatchSource
-from mlexec.connectors.broker import LocalBroker, local_broker
-from mlexec.connectors.kafka import KafkaBatchSink, Outgoing, client_config, ensure_topics
-from mlexec.connectors.samplestore import SamplesTable, SampleStore, open_store
+The names below load on first use: a process that only supervises or mirrors does not
+pay for the sample store's polars and pyarrow, nor for bytewax.
+"""
 
-__all__ = [
-    "KafkaBatchSink",
-    "KafkaBatchSource",
-    "LocalBroker",
-    "Outgoing",
-    "SampleStore",
-    "SamplesTable",
-    "client_config",
-    "ensure_topics",
-    "local_broker",
-    "open_store",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+#: Public name → the module that defines it.
+_API = {
+    "KafkaBatchSink": "mlexec.connectors.kafka",
+    "KafkaBatchSource": "mlexec.connectors.batchsource",
+    "LocalBroker": "mlexec.connectors.broker",
+    "Outgoing": "mlexec.connectors.kafka",
+    "SampleStore": "mlexec.connectors.samplestore",
+    "SamplesTable": "mlexec.connectors.samplestore",
+    "client_config": "mlexec.connectors.kafka",
+    "ensure_topics": "mlexec.connectors.kafka",
+    "local_broker": "mlexec.connectors.broker",
+    "open_store": "mlexec.connectors.samplestore",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    msg = f"module 'mlexec.connectors' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -8,10 +8,11 @@ the password and secret-looking query values replaced by ``***``.
 
 from __future__ import annotations
 
+import logging
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["MASK", "mask_text", "mask_url"]
+__all__ = ["MASK", "MaskSecrets", "mask_text", "mask_url"]
 
 MASK = "***"
 _SECRET_NAMES = re.compile(
@@ -46,3 +47,14 @@ def mask_url(url: str) -> str:
 def mask_text(text: str) -> str:
     """Any ``scheme://user:password@`` inside ``text`` with the password masked."""
     return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+
+
+class MaskSecrets(logging.Filter):
+    """No log line carries a URL's password, whoever wrote it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        masked = mask_text(text)
+        if masked != text:
+            record.msg, record.args = masked, None
+        return True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from enum import StrEnum
@@ -16,7 +15,7 @@ from rich.table import Table
 from typer.core import TyperArgument, TyperGroup
 
 from mlexec.errors import MlexecError, TopologyError
-from mlexec.topologies.secrets import mask_text
+from mlexec.topologies.secrets import MaskSecrets, mask_text
 
 if TYPE_CHECKING:
     from mlexec.connectors.runner import ConnectorStatus
@@ -236,14 +235,3 @@ def interrupt_on(*signals: signal.Signals) -> None:
 
     for sig in signals:
         signal.signal(sig, handler)
-
-
-class MaskSecrets(logging.Filter):
-    """No log line carries a URL's password, whoever wrote it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        masked = mask_text(text)
-        if masked != text:
-            record.msg, record.args = masked, None
-        return True

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -298,14 +300,14 @@ def up(
     """
     site = one_site(topology, site)
     the_site = Site.load(topology, site)
-    supervisor = the_site.supervisor(dashboard_port=dashboard_port)
-    console.print(f"supervising {', '.join(supervisor.parts)} of site [bold]{site}[/]")
-    try:
-        received = run_until_stopped(supervisor.run)
-    finally:
-        the_site.stop()
-    if received == signal.SIGINT:
-        raise typer.Exit(EXIT_INTERRUPTED)
+    # everything checked (models loaded, nothing of the site running) before anything
+    # starts; then the lock goes back and this process becomes the small supervisor
+    the_site.supervisor(dashboard_port=dashboard_port)
+    the_site.stop()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = [sys.executable, "-m", "mlexec.runtime.supervise", the_site.topology, site]
+    os.execv(sys.executable, [*argv, str(dashboard_port or "")])  # noqa: S606 (the same argv, no shell)
 
 
 @app.command()

@@ -208,14 +208,21 @@ class Site:
 
     # ------------------------------------------------------------ supervision
 
-    def supervisor(self, *, dashboard_port: int | None = None) -> Supervisor:
+    def supervisor(self, *, dashboard_port: int | None = None, check: bool = True) -> Supervisor:
         """A supervisor of every part, after checking that no part of the site runs.
 
         Takes the site's ``up`` lock (released by :meth:`stop`, or with the process).
         With ``dashboard_port`` the store process serves the monitoring page there.
+        ``check`` first loads what the parts will load (models, reductions) so that a
+        bad one is refused before anything starts; ``mlexec up`` checks in the command
+        and supervises from a small process that does not hold them.
         """
         from mlexec.runtime.supervisor import Supervisor
 
+        if check:
+            from mlexec.runtime.run import prepare_site
+
+            prepare_site(self.plan, self.name, source=self.topology)
         self._up_lock = SiteLock(self.name, self.state_dir, "up").acquire()
         for part in _SUPERVISED:  # a part run by hand
             found = holder(self.state_dir, part)

@@ -34,7 +34,6 @@ from mlexec.connectors.runner import Checkpoint
 from mlexec.runtime.lag import pipeline_lag
 from mlexec.runtime.locks import stop_child
 from mlexec.runtime.part import PartSpec, spawn_part
-from mlexec.runtime.run import prepare_site
 from mlexec.topologies.plan import Plan
 
 __all__ = [
@@ -84,6 +83,21 @@ class PartStatus:
         return {"spec": dataclasses.asdict(self.spec)} | {n: getattr(self, n) for n in shown}
 
 
+def stages_at(plan: Plan, site: str) -> tuple[bool, bool]:
+    """Whether ``site`` runs a pipeline (a dispatch or infer stage) and a store.
+
+    Read from the plan alone — the use cases' models are the parts' to load (and
+    :meth:`~mlexec.runtime.site.Site.supervisor` checks them before anything starts),
+    so a supervisor stays a small process.
+    """
+    process = store = False
+    for uc in plan.chosen_at(site, None):
+        on_site = {stage for stage, s in uc.sites if s == site}
+        process |= bool({"dispatch", "infer"} & on_site)
+        store |= "store" in on_site
+    return process, store
+
+
 class Supervisor:
     """Start, watch and restart a site's processes; scale the pipeline on lag."""
 
@@ -108,16 +122,16 @@ class Supervisor:
         self.policy = settings.pipeline.scale
         self.workers = settings.pipeline.workers
         path = str(topology_path)
-        run = prepare_site(plan, site, source=path)
+        process, store = stages_at(plan, site)
         self.parts: dict[str, PartStatus] = {}
         if any(
             uc.usecase.connectors and uc.site("connectors") == site for uc in plan.usecases.values()
         ):
             self._add("connect", PartSpec("connect", path, site))
-        if run.process:
+        if process:
             self._add("pipeline", PartSpec("pipeline", path, site, workers=self.workers))
             self.parts["pipeline"].workers = self.workers
-        if run.store:
+        if store:
             self._add("store", PartSpec("store", path, site, dashboard_port=dashboard_port))
         if any(uc.usecase.outputs and uc.site("act") == site for uc in plan.usecases.values()):
             self._add("act", PartSpec("act", path, site))
