@@ -348,7 +348,8 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, SourceState]):
         self._poll_timeout = poll_timeout
         self._until_end = until_end
         self._done = False
-        self._empty_polls = 0
+        #: When the partition's current silence began (monotonic seconds), or None.
+        self._silent_since: float | None = None
         self._progress = PROGRESS.setdefault((topic, partition), [0, 0, 0])
         self._progress[0] = max(start, 0)
         self._progress[1] = max(self._progress[1], self._progress[0])
@@ -385,7 +386,10 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, SourceState]):
                 good.append(msg)
             elif self._until_end:
                 self._done = True
-        self._empty_polls = 0 if taken else self._empty_polls + 1
+        if taken:
+            self._silent_since = None
+        elif self._silent_since is None:
+            self._silent_since = time.monotonic()
         if taken:
             _low, high = self._shared.consumer.get_watermark_offsets(self._tp, cached=True)
             if high >= 0:
@@ -410,14 +414,14 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, SourceState]):
         ]
 
     def next_awake(self) -> datetime | None:
-        """Poll again at once while records come; after empty polls, in 1 to 50 ms.
+        """Poll again at once while records come; after an empty poll, in 1 to 50 ms.
 
         Polls never block (the other partitions and steps of the worker run meanwhile);
         the pause, growing while the partition stays silent, keeps it from spinning.
         """
-        if not self._empty_polls:
+        if self._silent_since is None:
             return None
-        return datetime.now(UTC) + idle_pause(self._empty_polls)
+        return datetime.now(UTC) + idle_pause(time.monotonic() - self._silent_since)
 
     def snapshot(self) -> SourceState:
         return (self._next, self._topic_id, self._label)
