@@ -64,7 +64,7 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
-def _session(model: str) -> ort.InferenceSession:
+def session_of(model: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
@@ -73,21 +73,27 @@ def _session(model: str) -> ort.InferenceSession:
 # ------------------------------------------------------------ (b) hand-written loop
 
 
-def loop(args: dict[str, Any]) -> dict[str, float]:
-    """What a user writes instead: consume → orjson → numpy → onnxruntime → produce."""
-    bootstrap, topic, count = args["bootstrap"], args["topic"], args["count"]
-    session = _session(args["model"])
+def loop_clients(bootstrap: str, topic: str, group: str) -> tuple[Consumer, Producer]:
+    """The hand-written loops' clients: every partition of ``topic`` from its start, and a
+    producer lingering 5 ms — as a user tunes them for this broker."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": "bench",
+            "group.id": group,
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             **CONSUMER_TUNING,
         }
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    return consumer, Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+
+
+def loop(args: dict[str, Any]) -> dict[str, float]:
+    """What a user writes instead: consume → orjson → numpy → onnxruntime → produce."""
+    bootstrap, topic, count = args["bootstrap"], args["topic"], args["count"]
+    session = session_of(args["model"])
+    consumer, producer = loop_clients(bootstrap, topic, "bench")
     out_topic = f"{topic}.out"
     seen, at_end = 0, set[int]()
     started, cpu = time.time(), cpu_seconds()

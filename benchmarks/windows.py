@@ -28,9 +28,18 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 import polars as pl
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, Producer
 
-from benchmarks.runners import BATCH, FIELDS, PARTITIONS, cpu_seconds, peak_rss_mb, thread_cpu
+from benchmarks.runners import (
+    BATCH,
+    FIELDS,
+    PARTITIONS,
+    cpu_seconds,
+    loop_clients,
+    peak_rss_mb,
+    session_of,
+    thread_cpu,
+)
 from mlexec.connectors.reading import CONSUMER_TUNING
 
 SIZE_MS = 10_000
@@ -39,12 +48,6 @@ AGGREGATIONS = [pl.col(f).mean().alias(f"{f}_mean") for f in FIELDS] + [
     pl.col(f).max().alias(f"{f}_max") for f in FIELDS
 ]
 FEATURES = [f"{f}_mean" for f in FIELDS] + [f"{f}_max" for f in FIELDS]
-
-
-def _session(model: str) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def _produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
@@ -65,18 +68,8 @@ def _score(session: ort.InferenceSession, closed: pl.DataFrame) -> np.ndarray:
 def window_loop(args: dict[str, Any]) -> dict[str, float]:
     """(f) consume → orjson → polars per batch → watermark → group_by per closed batch."""
     bootstrap, topic = args["bootstrap"], args["topic"]
-    session = _session(args["window_model"])
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "bench-window",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            **CONSUMER_TUNING,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    session = session_of(args["window_model"])
+    consumer, producer = loop_clients(bootstrap, topic, "bench-window")
     out_topic = f"{topic}.out"
     newest: dict[int, int] = {}  # per partition: the newest event time read
     frames: list[pl.DataFrame] = []  # open records, one frame per consumed batch
@@ -157,7 +150,7 @@ def bytewax_windows(args: dict[str, Any]) -> dict[str, float]:
     from bytewax.run import cli_main
 
     bootstrap, topic = args["bootstrap"], args["topic"]
-    session = _session(args["window_model"])
+    session = session_of(args["window_model"])
     width = len(FIELDS)
 
     def event_time(row: dict[str, Any]) -> datetime:
