@@ -208,6 +208,7 @@ def site(args: dict[str, Any]) -> dict[str, float]:
         conf,
         process=run.process,
         until_end=not args.get("follow"),
+        cluster_share=(args.get("process_id", 0), processes) if processes > 1 else (0, 1),
     )
     addresses = args.get("addresses")
     started, cpu = time.time(), cpu_seconds()

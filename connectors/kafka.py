@@ -210,17 +210,33 @@ class KafkaBatchSink(FixedPartitionedSink[Outgoing, None]):
 
     A stateful sink so that its snapshot — taken at each epoch's end, before bytewax
     commits the input offsets of that epoch — flushes the producer: a crash can then
-    repeat messages (removed downstream by id) but never lose one. An item goes to the
-    part its key (the topic) hashes to.
+    repeat messages (removed downstream by id) but never lose one.
 
-    There are always :data:`SINK_PARTS` parts, spread over the workers (bytewax panics
-    when a resumed run lists fewer parts than the recovery state holds); the parts a
-    worker owns share one producer, so there are as many producers as workers (up to
+    There are always :data:`SINK_PARTS` parts (bytewax panics when a resumed run lists
+    fewer parts than the recovery state holds), and in a cluster each process lists
+    only its share of them: part ``i`` belongs to process ``i % processes``. Bytewax
+    makes a worker that lists a part its owner, so every part lives in the process that
+    listed it, and :meth:`key_for` keys an item to one of this process's own parts: a
+    prediction never crosses to another process to be produced. The parts a worker owns
+    share one producer, so there are as many producers as workers (up to
     ``SINK_PARTS``), whatever the scale.
     """
 
-    def __init__(self, conf: dict[str, Any], parts: int = SINK_PARTS) -> None:
-        self._parts = parts
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        parts: int = SINK_PARTS,
+        *,
+        process: int = 0,
+        processes: int = 1,
+    ) -> None:
+        self._parts = [str(i) for i in range(parts)]
+        # bytewax picks the part at part_fn(key) % len(parts) of the *sorted* part names
+        self._index = {name: i for i, name in enumerate(sorted(self._parts))}
+        local = [name for i, name in enumerate(self._parts) if i % processes == process]
+        # more processes than parts: the extra ones produce through another's part
+        self._local = local or [self._parts[process % parts]]
+        self._listed = local
         self._id = uuid.uuid4().hex
         self._conf = {
             **conf,
@@ -231,11 +247,18 @@ class KafkaBatchSink(FixedPartitionedSink[Outgoing, None]):
             "delivery.report.only.error": True,
         }
 
+    def key_for(self, topic: str) -> str:
+        """The key that routes an item for ``topic`` to one of this process's own parts.
+
+        Always the same part per topic, so a key's records keep their order.
+        """
+        return self._local[zlib.crc32(topic.encode()) % len(self._local)]
+
     def list_parts(self) -> list[str]:
-        return [str(i) for i in range(self._parts)]
+        return self._listed
 
     def part_fn(self, item_key: str) -> int:
-        return zlib.crc32(item_key.encode())
+        return self._index[item_key]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ProducerPart:
         return _ProducerPart(self._conf, self._id)

@@ -536,11 +536,14 @@ def build_flow(
     until_end: bool = False,
     batch_size: int = 1000,
     site: str | None = None,
+    cluster_share: tuple[int, int] = (0, 1),
 ) -> Dataflow:
     """One dataflow running ``process`` use cases' pipelines and ``store`` use cases' sinks.
 
     ``site`` picks which of a use case's dispatch and infer stages run here (default:
-    both, in process); apart, the reduced rows travel on ``<uc>.reduced``.
+    both, in process); apart, the reduced rows travel on ``<uc>.reduced``. In a bytewax
+    cluster, ``cluster_share`` is (this process, of how many): each process produces its
+    own outputs (:class:`KafkaBatchSink`).
     """
     flow = Dataflow(name)
     outgoing: list[Stream[Outgoing]] = []
@@ -568,6 +571,9 @@ def build_flow(
             tables[profiles.name] = profiles
         op.output("store_sink", all_rows, SampleStoreSink(store_url, tables))
     if outgoing:
-        keyed = op.key_on("kafka_route", op.merge("kafka_all", *outgoing), lambda out: out.topic)
-        op.output("kafka_out", keyed, KafkaBatchSink(conf))
+        this, processes = cluster_share
+        sink = KafkaBatchSink(conf, process=this, processes=processes)
+        merged = op.merge("kafka_all", *outgoing)
+        keyed = op.key_on("kafka_route", merged, lambda out: sink.key_for(out.topic))
+        op.output("kafka_out", keyed, sink)
     return flow

@@ -194,6 +194,7 @@ def run_pipeline(
         until_end=until_end,
         batch_size=batch_size,
         site=run.site,
+        cluster_share=(0, 1) if cluster is None else (cluster.process_id, cluster.processes),
     )
     part, port = "pipeline", metrics_port
     if cluster is not None and cluster.process_id:

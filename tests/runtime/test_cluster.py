@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from mlexec.connectors.broker import free_port
 from mlexec.connectors.reading import read_topic
 from mlexec.errors import TopologyError
 from mlexec.runtime.cluster import Cluster, PeerWatch, cluster_from
+from mlexec.topologies import load_topology, plan_topology
+from mlexec.topologies.kubernetes import render_k8s
 from tests.dataflows.spine import feed, spine_topology
 from tests.waiting import wait_for
 
@@ -46,23 +50,74 @@ def _hostfile(tmp: Path, processes: int) -> Path:
     return path
 
 
-def _start(path: Path, processes: int, *, recovery: bool, until_end: bool = True) -> list[Any]:
-    """The pipeline as ``processes`` processes, each told who it is as Kubernetes would:
-    its pod name and the StatefulSet's, and a hostfile of every pod's address."""
+def _ports(count: int) -> int:
+    """A port p with p … p + count - 1 free: process i serves its metrics on p + i."""
+    for _ in range(50):
+        base = free_port()
+        try:
+            for port in range(base + 1, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no run of free ports on 127.0.0.1")
+
+
+def _statefulset_pod(path: Path) -> tuple[str, list[str], dict[str, str]]:
+    """The pipeline StatefulSet ``mlexec render k8s`` writes for this topology.
+
+    Its name, and its pods' command and (literal) environment.
+    """
+    plan = plan_topology(load_topology(path))
+    files = render_k8s(plan, "here", path.read_text(), topology_file=path.name)
+    sts = yaml.safe_load(files["pipeline.yaml"])
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    return sts["metadata"]["name"], container["args"], env
+
+
+def _start(
+    path: Path,
+    processes: int,
+    *,
+    recovery: bool,
+    until_end: bool = True,
+    metrics: int | None = None,
+) -> list[Any]:
+    """The pipeline as ``processes`` pods of its rendered StatefulSet.
+
+    Each runs the pods' own command (the ConfigMap's path mapped to the topology's) and
+    environment, with the pod name the downward API gives pod ``i``. What a laptop
+    lacks is the headless Service's DNS: the peers come from a hostfile instead
+    (``BYTEWAX_HOSTFILE_PATH``, bytewax's other convention), as loopback ports.
+    """
+    name, args, pod_env = _statefulset_pod(path)
+    assert pod_env["MLEXEC_PEERS"].startswith(f"{name}:")
+    mount = f"/etc/mlexec/{path.name}"
+    assert mount in args
+    args = [str(path) if a == mount else a for a in args]
+    args[args.index("--metrics-port") + 1] = str(metrics or _ports(processes))
     hosts = _hostfile(path.parent, processes)
     procs = []
     for ordinal in range(processes):
-        env = dict(
-            os.environ,
-            BYTEWAX_POD_NAME=f"pipeline-{ordinal}",
-            BYTEWAX_STATEFULSET_NAME="pipeline",
-            BYTEWAX_HOSTFILE_PATH=str(hosts),
-        )
-        argv = [*MLEXEC, "run", str(path), "--part", "pipeline"]
+        env = {k: v for k, v in pod_env.items() if k != "MLEXEC_PEERS"}
+        env |= {
+            "BYTEWAX_POD_NAME": f"{name}-{ordinal}",
+            "BYTEWAX_HOSTFILE_PATH": str(hosts),
+            "MLEXEC_METRICS_ADDRESS": "127.0.0.1",  # the pod's 0.0.0.0: loopback here
+        }
+        argv = [*MLEXEC, *args]
         argv += ["--until-end"] if until_end else []
         argv += [] if recovery else ["--no-recovery"]
         procs.append(
-            subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            subprocess.Popen(
+                argv,
+                env=dict(os.environ, **env),
+                cwd=path.parent,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
         )
     return procs
 
@@ -85,6 +140,18 @@ def _predictions(conf: dict[str, Any], topic: str) -> list[tuple[tuple[int, int]
         p = orjson.loads(value)
         _, partition, offset = p["id"].rsplit(":", 2)
         out.append(((int(partition), int(offset)), p["outputs"]["y"]))
+    return out
+
+
+def _produced_by_part(conf: dict[str, Any], usecase: str) -> dict[str, dict[str, float]]:
+    """part → its last runtime health for ``usecase``: what each process read and produced."""
+    out: dict[str, dict[str, float]] = {}
+    for _, value, _, _, _ in read_topic(conf, "mlexec.metrics"):
+        snapshot = orjson.loads(value)
+        for row in snapshot["rows"]:
+            if row["usecase"] == usecase:
+                got = out.setdefault(snapshot["part"], {})
+                got[row["name"]] = max(got.get(row["name"], 0.0), row["value"])
     return out
 
 
@@ -130,6 +197,16 @@ def test_one_two_and_three_processes_make_the_same_predictions_and_samples(broke
         assert len(predicted) == len(dict(predicted)) == len(good)  # one each, no duplicate
         assert {positions[i] for i in good} == set(dict(predicted))
         assert len(read_topic(conf, uc.deadletter_topic)) == len(bad)
+        # every process produced what it read itself: no prediction crossed processes
+        health = _produced_by_part(conf, uc.name)
+        parts = ["pipeline"] + [f"pipeline.{i}" for i in range(1, processes)]
+        assert sorted(p for p in health if p.startswith("pipeline")) == sorted(parts)
+        for part in parts:
+            done = health[part]
+            assert done["records_in"] > 0, (part, done)
+            assert done.get("predictions", 0) + done.get("deadletters", 0) == done["records_in"]
+            assert done.get("samples", 0) == done.get("predictions", 0)  # rate 1.0
+        assert sum(health[p]["records_in"] for p in parts) == len(good) + len(bad)
         results[processes] = (dict(predicted), samples)
     one, two, three = results[1], results[2], results[3]
     assert one[0] == two[0] == three[0]  # by record and value
@@ -140,12 +217,16 @@ def test_one_two_and_three_processes_make_the_same_predictions_and_samples(broke
 def test_a_cluster_killed_mid_stream_resumes_with_three_processes_then_one(broker, tmp_path, uid):
     path = _topology(tmp_path, broker.bootstrap, uid)
     topology, plan, uc, conf, _v, positions, good, bad = feed(path, 6000, bad_every=47)
-    procs = _start(path, 2, recovery=True, until_end=False)
+    metrics = _ports(2)
+    procs = _start(path, 2, recovery=True, until_end=False, metrics=metrics)
     wait_for(
         lambda: len(read_topic(conf, uc.predictions_topic)) >= 1500,
         timeout=180,
         what="the 2-process cluster's first predictions",
     )
+    for i in range(2):  # each pod's liveness and readiness probe: its own metrics endpoint
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics + i}/metrics", timeout=10) as r:
+            assert r.status == 200 and b"mlexec_records_in" in r.read()
     for p in procs:  # kill -9, mid-stream
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
