@@ -231,6 +231,7 @@ class Bench:
         self.broker_pid: int | None = None
         self._broker_mark = 0.0
         self.work = work
+        work.mkdir(parents=True, exist_ok=True)
         self.n = n
         self.records = make_records(n)
         self.model = make_mlp(work / "mlp.onnx", inputs=16, hidden=(64, 64), outputs=1, seed=0)
@@ -460,11 +461,29 @@ class _Collector:
         self._consumer.close()
 
 
+def _scale(bench: Bench, repeat: int) -> None:
+    runs: dict[int, list[dict[str, float]]] = {1: [], 2: [], 3: []}
+    for _ in range(repeat):
+        for processes, got in runs.items():
+            got.append(bench.site(processes=processes))
+    one = _median(runs[1])
+    for processes, got in runs.items():
+        m = _median(got)
+        print(
+            f"{processes} process(es), {bench.n:,} records: {m['rate']:,.0f} records/s steady "
+            f"(÷ 1: {m['rate'] / one['rate']:.2f}), {m['cpu_us']:.2f} CPU-µs/record "
+            f"(÷ 1: {m['cpu_us'] / one['cpu_us']:.2f}), broker {m['broker_us']:.2f}"
+        )
+
+
 def _only(args: argparse.Namespace) -> None:
     """A quick look at some pipelines (profiling, tuning); the table needs them all."""
     parts = args.only.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(Path(tmp), args.records)
+        if "scale" in parts:  # 1, 2 and 3 processes interleaved, as make bench runs them
+            _scale(Bench(Path(tmp) / "scale", args.scale_records), args.repeat)
+            parts.remove("scale")
         runs = {
             "loop": bench.loop,
             "quix": bench.quix,
@@ -503,6 +522,12 @@ def main() -> None:
     )
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--scale-records",
+        type=int,
+        default=600_000,
+        help="records of the 1, 2 and 3 process runs (the scaling ratios)",
+    )
     parser.add_argument("--rate", type=int, default=20_000, help="paced rate for latency")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument(
@@ -512,7 +537,7 @@ def main() -> None:
         "--only",
         help="measure just these, comma-separated: loop,quix,site,site2,site3,window,"
         "window-loop,quix-window,bytewax-window,site-collect,tree-loop,tree-site,latency,"
-        "site-latency",
+        "site-latency,scale",
     )
     args = parser.parse_args()
     if args.only:
@@ -525,14 +550,18 @@ def main() -> None:
         size = statistics.mean(len(v) for _, v in bench.records[:1000])
         onnx = onnx_alone(bench.model, n)
         tree_onnx = onnx_alone(bench.tree_model, n)
+        # the process rows read more records: a cluster's start-up (every process's
+        # clients, the peers joining) is a fixed cost the CPU per record must not hide
+        scale = Bench(Path(tmp) / "scale", args.scale_records)
         runs: dict[str, list[dict[str, float]]] = {}
         for _ in range(args.repeat):  # interleaved: the broker ages alike for all
             for name, run in (
                 ("loop", bench.loop),
                 *((("quix", bench.quix),) if quix else ()),
                 ("one", bench.site),
-                ("two", lambda: bench.site(processes=2)),
-                ("three", lambda: bench.site(processes=3)),
+                ("scale-one", scale.site),
+                ("two", lambda: scale.site(processes=2)),
+                ("three", lambda: scale.site(processes=3)),
                 ("window", lambda: bench.site("window")),
                 ("window-loop", lambda: bench.windowed("window_loop")),
                 *((("quix-window", lambda: bench.quix("window")),) if quix else ()),
