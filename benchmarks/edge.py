@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,44 +37,13 @@ import yaml
 
 from benchmarks.e2e import _Collector
 from benchmarks.runners import FIELDS
-from mlexec.connectors.broker import LocalBroker, free_port
+from mlexec.connectors.broker import LocalBroker, local_mosquitto
 from mlexec.connectors.reading import read_topic
 from mlexec.operators.testing import make_mlp
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-@contextmanager
-def mosquitto(work: Path) -> Iterator[int]:
-    """A Mosquitto broker on a free loopback port (``make test`` installs the package)."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
-        raise SystemExit("mosquitto is not installed: `make system-deps` installs it")
-    port = free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        # its default holds 1,000 QoS 1 messages for a subscriber that lags and drops the
-        # rest, silently: a site that must lose nothing sets no limit
-        "max_queued_messages 0\n"
-    )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("mosquitto did not start") from None
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def topology(work: Path, bootstrap: str, mqtt_port: int, cloud: str | None) -> Path:
@@ -211,7 +177,7 @@ def measure(mirrored: bool, seconds: float) -> dict[str, Any]:
         LocalBroker() if mirrored else nullcontext() as cloud,
     ):
         work = Path(tmp)
-        with mosquitto(work) as port:
+        with local_mosquitto(work) as port:
             path = topology(work, kafka.bootstrap, port, cloud.bootstrap if cloud else None)
             collector = _Collector(kafka.bootstrap, "readings.predictions")
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)

