@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -129,7 +130,7 @@ class _SharedConsumer:
     partition's buffer, in order. Partition EOF travels in the buffer as ``None``.
     """
 
-    _shared: dict[tuple[str, int], _SharedConsumer] = {}
+    _shared: dict[tuple[str, int, str], _SharedConsumer] = {}
 
     def __init__(self, conf: dict[str, Any], topic: str) -> None:
         self.conf = conf
@@ -183,7 +184,7 @@ class _SharedConsumer:
         cls, step_id: str, conf: dict[str, Any], topic: str, partition: int, start: int
     ) -> _SharedConsumer:
 
-        key = (step_id, threading.get_ident())  # one per step and worker thread
+        key = (step_id, threading.get_ident(), topic)  # one per step, worker and topic
         shared = cls._shared.get(key)
         if shared is None:
             shared = cls._shared[key] = cls(conf, topic)
@@ -444,18 +445,19 @@ def resume_offset(state: Any) -> int:
 
 
 class KafkaBatchSource(FixedPartitionedSource[RawBatch, SourceState]):
-    """Every partition of ``topic``, one :class:`RawBatch` per poll.
+    """Every partition of ``topic`` (or of several topics), one :class:`RawBatch` per poll.
 
     ``until_end`` stops each partition at the end it finds (partition EOF from the
     fetch high watermark — Tansu's ListOffsets answer cannot be trusted). Offsets
-    resume from bytewax recovery, not from consumer groups. The partitions a worker
-    reads share one consumer.
+    resume from bytewax recovery, not from consumer groups. The partitions of a topic
+    a worker reads share one consumer. One topic's parts are its partition numbers;
+    with several (a fleet's mirrored ``<member>.<topic>``), ``<topic>/<partition>``.
     """
 
     def __init__(
         self,
         conf: dict[str, Any],
-        topic: str,
+        topic: str | Sequence[str],
         *,
         batch_size: int = 1000,
         poll_timeout: float = 0.0,
@@ -468,25 +470,39 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, SourceState]):
         self._conf = consumer_config(conf, group, eof=True, reset="error", **(settings or {}))
         #: What alerts of this source name (use case, site).
         self._context = dict(context or {})
-        self._topic = topic
+        self._topics = [topic] if isinstance(topic, str) else list(topic)
+        if not self._topics:
+            msg = "a Kafka source needs at least one topic"
+            raise ValueError(msg)
         self._batch_size = batch_size
         self._poll_timeout = poll_timeout
         self._until_end = until_end
 
     def list_parts(self) -> list[str]:
         admin = AdminClient(_admin_conf(self._conf))
-        meta = admin.list_topics(self._topic, timeout=30.0).topics.get(self._topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            msg = f"topic {self._topic!r} does not exist on {self._conf['bootstrap.servers']}"
-            raise MlexecError(msg)
-        return [str(p) for p in sorted(meta.partitions)]
+        found = admin.list_topics(timeout=30.0).topics if len(self._topics) > 1 else None
+        parts = []
+        for topic in self._topics:
+            meta = (
+                found.get(topic)
+                if found is not None
+                else admin.list_topics(topic, timeout=30.0).topics.get(topic)
+            )
+            if meta is None or meta.error is not None or not meta.partitions:
+                msg = f"topic {topic!r} does not exist on {self._conf['bootstrap.servers']}"
+                raise MlexecError(msg)
+            if len(self._topics) == 1:
+                return [str(p) for p in sorted(meta.partitions)]
+            parts += [f"{topic}/{p}" for p in sorted(meta.partitions)]
+        return parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _BatchPartition:
+        topic, _, partition = for_part.rpartition("/")
         return _BatchPartition(
             step_id,
             self._conf,
-            self._topic,
-            int(for_part),
+            topic or self._topics[0],
+            int(partition),
             resume_state,
             self._batch_size,
             self._poll_timeout,

@@ -74,6 +74,9 @@ RESERVED_COLUMNS: dict[str, str] = {
     "sample_reason": "LowCardinality(String)",
     "inference_ms": "Float32",
     "sampled_at": "DateTime64(3, 'UTC')",
+    #: The site that made the sample — set by the store from the topic it came on (a
+    #: fleet member's mirrored ``<member>.<uc>.samples``), never from the message.
+    "site": "LowCardinality(String)",
 }
 
 
@@ -109,7 +112,8 @@ class SamplesTable:
             f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.name}` (\n  {cols}\n)\n"
             "ENGINE = ReplacingMergeTree(sampled_at)\n"
             "PARTITION BY toYYYYMM(event_time)\n"
-            "ORDER BY (record_id, variant)\n"
+            # one row per record, variant and site: two members' equal ids are two rows
+            "ORDER BY (record_id, variant, site)\n"
             f"TTL {self.ttl()}"
         )
 
@@ -142,7 +146,20 @@ class SampleStore(ABC):
         """Create the database and table if missing and apply the current retention."""
         self.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
         self.command(table.ddl(self.database))
-        self.command(f"ALTER TABLE `{self.database}`.`{table.name}` MODIFY TTL {table.ttl()}")
+        name = f"`{self.database}`.`{table.name}`"
+        found = self.query(
+            "SELECT t.sorting_key AS key, countIf(c.name = 'site') AS has_site "
+            "FROM system.tables AS t LEFT JOIN system.columns AS c "
+            "ON c.database = t.database AND c.table = t.name "
+            f"WHERE t.database = '{self.database}' AND t.name = '{table.name}' "
+            "GROUP BY t.sorting_key"
+        )
+        if found.height and not int(found["has_site"][0]):  # a table made before sites
+            self.command(
+                f"ALTER TABLE {name} ADD COLUMN `site` LowCardinality(String), "
+                "MODIFY ORDER BY (record_id, variant, site)"
+            )
+        self.command(f"ALTER TABLE {name} MODIFY TTL {table.ttl()}")
 
     @abstractmethod
     def command(self, sql: str) -> None:

@@ -457,8 +457,13 @@ def _publish(
 
 
 def _sample_rows(rt: UseCaseRuntime, batch: RawBatch) -> tuple[Any, list[DeadLetter]]:
-    """Sample messages → rows for the store; anything unreadable is a dead letter."""
-    columns = [name for name, _ in rt.table.all_columns()]
+    """Sample messages → rows for the store; anything unreadable is a dead letter.
+
+    A row's ``site`` is the site whose topic it came on (a fleet member's mirrored
+    ``<member>.<uc>.samples``): what a message says of its site is never believed.
+    """
+    site = rt.plan.site_of_topic(batch.topic, rt.plan.samples_topic, "infer")
+    columns = [name for name, _ in rt.table.all_columns() if name != "site"]
     rows: list[dict[str, Any]] = []
     dead: list[DeadLetter] = []
     for i, value in enumerate(batch.values):
@@ -467,20 +472,26 @@ def _sample_rows(rt: UseCaseRuntime, batch: RawBatch) -> tuple[Any, list[DeadLet
             missing = [c for c in columns if c not in row]
         except (orjson.JSONDecodeError, TypeError) as exc:
             row, missing = None, [f"not a JSON object: {exc}"]
-        if row is None or missing:
+        if row is not None and not missing and site is not None:
+            row["site"] = site
+            rows.append(row)
+        else:
+            reason = (
+                f"sample row lacks columns {missing}"
+                if row is None or missing
+                else f"{batch.topic} is no samples topic of a site that runs {rt.plan.name}"
+            )
             dead.append(
                 DeadLetter(
                     value=value,
                     key=batch.keys[i],
-                    reason=f"sample row lacks columns {missing}",
+                    reason=reason,
                     topic=batch.topic,
                     partition=batch.partition,
                     offset=batch.offsets[i],
                     stage="store",
                 )
             )
-        else:
-            rows.append(row)
     if rows and rt.table.retention_from == "event":  # counted from storing: none expire here
         retention_ms = rt.table.retention_seconds * 1000
         oldest = int(time.time() * 1000) - retention_ms
@@ -498,7 +509,7 @@ def _store_branch(
 ) -> tuple[Stream[tuple[str, Any]], Stream[Outgoing]]:
     plan = rt.plan
     n = plan.name
-    samples = plan.read_name(plan.samples_topic, "infer", "store")
+    samples = plan.read_names(plan.samples_topic, "infer", "store")
     source = KafkaBatchSource(
         conf,
         samples,

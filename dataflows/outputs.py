@@ -301,32 +301,36 @@ def prepare_outputs(
     runners: list[OutputRunner] = []
     topics: dict[str, TopicSpec] = {}
     for uc in plan.chosen_at(site, usecase, "act"):
+        # a fleet's predictions come on one mirrored topic per member: a runner each
+        sources = uc.read_names(uc.predictions_topic, "infer", "act")
         for i, config in enumerate(uc.usecase.outputs):
             name = config.name or config.kind
-            output_id = f"{topology.name}/{uc.name}/{name}"
             try:
                 ActionFilter(config.when)
             except ActionFilterError as exc:
                 msg = f"usecases.{uc.name}.outputs.{i}.when: expected {exc}"
                 raise TopologyError(msg) from exc
-            runners.append(
-                OutputRunner(
-                    output_id=output_id,
-                    config=config,
-                    status=OutputStatus(uc.name, name, config.kind),
-                    make_sink=functools.partial(_make_sink, config, conf, output_id),
-                    conf=conf,
-                    predictions_topic=ALERTS_TOPIC
-                    if config.source == "alerts"
-                    else uc.read_name(uc.predictions_topic, "infer", "act"),
-                    deadletter_topic=uc.outputs_deadletter_topic,
-                    checkpoint=Checkpoint(state_dir / f"{uc.name}.{name}.json"),
-                    clock=clock,
+            reads = [ALERTS_TOPIC] if config.source == "alerts" else list(sources)
+            for topic in reads:
+                member = uc.site_of_topic(topic, uc.predictions_topic, "infer")
+                of = f".{member}" if len(reads) > 1 and member else ""
+                output_id = f"{topology.name}/{uc.name}/{name}{of}"
+                runners.append(
+                    OutputRunner(
+                        output_id=output_id,
+                        config=config,
+                        status=OutputStatus(uc.name, f"{name}{of}", config.kind),
+                        make_sink=functools.partial(_make_sink, config, conf, output_id),
+                        conf=conf,
+                        predictions_topic=topic,
+                        deadletter_topic=uc.outputs_deadletter_topic,
+                        checkpoint=Checkpoint(state_dir / f"{uc.name}.{name}{of}.json"),
+                        clock=clock,
+                    )
                 )
-            )
         parts = uc.usecase.input.partitions
-        predictions = uc.read_name(uc.predictions_topic, "infer", "act")
-        topics.setdefault(predictions, TopicSpec(predictions, parts))
+        for predictions in sources:
+            topics.setdefault(predictions, TopicSpec(predictions, parts))
         for spec in uc.output_topics():
             topics.setdefault(spec.name, spec)
     return SiteParts("output", site, runners, list(topics.values()), conf)

@@ -22,6 +22,7 @@ from mlexec.monitoring.profiles import PROFILES_TABLE, profile_rows
 from mlexec.operators.profile import Partial, ProfileLogic, partials
 from mlexec.operators.records import DeadLetter
 from mlexec.operators.reduce import Reduced
+from mlexec.topologies.plan import UseCasePlan
 from mlexec.usecase import UseCaseRuntime
 
 __all__ = ["partials_of", "profile_branch", "stored_profiles"]
@@ -86,23 +87,30 @@ def profile_branch(
     )
 
 
+def _site_of(plan: UseCasePlan, topic: str) -> str:
+    """The site whose profiles come on ``topic`` ('' for none: every message refused)."""
+    return plan.site_of_topic(topic, plan.profiles_topic, "infer") or ""
+
+
 def stored_profiles(
     flow: Dataflow, rt: UseCaseRuntime, conf: dict[str, Any], until_end: bool
 ) -> tuple[Stream[tuple[str, Any]], Stream[list[DeadLetter]]]:
     """``<uc>.profiles`` (as read on the store's site) → rows for the store, dead letters."""
     plan = rt.plan
     n = plan.name
-    name = plan.read_name(plan.profiles_topic, "infer", "store")
+    names = plan.read_names(plan.profiles_topic, "infer", "store")
     source = KafkaBatchSource(
         conf,
-        name,
+        names,
         until_end=until_end,
         group=f"mlexec-{n}-profiles",
         context={"usecase": n},
         settings=BACKGROUND_TUNING,
     )
     read = op.map(
-        f"{n}_profile-rows", op.input(f"{n}_profiles", flow, source), lambda b: profile_rows(n, b)
+        f"{n}_profile-rows",
+        op.input(f"{n}_profiles", flow, source),
+        lambda b: profile_rows(n, b, _site_of(plan, b.topic)),
     )
     stored = op.filter_map(
         f"{n}_profiles-stored",

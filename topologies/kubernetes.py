@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from mlexec.topologies.plan import Plan
+from mlexec.topologies.secrets import required_variables
 
 __all__ = ["BYTEWAX_PORT", "METRICS_PORT", "render_k8s"]
 
@@ -40,10 +41,6 @@ BYTEWAX_PORT = 2101
 METRICS_PORT = 9100
 _MOUNT = "/etc/mlexec"
 _WORKDIR = "/srv/mlexec"
-#: A ``${VAR}`` without a default: a secret (or a setting) the pod must be given.
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-#: Names a topology may use that are not secrets.
-_BUILTIN = {"TOPOLOGY_DIR"}
 
 
 def _dns(text: str) -> str:
@@ -61,7 +58,7 @@ class _Site:
         self.plan, self.site, self.image, self.file = plan, site, image, file
         self.name = _dns(f"{plan.topology.name}-{site}")
         self.labels = {"app.kubernetes.io/part-of": "mlexec", "mlexec/site": _dns(site)}
-        self.secrets = sorted({m for m in _VAR.findall(text) if m not in _BUILTIN})
+        self.secrets = required_variables(text)
         self.config = plan.topology.sites[site]
         self.state = _absolute(self.config.state_dir)
 
@@ -325,7 +322,7 @@ def render_k8s(
     """The manifests of ``site``: file name → YAML, with a ``kustomization.yaml``."""
     plan.require_site(site)
     s = _Site(plan, site, topology_text, image, topology_file)
-    at_site = [uc for uc in plan.usecases.values() if site in dict(uc.sites).values()]
+    at_site = plan.usecases_at(site)
     resources: dict[str, dict[str, Any]] = {
         "topology.yaml": s.topology(topology_text),
         "state.yaml": s.state_claim(),

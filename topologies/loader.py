@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from mlexec.errors import TopologyError
+from mlexec.topologies.fleets import FleetError, expand_fleets
 from mlexec.topologies.schema import Topology
 
 __all__ = ["expand_env", "load_topology", "parse_topology"]
@@ -129,13 +130,30 @@ def parse_topology(text: str, source: str = "<string>", base_dir: Path | None = 
         raw = expand_env(raw, builtins=here)
     except _EnvError as exc:
         raise TopologyError(_describe(source, root, exc.path, exc.message)) from exc
+    try:
+        members = expand_fleets(raw, base_dir)
+    except FleetError as exc:
+        raise TopologyError(_describe(source, root, exc.path, exc.message)) from exc
     if base_dir is not None:
         raw = _resolve_model_paths(raw, base_dir)
     try:
         return Topology.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe_pydantic(source, root, raw, err) for err in exc.errors()]
+        lines = list(
+            dict.fromkeys(  # a template's error, once: not once per member
+                _describe_pydantic(source, root, raw, _at_template(err, members))
+                for err in exc.errors()
+            )
+        )
         raise TopologyError("\n".join(lines)) from exc
+
+
+def _at_template(err: Any, members: dict[str, str]) -> Any:
+    """A member site's error, placed at its fleet's template (the YAML the user wrote)."""
+    loc = tuple(err["loc"])
+    if len(loc) >= 2 and loc[0] == "sites" and loc[1] in members:
+        return {**err, "loc": ("fleets", members[str(loc[1])], "site", *loc[2:])}
+    return err
 
 
 def _resolve_model_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:

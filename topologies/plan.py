@@ -7,7 +7,8 @@ and later renderers (MirrorMaker 2, compose) read the same names.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 from mlexec.errors import TopologyError
 from mlexec.topologies.schema import (
@@ -93,8 +94,10 @@ class UseCasePlan:
     feature_kinds: tuple[tuple[str, str], ...]
     #: Sample-store table (in the store's database).
     table: str
-    #: Stage → site.
+    #: Stage → site, or fleet: the stage runs on each of its members.
     sites: tuple[tuple[str, str], ...]
+    #: Fleet → its members, for the fleets this use case is placed on.
+    fleets: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def kind(self, column: str) -> str:
         """The type of feature ``column`` (``float`` for a computed one)."""
@@ -113,16 +116,53 @@ class UseCasePlan:
         )
 
     def site(self, stage: str) -> str:
-        """The site running ``stage``."""
+        """The site running ``stage`` (or the fleet, on each of whose members it runs)."""
         return dict(self.sites)[stage]
 
-    def read_name(self, topic: str, producer: str, consumer: str) -> str:
-        """The name ``topic`` (written by stage ``producer``) has where ``consumer`` runs.
+    def members(self, placed: str) -> tuple[str, ...]:
+        """The sites a placement stands for: a fleet's members, or the one site."""
+        return dict(self.fleets).get(placed, (placed,))
 
-        The same name on the same site; across a link, the mirrored ``<site>.<topic>``.
+    def seen_from(self, site: str) -> UseCasePlan:
+        """The use case as member ``site`` of a fleet runs it: the fleet's stages on it."""
+        placed = {fleet for fleet, members in self.fleets if site in members}
+        if not placed:
+            return self
+        sites = tuple((stage, site if s in placed else s) for stage, s in self.sites)
+        return replace(self, sites=sites)
+
+    def read_names(self, topic: str, producer: str, consumer: str) -> tuple[str, ...]:
+        """The names ``topic`` (written by stage ``producer``) has where ``consumer`` runs.
+
+        The same name on the same site; across a link, the mirrored ``<site>.<topic>`` —
+        one per member when the producer runs on a fleet.
         """
         made_on = self.site(producer)
-        return topic if made_on == self.site(consumer) else remote_name(made_on, topic)
+        if made_on == self.site(consumer):
+            return (topic,)
+        return tuple(remote_name(m, topic) for m in self.members(made_on))
+
+    def read_name(self, topic: str, producer: str, consumer: str) -> str:
+        """The one name ``topic`` has where ``consumer`` runs (see :meth:`read_names`)."""
+        names = self.read_names(topic, producer, consumer)
+        if len(names) != 1:
+            msg = (
+                f"{self.name}: {topic} comes from {len(names)} fleet members to where "
+                f"{consumer} runs: read it with read_names"
+            )
+            raise ValueError(msg)
+        return names[0]
+
+    def site_of_topic(self, name: str, topic: str, producer: str) -> str | None:
+        """The site that produced ``name``, when ``producer`` runs there; else ``None``.
+
+        ``name`` is ``topic`` itself, or a member's mirrored copy ``<member>.<topic>``.
+        """
+        placed = self.site(producer)
+        if name == topic:
+            return placed if placed not in dict(self.fleets) else None
+        member, _, rest = name.partition(".")
+        return member if rest == topic and member in self.members(placed) else None
 
     @property
     def split(self) -> bool:
@@ -193,8 +233,16 @@ class Plan:
     usecases: dict[str, UseCasePlan]
 
     def usecases_at(self, site: str) -> list[UseCasePlan]:
-        """Use cases with at least one stage on ``site``."""
-        return [uc for uc in self.usecases.values() if site in dict(uc.sites).values()]
+        """Use cases with at least one stage on ``site``, as ``site`` sees them.
+
+        On a fleet's member, the stages placed on the fleet are on the member.
+        """
+        seen = (uc.seen_from(site) for uc in self.usecases.values())
+        return [uc for uc in seen if site in dict(uc.sites).values()]
+
+    def usecases_seen(self, site: str) -> dict[str, UseCasePlan]:
+        """Every use case by name, as ``site`` sees it (see :meth:`usecases_at`)."""
+        return {name: uc.seen_from(site) for name, uc in self.usecases.items()}
 
     def chosen_at(
         self, site: str, usecase: str | None = None, stage: str | None = None
@@ -237,12 +285,17 @@ class Plan:
                 hops.append((uc.profiles_topic, "infer", "store"))
             for topic, producer, consumer in hops:
                 if uc.site(consumer) == site:
-                    name = uc.read_name(topic, producer, consumer)
-                    seen.setdefault(name, TopicSpec(name, parts))
+                    for name in uc.read_names(topic, producer, consumer):
+                        seen.setdefault(name, TopicSpec(name, parts))
         return list(seen.values())
 
     def needs(self) -> dict[tuple[str, str], set[str]]:
         """Per (producing site, consuming site), the use-case topics the placement moves."""
+        return {pair: set(topics) for pair, topics in self._needs.items()}
+
+    @cached_property
+    def _needs(self) -> dict[tuple[str, str], frozenset[str]]:
+        """:meth:`needs`, worked out once (a fleet's thousand links ask for it each)."""
         moves: dict[tuple[str, str], set[str]] = {}
         for uc in self.usecases.values():
             hops = [
@@ -259,9 +312,12 @@ class Plan:
             for topic, producer, consumer in hops:
                 if uc.usecase.connectors or producer != "connectors":
                     a, b = uc.site(producer), uc.site(consumer)
-                    if a != b:
-                        moves.setdefault((a, b), set()).add(topic)
-        return moves
+                    if a == b:
+                        continue
+                    for made in uc.members(a):
+                        for read in uc.members(b):
+                            moves.setdefault((made, read), set()).add(topic)
+        return {pair: frozenset(topics) for pair, topics in moves.items()}
 
     def metrics_topics_at(self, site: str) -> list[str]:
         """The runtime health topics a monitor on ``site`` reads: its own, and its edges'."""
@@ -276,14 +332,26 @@ class Plan:
 
     def transfers(self) -> list[Transfer]:
         """Both directions of every link: what the placement needs, alerts and health up, models down."""
-        needs = self.needs()
+        return list(self._transfers)
+
+    @cached_property
+    def _transfers(self) -> tuple[Transfer, ...]:
+        needs = self._needs
         out = []
         for link in self.topology.links:
             up = needs.get((link.source, link.target), set()) | {ALERTS_TOPIC, METRICS_TOPIC}
             down = needs.get((link.target, link.source), set()) | {MODELS_TOPIC}
             out.append(Transfer(link.source, link.target, tuple(sorted(up))))
             out.append(Transfer(link.target, link.source, tuple(sorted(down))))
-        return out
+        return tuple(out)
+
+    def transfer(self, source: str, target: str) -> Transfer:
+        """What flows from ``source`` to ``target`` over the link between them."""
+        return self._by_pair[(source, target)]
+
+    @cached_property
+    def _by_pair(self) -> dict[tuple[str, str], Transfer]:
+        return {(t.source, t.target): t for t in self._transfers}
 
     def topic_spec(self, name: str) -> TopicSpec:
         """Partitions and configs of a topic the topology names (alerts, models included)."""
@@ -360,6 +428,37 @@ def feature_columns(uc: UseCase, source: str = "<topology>", name: str = "?") ->
     return base + tuple(f"{c}_{kind}" for kind, c in wanted)
 
 
+#: What a fleet's members run of a use case placed on it: all of these, or none.
+_FLEET_STAGES = ("connectors", "dispatch", "infer")
+
+
+def _check_fleet_placement(uc: UseCasePlan, source: str) -> None:
+    """A fleet runs a use case's front (connectors, dispatch, infer) on every member.
+
+    Store and act run on each member too (the same fleet) or on one site that serves
+    the whole fleet, e.g. the cloud.
+    """
+    fleets = dict(uc.fleets)
+    if not fleets:
+        return
+    placed = dict(uc.sites)
+    front = {placed[st] for st in _FLEET_STAGES if st != "connectors" or uc.usecase.connectors}
+    for stage in ("store", "act"):
+        if placed[stage] in fleets and front != {placed[stage]}:
+            msg = (
+                f"{source}: usecases.{uc.name}.placement.{stage}: the fleet that runs infer, "
+                f"or a site that serves the whole fleet, found fleet {placed[stage]!r}"
+            )
+            raise TopologyError(msg)
+    if len(front) != 1 or not front <= set(fleets):
+        where = ", ".join(f"{st}: {placed[st]}" for st in _FLEET_STAGES)
+        msg = (
+            f"{source}: usecases.{uc.name}.placement: a fleet runs a use case's connectors, "
+            f"dispatch and infer together, on every member; found {where}"
+        )
+        raise TopologyError(msg)
+
+
 def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
     """Derive the plan; refuse model inputs no stage produces (naming the YAML path)."""
     plans: dict[str, UseCasePlan] = {}
@@ -411,8 +510,13 @@ def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
             model_inputs=inputs,
             feature_kinds=kinds,
             table=f"samples_{_ident(name)}",
-            sites=tuple((stage, topology.site_of(name, stage)) for stage in STAGES),
+            sites=(sites := tuple((stage, topology.site_of(name, stage)) for stage in STAGES)),
+            fleets=tuple(
+                (fleet, topology.fleets[fleet].names)
+                for fleet in sorted({s for _, s in sites} & set(topology.fleets))
+            ),
         )
+        _check_fleet_placement(plans[name], source)
     plan = Plan(topology=topology, usecases=plans)
     linked = {frozenset((link.source, link.target)) for link in topology.links}
     for (a, b), topics in sorted(plan.needs().items()):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from mlexec.topologies.plan import Plan, Transfer
+from mlexec.topologies.plan import Plan
 from mlexec.topologies.schema import KafkaSettings, TransferLink
 
 __all__ = ["GRAFANA_DATASOURCE", "grafana_panels", "render_grafana", "render_mm2"]
@@ -66,10 +66,7 @@ def render_mm2(plan: Plan, link: TransferLink) -> str:
     """MirrorMaker 2 properties for ``link``: both clusters, both flows, their allowlists."""
     topology = plan.topology
     a, b = link.source, link.target
-    flows: dict[tuple[str, str], Transfer] = {
-        (t.source, t.target): t for t in plan.transfers() if {t.source, t.target} == {a, b}
-    }
-    up, down = flows[(a, b)], flows[(b, a)]
+    up, down = plan.transfer(a, b), plan.transfer(b, a)
     lines = [
         f"# MirrorMaker 2 for the link {a} -> {b} of topology {topology.name!r}, rendered by",
         "# `mlexec render`; run with connect-mirror-maker.sh. Remote topics are named",

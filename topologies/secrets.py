@@ -12,7 +12,21 @@ import logging
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["MASK", "MaskSecrets", "mask_text", "mask_url"]
+__all__ = ["MASK", "MaskSecrets", "mask_text", "mask_url", "required_variables"]
+
+#: A ``${VAR}`` without a default: a secret (or a setting) the process must be given.
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: Names a topology may use that are not the environment's.
+_BUILTIN = {"TOPOLOGY_DIR"}
+
+
+def required_variables(text: str) -> list[str]:
+    """The environment variables a topology's text needs (``${VAR}`` with no default).
+
+    Deployments pass them from a secret store — never written into a manifest.
+    """
+    return sorted({m for m in _VAR.findall(text) if m not in _BUILTIN})
+
 
 MASK = "***"
 _SECRET_NAMES = re.compile(

@@ -25,6 +25,9 @@ from mlexec.cli.app import (
 )
 from mlexec.errors import TopologyError
 
+#: How many written files ``render`` names before it counts the rest.
+_NAMED = 10
+
 
 class Rendering(StrEnum):
     """What ``mlexec render`` writes."""
@@ -32,6 +35,7 @@ class Rendering(StrEnum):
     mm2 = "mm2"
     grafana = "grafana"
     k8s = "k8s"
+    compose = "compose"
 
 
 @app.command()
@@ -42,7 +46,8 @@ def render(
         typer.Argument(
             help="mm2: MirrorMaker 2 properties per link; grafana: Grafana provisioning "
             "(ClickHouse datasource and monitoring dashboard) per ClickHouse-server site; "
-            "k8s: a site's Kubernetes manifests (kubectl apply -k)."
+            "k8s: a site's Kubernetes manifests (kubectl apply -k); compose: per fleet, the "
+            "Docker Compose file every member runs and an env file per member."
         ),
     ],
     out: Annotated[Path, typer.Option(help="The directory to write to.")] = Path("deploy"),
@@ -85,6 +90,15 @@ def render(
             max_replicas=max(max_replicas, replicas),
         )
         out = out / chosen
+    elif what is Rendering.compose:
+        from mlexec.topologies.compose import render_fleet_compose
+
+        if not topo.fleets:
+            msg = f"{topology}: fleets: no fleet to render member deployments for"
+            raise TopologyError(msg)
+        files = render_fleet_compose(
+            plan, Path(topology).read_text(), topology_file=Path(topology).name, image=image
+        )
     elif what is Rendering.mm2:
         if not topo.links:
             msg = f"{topology}: links: no links to render MirrorMaker 2 for"
@@ -100,7 +114,7 @@ def render(
             raise TopologyError(msg)
         for name in servers:
             files.update(render_grafana(plan, name))
-    for relative, text in files.items():
+    for i, (relative, text) in enumerate(files.items()):
         path = out / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         mode = 0o600 if what is Rendering.mm2 else 0o644
@@ -108,7 +122,10 @@ def render(
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.chmod(path, mode)
-        console.print(f"wrote {path}")
+        if i < _NAMED or len(files) == _NAMED + 1:
+            console.print(f"wrote {path}")
+    if len(files) > _NAMED + 1:  # a fleet's hundreds of files: counted, not listed
+        console.print(f"... and {len(files) - _NAMED} more files in {out}")
 
 
 @app.command()

@@ -31,6 +31,8 @@ from mlexec.topologies.secrets import mask_url
 
 if TYPE_CHECKING:
     from mlexec.runtime.run import SiteRun
+    from mlexec.topologies.plan import TopicSpec
+    from mlexec.topologies.schema import Topology
 
 
 @app.command()
@@ -39,7 +41,9 @@ def validate(topology: TopologyArg, json_out: JsonOpt = False) -> None:
     from mlexec.runtime.run import prepare_site
 
     topo, plan = load(topology)
-    runs = {site: prepare_site(plan, site, source=str(topology)) for site in topo.sites}
+    # a fleet's members share their template: one of them stands for all
+    shown = shown_sites(topo)
+    runs = {site: prepare_site(plan, site, source=str(topology)) for site in shown}
     if json_out:
         print_json(_plan_document(topology, runs))
         return
@@ -48,15 +52,20 @@ def validate(topology: TopologyArg, json_out: JsonOpt = False) -> None:
     sites = Table(title="sites", title_justify="left")
     for col in ("site", "kafka", "security", "sample store", "state"):
         sites.add_column(col)
-    for name, site in topo.sites.items():
+    examples = {fleet.names[0]: name for name, fleet in topo.fleets.items() if fleet.members}
+    for name in shown:
+        site = topo.sites[name]
+        fleet = examples.get(name)
         sites.add_row(
-            name,
+            name if fleet is None else f"{fleet}: {len(topo.fleets[fleet].members)} members",
             mask_url(site.kafka.bootstrap),
             site.kafka.security.protocol,
             mask_url(site.sample_store),
             site.state_dir,
         )
     console.print(sites)
+    for line in fleet_lines(topo):
+        console.print(line)
     stages = Table(title="use cases", title_justify="left")
     for col in (
         "use case",
@@ -115,9 +124,10 @@ def validate(topology: TopologyArg, json_out: JsonOpt = False) -> None:
     topics = Table(title="topics", title_justify="left")
     for col in ("site", "topic", "partitions"):
         topics.add_column(col)
-    for site_name in topo.sites:
-        for t in plan.topics_at(site_name):
-            topics.add_row(site_name, t.name, str(t.partitions))
+    for site_name in shown:
+        for name, partitions, count in compact_topics(topo, plan.topics_at(site_name)):
+            times = f" × {count}" if count > 1 else ""
+            topics.add_row(site_name, f"{name}{times}", str(partitions))
     console.print(topics)
     tables = Table(title="sample-store tables", title_justify="left")
     for col in ("site", "table", "retention", "columns"):
@@ -158,6 +168,62 @@ def validate(topology: TopologyArg, json_out: JsonOpt = False) -> None:
         )
     if watching.row_count:
         console.print(watching)
+
+
+def shown_sites(topo: Topology) -> list[str]:
+    """The sites ``validate`` shows: every site, and one member of each fleet."""
+    members = {m for fleet in topo.fleets.values() for m in fleet.names}
+    examples = [fleet.names[0] for fleet in topo.fleets.values() if fleet.members]
+    return [s for s in topo.sites if s not in members] + examples
+
+
+def fleet_lines(topo: Topology) -> list[str]:
+    """Per fleet: its members (counted), an example, what differs, the labels' values."""
+    out = []
+    for name, fleet in topo.fleets.items():
+        if not fleet.members:
+            out.append(f"fleet [bold]{name}[/]: no members yet")
+            continue
+        flat = [_flatten(topo.sites[m].model_dump(mode="json")) for m in fleet.names]
+        differ = sorted({k for f in flat for k in f if any(g.get(k) != f.get(k) for g in flat)})
+        labels: dict[str, dict[str, int]] = {}
+        for member in fleet.members:
+            for key, value in member.labels.items():
+                labels.setdefault(key, {}).setdefault(value, 0)
+                labels[key][value] += 1
+        text = "; ".join(
+            f"{k}: " + ", ".join(f"{v} {n}" for v, n in sorted(vs.items()))
+            for k, vs in sorted(labels.items())
+        )
+        link = f", each linked to {fleet.link.target}" if fleet.link else ""
+        source = f" from {fleet.inventory}" if fleet.inventory else ""
+        out.append(
+            f"fleet [bold]{name}[/]: {len(fleet.members)} members{source} (e.g. "
+            f"{fleet.names[0]}){link}; members differ in: {', '.join(differ) or 'nothing'}"
+            + (f"; labels {text}" if text else "")
+        )
+    return out
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def compact_topics(topo: Topology, topics: list[TopicSpec]) -> list[tuple[str, int, int]]:
+    """(name, partitions, how many) with every member's ``<member>.<topic>`` as one row."""
+    members = {m for fleet in topo.fleets.values() for m in fleet.names}
+    rows: dict[str, tuple[int, int]] = {}
+    for t in topics:
+        member, _, rest = t.name.partition(".")
+        name = f"<member>.{rest}" if member in members else t.name
+        _, count = rows.get(name, (t.partitions, 0))
+        rows[name] = (t.partitions, count + 1)
+    return [(name, parts, count) for name, (parts, count) in rows.items()]
 
 
 def _plan_document(topology: Path, runs: dict[str, SiteRun]) -> dict[str, Any]:
@@ -212,6 +278,14 @@ def _plan_document(topology: Path, runs: dict[str, SiteRun]) -> dict[str, Any]:
                 ],
             }
             for name, site in topo.sites.items()
+        },
+        "fleets": {
+            name: {
+                "members": list(fleet.names),
+                "inventory": fleet.inventory,
+                "link": fleet.link.target if fleet.link else None,
+            }
+            for name, fleet in topo.fleets.items()
         },
         "usecases": usecases,
     }

@@ -46,7 +46,8 @@ _log = logging.getLogger(__name__)
 def registry_site(plan: Plan, uc: UseCasePlan) -> str:
     """Where a use case's versions are published: whence models come down to its infer site."""
     infer = uc.site("infer")
-    down = [link.target for link in plan.topology.links if link.source == infer]
+    members = uc.members(infer)  # a fleet's: where every member's models come from
+    down = [link.target for link in plan.topology.links if link.source in members]
     return down[0] if down else infer
 
 

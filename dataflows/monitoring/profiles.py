@@ -132,8 +132,14 @@ def _checked(row: Any, usecase: str) -> str | None:
     return None
 
 
-def profile_rows(usecase: str, batch: RawBatch) -> tuple[list[dict[str, Any]], list[DeadLetter]]:
-    """Profile messages → rows of ``mlexec_profiles``; anything else is a dead letter."""
+def profile_rows(
+    usecase: str, batch: RawBatch, site: str | None = None
+) -> tuple[list[dict[str, Any]], list[DeadLetter]]:
+    """Profile messages → rows of ``mlexec_profiles``; anything else is a dead letter.
+
+    With ``site`` (the site whose topic the batch came on), a message that names
+    another site is a dead letter: no member can write another's profiles.
+    """
     rows: list[dict[str, Any]] = []
     dead: list[DeadLetter] = []
     now = int(time.time() * 1000)
@@ -145,6 +151,8 @@ def profile_rows(usecase: str, batch: RawBatch) -> tuple[list[dict[str, Any]], l
             row, why = None, f"not JSON: {exc}"
         else:
             why = _checked(row, usecase)
+            if why is None and site is not None and row.get("site") != site:
+                why = f"names site {row.get('site')!r} but came on {batch.topic} (site {site!r})"
         if why is not None:
             dead.append(
                 DeadLetter(

@@ -119,7 +119,8 @@ class RuntimeHealth:
             elif uc.site("infer") == site:
                 self._reads[uc.read_name(uc.reduced_topic, "dispatch", "infer")] = (n, "in")
             if uc.site("store") == site:
-                self._reads[uc.read_name(uc.samples_topic, "infer", "store")] = (n, "store")
+                for name in uc.read_names(uc.samples_topic, "infer", "store"):
+                    self._reads[name] = (n, "store")
             self._writes[uc.predictions_topic] = (n, "predictions")
             self._writes[uc.replies_topic] = (n, "predictions")
             self._writes[uc.deadletter_topic] = (n, "deadletters")

@@ -63,7 +63,7 @@ def store_backlog(plan: Plan, site: str, usecase: str | None = None) -> tuple[in
         site,
         "store",
         "_samples",
-        lambda uc: uc.read_name(uc.samples_topic, "infer", "store"),
+        lambda uc: uc.read_names(uc.samples_topic, "infer", "store")[0],
         usecase,
     )
 
@@ -78,7 +78,8 @@ def _flow_lag(
 ) -> tuple[int, int] | None:
     flow = f"{plan.topology.name}-{site}-{part}"
     db_dir = Path(plan.topology.sites[site].state_dir) / "recovery" / flow
-    done: dict[tuple[str, int], int] = {}
+    #: (use case, topic or None for the source's one topic, partition) → offset done
+    done: dict[tuple[str, str | None, int], int] = {}
     for db in sorted(db_dir.glob("part-*.sqlite3")):
         try:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
@@ -98,16 +99,18 @@ def _flow_lag(
             usecase = step_id.rsplit(".", 1)[-1].removesuffix(suffix)
             if usecase in plan.usecases and change is not None and only in (None, usecase):
                 state = pickle.loads(change)  # noqa: S301 - our own recovery store
-                done[(usecase, int(state_key))] = resume_offset(state)
+                # one topic's parts are partitions; several topics' (a fleet's), topic/partition
+                of, _, number = str(state_key).rpartition("/")
+                done[(usecase, of or None, int(number))] = resume_offset(state)
     if not done:
         return None
     conf = client_config(plan.topology.sites[site].kafka)
     behind = processed = 0
     ends: dict[str, dict[int, int]] = {}
     past: list[str] = []
-    for (usecase, partition), offset in done.items():
+    for (usecase, named, partition), offset in done.items():
         offset = max(offset, 0)  # before the first record the state says "the beginning"
-        topic = topic_of(plan.usecases[usecase])
+        topic = named or topic_of(plan.usecases_seen(site)[usecase])
         if topic not in ends:
             ends[topic] = high_watermarks(conf, topic)
             if not ends[topic]:

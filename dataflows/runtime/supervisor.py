@@ -125,7 +125,7 @@ class Supervisor:
         process, store = stages_at(plan, site)
         self.parts: dict[str, PartStatus] = {}
         if any(
-            uc.usecase.connectors and uc.site("connectors") == site for uc in plan.usecases.values()
+            uc.usecase.connectors and uc.site("connectors") == site for uc in plan.usecases_at(site)
         ):
             self._add("connect", PartSpec("connect", path, site))
         if process:
@@ -133,7 +133,7 @@ class Supervisor:
             self.parts["pipeline"].workers = self.workers
         if store:
             self._add("store", PartSpec("store", path, site, dashboard_port=dashboard_port))
-        if any(uc.usecase.outputs and uc.site("act") == site for uc in plan.usecases.values()):
+        if any(uc.usecase.outputs and uc.site("act") == site for uc in plan.usecases_at(site)):
             self._add("act", PartSpec("act", path, site))
         for link in plan.topology.links:
             if link.source == site:

@@ -123,3 +123,33 @@ def test_unqualified_names_mean_the_store_database(store, uid):
     store.ensure_table(table)
     store.insert(table, rows_to_arrow(table, _rows(["a"], [0])))
     assert store.query(f"SELECT record_id FROM {table.name}")["record_id"].to_list() == ["a"]
+
+
+def test_a_table_made_before_sites_gains_the_site_column_and_keeps_its_rows(store, uid):
+    table = SamplesTable(f"samples_{uid}", (("x", "Float64"),), retention_seconds=86400)
+    name = f"{store.database}.{table.name}"
+    old_ddl = table.ddl(store.database).replace(
+        "ORDER BY (record_id, variant, site)", "ORDER BY (record_id, variant)"
+    )
+    store.command(f"CREATE DATABASE IF NOT EXISTS {store.database}")
+    store.command(old_ddl.replace(",\n  `site` LowCardinality(String)", ""))
+    store.command(
+        f"INSERT INTO {name} (record_id, key, event_time, model, model_version, variant, "
+        "sample_reason, inference_ms, sampled_at, x) VALUES "
+        "('old', 'k', now64(3), 'm', '1', 'production', 'rate', 0.1, now64(3), 1.0)"
+    )
+    store.ensure_table(table)  # as the store does at every start
+    key = store.query(
+        f"SELECT sorting_key FROM system.tables WHERE database = '{store.database}' AND name = '{table.name}'"
+    )
+    assert key["sorting_key"][0] == "record_id, variant, site"
+    rows = [
+        {**r, "site": site}
+        for r, site in zip(_rows(["old", "old"], [0, 0]), ["plant-1", "plant-2"], strict=True)
+    ]
+    store.insert(
+        table, rows_to_arrow(table, [{k: v for k, v in r.items() if k != "probs"} for r in rows])
+    )
+    got = store.query(f"SELECT site, record_id FROM {name} FINAL ORDER BY site")
+    assert got["site"].to_list() == ["", "plant-1", "plant-2"]  # the old row, then one per site
+    store.ensure_table(table)  # once migrated, a start changes nothing

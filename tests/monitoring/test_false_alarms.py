@@ -41,6 +41,7 @@ def _hour(table: Any, hour: int, n: int, rng: np.random.Generator, shift: float 
         "sample_reason": ["rate"] * n,
         "inference_ms": np.full(n, 0.1, dtype=np.float32),
         "sampled_at": pa.array(np.full(n, start), pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+        "site": ["here"] * n,
         "y": np.zeros(n),
     }
     for f in FIELDS:

@@ -43,6 +43,7 @@ from mlexec.topologies.schema.dispatch import (
     Sliding,
     Tumbling,
 )
+from mlexec.topologies.schema.fleets import Fleet, FleetLink, FleetMember
 from mlexec.topologies.schema.monitoring import (
     STATISTICS,
     Accuracy,
@@ -107,6 +108,9 @@ __all__ = [
     "FieldType",
     "FileOutput",
     "FileReference",
+    "Fleet",
+    "FleetLink",
+    "FleetMember",
     "Health",
     "HttpConnector",
     "HttpOutput",

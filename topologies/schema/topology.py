@@ -1,4 +1,4 @@
-"""The topology: sites, links and use cases, with their cross-references checked."""
+"""The topology: sites, fleets, links and use cases, with their cross-references checked."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pydantic import (
 )
 
 from mlexec.topologies.schema.common import Name, _Model
+from mlexec.topologies.schema.fleets import Fleet
 from mlexec.topologies.schema.sites import Site, TransferLink
 from mlexec.topologies.schema.usecase import UseCase
 
@@ -18,21 +19,37 @@ __all__ = ["Topology"]
 
 
 class Topology(_Model):
-    """Sites, the links between them, and the use cases they run."""
+    """Sites, the links between them, and the use cases they run.
+
+    A fleet's members are in ``sites`` (and their links in ``links``) like any other
+    site; ``fleets`` keeps the declaration, and a stage may be placed on a fleet.
+    """
 
     name: Name
     sites: dict[Name, Site] = Field(min_length=1)
+    fleets: dict[Name, Fleet] = {}
     links: list[TransferLink] = []
     usecases: dict[Name, UseCase] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _references(self) -> Topology:
         sites = set(self.sites)
+        for name, fleet in self.fleets.items():
+            if name in sites:
+                msg = f"fleets.{name}: a name no site has, found site {name!r} too"
+                raise ValueError(msg)
+            if fleet.link is not None and fleet.link.target not in sites:
+                msg = (
+                    f"fleets.{name}.link.target: a site of {sorted(set(sites) - set(fleet.names))}"
+                    f", found {fleet.link.target!r}"
+                )
+                raise ValueError(msg)
+        placeable = sites | set(self.fleets)
         for i, link in enumerate(self.links):
             for end in ("source", "target"):
                 if getattr(link, end) not in sites:
                     msg = (
-                        f"links.{i}.{end}: a site of {sorted(sites)}, found {getattr(link, end)!r}"
+                        f"links.{i}.{end}: a site of {_listed(sites)}, found {getattr(link, end)!r}"
                     )
                     raise ValueError(msg)
             if link.source == link.target:
@@ -52,17 +69,35 @@ class Topology(_Model):
                 if site is None and len(sites) > 1 and stage != "act":
                     msg = (
                         f"usecases.{uc_name}.placement.{stage}: with several sites each stage "
-                        f"needs a site of {sorted(sites)}, found none"
+                        f"needs a site or fleet of {_listed(placeable)}, found none"
                     )
                     raise ValueError(msg)
-                if site is not None and site not in sites:
-                    msg = f"usecases.{uc_name}.placement.{stage}: a site of {sorted(sites)}, found {site!r}"
+                if site is not None and site not in placeable:
+                    msg = (
+                        f"usecases.{uc_name}.placement.{stage}: a site or fleet of "
+                        f"{_listed(placeable)}, found {site!r}"
+                    )
                     raise ValueError(msg)
         return self
 
+    def fleet_of(self, site: str) -> str | None:
+        """The fleet ``site`` is a member of, if any."""
+        for name, fleet in self.fleets.items():
+            if site in fleet.names:
+                return name
+        return None
+
     def site_of(self, usecase: str, stage: str) -> str:
-        """The site that runs ``stage`` of ``usecase``."""
+        """The site (or fleet) that runs ``stage`` of ``usecase``."""
         placed: str | None = getattr(self.usecases[usecase].placement, stage)
         if placed is None and stage == "act":
             return self.site_of(usecase, "infer")
         return placed if placed is not None else next(iter(self.sites))
+
+
+def _listed(names: set[str], most: int = 12) -> str:
+    """``names`` sorted, at most ``most`` of them: a fleet's hundred members stay short."""
+    ordered = sorted(names)
+    if len(ordered) <= most:
+        return str(ordered)
+    return f"{ordered[:most]} and {len(ordered) - most} more"

@@ -1,0 +1,126 @@
+"""A fleet on loopback: four members and a cloud, each on a broker of its own.
+
+Every member scores the same use case from the same kind of input (so their record ids
+are equal); each member's samples are mirrored up as ``<member>.vib.samples`` and the
+cloud keeps them in one table with a ``site`` column — accounted by (site, record id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from mlexec.connectors.broker import LocalBroker
+from mlexec.connectors.kafka import client_config, produce_records
+from mlexec.connectors.reading import read_topic
+from mlexec.connectors.samplestore import open_store
+from mlexec.runtime.mirror import prepare_mirror, run_mirror
+from mlexec.runtime.run import prepare_resources, prepare_site, run_pipeline, run_store
+from mlexec.topologies import load_topology, plan_topology
+from tests.topologies.test_fleets import fleet_doc
+
+pytestmark = pytest.mark.integration
+
+
+def _feed(conf: dict[str, Any], topic: str, count: int, *, bad_every: int = 0) -> int:
+    """``count`` readings (every ``bad_every``-th malformed); how many are good."""
+    rows, good = [], 0
+    for i in range(count):
+        if bad_every and i % bad_every == bad_every - 1:
+            rows.append((b"s0", b'{"sensor": "s0", "ts": "not a time"}'))
+            continue
+        good += 1
+        record = {"sensor": f"s{i % 5}", "ts": 1_900_000_000_000 + i, "a": i / 7, "b": i % 11}
+        rows.append((record["sensor"].encode(), orjson.dumps(record)))
+    produce_records(conf, topic, rows)
+    return good
+
+
+def _member_rows(conf: dict[str, Any], topic: str) -> set[str]:
+    return {orjson.loads(v)["record_id"] for _, v, _, _, _ in read_topic(conf, topic)}
+
+
+def _score(plan: Any, member: str) -> None:
+    """What ``mlexec up --site <member>`` does, once through: pipeline, then the mirror."""
+    run = prepare_site(plan, member)
+    prepare_resources(run)
+    run_pipeline(run, until_end=True)
+    run_mirror(prepare_mirror(plan, f"{member}:cloud", once=True), once=True)
+
+
+def test_the_cloud_keeps_every_members_samples_once_in_one_table_by_site(tmp_path):
+    counts = {"plant-1": 600, "plant-2": 450, "plant-3": 700, "plant-4": 300}
+    with contextlib.ExitStack() as brokers:
+        cloud = brokers.enter_context(LocalBroker())
+        at = {m: brokers.enter_context(LocalBroker()) for m in [*counts, "plant-5"]}
+        doc = fleet_doc(tmp_path)
+        doc["sites"]["cloud"]["kafka"]["bootstrap"] = cloud.bootstrap
+        csv = "name,labels,bootstrap\n" + "".join(
+            f"{m},region={'eu' if m < 'plant-3' else 'us'},{at[m].bootstrap}\n" for m in counts
+        )
+        (tmp_path / "plants.csv").write_text(csv)
+        path = tmp_path / "fleet.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        plan = plan_topology(load_topology(path))
+        uc = plan.usecases["vib"]
+
+        expected: dict[str, set[str]] = {}
+        for member, count in counts.items():
+            conf = client_config(plan.topology.sites[member].kafka)
+            prepare_resources(prepare_site(plan, member))
+            good = _feed(conf, uc.raw_topic, count, bad_every=50)
+            _score(plan, member)
+            if member == "plant-3":  # a member claims to be another: the topic tells
+                _, value, _, _, _ = read_topic(conf, uc.samples_topic)[0]
+                forged = {**orjson.loads(value), "record_id": "forged", "site": "plant-1"}
+                produce_records(conf, uc.samples_topic, [(None, orjson.dumps(forged))])
+                _score(plan, member)
+            expected[member] = _member_rows(conf, uc.samples_topic) - {"forged"}
+            assert len(expected[member]) == good  # sampling rate 1.0: every scored record
+            assert len(read_topic(conf, uc.deadletter_topic)) == count - good
+        # the members' record ids are the same: only the site tells their rows apart
+        assert expected["plant-4"] <= expected["plant-1"]
+
+        cloud_run = prepare_site(plan, "cloud")
+        prepare_resources(cloud_run)
+        run_store(cloud_run, until_end=True)
+        _score(plan, "plant-2")  # nothing new: the mirror re-sends nothing
+        run_store(cloud_run, until_end=True)  # resumes: nothing stored twice
+
+        store_url = plan.topology.sites["cloud"].sample_store
+        with open_store(store_url) as store:
+            rows = store.query(f"SELECT site, record_id FROM mlexec.{uc.table}")
+            final = store.query(f"SELECT count() AS n FROM mlexec.{uc.table} FINAL")
+        got: dict[str, set[str]] = {}
+        for site, rid in zip(rows["site"], rows["record_id"], strict=True):
+            got.setdefault(site, set()).add(rid)
+        assert len(rows) == int(final["n"][0])  # no row twice, not even before merging
+        assert got.pop("plant-1") == expected["plant-1"]  # the forged row is not plant-1's ...
+        assert got["plant-3"] == expected["plant-3"] | {"forged"}  # ... it is plant-3's
+        got["plant-3"].discard("forged")
+        assert got == {m: expected[m] for m in ("plant-2", "plant-3", "plant-4")}
+        cloud_conf = client_config(plan.topology.sites["cloud"].kafka)
+        assert read_topic(cloud_conf, uc.deadletter_topic) == []
+
+        # a member added to the inventory: the cloud's next start reads it too
+        (tmp_path / "plants.csv").write_text(csv + f"plant-5,region=eu,{at['plant-5'].bootstrap}\n")
+        plan = plan_topology(load_topology(path))
+        conf5 = client_config(plan.topology.sites["plant-5"].kafka)
+        prepare_resources(prepare_site(plan, "plant-5"))
+        _feed(conf5, uc.raw_topic, 200)
+        _score(plan, "plant-5")
+        cloud_run = prepare_site(plan, "cloud")
+        prepare_resources(cloud_run)
+        run_store(cloud_run, until_end=True)  # resumes from recovery with one more source
+        with open_store(store_url) as store:
+            rows = store.query(f"SELECT site, count() AS n FROM mlexec.{uc.table} GROUP BY site")
+        stored = dict(zip(rows["site"], rows["n"], strict=True))
+        assert stored == {
+            **{m: len(expected[m]) for m in counts},
+            "plant-3": len(expected["plant-3"]) + 1,
+            "plant-5": len(_member_rows(conf5, uc.samples_topic)),
+        }
