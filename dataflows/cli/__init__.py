@@ -1,10 +1,10 @@
 """The ``mlexec`` command line: a thin layer over the API — parse, call, render.
 
 One module per command group (:mod:`~mlexec.cli.site`, :mod:`~mlexec.cli.validate`,
-:mod:`~mlexec.cli.monitor`, :mod:`~mlexec.cli.model`, :mod:`~mlexec.cli.tools`) on the
-one application of :mod:`~mlexec.cli.app`, whose error handler gives every command the
-same exit codes: 2 for usage and configuration errors, 1 for runtime failures, 130 on
-interrupt.
+:mod:`~mlexec.cli.monitor`, :mod:`~mlexec.cli.model`, :mod:`~mlexec.cli.fleet`,
+:mod:`~mlexec.cli.tools`) on the one application of :mod:`~mlexec.cli.app`, whose
+error handler gives every command the same exit codes: 2 for usage and configuration
+errors, 1 for runtime failures, 130 on interrupt.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 
-from mlexec.cli import init, model, monitor, site, tools, topics, validate
+from mlexec.cli import fleet, init, model, monitor, site, tools, topics, validate
 from mlexec.cli.app import MaskSecrets, app, fail
 from mlexec.runtime.locks import die_with_parent
 
 __all__ = ["MaskSecrets", "app", "fail", "main"]
 
-_ = (init, model, monitor, site, tools, topics, validate)  # imported for their commands
+_ = (fleet, init, model, monitor, site, tools, topics, validate)  # imported for their commands
 
 
 def main() -> None:

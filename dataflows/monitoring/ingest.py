@@ -29,7 +29,7 @@ from mlexec.monitoring.sql import (
 from mlexec.operators.emit import deadletter_headers
 from mlexec.operators.records import DeadLetter
 from mlexec.runtime.lag import LagUnknown, pipeline_lag, store_backlog
-from mlexec.topologies.plan import Plan, UseCasePlan
+from mlexec.topologies.plan import METRICS_TOPIC, Plan, UseCasePlan
 
 __all__ = ["Ingestion"]
 
@@ -81,7 +81,9 @@ class Ingestion:
             _advance(offsets, topic, messages)
         for topic in self.plan.metrics_topics_at(self.site):
             messages = read_topic(self.conf, topic, start=_start(offsets.get(topic)))
-            metrics = [row for m in messages for row in _metric_rows(m[1])]
+            # a mirrored <site>.mlexec.metrics speaks for that site, whatever it says
+            site = self.site if topic == METRICS_TOPIC else topic.partition(".")[0]
+            metrics = [row for m in messages for row in _metric_rows(m[1], site)]
             if metrics:
                 self.insert_metrics(metrics)
             stored["metrics"] += len(metrics)
@@ -162,13 +164,13 @@ def _labels(topic: str, messages: list[Any]) -> tuple[list[dict[str, Any]], list
     return rows, dead
 
 
-def _metric_rows(value: bytes | None) -> list[dict[str, Any]]:
+def _metric_rows(value: bytes | None, site: str) -> list[dict[str, Any]]:
     try:
         snap = orjson.loads(value or b"")
         return [
             {
                 "time": int(snap["time"]),
-                "site": str(snap["site"]),
+                "site": site,
                 "part": str(snap["part"]),
                 "usecase": str(r["usecase"]),
                 "name": str(r["name"]),

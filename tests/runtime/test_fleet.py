@@ -8,19 +8,27 @@ cloud keeps them in one table with a ``site`` column — accounted by (site, rec
 from __future__ import annotations
 
 import contextlib
+import time
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from mlexec.cli import app
 from mlexec.connectors.broker import LocalBroker
 from mlexec.connectors.kafka import client_config, produce_records
 from mlexec.connectors.reading import read_topic
 from mlexec.connectors.samplestore import open_store
+from mlexec.monitoring.columns import now_utc
+from mlexec.monitoring.fleet import fleet_status
+from mlexec.monitoring.monitor import Monitor
 from mlexec.runtime.mirror import prepare_mirror, run_mirror
 from mlexec.runtime.run import prepare_resources, prepare_site, run_pipeline, run_store
 from mlexec.topologies import load_topology, plan_topology
+from mlexec.topologies.plan import METRICS_TOPIC
 from tests.topologies.test_fleets import fleet_doc
 
 pytestmark = pytest.mark.integration
@@ -79,6 +87,15 @@ def test_the_cloud_keeps_every_members_samples_once_in_one_table_by_site(tmp_pat
                 forged = {**orjson.loads(value), "record_id": "forged", "site": "plant-1"}
                 produce_records(conf, uc.samples_topic, [(None, orjson.dumps(forged))])
                 _score(plan, member)
+                claim = {"usecase": "vib", "name": "records_in_per_s", "value": 1e9}
+                health = {
+                    "time": int(time.time() * 1000),
+                    "site": "plant-1",
+                    "part": "pipeline",
+                    "rows": [claim],
+                }
+                produce_records(conf, METRICS_TOPIC, [(None, orjson.dumps(health))])
+                run_mirror(prepare_mirror(plan, f"{member}:cloud", once=True), once=True)
             expected[member] = _member_rows(conf, uc.samples_topic) - {"forged"}
             assert len(expected[member]) == good  # sampling rate 1.0: every scored record
             assert len(read_topic(conf, uc.deadletter_topic)) == count - good
@@ -105,6 +122,27 @@ def test_the_cloud_keeps_every_members_samples_once_in_one_table_by_site(tmp_pat
         assert got == {m: expected[m] for m in ("plant-2", "plant-3", "plant-4")}
         cloud_conf = client_config(plan.topology.sites["cloud"].kafka)
         assert read_topic(cloud_conf, uc.deadletter_topic) == []
+
+        # the members' health came up with their samples: the cloud knows who is online
+        with open_store(store_url) as store:
+            monitor = Monitor(plan, "cloud", store)
+            monitor.prepare()
+            monitor.ingest()
+            now = now_utc()
+            members = plan.topology.fleets["plants"].names
+            seen = fleet_status(store, members, now, timedelta(minutes=5))
+            later = fleet_status(store, members, now + timedelta(minutes=6), timedelta(minutes=5))
+        assert [(m.member, m.state) for m in seen] == [(m, "online") for m in counts]
+        assert all(m.lag == 0 and m.deadletter_rate is not None for m in seen)
+        assert [m.state for m in later] == ["offline"] * 4  # six minutes without a word
+        # the snapshot that claims to be plant-1's came on plant-3's topic: it is plant-3's
+        assert seen[2].records_per_s == 1e9 and (seen[0].records_per_s or 0) < 1e9
+        result = CliRunner().invoke(app, ["fleet", "status", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        listed = orjson.loads(result.output)
+        assert [(m["member"], m["state"]) for m in listed["members"]] == [
+            (m, "online") for m in counts
+        ]
 
         # a member added to the inventory: the cloud's next start reads it too
         (tmp_path / "plants.csv").write_text(csv + f"plant-5,region=eu,{at['plant-5'].bootstrap}\n")
