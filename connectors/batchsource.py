@@ -444,6 +444,19 @@ def resume_offset(state: Any) -> int:
     return _resume_of(state)[0]
 
 
+class _RetiredPartition(StatefulSourcePartition[RawBatch, SourceState]):
+    """A part the recovery state holds whose topic is gone: nothing to read, ever."""
+
+    def __init__(self, resume: Any) -> None:
+        self._resume = resume
+
+    def next_batch(self) -> list[RawBatch]:
+        raise StopIteration
+
+    def snapshot(self) -> SourceState:
+        return cast(SourceState, self._resume)
+
+
 class KafkaBatchSource(FixedPartitionedSource[RawBatch, SourceState]):
     """Every partition of ``topic`` (or of several topics), one :class:`RawBatch` per poll.
 
@@ -451,7 +464,12 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, SourceState]):
     fetch high watermark — Tansu's ListOffsets answer cannot be trusted). Offsets
     resume from bytewax recovery, not from consumer groups. The partitions of a topic
     a worker reads share one consumer. One topic's parts are its partition numbers;
-    with several (a fleet's mirrored ``<member>.<topic>``), ``<topic>/<partition>``.
+    with several — or ``qualified``, for a fleet's mirrored ``<member>.<topic>`` of
+    however many members — ``<topic>/<partition>``.
+
+    ``retired`` parts are ones the recovery state holds that the topics no longer
+    name (a member taken out of the inventory): bytewax refuses to resume without
+    them, so they are listed too — read on if their topic is still there, else empty.
     """
 
     def __init__(
@@ -465,6 +483,8 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, SourceState]):
         group: str = "mlexec",
         context: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
+        qualified: bool = False,
+        retired: Sequence[str] = (),
     ) -> None:
         # a position past the end is an error to notice, never a silent jump
         self._conf = consumer_config(conf, group, eof=True, reset="error", **(settings or {}))
@@ -477,10 +497,13 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, SourceState]):
         self._batch_size = batch_size
         self._poll_timeout = poll_timeout
         self._until_end = until_end
+        self._qualified = qualified or len(self._topics) > 1
+        self._retired = [p for p in retired if "/" in p]
+        self._gone: set[str] = set()
 
     def list_parts(self) -> list[str]:
         admin = AdminClient(_admin_conf(self._conf))
-        found = admin.list_topics(timeout=30.0).topics if len(self._topics) > 1 else None
+        found = admin.list_topics(timeout=30.0).topics if self._qualified else None
         parts = []
         for topic in self._topics:
             meta = (
@@ -491,12 +514,23 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, SourceState]):
             if meta is None or meta.error is not None or not meta.partitions:
                 msg = f"topic {topic!r} does not exist on {self._conf['bootstrap.servers']}"
                 raise MlexecError(msg)
-            if len(self._topics) == 1:
+            if not self._qualified:
                 return [str(p) for p in sorted(meta.partitions)]
             parts += [f"{topic}/{p}" for p in sorted(meta.partitions)]
+        for part in self._retired:
+            if part not in parts:
+                topic = part.rpartition("/")[0]
+                meta = found.get(topic) if found is not None else None
+                if meta is None or meta.error is not None:
+                    self._gone.add(part)
+                parts.append(part)
         return parts
 
-    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _BatchPartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: Any
+    ) -> StatefulSourcePartition[RawBatch, SourceState]:
+        if for_part in self._gone:
+            return _RetiredPartition(resume_state)
         topic, _, partition = for_part.rpartition("/")
         return _BatchPartition(
             step_id,

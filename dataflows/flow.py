@@ -15,7 +15,7 @@ object per record; every Kafka write of a worker goes through one producer.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -505,7 +505,11 @@ def _sample_rows(rt: UseCaseRuntime, batch: RawBatch) -> tuple[Any, list[DeadLet
 
 
 def _store_branch(
-    flow: Dataflow, rt: UseCaseRuntime, conf: dict[str, Any], until_end: bool
+    flow: Dataflow,
+    rt: UseCaseRuntime,
+    conf: dict[str, Any],
+    until_end: bool,
+    recovered: Mapping[str, Sequence[str]],
 ) -> tuple[Stream[tuple[str, Any]], Stream[Outgoing]]:
     plan = rt.plan
     n = plan.name
@@ -517,6 +521,8 @@ def _store_branch(
         group=f"mlexec-{n}-store",
         context={"usecase": n},
         settings=BACKGROUND_TUNING,
+        qualified=plan.from_fleet("infer"),
+        retired=recovered.get(f"{n}_samples", ()),
     )
     raw = op.input(f"{n}_samples", flow, source)
     split = op.map(f"{n}_sample-rows", raw, lambda b: _sample_rows(rt, b))
@@ -530,7 +536,7 @@ def _store_branch(
     )
     if not plan.profiled:
         return rows, bad
-    stored, refused = stored_profiles(flow, rt, conf, until_end)
+    stored, refused = stored_profiles(flow, rt, conf, until_end, recovered)
     refused_out = op.map(
         f"{n}_bad-profiles-out", refused, lambda d: _deadletters(plan.deadletter_topic, d)
     )
@@ -548,14 +554,18 @@ def build_flow(
     batch_size: int = 1000,
     site: str | None = None,
     cluster_share: tuple[int, int] = (0, 1),
+    recovered: Mapping[str, Sequence[str]] | None = None,
 ) -> Dataflow:
     """One dataflow running ``process`` use cases' pipelines and ``store`` use cases' sinks.
 
     ``site`` picks which of a use case's dispatch and infer stages run here (default:
     both, in process); apart, the reduced rows travel on ``<uc>.reduced``. In a bytewax
     cluster, ``cluster_share`` is (this process, of how many): each process produces its
-    own outputs (:class:`KafkaBatchSink`).
+    own outputs (:class:`KafkaBatchSink`). ``recovered``: step → the source parts its
+    recovery state holds, so that a fleet member taken out of the inventory can still
+    be resumed past (:class:`KafkaBatchSource`).
     """
+    recovered = recovered or {}
     flow = Dataflow(name)
     outgoing: list[Stream[Outgoing]] = []
     for rt in process:
@@ -572,7 +582,7 @@ def build_flow(
             raise ValueError(msg)
         row_streams = []
         for rt in stored:
-            rows, bad = _store_branch(flow, rt, conf, until_end)
+            rows, bad = _store_branch(flow, rt, conf, until_end, recovered)
             row_streams.append(rows)
             outgoing.append(bad)
         all_rows = op.merge("store_rows", *row_streams)

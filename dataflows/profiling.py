@@ -9,6 +9,7 @@ that does not add up a dead letter. :mod:`monitoring.profiles` merges and judges
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import bytewax.operators as op
@@ -93,7 +94,11 @@ def _site_of(plan: UseCasePlan, topic: str) -> str:
 
 
 def stored_profiles(
-    flow: Dataflow, rt: UseCaseRuntime, conf: dict[str, Any], until_end: bool
+    flow: Dataflow,
+    rt: UseCaseRuntime,
+    conf: dict[str, Any],
+    until_end: bool,
+    recovered: Mapping[str, Sequence[str]],
 ) -> tuple[Stream[tuple[str, Any]], Stream[list[DeadLetter]]]:
     """``<uc>.profiles`` (as read on the store's site) → rows for the store, dead letters."""
     plan = rt.plan
@@ -106,6 +111,8 @@ def stored_profiles(
         group=f"mlexec-{n}-profiles",
         context={"usecase": n},
         settings=BACKGROUND_TUNING,
+        qualified=plan.from_fleet("infer"),
+        retired=recovered.get(f"{n}_profiles", ()),
     )
     read = op.map(
         f"{n}_profile-rows",

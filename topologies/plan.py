@@ -123,6 +123,10 @@ class UseCasePlan:
         """The sites a placement stands for: a fleet's members, or the one site."""
         return dict(self.fleets).get(placed, (placed,))
 
+    def from_fleet(self, stage: str) -> bool:
+        """Whether ``stage`` runs on a fleet (its output comes from every member)."""
+        return self.site(stage) in dict(self.fleets)
+
     def seen_from(self, site: str) -> UseCasePlan:
         """The use case as member ``site`` of a fleet runs it: the fleet's stages on it."""
         placed = {fleet for fleet, members in self.fleets if site in members}

@@ -68,6 +68,21 @@ def store_backlog(plan: Plan, site: str, usecase: str | None = None) -> tuple[in
     )
 
 
+def recovered_parts(state_dir: Path, flow: str) -> dict[str, list[str]]:
+    """Step (``<uc>_samples``) → the source parts the flow's recovery state holds."""
+    out: dict[str, set[str]] = {}
+    for db in sorted((state_dir / "recovery" / flow).glob("part-*.sqlite3")):
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                rows = conn.execute("SELECT DISTINCT step_id, state_key FROM snaps").fetchall()
+        except sqlite3.Error as exc:  # created but not yet initialised
+            _log.info("recovery state %s not readable yet: %s", db, exc)
+            continue
+        for step_id, key in rows:
+            out.setdefault(str(step_id).rsplit(".", 1)[-1], set()).add(str(key))
+    return {step: sorted(keys) for step, keys in out.items()}
+
+
 def _flow_lag(
     plan: Plan,
     site: str,

@@ -30,6 +30,7 @@ from mlexec.lifecycle.watcher import RegistryWatcher
 from mlexec.monitoring.profiles import profiles_table
 from mlexec.runtime.cluster import Cluster, PeerWatch
 from mlexec.runtime.health import Reporter, RuntimeHealth, serve_metrics
+from mlexec.runtime.lag import recovered_parts
 from mlexec.topologies.plan import Plan
 from mlexec.usecase import UseCaseRuntime
 
@@ -233,12 +234,14 @@ def run_store(
     if not run.store:
         return
     site = run.plan.topology.sites[run.site]
+    name = _flow_name(run, "store")
     flow = build_flow(
-        _flow_name(run, "store"),
+        name,
         client_config(site.kafka),
         store=run.store,
         store_url=site.sample_store,
         until_end=until_end,
+        recovered=recovered_parts(Path(site.state_dir), name) if recovery else None,
     )
     health = (run, "store", metrics_port, health_every)
     with ExitStack() as hosted:

@@ -162,3 +162,19 @@ def test_the_cloud_keeps_every_members_samples_once_in_one_table_by_site(tmp_pat
             "plant-3": len(expected["plant-3"]) + 1,
             "plant-5": len(_member_rows(conf5, uc.samples_topic)),
         }
+
+        # a member taken out of the inventory: the cloud resumes past it, keeping its rows
+        (tmp_path / "plants.csv").write_text(
+            csv.replace(f"plant-2,region=eu,{at['plant-2'].bootstrap}\n", "")
+            + f"plant-5,region=eu,{at['plant-5'].bootstrap}\n"
+        )
+        plan = plan_topology(load_topology(path))
+        assert "plant-2" not in plan.topology.sites
+        _feed(conf5, uc.raw_topic, 100)  # plant-5 goes on scoring
+        _score(plan, "plant-5")
+        cloud_run = prepare_site(plan, "cloud")
+        run_store(cloud_run, until_end=True)  # resumes with a source the state outlived
+        with open_store(store_url) as store:
+            rows = store.query(f"SELECT site, count() AS n FROM mlexec.{uc.table} GROUP BY site")
+        after = dict(zip(rows["site"], rows["n"], strict=True))
+        assert after == {**stored, "plant-5": len(_member_rows(conf5, uc.samples_topic))}

@@ -251,3 +251,29 @@ def test_compose_renders_what_every_member_runs_and_docker_compose_accepts_it(tm
         assert rendered["services"]["pipeline"]["command"][-1] == member
         mm2 = rendered["services"]["mirror-maker"]["command"][-1]
         assert mm2 == f"/etc/mm2/mm2-{member}-cloud.properties"
+
+
+def test_the_example_fleet_plans_renders_and_keeps_its_secrets_out(tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[2] / "topologies"
+    secret = "pl4nt-s3cret"
+    monkeypatch.setenv("MLEXEC_PLANT_PASSWORD", secret)
+    monkeypatch.setenv("MLEXEC_CLOUD_PASSWORD", secret)
+    plan = plan_topology(load_topology(root / "fleet.yaml"))
+    fleet = plan.topology.fleets["plants"]
+    assert len(fleet.members) == 6 and fleet.members[3].labels == {"region": "us", "line": "press"}
+    sasl = plan.topology.sites["plant-004"].kafka.security.sasl
+    assert sasl is not None and sasl.username == "plant-004"
+    uc = plan.usecases["presses"]
+    assert len(uc.read_names(uc.samples_topic, "infer", "store")) == 6
+    out = tmp_path / "deploy"
+    for what in ("compose", "mm2"):
+        result = CliRunner().invoke(
+            app, ["render", str(root / "fleet.yaml"), what, "--out", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        assert secret not in result.output
+    assert secret not in (out / "compose-plants.yml").read_text()  # passed through, not written
+    assert "${MLEXEC_PLANT_PASSWORD:?" in (out / "compose-plants.yml").read_text()
+    assert sorted(p.name for p in out.glob("mm2-*")) == [
+        f"mm2-plant-00{i}-cloud.properties" for i in range(1, 7)
+    ]

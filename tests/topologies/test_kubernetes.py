@@ -24,6 +24,7 @@ SECRET = "s3cr3t-not-for-manifests"
 def _rendered(name: str, site: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("MLEXEC_EDGE_PASSWORD", SECRET)
     monkeypatch.setenv("MLEXEC_CLOUD_PASSWORD", SECRET)
+    monkeypatch.setenv("MLEXEC_PLANT_PASSWORD", SECRET)
     path = ROOT / "topologies" / name
     plan = plan_topology(load_topology(path))
     return render_k8s(plan, site, path.read_text(), topology_file=name, namespace="plant")
@@ -39,7 +40,13 @@ def _invalid(doc: dict) -> str | None:
 
 @pytest.mark.parametrize(
     ("name", "site"),
-    [("demo.yaml", "edge"), ("edge-cloud.yaml", "edge"), ("edge-cloud.yaml", "cloud")],
+    [
+        ("demo.yaml", "edge"),
+        ("edge-cloud.yaml", "edge"),
+        ("edge-cloud.yaml", "cloud"),
+        ("fleet.yaml", "plant-004"),  # a fleet's member, as any site
+        ("fleet.yaml", "cloud"),
+    ],
 )
 def test_every_rendered_manifest_passes_the_api_schema(name, site, monkeypatch):
     files = _rendered(name, site, monkeypatch)
