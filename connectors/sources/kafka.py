@@ -11,6 +11,7 @@ contract).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, cast
 
@@ -27,10 +28,10 @@ from confluent_kafka import (
 from mlexec.connectors.reading import consumer
 from mlexec.connectors.sources.base import RecordShaper, SourceRecord
 from mlexec.errors import MlexecError
-from mlexec.topologies.plan import remote_name
+from mlexec.topologies.plan import ALERTS_TOPIC, METRICS_TOPIC, remote_name
 from mlexec.topologies.schema import KafkaConnector
 
-__all__ = ["KafkaTopicSource", "MirrorSource"]
+__all__ = ["KafkaTopicSource", "MirrorSource", "priority_of"]
 
 _ONCE_TIMEOUT = 30.0
 _REFRESH = 10.0  # seconds between looks for topics that did not exist yet
@@ -183,12 +184,31 @@ class KafkaTopicSource(_TopicsSource):
         return SourceRecord(position, position, key, shaped)
 
 
+_LAST = 2
+#: Seconds of a link's bandwidth one read may spend at once.
+_BURST = 0.25
+
+
+def priority_of(topic: str) -> int:
+    """A topic's place on a link, first first: alerts and health, predictions, the rest."""
+    if topic in (ALERTS_TOPIC, METRICS_TOPIC):
+        return 0
+    if topic.endswith((".predictions", ".replies")):
+        return 1
+    return _LAST
+
+
 class MirrorSource(_TopicsSource):
     """Topics of one site copied to ``<site>.<topic>`` on another, partition for partition.
 
     Key, value and headers are kept; ``mlexec.mirror.source`` and
     ``mlexec.mirror.offset`` say where a record came from. Topics that do not exist
     yet are looked for again every few seconds.
+
+    What is waiting goes by priority (:func:`priority_of`): while alerts or health wait,
+    predictions and samples are paused, and while predictions wait, samples — so a thin
+    or newly restored link carries what matters first. With ``bandwidth`` (bytes a
+    second) it reads no faster than that.
     """
 
     def __init__(
@@ -199,9 +219,15 @@ class MirrorSource(_TopicsSource):
         state: dict[str, Any] | None,
         *,
         once: bool = False,
+        bandwidth: float | None = None,
     ) -> None:
         self.site = site
         self.origin = f"{site} ({conf.get('bootstrap.servers')})"
+        self._paused: set[tuple[str, int]] = set()
+        self._rate = bandwidth
+        self._tokens = (bandwidth or 0.0) * _BURST
+        self._filled = time.monotonic()
+        self._size = 1024.0  # bytes a message, as measured so far
         super().__init__(conf, topics, state, once=once, required=False)
 
     def partitions(self) -> dict[str, int]:
@@ -210,6 +236,55 @@ class MirrorSource(_TopicsSource):
         for topic, _p in self._parts:
             counts[topic] = counts.get(topic, 0) + 1
         return counts
+
+    def _waiting(self, tp: tuple[str, int]) -> bool:
+        try:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+        except KafkaException:
+            return False
+        return high > self._next.get(tp, 0)
+
+    def _prioritize(self) -> None:
+        """Pause every partition below the first priority with records waiting."""
+        waiting = [priority_of(t) for t, p in self._parts if self._waiting((t, p))]
+        top = min(waiting, default=_LAST)  # nothing known to wait: nothing paused
+        pause = {tp for tp in self._parts if priority_of(tp[0]) > top}
+        if pause == self._paused:
+            return
+        if pause - self._paused:
+            self._consumer.pause([TopicPartition(*tp) for tp in pause - self._paused])
+        resumed = self._paused - pause
+        if resumed:
+            self._consumer.resume([TopicPartition(*tp) for tp in resumed])
+            for tp in resumed:  # on from what was last taken, whatever was fetched meanwhile
+                if tp in self._next:
+                    with contextlib.suppress(KafkaException):
+                        self._consumer.seek(TopicPartition(*tp, self._next[tp]))
+        self._paused = pause
+
+    def _consume(self, limit: int) -> list[SourceRecord]:
+        self._prioritize()
+        if self._rate is None:
+            return super()._consume(limit)
+        self._refill()
+        chunk = self._rate * _BURST / 2
+        if self._tokens < chunk:  # over the budget: wait for a chunk's worth of it
+            time.sleep((chunk - self._tokens) / self._rate)
+            self._refill()
+        # a read of what the budget allows: priorities are looked at again soon
+        out = super()._consume(max(1, min(limit, int(self._tokens / self._size))))
+        if out:
+            spent = sum(len(r.value or b"") + len(r.key or b"") for r in out)
+            self._size = 0.8 * self._size + 0.2 * spent / len(out)
+            self._tokens -= spent
+        return out
+
+    def _refill(self) -> None:
+        assert self._rate is not None
+        now = time.monotonic()
+        burst = self._rate * _BURST
+        self._tokens = min(burst, self._tokens + (now - self._filled) * self._rate)
+        self._filled = now
 
     def _record(self, msg: Message) -> SourceRecord:
         topic, partition = cast(str, msg.topic()), cast(int, msg.partition())

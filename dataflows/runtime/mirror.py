@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mlexec.connectors.kafka import client_config, ensure_topics
 from mlexec.connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus, run_all
-from mlexec.connectors.sources.kafka import MirrorSource
+from mlexec.connectors.sources.kafka import MirrorSource, priority_of
 from mlexec.errors import MlexecError, TopologyError
 from mlexec.topologies.plan import Plan, TopicSpec, remote_name
 
@@ -54,6 +54,7 @@ def prepare_mirror(plan: Plan, link: str, *, once: bool = False) -> SiteMirror:
         msg = f"no link {link!r} in topology {topology.name!r}; links: {known or 'none'}"
         raise TopologyError(msg)
     state_dir = Path(topology.sites[source].state_dir) / "mirror" / topology.name
+    declared = next(lk for lk in topology.links if lk.source == source and lk.target == target)
     runners: list[ConnectorRunner] = []
     prepare: list[tuple[dict, list[TopicSpec]]] = []
     for transfer in plan.transfers():
@@ -72,7 +73,12 @@ def prepare_mirror(plan: Plan, link: str, *, once: bool = False) -> SiteMirror:
                 connector_id=f"{topology.name}/mirror/{name}",
                 status=ConnectorStatus("mirror", name, "mirror", origin=""),
                 open_source=functools.partial(
-                    MirrorSource, transfer.source, src_conf, list(transfer.topics), once=once
+                    MirrorSource,
+                    transfer.source,
+                    src_conf,
+                    sorted(transfer.topics, key=priority_of),
+                    once=once,
+                    bandwidth=declared.bandwidth,
                 ),
                 conf=dst_conf,
                 raw_topic=remote[0].name,

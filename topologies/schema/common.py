@@ -13,7 +13,15 @@ from pydantic import (
     Field,
 )
 
-__all__ = ["AGGREGATIONS", "FieldType", "aggregation_column", "parse_aggregation", "parse_duration"]
+__all__ = [
+    "AGGREGATIONS",
+    "ByteRate",
+    "FieldType",
+    "aggregation_column",
+    "parse_aggregation",
+    "parse_duration",
+    "parse_rate",
+]
 
 
 _NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
@@ -41,6 +49,35 @@ def parse_duration(value: object) -> object:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB|kbit|Mbit|Gbit)/s\s*$")
+_RATE_BYTES = {
+    "B": 1,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 1000**2,
+    "MiB": 1024**2,
+    "GB": 1000**3,
+    "GiB": 1024**3,
+    "kbit": 125,
+    "Mbit": 125_000,
+    "Gbit": 125_000_000,
+}
+
+
+def parse_rate(value: object) -> object:
+    """Read a byte rate — ``"256KiB/s"``, ``"2Mbit/s"`` — as bytes per second."""
+    if isinstance(value, str):
+        match = _RATE.match(value)
+        if match is None:
+            msg = f"a rate like 256KiB/s, 1MB/s or 2Mbit/s, found {value!r}"
+            raise ValueError(msg)
+        return float(match.group(1)) * _RATE_BYTES[match.group(2)]
+    return value
+
+
+#: Bytes per second, written as ``256KiB/s`` or ``2Mbit/s``.
+ByteRate = Annotated[float, Field(gt=0), BeforeValidator(parse_rate)]
 Name = Annotated[str, Field(pattern=_NAME)]
 
 FieldType = Literal["float", "int", "bool", "str", "timestamp"]

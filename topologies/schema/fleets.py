@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
-from mlexec.topologies.schema.common import Name, _Model
+from mlexec.topologies.schema.common import ByteRate, Name, _Model
 
 __all__ = ["Fleet", "FleetLink", "FleetMember"]
 
@@ -32,6 +32,8 @@ class FleetLink(_Model):
 
     target: Name
     secure: bool = True
+    #: Each member's link at most this much a second each way (``256KiB/s``).
+    bandwidth: ByteRate | None = None
 
 
 class Fleet(_Model):

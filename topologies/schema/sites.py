@@ -13,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from mlexec.topologies.schema.common import Duration, Name, _Model
+from mlexec.topologies.schema.common import ByteRate, Duration, Name, _Model
 
 __all__ = ["KafkaSettings", "Pipeline", "Sasl", "Scale", "Security", "Site", "TransferLink"]
 
@@ -129,3 +129,6 @@ class TransferLink(_Model):
     source: Name
     target: Name
     secure: bool = True
+    #: At most this much a second each way (``256KiB/s``, ``2Mbit/s``): a thin uplink
+    #: carries alerts and health first, then predictions, then samples.
+    bandwidth: ByteRate | None = None
