@@ -15,7 +15,7 @@ import re
 from mlexec.topologies.plan import Plan
 from mlexec.topologies.schema import KafkaSettings, TransferLink
 
-__all__ = ["GRAFANA_DATASOURCE", "grafana_panels", "render_grafana", "render_mm2"]
+__all__ = ["GRAFANA_DATASOURCE", "grafana_panels", "grafana_site_query", "render_grafana", "render_mm2"]
 
 _JAAS = {
     "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
@@ -134,15 +134,25 @@ def _panel(
     }
 
 
+def grafana_site_query(database: str) -> str:
+    """What the dashboard's ``$site`` variable offers: every site that reports health here."""
+    return f"SELECT DISTINCT site FROM `{database}`.mlexec_metrics ORDER BY site"
+
+
 def grafana_panels(database: str) -> list[dict[str, object]]:
-    """The monitoring dashboard's panels; ``$usecase`` and ``$statistic`` are its variables."""
+    """The monitoring dashboard's panels; ``$usecase``, ``$statistic``, ``$site`` its variables.
+
+    ``$site`` picks the sites whose health and alerts are shown: a fleet's members, say.
+    """
     db = f"`{database}`"
     uc = "usecase = '${usecase}'"
+    sites = "site IN (${site:singlequote})"
 
     def metric(names: str) -> str:
         return (
-            f"SELECT time, name, max(value) AS value FROM {db}.mlexec_metrics WHERE {uc} "
-            f"AND name IN ({names}) AND $__timeFilter(time) GROUP BY time, name ORDER BY time"
+            f"SELECT time, concat(site, ' ', name) AS series, max(value) AS value "
+            f"FROM {db}.mlexec_metrics WHERE {uc} AND {sites} AND name IN ({names}) "
+            "AND $__timeFilter(time) GROUP BY time, series ORDER BY time"
         )
 
     return [
@@ -187,7 +197,7 @@ def grafana_panels(database: str) -> list[dict[str, object]]:
             7,
             "Alerts",
             f"SELECT time, severity, kind, site, message FROM {db}.mlexec_alerts WHERE {uc} "
-            "AND $__timeFilter(time) ORDER BY time DESC LIMIT 200",
+            f"AND {sites} AND $__timeFilter(time) ORDER BY time DESC LIMIT 200",
             0,
             24,
             kind="table",
@@ -262,6 +272,17 @@ def render_grafana(plan: Plan, site: str) -> dict[str, str]:
                     "type": "custom",
                     "query": ",".join(statistics),
                     "current": {"text": "psi", "value": "psi"},
+                },
+                {
+                    # the site itself and every site reporting to it (a fleet's members)
+                    "name": "site",
+                    "type": "query",
+                    "datasource": GRAFANA_DATASOURCE,
+                    "query": grafana_site_query(database),
+                    "refresh": 2,
+                    "multi": True,
+                    "includeAll": True,
+                    "current": {"text": "All", "value": "$__all"},
                 },
             ]
         },

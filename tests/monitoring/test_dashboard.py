@@ -16,7 +16,7 @@ import pytest
 from mlexec.connectors.kafka import produce_records
 from mlexec.connectors.samplestore import open_store
 from mlexec.monitoring.dashboard import Dashboard, DashboardData
-from mlexec.topologies.render import grafana_panels
+from mlexec.topologies.render import grafana_panels, grafana_site_query
 from tests.dataflows.spine import FIELDS, T0, prepared
 from tests.monitoring.test_monitor import (
     HOUR_MS,
@@ -156,10 +156,13 @@ def test_the_dashboard_draws_every_plot_from_the_store_offline(broker, tmp_path,
             board.close()
 
         # the Grafana dashboard's panels are valid ClickHouse SQL that finds this data
+        found_sites = store.query(grafana_site_query(store.database))["site"].to_list()
+        assert found_sites  # the $site variable lists the sites that report here
         for panel in grafana_panels(store.database):
             sql = panel["targets"][0]["rawSql"]
             sql = re.sub(r"\$__timeFilter\((\w+)\)", r"\1 >= now() - INTERVAL 20 YEAR", sql)
             sql = sql.replace("${usecase}", uc.name).replace("${statistic}", "psi")
+            sql = sql.replace("${site:singlequote}", ", ".join(f"'{s}'" for s in found_sites))
             found = store.query(sql)
             if panel["title"].startswith(("Data quality", "Accuracy")):
                 continue  # this use case watches psi only and has no labels
