@@ -15,7 +15,13 @@ import re
 from mlexec.topologies.plan import Plan
 from mlexec.topologies.schema import KafkaSettings, TransferLink
 
-__all__ = ["GRAFANA_DATASOURCE", "grafana_panels", "grafana_site_query", "render_grafana", "render_mm2"]
+__all__ = [
+    "GRAFANA_DATASOURCE",
+    "grafana_panels",
+    "grafana_site_query",
+    "render_grafana",
+    "render_mm2",
+]
 
 _JAAS = {
     "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
