@@ -6,6 +6,7 @@ and later renderers (MirrorMaker 2, compose) read the same names.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -235,6 +236,12 @@ class Plan:
 
     topology: Topology
     usecases: dict[str, UseCasePlan]
+
+    @cached_property
+    def digest(self) -> str:
+        """The topology's fingerprint (secrets masked): equal on every site that loaded it."""
+        text = self.topology.model_dump_json()
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def usecases_at(self, site: str) -> list[UseCasePlan]:
         """Use cases with at least one stage on ``site``, as ``site`` sees them.

@@ -39,9 +39,10 @@ def status(
     ] = 60.0,
     json_out: JsonOpt = False,
 ) -> None:
-    """List a fleet's members: online or offline (last seen), lag, rate, dead letters.
+    """List a fleet's members: online or offline, lag, rate, dead letters, what each serves.
 
-    Read from the cloud's store (the fleet's link target), where every member's runtime
+    What a member serves is the topology it runs (current, or another) and the model
+    versions of each use case. Read from the cloud's store (the fleet's link target), where every member's runtime
     health arrives on its mirrored mlexec.metrics; a member never heard from is
     "never seen".
     """
@@ -49,7 +50,7 @@ def status(
     from mlexec.monitoring.columns import now_utc
     from mlexec.monitoring.fleet import fleet_status
 
-    topo, _plan = load(topology)
+    topo, plan = load(topology)
     if fleet is None:
         if len(topo.fleets) != 1:
             msg = f"{topology}: fleets: name one with --fleet, of {sorted(topo.fleets) or 'none'}"
@@ -79,6 +80,9 @@ def status(
                         "lag": m.lag,
                         "records_per_s": m.records_per_s,
                         "deadletter_rate": m.deadletter_rate,
+                        "topology": m.topology,
+                        "current_topology": m.topology == plan.digest if m.topology else None,
+                        "models": m.models,
                     }
                     for m in members
                 ],
@@ -91,7 +95,8 @@ def status(
         + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     )
     table = Table()
-    for col in ("member", "state", "last seen", "lag", "records/s", "dead-letter rate"):
+    columns = ("member", "state", "last seen", "lag", "records/s", "dead-letter rate")
+    for col in (*columns, "topology", "serves"):
         table.add_column(col)
     for m in members:
         table.add_row(
@@ -101,5 +106,9 @@ def status(
             f"{m.lag:,.0f}" if m.lag is not None else "-",
             f"{m.records_per_s:,.1f}" if m.records_per_s is not None else "-",
             f"{m.deadletter_rate:.2%}" if m.deadletter_rate is not None else "-",
+            "-"
+            if m.topology is None
+            else ("current" if m.topology == plan.digest else f"other ({m.topology})"),
+            m.serves() or "-",
         )
     console.print(table)

@@ -18,6 +18,7 @@ __all__ = [
     "DRIFT_COLUMNS",
     "FEEDBACK_COLUMNS",
     "METRIC_COLUMNS",
+    "SERVING_COLUMNS",
     "MS_TIME",
     "REFERENCE_COLUMNS",
     "MonitorError",
@@ -86,6 +87,13 @@ METRIC_COLUMNS = {
     "usecase": _STR,
     "name": _STR,
     "value": _F64,
+}
+SERVING_COLUMNS = {
+    "time": MS_TIME,
+    "site": _STR,
+    "part": _STR,
+    "topology": _STR,
+    "models": _STR,
 }
 REFERENCE_COLUMNS = {
     "usecase": _STR,

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
 
 from mlexec.connectors.samplestore import SampleStore
-from mlexec.monitoring.sql import METRICS_TABLE, quote, tables_ddl
+from mlexec.monitoring.sql import METRICS_TABLE, SERVING_TABLE, quote, tables_ddl
 
 __all__ = ["MemberStatus", "fleet_status"]
 
@@ -29,6 +32,22 @@ class MemberStatus:
     lag: float | None = None
     records_per_s: float | None = None
     deadletter_rate: float | None = None
+    #: The digest of the topology its pipeline runs (``Plan.digest``), last reported.
+    topology: str | None = None
+    #: Use case → the routing its pipeline serves (production, canary, A/B, shadow).
+    models: dict[str, Any] | None = None
+
+    def serves(self) -> str:
+        """What it serves, for people: ``vib 3 (canary 4 10%)``."""
+        parts = []
+        for uc, r in sorted((self.models or {}).items()):
+            text = f"{uc} {r.get('production') or '-'}"
+            if r.get("canary"):
+                text += f" (canary {r['canary'][0]} {r['canary'][1]:.0%})"
+            text += "".join(f" (ab {name} {v})" for name, v, _ in r.get("ab") or [])
+            text += "".join(f" (shadow {v})" for v in r.get("shadow") or [])
+            parts.append(text)
+        return ", ".join(parts)
 
 
 def fleet_status(
@@ -52,6 +71,12 @@ def fleet_status(
         "GROUP BY site, part, usecase, name) GROUP BY site"
     )
     heard = {row["site"]: row for row in frame.iter_rows(named=True)}
+    serving = store.query(
+        "SELECT site, argMax(topology, time) AS topology, argMax(models, time) AS models "
+        f"FROM `{store.database}`.{SERVING_TABLE} WHERE site IN ({names}) "
+        "AND startsWith(part, 'pipeline') GROUP BY site"
+    )
+    serves = {row["site"]: row for row in serving.iter_rows(named=True)}
     out = []
     for member in members:
         row = heard.get(member)
@@ -60,6 +85,7 @@ def fleet_status(
             continue
         seen: datetime = row["last_seen"]
         online = now - seen <= offline_after
+        said = serves.get(member)
         out.append(
             MemberStatus(
                 member,
@@ -68,6 +94,8 @@ def fleet_status(
                 float(row["lag"]),
                 float(row["rate"]),
                 float(row["dead"]) if row["rated"] else None,
+                said["topology"] if said else None,
+                orjson.loads(said["models"]) if said else None,
             )
         )
     return out

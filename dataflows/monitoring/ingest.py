@@ -18,12 +18,14 @@ from mlexec.connectors.samplestore import SampleStore
 from mlexec.monitoring.columns import (
     FEEDBACK_COLUMNS,
     METRIC_COLUMNS,
+    SERVING_COLUMNS,
     arrow_table,
     ms,
     now_utc,
 )
 from mlexec.monitoring.sql import (
     METRICS_TABLE,
+    SERVING_TABLE,
     feedback_table,
 )
 from mlexec.operators.emit import deadletter_headers
@@ -86,6 +88,9 @@ class Ingestion:
             metrics = [row for m in messages for row in _metric_rows(m[1], site)]
             if metrics:
                 self.insert_metrics(metrics)
+            serving = [row for m in messages for row in _serving_rows(m[1], site)]
+            if serving:
+                self.store.insert(SERVING_TABLE, arrow_table(serving, SERVING_COLUMNS))
             stored["metrics"] += len(metrics)
             _advance(offsets, topic, messages)
         self._state.save({**state, "offsets": offsets})
@@ -162,6 +167,24 @@ def _labels(topic: str, messages: list[Any]) -> tuple[list[dict[str, Any]], list
             reason = f"a label needs record_id (or key and time) and a numeric label: {exc}"
             dead.append(DeadLetter(value, key, reason, topic, partition, offset, "feedback"))
     return rows, dead
+
+
+def _serving_rows(value: bytes | None, site: str) -> list[dict[str, Any]]:
+    """A snapshot's heartbeat (what the process serves) as a row; none if it has none."""
+    try:
+        snap = orjson.loads(value or b"")
+        serving = snap["serving"]
+        return [
+            {
+                "time": int(snap["time"]),
+                "site": site,
+                "part": str(snap["part"]),
+                "topology": str(serving["topology"]),
+                "models": orjson.dumps(serving["models"]).decode(),
+            }
+        ]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return []  # an older process's snapshot, or one _metric_rows reports
 
 
 def _metric_rows(value: bytes | None, site: str) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ __all__ = [
     "FEEDBACK_COLUMNS",
     "GRID",
     "METRICS_TABLE",
+    "SERVING_TABLE",
     "feedback_table",
     "reference_table",
     "NULLS_TABLE",
@@ -99,6 +100,8 @@ def reference_table(uc: UseCasePlan) -> str:
 DRIFT_TABLE = "mlexec_drift"
 ALERTS_TABLE = "mlexec_alerts"
 METRICS_TABLE = "mlexec_metrics"
+#: What each site's processes last said they serve: the topology digest, the routings.
+SERVING_TABLE = "mlexec_serving"
 
 #: The feedback table's columns: a label for a record id, or for a key at an event time.
 FEEDBACK_COLUMNS: dict[str, str] = {
@@ -437,6 +440,10 @@ def tables_ddl(database: str) -> list[str]:
         "window_start DateTime64(3, 'UTC'), window_end DateTime64(3, 'UTC'), "
         f"reference String, message String, {recorded}) "
         f"ENGINE = MergeTree ORDER BY (usecase, time) {keep}",
+        f"CREATE TABLE IF NOT EXISTS {db}.{SERVING_TABLE} (time DateTime64(3, 'UTC'), "
+        "site LowCardinality(String), part LowCardinality(String), topology String, "
+        "models String) ENGINE = ReplacingMergeTree(time) ORDER BY (site, part) "
+        "TTL toDateTime(time) + INTERVAL 90 DAY",
         f"CREATE TABLE IF NOT EXISTS {db}.{METRICS_TABLE} (time DateTime64(3, 'UTC'), "
         "site LowCardinality(String), part LowCardinality(String), "
         "usecase LowCardinality(String), name LowCardinality(String), value Float64) "

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -107,9 +107,14 @@ _GAUGES = {
 class RuntimeHealth:
     """What one process of a site (``pipeline`` or ``store``) has done, per use case."""
 
-    def __init__(self, plan: Plan, site: str, part: str) -> None:
+    def __init__(
+        self, plan: Plan, site: str, part: str, routers: Mapping[str, Any] | None = None
+    ) -> None:
         self.site = site
         self.part = part
+        #: Use case → its router (what the pipeline serves), for the heartbeat.
+        self._routers = dict(routers or {})
+        self._digest = plan.digest
         self._reads: dict[str, tuple[str, str]] = {}
         self._writes: dict[str, tuple[str, str]] = {}
         for uc in plan.usecases_at(site):
@@ -199,7 +204,26 @@ class RuntimeHealth:
                 if read > 0:
                     rows.append({"usecase": uc, "name": "deadletter_rate", "value": dead / read})
         self._last = (now, values)
-        return {"time": int(now * 1000), "site": self.site, "part": self.part, "rows": rows}
+        return {
+            "time": int(now * 1000),
+            "site": self.site,
+            "part": self.part,
+            "rows": rows,
+            "serving": self.serving(),
+        }
+
+    def serving(self) -> dict[str, Any]:
+        """What this process serves: the topology's digest, and each use case's routing."""
+        models = {}
+        for uc, router in self._routers.items():
+            r = router.routing
+            models[uc] = {
+                "production": r.production,
+                "canary": list(r.canary) if r.canary else None,
+                "ab": [list(v) for v in r.ab],
+                "shadow": list(r.shadow),
+            }
+        return {"topology": self._digest, "models": models}
 
 
 class Reporter:

@@ -126,7 +126,11 @@ def _execute(
     reporter = None
     if health is not None:
         run, part, port, every = health
-        watched = RuntimeHealth(run.plan, run.site, part)
+        serves = part.startswith("pipeline")
+        routers = {
+            rt.plan.name: rt.router for rt in run.process if rt.plan.site("infer") == run.site
+        }
+        watched = RuntimeHealth(run.plan, run.site, part, routers if serves else None)
         if port is not None:
             serve_metrics(watched, port)
         conf = client_config(run.plan.topology.sites[run.site].kafka)
@@ -332,7 +336,9 @@ def site_dataflow(
         watcher = _watcher(run, until_end=until_end)
         if watcher is not None:
             atexit.register(watcher.stop)
-    reporter = Reporter(RuntimeHealth(plan, site, part), conf, health_every).start()
+    routers = {rt.plan.name: rt.router for rt in run.process if rt.plan.site("infer") == site}
+    health = RuntimeHealth(plan, site, part, routers if part == "pipeline" else None)
+    reporter = Reporter(health, conf, health_every).start()
     atexit.register(reporter.stop)
     return flow
 

@@ -134,6 +134,8 @@ def test_the_cloud_keeps_every_members_samples_once_in_one_table_by_site(tmp_pat
             later = fleet_status(store, members, now + timedelta(minutes=6), timedelta(minutes=5))
         assert [(m.member, m.state) for m in seen] == [(m, "online") for m in counts]
         assert all(m.lag == 0 and m.deadletter_rate is not None for m in seen)
+        # the heartbeat says what each serves: this topology, the model's version 1
+        assert [(m.topology, m.serves()) for m in seen] == [(plan.digest, "vib 1")] * 4
         assert [m.state for m in later] == ["offline"] * 4  # six minutes without a word
         # the snapshot that claims to be plant-1's came on plant-3's topic: it is plant-3's
         assert seen[2].records_per_s == 1e9 and (seen[0].records_per_s or 0) < 1e9
@@ -143,6 +145,7 @@ def test_the_cloud_keeps_every_members_samples_once_in_one_table_by_site(tmp_pat
         assert [(m["member"], m["state"]) for m in listed["members"]] == [
             (m, "online") for m in counts
         ]
+        assert all(m["current_topology"] for m in listed["members"])
 
         # a member added to the inventory: the cloud's next start reads it too
         (tmp_path / "plants.csv").write_text(csv + f"plant-5,region=eu,{at['plant-5'].bootstrap}\n")
@@ -154,6 +157,20 @@ def test_the_cloud_keeps_every_members_samples_once_in_one_table_by_site(tmp_pat
         cloud_run = prepare_site(plan, "cloud")
         prepare_resources(cloud_run)
         run_store(cloud_run, until_end=True)  # resumes from recovery with one more source
+        with open_store(store_url) as store:
+            Monitor(plan, "cloud", store).ingest()
+        result = CliRunner().invoke(app, ["fleet", "status", str(path), "--json"])
+        current = {
+            m["member"]: m["current_topology"] for m in orjson.loads(result.output)["members"]
+        }
+        # plant-5 runs the topology that lists it; the others still run the one before
+        assert current == {
+            "plant-1": False,
+            "plant-2": False,
+            "plant-3": False,
+            "plant-4": False,
+            "plant-5": True,
+        }
         with open_store(store_url) as store:
             rows = store.query(f"SELECT site, count() AS n FROM mlexec.{uc.table} GROUP BY site")
         stored = dict(zip(rows["site"], rows["n"], strict=True))
