@@ -312,8 +312,10 @@ def prepare_outputs(
                 raise TopologyError(msg) from exc
             reads = [ALERTS_TOPIC] if config.source == "alerts" else list(sources)
             for topic in reads:
+                # a fleet's runners are named by member however many there are, so a
+                # second member never renames (and re-delivers) the first one's
                 member = uc.site_of_topic(topic, uc.predictions_topic, "infer")
-                of = f".{member}" if len(reads) > 1 and member else ""
+                of = f".{member}" if member and uc.from_fleet("infer") else ""
                 output_id = f"{topology.name}/{uc.name}/{name}{of}"
                 runners.append(
                     OutputRunner(

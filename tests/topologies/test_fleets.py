@@ -277,3 +277,16 @@ def test_the_example_fleet_plans_renders_and_keeps_its_secrets_out(tmp_path, mon
     assert sorted(p.name for p in out.glob("mm2-*")) == [
         f"mm2-plant-00{i}-cloud.properties" for i in range(1, 7)
     ]
+
+
+def test_the_clouds_outputs_are_named_by_member_even_for_a_fleet_of_one(tmp_path):
+    from mlexec.outputs import prepare_outputs
+
+    one = plan_topology(
+        load_topology(_write(tmp_path, fleet_doc(tmp_path), CSV.rsplit("plant-2", 1)[0]))
+    )
+    two = plan_topology(load_topology(_write(tmp_path, fleet_doc(tmp_path), CSV)))
+    ids_one = [r.output_id for r in prepare_outputs(one, "cloud").runners]
+    ids_two = [r.output_id for r in prepare_outputs(two, "cloud").runners]
+    assert ids_one == ["plants/vib/file.plant-1"]  # a second member keeps the first's checkpoint
+    assert ids_two == ["plants/vib/file.plant-1", "plants/vib/file.plant-2"]
