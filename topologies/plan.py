@@ -341,6 +341,14 @@ class Plan:
             ),
         ]
 
+    def alerts_topics_at(self, site: str) -> list[str]:
+        """The alerts mirrored up to ``site`` from its edges (a fleet's members'), by edge."""
+        return [
+            remote_name(link.source, ALERTS_TOPIC)
+            for link in self.topology.links
+            if link.target == site
+        ]
+
     def transfers(self) -> list[Transfer]:
         """Both directions of every link: what the placement needs, alerts and health up, models down."""
         return list(self._transfers)

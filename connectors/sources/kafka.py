@@ -25,10 +25,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from mlexec.connectors.reading import consumer
+from mlexec.connectors.kafka import produce_records
+from mlexec.connectors.reading import consumer, high_watermarks
 from mlexec.connectors.sources.base import RecordShaper, SourceRecord
 from mlexec.errors import MlexecError
-from mlexec.topologies.plan import ALERTS_TOPIC, METRICS_TOPIC, remote_name
+from mlexec.topologies.plan import ALERTS_TOPIC, METRICS_TOPIC, MODELS_TOPIC, remote_name
 from mlexec.topologies.schema import KafkaConnector
 
 __all__ = ["KafkaTopicSource", "MirrorSource", "priority_of"]
@@ -189,6 +190,11 @@ _LAST = 2
 _BURST = 0.25
 
 
+def _sheddable(topic: str) -> bool:
+    """What a backlog budget may leave behind: neither alerts, health nor models."""
+    return priority_of(topic) > 0 and topic != MODELS_TOPIC
+
+
 def priority_of(topic: str) -> int:
     """A topic's place on a link, first first: alerts and health, predictions, the rest."""
     if topic in (ALERTS_TOPIC, METRICS_TOPIC):
@@ -209,6 +215,12 @@ class MirrorSource(_TopicsSource):
     predictions and samples are paused, and while predictions wait, samples — so a thin
     or newly restored link carries what matters first. With ``bandwidth`` (bytes a
     second) it reads no faster than that.
+
+    With ``backlog`` (records), at most that many wait to be sent: past it — a member
+    back after a long outage — the oldest records of the lowest priority (samples, then
+    predictions; never alerts, health or models) are not sent. They are counted per
+    topic in the source's state (``dropped``) and reported by an alert on the site's
+    ``mlexec.alerts``, which the link carries first.
     """
 
     def __init__(
@@ -220,15 +232,34 @@ class MirrorSource(_TopicsSource):
         *,
         once: bool = False,
         bandwidth: float | None = None,
+        backlog: int | None = None,
+        target: str = "",
     ) -> None:
         self.site = site
+        self.target = target
         self.origin = f"{site} ({conf.get('bootstrap.servers')})"
+        self._budget = backlog
+        self._shed_at = 0.0
+        self.dropped: dict[str, int] = dict((state or {}).get("dropped", {}))
         self._paused: set[tuple[str, int]] = set()
         self._rate = bandwidth
         self._tokens = (bandwidth or 0.0) * _BURST
         self._filled = time.monotonic()
         self._size = 1024.0  # bytes a message, as measured so far
         super().__init__(conf, topics, state, once=once, required=False)
+        if backlog is not None:  # the link is back: what waited while it was down
+            ends = {
+                (topic, p): high
+                for topic in {t for t, _ in self._parts}
+                for p, high in high_watermarks(conf, topic).items()
+            }
+            if self._shed(ends):
+                self._consumer.assign(
+                    [
+                        TopicPartition(t, p, self._next.get((t, p), OFFSET_BEGINNING))
+                        for t, p in self._parts
+                    ]
+                )
 
     def partitions(self) -> dict[str, int]:
         """Partition count per source topic that exists (the remote topics need as many)."""
@@ -262,7 +293,101 @@ class MirrorSource(_TopicsSource):
                         self._consumer.seek(TopicPartition(*tp, self._next[tp]))
         self._paused = pause
 
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "dropped": dict(self.dropped)}
+
+    def _shed(self, ends: dict[tuple[str, int], int] | None = None) -> bool:
+        """Past the backlog budget: skip the oldest of the lowest priority first, counted.
+
+        ``ends``: the partitions' ends as scanned at the start (the consumer knows none
+        yet); later, the ends its fetches saw. Whether anything was skipped.
+        """
+        if self._budget is None or (ends is None and time.monotonic() < self._shed_at):
+            return False
+        self._shed_at = time.monotonic() + 1.0
+        waiting: dict[tuple[str, int], tuple[int, int]] = {}  # (next, end)
+        for tp in self._parts:
+            if ends is not None:
+                low, high = 0, ends.get(tp, -1)
+            else:
+                try:
+                    low, high = self._consumer.get_watermark_offsets(
+                        TopicPartition(*tp), cached=True
+                    )
+                except KafkaException:
+                    continue
+            if high >= 0:
+                start = self._next.get(tp, max(low, 0))
+                waiting[tp] = (start, max(high, start))
+        excess = sum(high - start for start, high in waiting.values()) - self._budget
+        if excess <= 0:
+            return False
+        skipped: dict[str, int] = {}
+        for level in sorted({priority_of(t) for t, _ in waiting if _sheddable(t)}, reverse=True):
+            parts = sorted(
+                tp for tp in waiting if _sheddable(tp[0]) and priority_of(tp[0]) == level
+            )
+            there = {tp: waiting[tp][1] - waiting[tp][0] for tp in parts}
+            total = sum(there.values())
+            take = min(total, excess)
+            if take <= 0:
+                continue
+            # each partition gives up its share, so what goes up is the newest everywhere
+            skips = {tp: there[tp] * take // total for tp in parts}
+            for tp in sorted(parts, key=lambda tp: -there[tp] + skips[tp])[
+                : take - sum(skips.values())
+            ]:
+                skips[tp] += 1
+            for tp, skip in skips.items():
+                if skip <= 0:
+                    continue
+                start = waiting[tp][0]
+                if ends is None:
+                    with contextlib.suppress(KafkaException):
+                        self._consumer.seek(TopicPartition(*tp, start + skip))
+                self._next[tp] = start + skip
+                skipped[tp[0]] = skipped.get(tp[0], 0) + skip
+            excess -= take
+            if excess <= 0:
+                break
+        for topic, n in skipped.items():
+            self.dropped[topic] = self.dropped.get(topic, 0) + n
+        if skipped:
+            self._report(skipped)
+        return bool(skipped)
+
+    def _report(self, skipped: dict[str, int]) -> None:
+        at = int(time.time() * 1000)
+        alerts = [
+            {
+                "kind": "link",
+                "usecase": topic.split(".", 1)[0],
+                "site": self.site,
+                "subject": topic,
+                "statistic": "records not sent",
+                "value": n,
+                "threshold": self._budget,
+                "severity": "warning",
+                "message": (
+                    f"{n:,} records of {topic} past the link's backlog of {self._budget:,} were "
+                    f"not sent to {self.target or 'the other side'} "
+                    f"({self.dropped[topic]:,} in all); they stay on {self.site}"
+                ),
+                "at": at,
+            }
+            for topic, n in skipped.items()
+        ]
+        produce_records(
+            self._conf,
+            ALERTS_TOPIC,
+            [
+                (topic.split(".", 1)[0].encode(), orjson.dumps(a))
+                for topic, a in zip(skipped, alerts, strict=True)
+            ],
+        )
+
     def _consume(self, limit: int) -> list[SourceRecord]:
+        self._shed()
         self._prioritize()
         if self._rate is None:
             return super()._consume(limit)

@@ -12,13 +12,23 @@ from __future__ import annotations
 import logging
 import os
 
-from mlexec.cli import fleet, init, model, monitor, site, tools, topics, validate
+from mlexec.cli import fleet, init, model, monitor, rollout, site, tools, topics, validate
 from mlexec.cli.app import MaskSecrets, app, fail
 from mlexec.runtime.locks import die_with_parent
 
 __all__ = ["MaskSecrets", "app", "fail", "main"]
 
-_ = (fleet, init, model, monitor, site, tools, topics, validate)  # imported for their commands
+_ = (
+    fleet,
+    init,
+    model,
+    monitor,
+    rollout,
+    site,
+    tools,
+    topics,
+    validate,
+)  # imported for their commands
 
 
 def main() -> None:

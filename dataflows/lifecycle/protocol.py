@@ -10,7 +10,11 @@ registry and its order is the order things happened in. Three kinds of message:
   traffic it was published with, when;
 - ``routing:<uc>`` — JSON: which versions serve and how (:class:`Routing`). A publisher
   writes the chunks, then the manifest, then the routing, so a reader never sees a
-  routing that names an artifact it has not been sent.
+  routing that names an artifact it has not been sent;
+- ``routing:<uc>@<member>`` — a fleet member's own routing (a pin, or the wave of a
+  rollout that reached it), in place of the use case's; ``{"follow": true}`` ends it;
+- ``rollout:<uc>`` — JSON: a rollout in waves and how far it is
+  (:mod:`mlexec.lifecycle.rollout`).
 
 Traffic goes by a stable hash of the record key: a key lands in the same variant on
 every worker, site and restart while the routing stays the same.
@@ -39,6 +43,7 @@ __all__ = [
     "RegistryError",
     "Routing",
     "artifact_messages",
+    "follow_message",
     "key_shares",
     "manifest_of",
     "routing_message",
@@ -156,6 +161,10 @@ class Routing:
     retired: tuple[str, ...] = ()
     #: What the last change was, for people.
     change: str = ""
+    #: The fleet member this routing is meant for; ``""``: every site of the use case.
+    member: str = ""
+    #: A member's routing that a rollout must leave alone (``mlexec model pin``).
+    pinned: bool = False
 
     # ----------------------------------------------------------------- changes
 
@@ -280,6 +289,7 @@ class Routing:
                 "retired": list(self.retired),
                 "change": self.change,
                 "at": int(time.time() * 1000),
+                **({"member": self.member, "pinned": self.pinned} if self.member else {}),
             }
         )
 
@@ -296,12 +306,21 @@ class Routing:
             history=tuple(doc.get("history", [])),
             retired=tuple(doc.get("retired", [])),
             change=doc.get("change", ""),
+            member=doc.get("member", ""),
+            pinned=bool(doc.get("pinned", False)),
         )
 
 
 def routing_message(routing: Routing) -> tuple[bytes, bytes]:
-    """The (key, value) message that makes ``routing`` the use case's routing."""
-    return f"routing:{routing.usecase}".encode(), routing.value()
+    """The (key, value) message that makes ``routing`` the use case's (or its member's) routing."""
+    at = f"@{routing.member}" if routing.member else ""
+    return f"routing:{routing.usecase}{at}".encode(), routing.value()
+
+
+def follow_message(usecase: str, member: str) -> tuple[bytes, bytes]:
+    """The message that ends a member's own routing: it serves the use case's again."""
+    doc = {"usecase": usecase, "member": member, "follow": True, "at": int(time.time() * 1000)}
+    return f"routing:{usecase}@{member}".encode(), orjson.dumps(doc)
 
 
 def key_shares(keys: Sequence[str]) -> np.ndarray:
@@ -316,7 +335,14 @@ class Assembler:
 
     manifests: dict[tuple[str, str], Manifest] = field(default_factory=dict)
     chunks: dict[tuple[str, str], dict[int, bytes]] = field(default_factory=dict)
+    #: By ``<uc>`` (the use case's) and ``<uc>@<member>`` (a member's own).
     routings: dict[str, Routing] = field(default_factory=dict)
+    #: ``rollout:<uc>`` messages as they were sent (:class:`mlexec.lifecycle.rollout.Rollout`).
+    rollouts: dict[str, bytes] = field(default_factory=dict)
+
+    def routing_for(self, usecase: str, site: str) -> Routing | None:
+        """What ``site`` serves of ``usecase``: its own routing, else the use case's."""
+        return self.routings.get(f"{usecase}@{site}") or self.routings.get(usecase)
 
     def add(self, key: bytes | None, value: bytes | None) -> tuple[str, str] | None:
         """Take one message; returns ``(kind, usecase)`` for a manifest or routing."""
@@ -331,9 +357,19 @@ class Assembler:
             self.manifests[(manifest.usecase, manifest.version)] = manifest
             return ("manifest", manifest.usecase)
         elif kind == "routing":
+            usecase, _, member = rest.partition("@")
+            if orjson.loads(value).get("follow"):
+                self.routings.pop(rest, None)
+                return ("routing", usecase)
             routing = Routing.parse(value)
-            self.routings[routing.usecase] = routing
-            return ("routing", routing.usecase)
+            if (routing.usecase, routing.member) != (usecase, member):
+                msg = f"registry message {rest!r} holds the routing of {routing.usecase}@{routing.member}"
+                raise RegistryError(msg)
+            self.routings[rest] = routing
+            return ("routing", usecase)
+        elif kind == "rollout":
+            self.rollouts[rest] = value
+            return ("rollout", rest)
         return None
 
     def artifact(self, usecase: str, version: str) -> bytes:

@@ -75,7 +75,10 @@ class RegistryWatcher:
                 _log.info("registry topic %s not readable yet: %s", topic, exc)
                 continue
             for key, value, _headers, _partition, offset in messages:
-                self.registry.add(key, value)
+                try:
+                    self.registry.add(key, value)
+                except Exception as exc:  # noqa: BLE001 - a bad message must not stop it
+                    self._alert("?", f"unreadable registry message {key!r}: {exc}")
                 self._next[topic] = offset + 1
         for name, router in self.routers.items():
             router.failed.update(self._failed(name))
@@ -139,7 +142,7 @@ class RegistryWatcher:
     def _serve(self, usecase: str, routing: Routing | None = None) -> bool:
         """Serve the registry's routing (or ``routing``); ``False`` if it was refused."""
         router = self.routers[usecase]
-        routing = routing or self.registry.routings.get(usecase)
+        routing = routing or self.registry.routing_for(usecase, self.site)
         if routing is None or routing == router.routing:
             return True
         broken = sorted(routing.serving() & set(router.failed))

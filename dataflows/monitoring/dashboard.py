@@ -2,7 +2,9 @@
 
 Plots of drift per watched column over time, the prediction distribution of the
 window against the reference, inference latency, throughput, lag and the latest
-alerts, per use case. The page and its one script (plotly.js, from the ``plotly``
+alerts, per use case; for a use case a fleet serves, a map of its members by state
+and each member's predictions, errors and alerts (:func:`mlexec.monitoring.fleet.fleet_view`).
+The page and its one script (plotly.js, from the ``plotly``
 Python package) are served by this process: nothing is fetched from the internet.
 The data comes from the site's sample store at each page load (JSON under ``/api``).
 """
@@ -106,7 +108,24 @@ class DashboardData:
         return sql_time(datetime.now(UTC) - timedelta(hours=self.hours))
 
     def overview(self) -> dict[str, Any]:
-        return {"usecases": [uc.name for uc in self.usecases], "hours": self.hours}
+        fleets = [uc.name for uc in self.usecases if uc.from_fleet("infer")]
+        return {
+            "usecases": [uc.name for uc in self.usecases],
+            "fleets": fleets,
+            "hours": self.hours,
+        }
+
+    def fleet(self, name: str) -> dict[str, Any]:
+        """The members of the fleet that serves use case ``name``, one by one."""
+        from mlexec.monitoring.fleet import fleet_view
+
+        uc = next((u for u in self.usecases if u.name == name and u.from_fleet("infer")), None)
+        if uc is None:
+            return {"error": f"no monitored use case {name!r} served by a fleet"}
+        table = samples_table(uc)
+        output = next((c for c in watchable_columns(table) if c not in uc.features), None)
+        now = datetime.now(UTC)
+        return fleet_view(self.store, self.plan, uc, output, now, now - timedelta(hours=self.hours))
 
     def usecase(self, name: str) -> dict[str, Any]:
         """Everything the page shows of one use case."""
@@ -234,7 +253,7 @@ class DashboardData:
 
     def _alerts(self, usecase: str) -> list[dict[str, Any]]:
         frame = self.store.query(
-            f"SELECT toUnixTimestamp64Milli(time) AS time, kind, subject, statistic, value, "
+            f"SELECT toUnixTimestamp64Milli(time) AS time, site, kind, subject, statistic, value, "
             f"severity, message FROM {self._db}.{ALERTS_TABLE} WHERE usecase = {quote(usecase)} "
             "ORDER BY time DESC LIMIT 50"
         )
@@ -254,6 +273,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, "application/javascript", self.script, cache=True)
             elif url.path == "/api/overview":
                 self._json(self.data.overview())
+            elif url.path == "/api/fleet":
+                self._json(self.data.fleet(parse_qs(url.query).get("name", [""])[0]))
             elif url.path == "/api/usecase":
                 name = parse_qs(url.query).get("name", [""])[0]
                 self._json(self.data.usecase(name))
@@ -332,6 +353,13 @@ _PAGE = """<!doctype html>
   td, th { text-align: left; padding: 3px 8px; border-bottom: 1px solid #eee; }
   .critical { color: #b00020; font-weight: 600; } .warning { color: #b26a00; }
   .resolved { color: #2e7d32; } .empty { color: #888; padding: 8px; }
+  #fleet-section { grid-column: 1 / -1; }
+  #fleet-map { display: flex; flex-wrap: wrap; gap: 4px; padding: 4px 8px; }
+  .tile { width: 84px; padding: 4px; border-radius: 4px; font-size: 11px; color: #fff;
+          cursor: pointer; border: 2px solid transparent; overflow: hidden; }
+  .tile.online { background: #2e7d32; } .tile.offline { background: #b00020; }
+  .tile.never { background: #888; } .tile.trouble { border-color: #f5b700; }
+  .tile.chosen { outline: 2px solid #1d2330; }
 </style>
 </head>
 <body>
@@ -340,6 +368,8 @@ _PAGE = """<!doctype html>
   <label>drift statistic <select id="statistic"></select></label>
   <span id="status"></span></header>
 <main>
+  <section id="fleet-section" style="display: none"><h2>Fleet <span id="fleet-counts"></span></h2>
+    <div id="fleet-map"></div><div id="fleet-member"></div><div id="fleet"></div></section>
   <section><h2>Drift per watched value</h2><div id="drift" class="plot"></div></section>
   <section><h2><span id="predictions-title">Predictions</span>
     <select id="output"></select></h2><div id="predictions" class="plot"></div></section>
@@ -433,6 +463,50 @@ function alerts(rows) {
       .join("") + "</table>";
 }
 
+const fmt = (v, digits) => (v === null || v === undefined ? "-" : Number(v).toFixed(digits));
+
+function member(row) {
+  document.querySelectorAll(".tile").forEach((t) =>
+    t.classList.toggle("chosen", t.dataset.member === row.member));
+  const own = (current.alerts || []).filter((a) => a.site === row.member);
+  const el = document.getElementById("fleet-member");
+  el.dataset.member = row.member;
+  el.innerHTML = `<h2>${row.member}: ${row.state}, serves ${row.serves || "-"}` +
+    `${row.current_topology === false ? " (another topology)" : ""}</h2>` +
+    `<div class="empty">${row.samples} samples, mean prediction ${fmt(row.mean_prediction, 4)}, ` +
+    `KS from the fleet ${fmt(row.distance, 3)}, error ${fmt(row.error, 4)} on ${row.labelled} ` +
+    `labels, lag ${fmt(row.lag, 0)}, dead letters ${row.deadletter_rate === null ? "-" :
+      (100 * row.deadletter_rate).toFixed(2) + "%"}</div>` +
+    (own.length ? "<table>" + own.map((a) => `<tr><td>${new Date(a.time).toISOString()}</td>` +
+      `<td class="${a.severity}">${a.severity}</td><td>${a.message}</td></tr>`).join("") +
+      "</table>" : '<div class="empty">no alerts of its own</div>');
+}
+
+async function fleet(name) {
+  const f = await (await fetch("/api/fleet?name=" + encodeURIComponent(name))).json();
+  const rows = f.members || [];
+  const c = f.counts || {};
+  document.getElementById("fleet-counts").textContent =
+    `${f.fleet}: ${rows.length} members, ${c.online || 0} online, ${c.offline || 0} offline, ` +
+    `${c["never seen"] || 0} never seen`;
+  const map = document.getElementById("fleet-map");
+  map.dataset.members = rows.length;
+  map.innerHTML = rows.map((r) => `<div class="tile ${r.state.split(" ")[0]}` +
+    `${r.alerts || (r.distance || 0) > 0.3 ? " trouble" : ""}" data-member="${r.member}" ` +
+    `title="${r.member}: ${r.state}">${r.member}<br>${r.serves || "-"}</div>`).join("");
+  map.querySelectorAll(".tile").forEach((t) =>
+    (t.onclick = () => member(rows.find((r) => r.member === t.dataset.member))));
+  const el = document.getElementById("fleet");
+  el.dataset.points = rows.length;
+  el.innerHTML = "<table><tr><th>member</th><th>state</th><th>serves</th><th>samples</th>" +
+    `<th>KS of ${f.output || "-"} from the fleet</th><th>${f.metric || "error"}</th>` +
+    "<th>alerts</th><th>lag</th></tr>" + rows.map((r) => `<tr><td>${r.member}</td>` +
+      `<td>${r.state}</td><td>${r.serves || "-"}</td><td>${r.samples}</td>` +
+      `<td>${fmt(r.distance, 3)}</td><td>${fmt(r.error, 4)}</td><td>${r.alerts}</td>` +
+      `<td>${fmt(r.lag, 0)}</td></tr>`).join("") + "</table>";
+  if (rows.length) member(rows.find((r) => r.alerts) || rows[0]);
+}
+
 async function load(name) {
   document.getElementById("status").textContent = "loading…";
   current = await (await fetch("/api/usecase?name=" + encodeURIComponent(name))).json();
@@ -452,12 +526,16 @@ async function load(name) {
   panel("lag", current.lag, "records");
   segments(current.segments || []);
   alerts(current.alerts || []);
+  const isFleet = (overview.fleets || []).includes(name);
+  document.getElementById("fleet-section").style.display = isFleet ? "" : "none";
+  if (isFleet) await fleet(name);
   document.getElementById("status").textContent = "";
   document.body.dataset.loaded = name;
 }
 
+let overview = {};
 (async () => {
-  const overview = await (await fetch("/api/overview")).json();
+  overview = await (await fetch("/api/overview")).json();
   const sel = document.getElementById("usecase");
   sel.innerHTML = overview.usecases.map((u) => `<option>${u}</option>`).join("");
   sel.onchange = () => load(sel.value);

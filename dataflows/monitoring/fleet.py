@@ -16,9 +16,22 @@ from typing import Any
 import orjson
 
 from mlexec.connectors.samplestore import SampleStore
-from mlexec.monitoring.sql import METRICS_TABLE, SERVING_TABLE, quote, tables_ddl
+from mlexec.monitoring.sql import (
+    ALERTS_TABLE,
+    METRICS_TABLE,
+    SERVING_TABLE,
+    Segmenting,
+    accuracy_sql,
+    feedback_table,
+    grid_ks,
+    grids_sql,
+    quote,
+    sql_time,
+    tables_ddl,
+)
+from mlexec.topologies.plan import Plan, UseCasePlan
 
-__all__ = ["MemberStatus", "fleet_status"]
+__all__ = ["MemberStatus", "fleet_status", "fleet_view"]
 
 
 @dataclass(frozen=True)
@@ -99,3 +112,81 @@ def fleet_status(
             )
         )
     return out
+
+
+def fleet_view(
+    store: SampleStore,
+    plan: Plan,
+    uc: UseCasePlan,
+    output: str | None,
+    now: datetime,
+    since: datetime,
+    offline_after: timedelta = timedelta(seconds=60),
+) -> dict[str, Any]:
+    """A fleet use case member by member: state, what it serves, its predictions and errors.
+
+    Since ``since``: each member's samples, the distance (KS) of its predictions of
+    ``output`` from the whole fleet's, its error where labels exist
+    (``monitoring.accuracy``), and its warnings and critical alerts.
+    """
+    name = str(uc.site("infer"))
+    fleet = plan.topology.fleets[name]
+    members = fleet_status(store, fleet.names, now, offline_after)
+    db = f"`{store.database}`"
+    samples = f"{db}.`{uc.table}`"
+    where = f"event_time >= {sql_time(since)} AND variant != 'shadow'"
+    grids: dict[str, dict[str, Any]] = {}
+    whole: list[float] = []
+    if output is not None:
+        frame = store.query(grids_sql(samples, output, where, "site"))
+        grids = {row["key"]: row for row in frame.iter_rows(named=True)}
+        every = store.query(grids_sql(samples, output, where, "''"))
+        whole = list(every["grid"][0]) if every.height else []
+    acc = uc.usecase.monitoring.accuracy if uc.usecase.monitoring else None
+    errors: dict[str, tuple[int, float]] = {}
+    if acc is not None:
+        by_site = Segmenting(column="site", min_rows=1, largest=len(fleet.names) + 1)
+        feedback = f"{db}.`{feedback_table(uc)}`"
+        frame = store.query(accuracy_sql(samples, feedback, acc.output, where, by_site))
+        for row in frame.iter_rows(named=True):
+            n, total = errors.get(row["segment"], (0, 0.0))
+            errors[row["segment"]] = (
+                n + row["labelled"],
+                total + row[acc.metric] * row["labelled"],
+            )
+    alerts = store.query(
+        f"SELECT site, count() AS n FROM {db}.{ALERTS_TABLE} WHERE usecase = {quote(uc.name)} "
+        f"AND time >= {sql_time(since)} AND severity IN ('warning', 'critical') GROUP BY site"
+    )
+    raised = dict(zip(alerts["site"], alerts["n"], strict=True)) if alerts.height else {}
+    rows = []
+    for m in members:
+        grid = grids.get(m.member)
+        labelled, total = errors.get(m.member, (0, 0.0))
+        rows.append(
+            {
+                "member": m.member,
+                "state": m.state,
+                "last_seen": int(m.last_seen.timestamp() * 1000) if m.last_seen else None,
+                "lag": m.lag,
+                "records_per_s": m.records_per_s,
+                "deadletter_rate": m.deadletter_rate,
+                "serves": m.serves(),
+                "current_topology": m.topology == plan.digest if m.topology else None,
+                "samples": int(grid["samples"]) if grid else 0,
+                "mean_prediction": float(grid["mean_output"]) if grid else None,
+                "distance": grid_ks(list(grid["grid"]), whole) if grid and whole else None,
+                "labelled": labelled,
+                "error": total / labelled if labelled else None,
+                "alerts": int(raised.get(m.member, 0)),
+            }
+        )
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("online", "offline", "never seen")}
+    return {
+        "fleet": name,
+        "usecase": uc.name,
+        "output": output,
+        "metric": acc.metric if acc is not None else None,
+        "counts": counts,
+        "members": rows,
+    }

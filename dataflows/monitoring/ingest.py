@@ -1,5 +1,8 @@
 """Ingestion: labels from ``<uc>.feedback``, runtime health from ``mlexec.metrics``, own lag.
 
+The alerts an edge raised itself (a version it refused, a fallback) come up as
+``<edge>.mlexec.alerts`` and are kept in ``mlexec_alerts`` under the edge's name.
+
 A label that cannot be read goes to the use case's dead-letter topic with the reason.
 """
 
@@ -16,6 +19,7 @@ from mlexec.connectors.reading import read_topic
 from mlexec.connectors.runner import Checkpoint
 from mlexec.connectors.samplestore import SampleStore
 from mlexec.monitoring.columns import (
+    ALERT_COLUMNS,
     FEEDBACK_COLUMNS,
     METRIC_COLUMNS,
     SERVING_COLUMNS,
@@ -24,6 +28,7 @@ from mlexec.monitoring.columns import (
     now_utc,
 )
 from mlexec.monitoring.sql import (
+    ALERTS_TABLE,
     METRICS_TABLE,
     SERVING_TABLE,
     feedback_table,
@@ -64,7 +69,7 @@ class Ingestion:
         """Store the labels and runtime health that arrived since the last call."""
         state = self._state.load() or {}
         offsets: dict[str, dict[str, int]] = state.get("offsets", {})
-        stored = {"feedback": 0, "metrics": 0, "rejected": 0}
+        stored = {"feedback": 0, "metrics": 0, "rejected": 0, "alerts": 0}
         for uc in self.usecases:
             topic = uc.feedback_topic
             messages = read_topic(self.conf, topic, start=_start(offsets.get(topic)))
@@ -92,6 +97,14 @@ class Ingestion:
             if serving:
                 self.store.insert(SERVING_TABLE, arrow_table(serving, SERVING_COLUMNS))
             stored["metrics"] += len(metrics)
+            _advance(offsets, topic, messages)
+        for topic in self.plan.alerts_topics_at(self.site):
+            messages = read_topic(self.conf, topic, start=_start(offsets.get(topic)))
+            site = topic.partition(".")[0]  # the edge it came up from, whatever it says
+            alerts = [row for m in messages for row in _alert_rows(m[1], site)]
+            if alerts:
+                self.store.insert(ALERTS_TABLE, arrow_table(alerts, ALERT_COLUMNS))
+            stored["alerts"] += len(alerts)
             _advance(offsets, topic, messages)
         self._state.save({**state, "offsets": offsets})
         return stored
@@ -167,6 +180,33 @@ def _labels(topic: str, messages: list[Any]) -> tuple[list[dict[str, Any]], list
             reason = f"a label needs record_id (or key and time) and a numeric label: {exc}"
             dead.append(DeadLetter(value, key, reason, topic, partition, offset, "feedback"))
     return rows, dead
+
+
+def _alert_rows(value: bytes | None, site: str) -> list[dict[str, Any]]:
+    """An edge's alert as a row of the alerts table; none if it cannot be read."""
+    try:
+        doc = orjson.loads(value or b"")
+        at = int(doc["at"])
+        return [
+            {
+                "time": at,
+                "usecase": str(doc.get("usecase", "")),
+                "site": site,
+                "kind": str(doc.get("kind", "")),
+                "subject": str(doc.get("subject", "")),
+                "statistic": str(doc.get("statistic", "")),
+                "value": float(doc.get("value") or 0.0),
+                "threshold": None if doc.get("threshold") is None else float(doc["threshold"]),
+                "severity": str(doc.get("severity", "warning")),
+                "window_start": int(doc.get("window_start", at)),
+                "window_end": int(doc.get("window_end", at)),
+                "reference": str(doc.get("reference", "")),
+                "message": str(doc.get("message", "")),
+            }
+        ]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        _log.warning("an alert from %s that cannot be read is skipped: %.200r", site, value)
+        return []
 
 
 def _serving_rows(value: bytes | None, site: str) -> list[dict[str, Any]]:

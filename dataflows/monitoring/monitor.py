@@ -116,6 +116,7 @@ class Monitor:
             [
                 TopicSpec(ALERTS_TOPIC, 1),
                 *(self.plan.topic_spec(t) for t in self.plan.metrics_topics_at(self.site)),
+                *(TopicSpec(t, 1) for t in self.plan.alerts_topics_at(self.site)),
                 *(
                     TopicSpec(uc.feedback_topic, uc.usecase.input.partitions)
                     for uc in self.usecases

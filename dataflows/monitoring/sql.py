@@ -54,6 +54,7 @@ __all__ = [
     "REFERENCES_TABLE",
     "Alert",
     "accuracy_sql",
+    "grids_sql",
     "grid_ks",
     "labelled_pairs",
     "training_sql",
@@ -492,6 +493,16 @@ def variants_sql(samples: str, output: str, where: str) -> str:
         f"quantile(0.99)(inference_ms) AS latency_p99_ms, avg({_value(output)}) AS mean_output, "
         f"{_sorted(output)} AS sorted FROM {samples} FINAL WHERE {where} "
         "GROUP BY version, variant) ORDER BY version, variant"
+    )
+
+
+def grids_sql(samples: str, output: str, where: str, by: str) -> str:
+    """Per value of ``by`` (an expression, as ``key``): samples, mean output, its grid."""
+    return (
+        f"SELECT key, samples, mean_output, {_pick('sorted', _GRID_LEVELS)} AS grid FROM "
+        f"(SELECT {by} AS key, count() AS samples, avg({_value(output)}) AS mean_output, "
+        f"{_sorted(output)} AS sorted FROM {samples} FINAL WHERE {where} GROUP BY key) "
+        "ORDER BY key"
     )
 
 

@@ -79,6 +79,9 @@ def prepare_mirror(plan: Plan, link: str, *, once: bool = False) -> SiteMirror:
                     sorted(transfer.topics, key=priority_of),
                     once=once,
                     bandwidth=declared.bandwidth,
+                    # a budget on what waits to go up, not on the models coming down
+                    backlog=declared.backlog if transfer.source == declared.source else None,
+                    target=transfer.target,
                 ),
                 conf=dst_conf,
                 raw_topic=remote[0].name,

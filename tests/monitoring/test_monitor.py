@@ -309,7 +309,7 @@ def test_accuracy_per_version_and_variant_from_labels_on_the_feedback_topic(brok
         (alert,) = ev.alerts
         assert (alert.kind, alert.subject, alert.statistic) == ("accuracy", "8/canary", "mae")
         # labels are stored once: a second round ingests nothing new
-        assert monitor.ingest() == {"feedback": 0, "metrics": 0, "rejected": 0}
+        assert monitor.ingest() == {"feedback": 0, "metrics": 0, "rejected": 0, "alerts": 0}
         stored = store.query(f"SELECT count() AS n FROM feedback_uc{uid}")["n"][0]
         assert stored == len(labels)
     # the unreadable label is a dead letter with the reason

@@ -88,3 +88,61 @@ def test_with_the_uplink_throttled_alerts_and_health_overtake_the_sample_backlog
             orjson.loads(v)["n"] for _, v, _, _, _ in read_topic(cloud_conf, f"edge.{ALERTS_TOPIC}")
         ]
         assert sorted(ids) == list(range(40))
+
+
+@pytest.mark.integration
+def test_past_the_backlog_budget_the_oldest_samples_stay_behind_counted_and_reported(tmp_path):
+    with LocalBroker() as edge, LocalBroker() as cloud:
+        doc = _doc(tmp_path, edge.bootstrap, cloud.bootstrap)
+        doc["links"][0]["backlog"] = 1000
+        path = tmp_path / "plant.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        plan = plan_topology(load_topology(path))
+        uc = plan.usecases["vib"]
+        edge_conf = client_config(plan.topology.sites["edge"].kafka)
+        cloud_conf = client_config(plan.topology.sites["cloud"].kafka)
+        ensure_topics(edge_conf, plan.topics_at("edge"))
+        # what piled up on the member while its link was down
+        produce_records(
+            edge_conf,
+            uc.samples_topic,
+            [(f"s{i % 7}".encode(), orjson.dumps({"i": i})) for i in range(3000)],
+        )
+        produce_records(
+            edge_conf,
+            uc.predictions_topic,
+            [(f"s{i % 7}".encode(), orjson.dumps({"i": i})) for i in range(400)],
+        )
+        produce_records(
+            edge_conf, ALERTS_TOPIC, [(b"vib", orjson.dumps({"n": i})) for i in range(5)]
+        )
+        mirror = prepare_mirror(plan, "edge:cloud", once=True)
+        run_mirror(mirror, once=True)
+
+        def ids(topic: str, field: str) -> list[int]:
+            return sorted(orjson.loads(v)[field] for _, v, _, _, _ in read_topic(cloud_conf, topic))
+
+        sent = ids(f"edge.{uc.samples_topic}", "i")
+        assert ids(f"edge.{uc.predictions_topic}", "i") == list(range(400))  # none left out
+        up = [orjson.loads(v) for _, v, _, _, _ in read_topic(cloud_conf, f"edge.{ALERTS_TOPIC}")]
+        assert sorted(a["n"] for a in up if "n" in a) == list(range(5))
+        (report,) = [a for a in up if a.get("kind") == "link"]
+        left = sorted(set(range(3000)) - set(sent))
+        assert len(sent) == len(set(sent))  # none twice
+        # what was not sent is counted, exactly, in the alert that went up first
+        assert report["subject"] == uc.samples_topic and report["value"] == len(left) > 0
+        assert len(sent) + 400 + 5 == 1000  # the budget: alerts and predictions came first
+        # those left behind are each partition's oldest: what was sent is every partition's newest
+        by_partition: dict[int, list[int]] = {}
+        for _, v, _, partition, _offset in read_topic(edge_conf, uc.samples_topic):
+            by_partition.setdefault(partition, []).append(orjson.loads(v)["i"])
+        for records in by_partition.values():
+            kept = [i for i in records if i in set(sent)]
+            assert records[len(records) - len(kept) :] == kept
+            # and each gave up its share of the backlog, not the first partition all of it
+            assert abs(len(records) - len(kept) - len(records) * len(left) / 3000) <= 1
+        (up_runner,) = [r for r in mirror.runners if r.status.connector == "edge->cloud"]
+        assert up_runner.checkpoint.load()["state"]["dropped"] == {uc.samples_topic: len(left)}
+        # a second pass sends nothing again and drops nothing more
+        run_mirror(prepare_mirror(plan, "edge:cloud", once=True), once=True)
+        assert ids(f"edge.{uc.samples_topic}", "i") == sent

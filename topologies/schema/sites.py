@@ -132,3 +132,6 @@ class TransferLink(_Model):
     #: At most this much a second each way (``256KiB/s``, ``2Mbit/s``): a thin uplink
     #: carries alerts and health first, then predictions, then samples.
     bandwidth: ByteRate | None = None
+    #: The most records that wait to go up: past it, after an outage, the oldest samples
+    #: (then predictions) are not sent, counted and reported on ``mlexec.alerts``.
+    backlog: int | None = Field(default=None, ge=1)
