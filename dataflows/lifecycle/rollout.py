@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -76,9 +76,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-#: The states of a rollout; only a ``soaking`` one moves.
-STATES = ("soaking", "halted", "rolled back", "done")
-
 
 @dataclass(frozen=True)
 class Rollout:
@@ -96,6 +93,7 @@ class Rollout:
     #: When it started (epoch ms).
     wave_started: int
     started: int
+    #: ``soaking`` (the only state that moves), ``halted``, ``rolled back`` or ``done``.
     state: str = "soaking"
     message: str = ""
 
@@ -107,20 +105,7 @@ class Rollout:
         return next((i for i, wave in enumerate(self.waves) if member in wave), None)
 
     def value(self) -> bytes:
-        doc = {
-            "usecase": self.usecase,
-            "fleet": self.fleet,
-            "version": self.version,
-            "previous": self.previous,
-            "waves": [list(w) for w in self.waves],
-            "soak_s": self.soak_s,
-            "wave": self.wave,
-            "wave_started": self.wave_started,
-            "started": self.started,
-            "state": self.state,
-            "message": self.message,
-        }
-        return orjson.dumps(doc)
+        return orjson.dumps(asdict(self))
 
     @classmethod
     def parse(cls, value: bytes) -> Rollout:
