@@ -29,6 +29,7 @@ from mlexec.operators.infer import (
     execution_options,
     model_for,
 )
+from mlexec.operators.packages import PackageError
 from mlexec.operators.parse import RecordParser
 from mlexec.operators.records import Records
 from mlexec.operators.reduce import Reducer, ReductionError
@@ -193,7 +194,13 @@ def _reducer(plan: UseCasePlan, source: str) -> Reducer:
         if isinstance(red, Aggregate):
             reducer = Reducer(plan.name, red.fields)
         elif isinstance(red, PythonReduction):
-            reducer = Reducer(plan.name, entrypoint=red.entrypoint, columns=red.columns)
+            reducer = Reducer(
+                plan.name,
+                entrypoint=red.entrypoint,
+                columns=red.columns,
+                package=red.package,
+                sha256=red.sha256,
+            )
         elif isinstance(red, SequenceReduction):
             reducer = Reducer(plan.name, sequence=(red.fields, red.length, red.pad))
         elif isinstance(red, OnnxReduction):
@@ -208,6 +215,8 @@ def _reducer(plan: UseCasePlan, source: str) -> Reducer:
             return Reducer(plan.name)
     except ReductionError as exc:
         where = "entrypoint" if isinstance(red, PythonReduction) else "path"
+        if isinstance(exc.__cause__, PackageError):
+            where = "package"
         raise _fail(source, plan.name, f"reduction.{where}", str(exc)) from exc
     schema = plan.usecase.input.schema_
     raw = [

@@ -33,6 +33,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from mlexec.errors import RecordError
 from mlexec.operators.dispatch import Dispatched, Request
+from mlexec.operators.packages import PackageError, activate
 from mlexec.operators.records import Records
 from mlexec.topologies.plan import SEQUENCE_COLUMN
 from mlexec.topologies.schema import aggregation_column, parse_aggregation
@@ -162,6 +163,8 @@ class Reducer:
         fields: Mapping[str, Sequence[str]] | None = None,
         *,
         entrypoint: str | None = None,
+        package: str | None = None,
+        sha256: str | None = None,
         premodel: str | None = None,
         inputs: Sequence[str] = (),
         columns: Sequence[str] = (),
@@ -172,6 +175,11 @@ class Reducer:
         self.fields = {k: list(v) for k, v in (fields or {}).items()}
         #: (fields, length, pad) of a sequence reduction.
         self._sequence = sequence
+        if package is not None:
+            try:
+                activate(package, sha256)
+            except PackageError as exc:
+                raise ReductionError(str(exc)) from exc
         self._func = load_entrypoint(entrypoint) if entrypoint else None
         self._inputs = list(inputs)
         self._premodel = None

@@ -166,11 +166,16 @@ def _resolve_model_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         monitoring = uc.get("monitoring")
         reference = monitoring.get("reference") if isinstance(monitoring, dict) else None
         # the model, an ONNX pre-model, a monitoring reference file
-        for part in (uc.get("model"), uc.get("reduction"), reference):
-            if isinstance(part, dict) and isinstance(part.get("path"), str):
-                path = Path(part["path"])
+        for part, field in (
+            (uc.get("model"), "path"),
+            (uc.get("reduction"), "path"),
+            (uc.get("reduction"), "package"),  # a python reduction's wheel or archive
+            (reference, "path"),
+        ):
+            if isinstance(part, dict) and isinstance(part.get(field), str):
+                path = Path(part[field])
                 if not path.is_absolute():
-                    part["path"] = str((base_dir / path).resolve())
+                    part[field] = str((base_dir / path).resolve())
     return raw
 
 

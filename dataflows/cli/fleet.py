@@ -1,8 +1,11 @@
-"""``mlexec fleet status``: every member of a fleet as the cloud last heard of it."""
+"""``mlexec fleet status|publish`` and ``mlexec follow``: a fleet seen, fed and followed from the cloud."""
 
 from __future__ import annotations
 
+import os
+import signal
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -112,3 +115,111 @@ def status(
             m.serves() or "-",
         )
     console.print(table)
+
+
+@fleet_app.command("publish")
+def publish(
+    topology: TopologyArg,
+    site: Annotated[
+        str | None,
+        typer.Option(
+            help="The site whose registry the members follow (default: the fleets' link target)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Publish without checking it here as a member would (they still do)."
+        ),
+    ] = False,
+) -> None:
+    """Publish the topology and every file it names (models, packages, inventories) for its members.
+
+    Members started with `mlexec follow` apply it — restarting only the parts it
+    changes — or refuse it and keep the last good version. Before publishing, the
+    topology is checked here as its first fleet member would check it (models and
+    reduction packages load); --force skips that.
+    """
+    from mlexec.connectors.kafka import client_config
+    from mlexec.lifecycle.desired import publish_desired
+    from mlexec.runtime.follow import check_bundle
+
+    topo, plan = load(topology)
+    if site is None:
+        targets = {f.link.target for f in topo.fleets.values() if f.link is not None}
+        if len(targets) != 1:
+            msg = f"{topology}: name the site whose registry members follow (--site), of {sorted(topo.sites)}"
+            raise TopologyError(msg)
+        site = next(iter(targets))
+    plan.require_site(site)
+    if not force:
+        example = next((m for f in topo.fleets.values() for m in f.names), None)
+        if example is not None:
+            reason = check_bundle(topology, example, dict(os.environ))
+            if reason is not None:
+                msg = f"{topology}: not published: member {example} could not run it: {reason}"
+                raise TopologyError(msg)
+    desired = publish_desired(plan, topology, client_config(topo.sites[site].kafka))
+    console.print(
+        f"published {desired.topology} v{desired.version} ({desired.digest[:12]}, "
+        f"{len(desired.files)} files) on {site}'s registry",
+        highlight=False,
+    )
+
+
+@app.command()
+def follow(
+    member: Annotated[str, typer.Option("--site", "-s", help="This member's name.")],
+    cloud: Annotated[
+        str, typer.Option(help="The cloud's Kafka bootstrap (host:port), where the registry is.")
+    ],
+    state_dir: Annotated[
+        Path, typer.Option(help="Where this member keeps its state, bundles and packages.")
+    ] = Path("state"),
+    topology_name: Annotated[
+        str | None,
+        typer.Option("--topology", help="Follow this topology (when several declare the member)."),
+    ] = None,
+    security: Annotated[
+        str,
+        typer.Option(help="plaintext, ssl, sasl_plaintext or sasl_ssl, towards the cloud."),
+    ] = "plaintext",
+    ca: Annotated[str | None, typer.Option(help="CA file of the cloud's TLS.")] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(help="SASL user; the password is read from MLEXEC_CLOUD_PASSWORD."),
+    ] = None,
+    poll: Annotated[float, typer.Option(min=0.1, help="Seconds between registry reads.")] = 2.0,
+) -> None:
+    """Run a fleet member from the cloud's desired state: apply new versions, refuse broken ones.
+
+    Needs only the member's name and its cloud link: the topology, models and
+    reduction packages come from the cloud's registry (`mlexec fleet publish`). A
+    version that does not check out on this member is refused and reported; the last
+    good one keeps serving, also after a restart without the cloud.
+    """
+    from pydantic import ValidationError
+
+    from mlexec.runtime.follow import Follower
+    from mlexec.runtime.part import run_until_stopped
+    from mlexec.topologies.schema import KafkaSettings
+
+    settings: dict[str, object] = {"bootstrap": cloud, "security": {"protocol": security, "ca": ca}}
+    if user is not None:
+        sasl = {
+            "mechanism": "PLAIN",
+            "username": user,
+            "password": os.environ.get("MLEXEC_CLOUD_PASSWORD", ""),
+        }
+        settings["security"] = {**settings["security"], "sasl": sasl}  # type: ignore[dict-item]
+    try:
+        link = KafkaSettings.model_validate(settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        msg = f"--cloud/--security/--ca/--user: {first['msg']}"
+        raise TopologyError(msg) from None
+    follower = Follower(member, link, state_dir, topology=topology_name, poll=poll)
+    console.print(f"member {member}: following the registry at {cloud}", highlight=False)
+    received = run_until_stopped(follower.run)
+    if received == signal.SIGINT:
+        raise typer.Exit(130)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import logging
 import os
 import subprocess
@@ -29,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from mlexec.connectors.runner import Checkpoint
 from mlexec.runtime.lag import pipeline_lag
@@ -98,6 +101,95 @@ def stages_at(plan: Plan, site: str) -> tuple[bool, bool]:
     return process, store
 
 
+def part_specs(
+    plan: Plan, site: str, topology_path: Path, dashboard_port: int | None = None
+) -> dict[str, PartSpec]:
+    """The processes a supervisor runs for ``site``, by name."""
+    path = str(topology_path)
+    process, store = stages_at(plan, site)
+    usecases = plan.usecases_at(site)
+    specs: dict[str, PartSpec] = {}
+    if any(uc.usecase.connectors and uc.site("connectors") == site for uc in usecases):
+        specs["connect"] = PartSpec("connect", path, site)
+    if process:
+        specs["pipeline"] = PartSpec(
+            "pipeline", path, site, workers=plan.topology.sites[site].pipeline.workers
+        )
+    if store:
+        specs["store"] = PartSpec("store", path, site, dashboard_port=dashboard_port)
+    if any(uc.usecase.outputs and uc.site("act") == site for uc in usecases):
+        specs["act"] = PartSpec("act", path, site)
+    for link in plan.topology.links:
+        if link.source == site:
+            name = f"mirror {link.source}:{link.target}"
+            specs[name] = PartSpec("mirror", path, site, link=f"{link.source}:{link.target}")
+    return specs
+
+
+#: Per part, the fields of a use case it reads (``None``: all but those excluded).
+_READS: dict[str, tuple[str, ...]] = {
+    "connect": ("input", "connectors", "placement"),
+    "act": ("input", "model", "outputs", "placement"),
+    "mirror": ("input", "placement"),
+}
+_IGNORES: dict[str, tuple[str, ...]] = {
+    "pipeline": ("connectors", "outputs", "retention"),
+    "store": ("connectors", "outputs"),
+}
+
+
+def part_digests(plan: Plan, site: str) -> dict[str, str]:
+    """Per part of ``site``, a digest of the configuration it runs on.
+
+    Two versions of a topology with the same digest for a part run that part the
+    same way, so a supervisor that serves the second keeps the part running
+    (:meth:`Supervisor.reconfigure`). Conservative by construction: the site's own
+    settings and every field a part might read count; a mirror also counts both ends
+    of its link and the topics the link carries. A file (a model, a package) counts by
+    its content, not its path: the same model in another directory is the same.
+    """
+    topology = plan.topology
+    settings = topology.sites[site].model_dump(mode="json")
+    usecases = {
+        uc.name: uc.usecase.model_dump(mode="json", by_alias=True) for uc in plan.usecases_at(site)
+    }
+    out = {}
+    for name, spec in part_specs(plan, site, Path()).items():
+        part = spec.part
+        if part in _READS:
+            seen = {u: {k: d.get(k) for k in _READS[part]} for u, d in usecases.items()}
+        else:
+            seen = {
+                u: {k: v for k, v in d.items() if k not in _IGNORES[part]}
+                for u, d in usecases.items()
+            }
+        doc: dict[str, Any] = {"site": settings, "usecases": seen}
+        if part == "mirror" and spec.link is not None:
+            source, _, target = spec.link.partition(":")
+            link = next(lk for lk in topology.links if (lk.source, lk.target) == (source, target))
+            doc["link"] = link.model_dump(mode="json")
+            doc["target"] = topology.sites[target].model_dump(mode="json")
+            doc["topics"] = [
+                [t.source, t.target, list(t.topics)]
+                for t in plan.transfers()
+                if {t.source, t.target} == {source, target}
+            ]
+        out[name] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return out
+
+
+def _by_content(value: Any) -> Any:
+    """``value`` with every path of an existing file replaced by the file's sha256."""
+    if isinstance(value, dict):
+        return {k: _by_content(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_content(v) for v in value]
+    if isinstance(value, str) and value.startswith("/") and Path(value).is_file():
+        with Path(value).open("rb") as f:
+            return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    return value
+
+
 class Supervisor:
     """Start, watch and restart a site's processes; scale the pipeline on lag."""
 
@@ -117,28 +209,18 @@ class Supervisor:
         self.site = site
         self._clock = clock
         self._backoff = backoff
-        self._lag = lag or (lambda: pipeline_lag(plan, site))
+        self._lag = lag or (lambda: pipeline_lag(self.plan, site))
         settings = plan.topology.sites[site]
         self.policy = settings.pipeline.scale
         self.workers = settings.pipeline.workers
-        path = str(topology_path)
-        process, store = stages_at(plan, site)
+        self._dashboard_port = dashboard_port
         self.parts: dict[str, PartStatus] = {}
-        if any(
-            uc.usecase.connectors and uc.site("connectors") == site for uc in plan.usecases_at(site)
-        ):
-            self._add("connect", PartSpec("connect", path, site))
-        if process:
-            self._add("pipeline", PartSpec("pipeline", path, site, workers=self.workers))
+        for name, spec in part_specs(plan, site, topology_path, dashboard_port).items():
+            self._add(name, spec)
+        if "pipeline" in self.parts:
             self.parts["pipeline"].workers = self.workers
-        if store:
-            self._add("store", PartSpec("store", path, site, dashboard_port=dashboard_port))
-        if any(uc.usecase.outputs and uc.site("act") == site for uc in plan.usecases_at(site)):
-            self._add("act", PartSpec("act", path, site))
-        for link in plan.topology.links:
-            if link.source == site:
-                name = f"mirror {link.source}:{link.target}"
-                self._add(name, PartSpec("mirror", path, site, link=f"{link.source}:{link.target}"))
+        self._digests = part_digests(plan, site)
+        self._lock = threading.Lock()
         self.history: list[dict[str, Any]] = []
         self._above_since: float | None = None
         self._below_since: float | None = None
@@ -162,23 +244,64 @@ class Supervisor:
         """
         try:
             while not stop.is_set():
-                now = self._clock()
-                for part in self.parts.values():
-                    self._guarded(f"process {part.name}", self._watch, part, now)
-                if "pipeline" in self.parts and now >= self._next_check:
-                    if self.policy is not None:
-                        self._next_check = now + self.policy.every.total_seconds()
-                        self._guarded("scaling", self._scale, now)
-                    else:  # the lag history alone: status tells a stalled pipeline by it
-                        self._next_check = now + _OBSERVE_EVERY
-                        self._guarded("lag", self._observe, now)
-                if now >= self._next_write:
-                    self._next_write = now + 1.0
-                    self._guarded("status file", self._write)
+                with self._lock:
+                    self._tick()
                 stop.wait(_TICK)
         finally:
-            for part in self.parts.values():
-                self._stop(part, "stopped")
+            with self._lock:
+                for part in self.parts.values():
+                    self._stop(part, "stopped")
+                self._guarded("status file", self._write)
+
+    def reconfigure(self, plan: Plan, topology_path: Path) -> dict[str, list[str]]:
+        """Serve ``plan`` (another version of the topology) from now on.
+
+        Only the parts whose configuration changed (:func:`part_digests`) restart; the
+        others keep running and take the new file at their next start. Parts the new
+        version no longer has stop; new ones start. Returns the names, by what happened
+        to them: ``restarted``, ``kept``, ``started``, ``stopped``.
+        """
+        digests = part_digests(plan, self.site)
+        specs = part_specs(plan, self.site, topology_path, self._dashboard_port)
+        done: dict[str, list[str]] = {"restarted": [], "kept": [], "started": [], "stopped": []}
+        with self._lock:
+            for name in [n for n in self.parts if n not in specs]:
+                self._stop(self.parts.pop(name), "stopped")
+                done["stopped"].append(name)
+            for name, spec in specs.items():
+                part = self.parts.get(name)
+                if part is None:
+                    self._add(name, spec)
+                    done["started"].append(name)
+                    continue
+                if spec.part == "pipeline" and part.workers is not None:
+                    spec = dataclasses.replace(spec, workers=part.workers)
+                part.spec = spec
+                if digests[name] == self._digests.get(name):
+                    done["kept"].append(name)
+                    continue
+                self._stop(part, "restarting: the topology changed")
+                part.next_start = self._clock()
+                part.backoff = self._backoff[0]
+                done["restarted"].append(name)
+            self.plan, self._digests = plan, digests
+            self.policy = plan.topology.sites[self.site].pipeline.scale
+        return done
+
+    def _tick(self) -> None:
+        """One round: watch every process, read the lag (and scale), write the status."""
+        now = self._clock()
+        for part in self.parts.values():
+            self._guarded(f"process {part.name}", self._watch, part, now)
+        if "pipeline" in self.parts and now >= self._next_check:
+            if self.policy is not None:
+                self._next_check = now + self.policy.every.total_seconds()
+                self._guarded("scaling", self._scale, now)
+            else:  # the lag history alone: status tells a stalled pipeline by it
+                self._next_check = now + _OBSERVE_EVERY
+                self._guarded("lag", self._observe, now)
+        if now >= self._next_write:
+            self._next_write = now + 1.0
             self._guarded("status file", self._write)
 
     def _guarded(self, what: str, step: Callable[..., object], *args: Any) -> None:

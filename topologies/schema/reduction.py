@@ -95,6 +95,11 @@ class PythonReduction(_Reduction):
     kind: Literal["python"]
     entrypoint: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     columns: list[str] = Field(min_length=1)
+    #: The wheel or archive that holds the entry point (else: what is installed),
+    #: relative to the topology; made importable from it (``docs/fleets.md``).
+    package: str | None = None
+    #: The package's sha256: any other bytes are refused.
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
 
 
 class SequenceReduction(_Reduction):
