@@ -56,6 +56,9 @@ def model_rollout(
         typer.Option(help="How long each wave soaks (30m); default: the fleet's rollout.soak."),
     ] = None,
     halt: Annotated[bool, typer.Option("--halt", help="Stop the rollout where it is.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Go on with a halted rollout: its wave soaks again.")
+    ] = False,
     rollback: Annotated[
         bool, typer.Option("--rollback", help="Roll back every member the rollout reached.")
     ] = False,
@@ -68,19 +71,22 @@ def model_rollout(
     higher where labels exist) the next wave follows, else every member reached goes
     back to what it served. Pinned members are left alone (mlexec model pin).
     """
-    from mlexec.lifecycle.rollout import halt_rollout, start_rollout
+    from mlexec.lifecycle.rollout import halt_rollout, resume_rollout, start_rollout
     from mlexec.topologies.schema.common import parse_duration
 
     plan, uc, conf = _registry(topology, usecase, site)
-    if halt or rollback:
-        if version is not None or halt == rollback:
-            msg = "--halt or --rollback, alone: they act on the rollout in progress"
+    if halt or rollback or resume:
+        if version is not None or halt + rollback + resume != 1:
+            msg = "--halt, --resume or --rollback, alone: they act on the rollout in progress"
             raise TopologyError(msg)
-        done = halt_rollout(conf, uc, roll_back=rollback)
+        if resume:
+            done = resume_rollout(conf, uc)
+        else:
+            done = halt_rollout(conf, uc, roll_back=rollback)
         console.print(f"{usecase}: rollout of {done.version}: {done.message}", highlight=False)
         return
     if version is None:
-        msg = "--version: the published version to roll out (or --halt / --rollback)"
+        msg = "--version: the published version to roll out (or --halt / --resume / --rollback)"
         raise TopologyError(msg)
     waves = [parse_wave(w) for w in wave] if wave else None
     soak_s = None

@@ -452,6 +452,25 @@ def halt_rollout(conf: dict[str, Any], uc: UseCasePlan, *, roll_back: bool) -> R
     return halted
 
 
+def resume_rollout(conf: dict[str, Any], uc: UseCasePlan, *, now_ms: int | None = None) -> Rollout:
+    """Go on with a halted rollout: its wave soaks again, from now, and is judged anew."""
+    registry = read_registry(conf)
+    rollout = rollout_of(registry, uc.name)
+    if rollout is None or rollout.state != "halted":
+        state = "never had one" if rollout is None else f"its last one is {rollout.state}"
+        msg = f"{uc.name} has no halted rollout to resume ({state})"
+        raise RegistryError(msg)
+    started = int(time.time() * 1000) if now_ms is None else now_ms
+    resumed = replace(
+        rollout,
+        state="soaking",
+        wave_started=started,
+        message=f"resumed at wave {rollout.wave + 1} by hand; it soaks again",
+    )
+    produce_records(conf, MODELS_TOPIC, [resumed.message_of()])
+    return resumed
+
+
 def pin(plan: Plan, conf: dict[str, Any], uc: UseCasePlan, member: str, version: str | None) -> str:
     """Pin ``member`` to ``version`` (its own; rollouts pass it by), or unpin it (``None``)."""
     _, fleet = fleet_of_usecase(plan, uc)

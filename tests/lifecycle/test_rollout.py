@@ -151,3 +151,42 @@ def test_an_alert_a_member_raised_rolls_its_wave_back(tmp_path):
         assert result.exit_code != 0 and "no rollout in progress (its last one is rolled back)" in (
             result.output
         )
+
+
+@pytest.mark.integration
+def test_a_halted_rollout_waits_for_the_operator_and_resumes_with_a_fresh_soak(tmp_path):
+    with LocalBroker() as cloud:
+        members = [{"name": f"plant-{i}", "vars": {"bootstrap": "127.0.0.1:9"}} for i in (1, 2)]
+        doc = fleet_doc(tmp_path, inventory=None, members=members)
+        doc["sites"]["cloud"]["kafka"]["bootstrap"] = cloud.bootstrap
+        path = tmp_path / "fleet.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        plan = plan_topology(load_topology(path))
+        uc = plan.usecases["vib"]
+        conf = client_config(plan.topology.sites["cloud"].kafka)
+        publish_model(plan, conf, uc, tmp_path / "model.onnx", "2")
+        start_rollout(plan, conf, uc, "2", waves=[Wave(share=0.5), Wave(share=1.0)], soak_s=60)
+
+        def cli(*flags: str) -> object:
+            return CliRunner().invoke(app, ["model", "rollout", str(path), "-u", "vib", *flags])
+
+        refused = cli("--resume")
+        assert (
+            refused.exit_code != 0
+            and "no halted rollout to resume (its last one is soaking)" in (refused.output)
+        )
+        assert cli("--halt").exit_code == 0
+        halted = rollout_of(read_registry(conf), uc.name)
+        assert halted is not None and halted.state == "halted"
+        with open_store(plan.topology.sites["cloud"].sample_store) as store:
+            Monitor(plan, "cloud", store).prepare()
+            later = now_utc() + timedelta(days=1)
+            assert step_rollout(plan, store, conf, "cloud", uc, "y", later) is None  # it waits
+        assert rollout_of(read_registry(conf), uc.name) == halted
+        both = cli("--resume", "--halt")
+        assert both.exit_code != 0 and "alone" in both.output
+        done = cli("--resume")
+        assert done.exit_code == 0 and "resumed at wave 1" in done.output, done.output
+        resumed = rollout_of(read_registry(conf), uc.name)
+        assert resumed is not None and resumed.state == "soaking" and resumed.wave == 0
+        assert resumed.wave_started > halted.wave_started
