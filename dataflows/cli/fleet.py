@@ -86,6 +86,7 @@ def status(
                         "topology": m.topology,
                         "current_topology": m.topology == plan.digest if m.topology else None,
                         "models": m.models,
+                        "desired": m.desired,
                     }
                     for m in members
                 ],
@@ -99,7 +100,8 @@ def status(
     )
     table = Table()
     columns = ("member", "state", "last seen", "lag", "records/s", "dead-letter rate")
-    for col in (*columns, "topology", "serves"):
+    followed = any(m.desired for m in members)  # members run by `mlexec follow`
+    for col in (*columns, "topology", "serves", *(["desired state"] if followed else [])):
         table.add_column(col)
     for m in members:
         table.add_row(
@@ -113,6 +115,7 @@ def status(
             if m.topology is None
             else ("current" if m.topology == plan.digest else f"other ({m.topology})"),
             m.serves() or "-",
+            *([m.desired or "-"] if followed else []),
         )
     console.print(table)
 

@@ -49,6 +49,8 @@ class MemberStatus:
     topology: str | None = None
     #: Use case → the routing its pipeline serves (production, canary, A/B, shadow).
     models: dict[str, Any] | None = None
+    #: A follower's last word on the desired state (``applied v2: …``, ``refused v3 …``).
+    desired: str | None = None
 
     def serves(self) -> str:
         """What it serves, for people: ``vib 3 (canary 4 10%)``."""
@@ -90,11 +92,16 @@ def fleet_status(
         "AND startsWith(part, 'pipeline') GROUP BY site"
     )
     serves = {row["site"]: row for row in serving.iter_rows(named=True)}
+    reports = store.query(  # what `mlexec follow` on the member applied or refused, last
+        f"SELECT site, argMax(message, time) AS said FROM `{store.database}`.{ALERTS_TABLE} "
+        f"WHERE site IN ({names}) AND kind = 'lifecycle' AND statistic = 'desired' GROUP BY site"
+    )
+    desired = {row["site"]: row["said"] for row in reports.iter_rows(named=True)}
     out = []
     for member in members:
         row = heard.get(member)
         if row is None:
-            out.append(MemberStatus(member, "never seen"))
+            out.append(MemberStatus(member, "never seen", desired=desired.get(member)))
             continue
         seen: datetime = row["last_seen"]
         online = now - seen <= offline_after
@@ -109,6 +116,7 @@ def fleet_status(
                 float(row["dead"]) if row["rated"] else None,
                 said["topology"] if said else None,
                 orjson.loads(said["models"]) if said else None,
+                desired.get(member),
             )
         )
     return out

@@ -28,6 +28,8 @@ from mlexec.connectors.broker import LocalBroker
 from mlexec.connectors.kafka import client_config, ensure_topics, produce_records
 from mlexec.connectors.reading import read_topic
 from mlexec.connectors.runner import Checkpoint
+from mlexec.connectors.samplestore import open_store
+from mlexec.monitoring.monitor import Monitor
 from mlexec.operators.testing import make_mlp
 from mlexec.topologies import load_topology, plan_topology
 from mlexec.topologies.schema import KafkaSettings
@@ -232,6 +234,18 @@ def test_a_member_follows_the_clouds_topology_and_package_and_keeps_the_last_goo
         reports = [orjson.loads(v) for _, v, *_ in read_topic(cloud_conf, "plant-1.mlexec.alerts")]
         said = [(r["severity"], r["value"]) for r in reports if r.get("statistic") == "desired"]
         assert said == [("info", 1.0), ("info", 2.0), ("warning", 3.0)]
+
+        # the cloud files them; fleet status shows each member's last word
+        with open_store(plan.topology.sites["cloud"].sample_store) as store:
+            monitor = Monitor(plan, "cloud", store)
+            monitor.prepare()
+            assert monitor.ingest()["alerts"] >= 3
+        listed = runner.invoke(app, ["fleet", "status", str(path), "--json"])
+        assert listed.exit_code == 0, listed.output
+        (row,) = orjson.loads(listed.output)["members"]
+        assert (
+            row["desired"].startswith("refused v3 (serving v2): ") and "missing" in row["desired"]
+        )
 
         # kill -9 of the whole member, the cloud gone: it comes back on v2 from its state
         member.kill(signal.SIGKILL)
