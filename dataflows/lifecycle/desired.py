@@ -46,6 +46,7 @@ __all__ = [
     "DesiredReader",
     "FileRef",
     "bundle_files",
+    "named_files",
     "publish_desired",
 ]
 
@@ -134,6 +135,16 @@ def _named_paths(raw: dict[str, Any]) -> list[tuple[str, str]]:
             if isinstance(part, dict) and isinstance(part.get(key), str):
                 found.append((f"usecases.{name}.{where}", part[key]))
     return found
+
+
+def named_files(topology: Path) -> list[Path]:
+    """The files a topology names by a relative path (those a bundle carries), existing or not."""
+    raw = yaml.safe_load(topology.read_bytes()) or {}
+    return [
+        topology.parent / named
+        for _where, named in _named_paths(raw if isinstance(raw, dict) else {})
+        if "${" not in named and not Path(named).is_absolute()
+    ]
 
 
 def bundle_files(topology: Path) -> dict[str, bytes]:

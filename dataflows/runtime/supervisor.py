@@ -134,7 +134,7 @@ _READS: dict[str, tuple[str, ...]] = {
 }
 _IGNORES: dict[str, tuple[str, ...]] = {
     "pipeline": ("connectors", "outputs", "retention"),
-    "store": ("connectors", "outputs"),
+    "store": ("connectors", "outputs", "sampling"),  # the pipeline samples
 }
 
 
@@ -151,8 +151,14 @@ def part_digests(plan: Plan, site: str) -> dict[str, str]:
     topology = plan.topology
     settings = topology.sites[site].model_dump(mode="json")
     usecases = {
-        uc.name: uc.usecase.model_dump(mode="json", by_alias=True) for uc in plan.usecases_at(site)
+        uc.name: _by_content(uc.usecase.model_dump(mode="json", by_alias=True))
+        for uc in plan.usecases_at(site)
     }
+    transfers = [
+        [t.source, t.target, list(t.topics)]
+        for t in plan.transfers()
+        if site in (t.source, t.target)
+    ]
     out = {}
     for name, spec in part_specs(plan, site, Path()).items():
         part = spec.part
@@ -163,7 +169,8 @@ def part_digests(plan: Plan, site: str) -> dict[str, str]:
                 u: {k: v for k, v in d.items() if k not in _IGNORES[part]}
                 for u, d in usecases.items()
             }
-        doc: dict[str, Any] = {"site": settings, "usecases": seen}
+        # what crosses the site's links: a member added to a fleet changes the cloud's
+        doc: dict[str, Any] = {"site": settings, "usecases": seen, "transfers": transfers}
         if part == "mirror" and spec.link is not None:
             source, _, target = spec.link.partition(":")
             link = next(lk for lk in topology.links if (lk.source, lk.target) == (source, target))
@@ -287,6 +294,14 @@ class Supervisor:
             self.plan, self._digests = plan, digests
             self.policy = plan.topology.sites[self.site].pipeline.scale
         return done
+
+    def note(self, what: str, problem: str | None) -> None:
+        """Keep (or clear) a problem of ``what`` for ``mlexec status``, from any thread."""
+        with self._lock:
+            if problem is None:
+                self.problems.pop(what, None)
+            else:
+                self.problems[what] = problem
 
     def _tick(self) -> None:
         """One round: watch every process, read the lag (and scale), write the status."""

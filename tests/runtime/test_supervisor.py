@@ -228,6 +228,34 @@ def test_up_and_status_from_the_command_line_and_sigterm_stops_everything(broker
         assert status is not None
         children = [p["pid"] for p in status["parts"] if p["pid"]]
         assert len(children) == 2
+
+        # the topology edited while it runs: the pipeline restarts on it, the store stays
+        def pids() -> dict[str, int | None]:
+            found = read_status(plan, "here") or {"parts": []}
+            return {p["name"]: p["pid"] for p in found["parts"] if p["state"] == "running"}
+
+        before = pids()
+        doc = yaml.safe_load(path.read_text())
+        (usecase,) = doc["usecases"].values()
+        usecase["sampling"] = {"rate": 1.0}
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        wait_for(
+            lambda: pids().get("pipeline") not in (None, before["pipeline"]), 60, "a new pipeline"
+        )
+        assert pids()["store"] == before["store"]
+        feed(path, n=500, bad_every=0, start=2_000)
+        wait_for(lambda: (pipeline_lag(plan, "here") or (1, 0))[1] >= 2_500, 60, "the new ones")
+        # a broken edit is refused: the site serves on, and status says why
+        running = pids()
+        usecase["model"]["path"] = str(tmp_path / "no-such-model.onnx")
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        refused = wait_for(
+            lambda: (read_status(plan, "here") or {}).get("problems", {}).get("topology"),
+            60,
+            "the edit refused",
+        )
+        assert "no-such-model.onnx" in refused and "the last good version serves" in refused
+        assert pids() == running
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
