@@ -86,6 +86,7 @@ def status(
                         "topology": m.topology,
                         "current_topology": m.topology == plan.digest if m.topology else None,
                         "models": m.models,
+                        "link_backlog": m.link_backlog,
                         "desired": m.desired,
                     }
                     for m in members
@@ -99,7 +100,15 @@ def status(
         + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     )
     table = Table()
-    columns = ("member", "state", "last seen", "lag", "records/s", "dead-letter rate")
+    columns = (
+        "member",
+        "state",
+        "last seen",
+        "lag",
+        "link backlog",
+        "records/s",
+        "dead-letter rate",
+    )
     followed = any(m.desired for m in members)  # members run by `mlexec follow`
     for col in (*columns, "topology", "serves", *(["desired state"] if followed else [])):
         table.add_column(col)
@@ -109,6 +118,7 @@ def status(
             m.state,
             _ago((now - m.last_seen).total_seconds()) if m.last_seen else "-",
             f"{m.lag:,.0f}" if m.lag is not None else "-",
+            f"{m.link_backlog:,.0f}" if m.link_backlog is not None else "-",
             f"{m.records_per_s:,.1f}" if m.records_per_s is not None else "-",
             f"{m.deadletter_rate:.2%}" if m.deadletter_rate is not None else "-",
             "-"

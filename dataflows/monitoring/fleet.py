@@ -49,6 +49,8 @@ class MemberStatus:
     topology: str | None = None
     #: Use case → the routing its pipeline serves (production, canary, A/B, shadow).
     models: dict[str, Any] | None = None
+    #: Records waiting on the member to go up its link, as its mirror last said.
+    link_backlog: float | None = None
     #: A follower's last word on the desired state (``applied v2: …``, ``refused v3 …``).
     desired: str | None = None
 
@@ -80,7 +82,8 @@ def fleet_status(
     frame = store.query(
         "SELECT site, max(t) AS last_seen, sumIf(v, name = 'lag') AS lag, "
         "sumIf(v, name = 'records_in_per_s') AS rate, maxIf(v, name = 'deadletter_rate') AS dead, "
-        "countIf(name = 'deadletter_rate') AS rated "
+        "countIf(name = 'deadletter_rate') AS rated, sumIf(v, name = 'link_backlog') AS backlog, "
+        "countIf(name = 'link_backlog') AS linked "
         "FROM (SELECT site, part, usecase, name, max(time) AS t, argMax(value, time) AS v "
         f"FROM `{store.database}`.{METRICS_TABLE} WHERE site IN ({names}) "
         "GROUP BY site, part, usecase, name) GROUP BY site"
@@ -116,6 +119,7 @@ def fleet_status(
                 float(row["dead"]) if row["rated"] else None,
                 said["topology"] if said else None,
                 orjson.loads(said["models"]) if said else None,
+                float(row["backlog"]) if row["linked"] else None,
                 desired.get(member),
             )
         )

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -226,10 +226,16 @@ class RuntimeHealth:
         return {"topology": self._digest, "models": models}
 
 
+class HealthSource(Protocol):
+    """What a :class:`Reporter` sends: a snapshot (time, site, part, rows) when asked."""
+
+    def report(self) -> dict[str, Any]: ...
+
+
 class Reporter:
     """Sends the process's health to ``mlexec.metrics`` every ``every`` seconds, and at stop."""
 
-    def __init__(self, health: RuntimeHealth, conf: dict[str, Any], every: float = 10.0) -> None:
+    def __init__(self, health: HealthSource, conf: dict[str, Any], every: float = 10.0) -> None:
         self._health = health
         self._producer = ReliableProducer(conf, what="runtime health", **{"linger.ms": 50})
         self._every = every

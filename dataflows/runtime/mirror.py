@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from mlexec.connectors.kafka import client_config, ensure_topics
 from mlexec.connectors.runner import Checkpoint, ConnectorRunner, ConnectorStatus, run_all
@@ -23,7 +25,7 @@ from mlexec.connectors.sources.kafka import MirrorSource, priority_of
 from mlexec.errors import MlexecError, TopologyError
 from mlexec.topologies.plan import Plan, TopicSpec, remote_name
 
-__all__ = ["SiteMirror", "prepare_mirror", "run_mirror"]
+__all__ = ["LinkHealth", "SiteMirror", "prepare_mirror", "run_mirror"]
 
 _log = logging.getLogger(__name__)
 
@@ -93,11 +95,70 @@ def prepare_mirror(plan: Plan, link: str, *, once: bool = False) -> SiteMirror:
     return SiteMirror(runners, prepare)
 
 
+class LinkHealth:
+    """A link's health as the site at its start sees it, for ``mlexec.metrics``.
+
+    Per snapshot (part ``mirror``): ``link_backlog`` (records waiting to go to the other
+    side), ``link_sent`` and ``link_errors`` (since the process started) and their
+    per-second rates. The link carries the snapshot up, so the cloud sees a member's
+    backlog grow while its link is thin, and hears it again once a link is back.
+    """
+
+    def __init__(self, site: str, statuses: list[ConnectorStatus]) -> None:
+        self.site = site
+        self._up = [s for s in statuses if s.connector.startswith(f"{site}->")]
+        self._last: tuple[float, dict[str, float]] | None = None
+
+    def values(self) -> dict[str, float]:
+        out = {"link_backlog": 0.0, "link_sent": 0.0, "link_errors": 0.0}
+        for status in self._up:
+            with status.lock:
+                out["link_backlog"] += float(status.behind or 0)
+                out["link_sent"] += float(status.produced)
+                out["link_errors"] += float(status.errors)
+        return out
+
+    def report(self) -> dict[str, Any]:
+        now = time.time()
+        values = self.values()
+        rows = [{"usecase": "", "name": n, "value": v} for n, v in values.items()]
+        if self._last is not None:
+            then, before = self._last
+            span = max(now - then, 1e-3)
+            for name in ("link_sent", "link_errors"):
+                rate = max(0.0, values[name] - before[name]) / span
+                rows.append({"usecase": "", "name": f"{name}_per_s", "value": rate})
+        self._last = (now, values)
+        return {"time": int(now * 1000), "site": self.site, "part": "mirror", "rows": rows}
+
+
 def run_mirror(
-    mirror: SiteMirror, stop: threading.Event | None = None, *, once: bool = False
+    mirror: SiteMirror,
+    stop: threading.Event | None = None,
+    *,
+    once: bool = False,
+    health: tuple[str, dict[str, Any], float] | None = None,
 ) -> None:
-    """Run both directions until ``stop`` is set, or with ``once`` until both caught up."""
+    """Run both directions until ``stop`` is set, or with ``once`` until both caught up.
+
+    ``health``: (this site, its client settings, seconds) — send the link's health
+    (:class:`LinkHealth`) to the site's ``mlexec.metrics`` that often.
+    """
     stop = stop or threading.Event()
+    reporter = None
+    if health is not None:
+        from mlexec.runtime.health import Reporter
+
+        site, conf, every = health
+        reporter = Reporter(LinkHealth(site, mirror.statuses), conf, every=every).start()
+    try:
+        _run_mirror(mirror, stop, once=once)
+    finally:
+        if reporter is not None:
+            reporter.stop()
+
+
+def _run_mirror(mirror: SiteMirror, stop: threading.Event, *, once: bool) -> None:
     delay = 0.5
     while not stop.is_set():  # the other side may be unreachable for now: wait for it
         try:

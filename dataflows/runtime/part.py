@@ -233,13 +233,17 @@ def prepare_part(spec: PartSpec, *, locked: bool = False) -> PreparedPart:
             OutputCollector(outputs.statuses),
         )
     elif spec.part == "mirror":
+        from mlexec.connectors.kafka import client_config
         from mlexec.runtime.mirror import prepare_mirror, run_mirror
 
         mirror = prepare_mirror(plan, str(spec.link), once=spec.once)
+        here = (spec.site, client_config(plan.topology.sites[spec.site].kafka), spec.health_every)
         prepared = PreparedPart(
             spec,
             mirror.statuses,
-            lambda stop: run_mirror(mirror, stop, once=spec.once),
+            lambda stop: run_mirror(
+                mirror, stop, once=spec.once, health=None if spec.once else here
+            ),
             ConnectorCollector(mirror.statuses),
         )
     else:

@@ -126,9 +126,12 @@ def test_four_members_and_a_cloud_each_under_mlexec_up_roll_a_version_out_in_wav
             _cli("fleet", "status", str(path), "--offline-after", "25", "--json")
         )
         wait_for(
-            lambda: [m["state"] for m in offline()["members"]] == ["online"] * 4,
+            lambda: (
+                [(m["state"], m["link_backlog"] is not None) for m in offline()["members"]]
+                == [("online", True)] * 4
+            ),
             120,
-            "every member online in fleet status",
+            "every member online in fleet status, its link's backlog known",
         )
 
         # plant-4 goes offline; version 2 is rolled out: the eu wave first

@@ -187,3 +187,21 @@ def test_a_running_site_monitors_on_its_schedule_and_serves_the_dashboard(broker
     # the page's address is said on stdout (not logged as a warning), and what runs where
     assert f"monitoring dashboard of site here at http://127.0.0.1:{port}" in said, said
     assert "site here: pipeline of" in said
+
+
+def test_a_links_health_counts_what_waits_to_go_up_and_what_went():
+    from mlexec.connectors.runner import ConnectorStatus
+    from mlexec.runtime.mirror import LinkHealth
+
+    up = ConnectorStatus("mirror", "plant-1->cloud", "mirror", "", produced=10, behind=400)
+    down = ConnectorStatus("mirror", "cloud->plant-1", "mirror", "", produced=3, behind=7)
+    health = LinkHealth("plant-1", [up, down])
+    first = health.report()
+    assert (first["site"], first["part"]) == ("plant-1", "mirror")
+    values = {r["name"]: r["value"] for r in first["rows"]}
+    # only what goes from this site counts: the models coming down are not its backlog
+    assert values == {"link_backlog": 400.0, "link_sent": 10.0, "link_errors": 0.0}
+    up.produced, up.behind = 110, 300
+    later = {r["name"]: r["value"] for r in health.report()["rows"]}
+    assert later["link_backlog"] == 300.0 and later["link_sent_per_s"] > 0
+    assert later["link_errors_per_s"] == 0.0
