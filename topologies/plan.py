@@ -7,9 +7,11 @@ and later renderers (MirrorMaker 2, compose) read the same names.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path
 
 from mlexec.errors import TopologyError
 from mlexec.topologies.schema import (
@@ -236,11 +238,36 @@ class Plan:
 
     topology: Topology
     usecases: dict[str, UseCasePlan]
+    #: The directory of the topology file, when it was loaded from one.
+    base_dir: str | None = None
 
     @cached_property
     def digest(self) -> str:
-        """The topology's fingerprint (secrets masked): equal on every site that loaded it."""
-        text = self.topology.model_dump_json()
+        """The topology's fingerprint (secrets masked): equal on every site that loaded it.
+
+        The files the loader resolves against the topology's directory (models,
+        pre-models, reduction packages, references) count relative to it, so a copy of
+        the topology and its files elsewhere (a follower's bundle) has the same digest.
+        """
+        if not self.base_dir:
+            text = self.topology.model_dump_json()
+            return hashlib.sha256(text.encode()).hexdigest()[:12]
+        doc = self.topology.model_dump(mode="json")
+        here = self.base_dir + "/"
+        for uc in doc["usecases"].values():
+            monitoring = uc.get("monitoring") or {}
+            for part, key in (
+                (uc.get("model"), "path"),
+                (uc.get("reduction"), "path"),
+                (uc.get("reduction"), "package"),
+                (monitoring.get("reference"), "path"),
+            ):
+                if not isinstance(part, dict):
+                    continue
+                value = part.get(key)
+                if isinstance(value, str) and value.startswith(here):
+                    part[key] = "${TOPOLOGY_DIR}/" + value[len(here) :]
+        text = json.dumps(doc, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def usecases_at(self, site: str) -> list[UseCasePlan]:
@@ -536,7 +563,9 @@ def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
             ),
         )
         _check_fleet_placement(plans[name], source)
-    plan = Plan(topology=topology, usecases=plans)
+    file = Path(source)
+    base = str(file.resolve().parent) if source != "<topology>" and file.is_file() else None
+    plan = Plan(topology=topology, usecases=plans, base_dir=base)
     linked = {frozenset((link.source, link.target)) for link in topology.links}
     for (a, b), topics in sorted(plan.needs().items()):
         if frozenset((a, b)) not in linked:

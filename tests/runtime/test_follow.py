@@ -62,7 +62,7 @@ def _wheel(directory: Path) -> Path:
 
 
 def _topology(directory: Path, member_bootstrap: str, cloud_bootstrap: str, **changes: Any) -> dict:
-    unused = directory / "unused"  # the cloud plans the member but never runs it
+    member = directory.parent / "plant-1"  # the member's own state (its --state-dir)
     return {
         "name": "plants",
         "sites": {
@@ -77,8 +77,8 @@ def _topology(directory: Path, member_bootstrap: str, cloud_bootstrap: str, **ch
                 "members": [{"name": "plant-1", "vars": {"bootstrap": member_bootstrap}}],
                 "site": {
                     "kafka": {"bootstrap": "${site.bootstrap}"},
-                    "sample_store": f"chdb://${{MLEXEC_STATE_DIR:-{unused}}}/chdb",
-                    "state_dir": f"${{MLEXEC_STATE_DIR:-{unused}}}",
+                    "sample_store": f"chdb://{member}/chdb",
+                    "state_dir": str(member),
                 },
                 "link": {"target": "cloud", "secure": False},
             }
@@ -207,6 +207,7 @@ def test_a_member_follows_the_clouds_topology_and_package_and_keeps_the_last_goo
         done = publish(rate=1.0)
         assert "published plants v2" in done.output, done.output
         wait_for(lambda: member.status().get("applied", {}).get("version") == 2, 120, "v2 applied")
+        v2 = plan_topology(load_topology(path), str(path)).digest  # what plant-1 serves next
         parts = member.status()["applied"]["parts"]
         assert parts["restarted"] == ["pipeline"] and parts["kept"] == ["mirror plant-1:cloud"]
         wait_for(lambda: member.pid("pipeline") not in (None, pipeline), 60, "a new pipeline")
@@ -239,13 +240,23 @@ def test_a_member_follows_the_clouds_topology_and_package_and_keeps_the_last_goo
         with open_store(plan.topology.sites["cloud"].sample_store) as store:
             monitor = Monitor(plan, "cloud", store)
             monitor.prepare()
-            assert monitor.ingest()["alerts"] >= 3
-        listed = runner.invoke(app, ["fleet", "status", str(path), "--json"])
-        assert listed.exit_code == 0, listed.output
-        (row,) = orjson.loads(listed.output)["members"]
-        assert (
-            row["desired"].startswith("refused v3 (serving v2): ") and "missing" in row["desired"]
-        )
+
+            def heard() -> dict[str, Any] | None:
+                monitor.ingest()
+                listed = runner.invoke(app, ["fleet", "status", str(path), "--json"])
+                (row,) = orjson.loads(listed.output)["members"]
+                seen[:] = [row]
+                return row if row["topology"] == v2 and row["desired"] else None
+
+            seen: list[Any] = []
+            try:
+                row = wait_for(heard, 60, "plant-1's heartbeat of v2 in the cloud")
+            except AssertionError as exc:
+                raise AssertionError(f"{v2}: {seen}") from exc
+        # its bundle, a copy in another directory, has the digest of the cloud's v2
+        assert row["current_topology"] is False  # the cloud's file is v3 now
+        assert row["desired"].startswith("refused v3 (serving v2): ")
+        assert "missing" in row["desired"]
 
         # kill -9 of the whole member, the cloud gone: it comes back on v2 from its state
         member.kill(signal.SIGKILL)

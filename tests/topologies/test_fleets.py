@@ -290,3 +290,23 @@ def test_the_clouds_outputs_are_named_by_member_even_for_a_fleet_of_one(tmp_path
     ids_two = [r.output_id for r in prepare_outputs(two, "cloud").runners]
     assert ids_one == ["plants/vib/file.plant-1"]  # a second member keeps the first's checkpoint
     assert ids_two == ["plants/vib/file.plant-1", "plants/vib/file.plant-2"]
+
+
+def test_a_copy_of_the_topology_elsewhere_has_its_digest_and_an_edit_has_another(tmp_path):
+    """A follower's bundle (the same files in another directory) reports the cloud's digest."""
+    import shutil
+
+    from mlexec.topologies import plan_topology
+
+    (tmp_path / "cloud").mkdir()
+    (tmp_path / "bundle").mkdir()
+    doc = fleet_doc(tmp_path / "cloud")  # the cloud's own paths, absolute, under its directory
+    shutil.copy(tmp_path / "cloud" / "model.onnx", tmp_path / "bundle" / "model.onnx")
+    digests = []
+    for where in ("cloud", "bundle"):
+        path = _write(tmp_path / where, doc, CSV)
+        digests.append(plan_topology(load_topology(path), str(path)).digest)
+    assert digests[0] == digests[1]
+    doc["usecases"]["vib"]["sampling"] = {"rate": 0.5}
+    edited = _write(tmp_path / "bundle", doc)
+    assert plan_topology(load_topology(edited), str(edited)).digest != digests[0]
