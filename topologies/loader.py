@@ -137,7 +137,7 @@ def parse_topology(text: str, source: str = "<string>", base_dir: Path | None = 
     if base_dir is not None:
         raw = _resolve_model_paths(raw, base_dir)
     try:
-        return Topology.model_validate(raw)
+        topology = Topology.model_validate(raw)
     except ValidationError as exc:
         lines = list(
             dict.fromkeys(  # a template's error, once: not once per member
@@ -146,6 +146,9 @@ def parse_topology(text: str, source: str = "<string>", base_dir: Path | None = 
             )
         )
         raise TopologyError("\n".join(lines)) from exc
+    if base_dir is not None:
+        topology._directory = str(base_dir.resolve())
+    return topology
 
 
 def _at_template(err: Any, members: dict[str, str]) -> Any:

@@ -11,7 +11,6 @@ import json
 import re
 from dataclasses import dataclass, replace
 from functools import cached_property
-from pathlib import Path
 
 from mlexec.errors import TopologyError
 from mlexec.topologies.schema import (
@@ -238,8 +237,6 @@ class Plan:
 
     topology: Topology
     usecases: dict[str, UseCasePlan]
-    #: The directory of the topology file, when it was loaded from one.
-    base_dir: str | None = None
 
     @cached_property
     def digest(self) -> str:
@@ -249,11 +246,11 @@ class Plan:
         pre-models, reduction packages, references) count relative to it, so a copy of
         the topology and its files elsewhere (a follower's bundle) has the same digest.
         """
-        if not self.base_dir:
+        if not self.topology.directory:
             text = self.topology.model_dump_json()
             return hashlib.sha256(text.encode()).hexdigest()[:12]
         doc = self.topology.model_dump(mode="json")
-        here = self.base_dir + "/"
+        here = self.topology.directory + "/"
         for uc in doc["usecases"].values():
             monitoring = uc.get("monitoring") or {}
             for part, key in (
@@ -563,9 +560,7 @@ def plan_topology(topology: Topology, source: str = "<topology>") -> Plan:
             ),
         )
         _check_fleet_placement(plans[name], source)
-    file = Path(source)
-    base = str(file.resolve().parent) if source != "<topology>" and file.is_file() else None
-    plan = Plan(topology=topology, usecases=plans, base_dir=base)
+    plan = Plan(topology=topology, usecases=plans)
     linked = {frozenset((link.source, link.target)) for link in topology.links}
     for (a, b), topics in sorted(plan.needs().items()):
         if frozenset((a, b)) not in linked:

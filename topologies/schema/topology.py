@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import (
     Field,
+    PrivateAttr,
     model_validator,
 )
 
@@ -30,6 +31,13 @@ class Topology(_Model):
     fleets: dict[Name, Fleet] = {}
     links: list[TransferLink] = []
     usecases: dict[Name, UseCase] = Field(min_length=1)
+    #: The directory relative paths were resolved against (the loader sets it).
+    _directory: str | None = PrivateAttr(default=None)
+
+    @property
+    def directory(self) -> str | None:
+        """The topology file's directory, resolved, when it was loaded from a file."""
+        return self._directory
 
     @model_validator(mode="after")
     def _references(self) -> Topology:
