@@ -50,7 +50,7 @@ import onnxruntime as ort
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from benchmarks.runners import FIELDS, PARTITIONS, ensure_out
+from benchmarks.runners import FIELDS, PARTITIONS, CpuTrace, cpu_between, ensure_out
 from benchmarks.tables import _median, report
 from benchmarks.windows import LATENESS_MS as WINDOW_LATENESS_MS
 from benchmarks.windows import SIZE_MS as WINDOW_MS
@@ -95,8 +95,8 @@ def from_start(bootstrap: str, topic: str) -> Consumer:
     return consumer
 
 
-def output_span(bootstrap: str, topic: str, count: int) -> float:
-    """Seconds from the first to the last message of ``topic`` (their producer timestamps).
+def output_stamps(bootstrap: str, topic: str, count: int) -> tuple[float, float]:
+    """Epoch seconds of the first and the last message of ``topic`` (producer timestamps).
 
     Read with the default fetch wait: a topic of one message a batch (Quix Streams
     produces so) meets the local broker's slow path at the short wait mlexec tunes for.
@@ -108,7 +108,13 @@ def output_span(bootstrap: str, topic: str, count: int) -> float:
         stamps = [m.timestamp()[1] for m in reader.read_to_end(600.0, topic)]
     if len(stamps) != count:
         raise RuntimeError(f"{topic}: {len(stamps)} of {count} outputs")
-    return max(max(stamps) - min(stamps), 1) / 1000
+    return min(stamps) / 1000, max(stamps) / 1000
+
+
+def output_span(bootstrap: str, topic: str, count: int) -> float:
+    """Seconds from the first to the last message of ``topic``."""
+    first, last = output_stamps(bootstrap, topic, count)
+    return max(last - first, 0.001)
 
 
 def _result(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
@@ -266,16 +272,27 @@ class Bench:
             "count": self.n,
         }
 
-    def rates(self, got: list[dict[str, Any]], out: str) -> dict[str, float]:
-        """Steady records/s (first → last output) and wall records/s (start-up included)."""
+    def rates(
+        self, got: list[dict[str, Any]], out: str, broker_trace: CpuTrace | None = None
+    ) -> dict[str, float]:
+        """Steady records/s (first → last output) and wall records/s (start-up included);
+        CPU per record over the whole run and over the steady span."""
         wall = max(g["end"] for g in got) - min(g["start"] for g in got)
         broker = self.broker_cpu() - self._broker_mark
+        first, last = output_stamps(self.bootstrap, out, self.n)
+        steady = sum(cpu_between(g["cpu_trace"], first, last) for g in got if "cpu_trace" in g)
         return {
             "broker_us": broker / self.n * 1e6,
-            "rate": (self.n - 1) / output_span(self.bootstrap, out, self.n),
+            "rate": (self.n - 1) / max(last - first, 0.001),
             "wall": self.n / wall,
             "rss_mb": sum(g["rss_mb"] for g in got),
             "cpu_us": sum(g.get("cpu", 0.0) for g in got) / self.n * 1e6,
+            "steady_cpu_us": steady / (self.n - 1) * 1e6,
+            "steady_broker_us": (
+                cpu_between(broker_trace.stop(), first, last) / (self.n - 1) * 1e6
+                if broker_trace
+                else 0.0
+            ),
         }
 
     @_own_broker
@@ -347,6 +364,7 @@ class Bench:
         args = self.site_args(topic, kind, model)
         out = _result(_child("prepare", args), "preparing the site")["predictions"]
         addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
+        broker_trace = CpuTrace(self.broker_cpu)
         procs = [
             _child(
                 "site", {**args, "processes": processes, "process_id": i, "addresses": addresses}
@@ -355,8 +373,9 @@ class Bench:
         ]
         got = [_result(p, "the mlexec site dataflow") for p in procs]
         if kind == "window":  # one prediction per key and window, not per record
+            broker_trace.stop()
             return self.window_rates(got, out)
-        rates = self.rates(got, out)
+        rates = self.rates(got, out, broker_trace)
         if kind == "micro" and processes == 1 and model is None:
             self.store_runs.append(_result(_child("store", args), "the store phase"))
         return rates
@@ -472,7 +491,9 @@ def _scale(bench: Bench, repeat: int) -> None:
         print(
             f"{processes} process(es), {bench.n:,} records: {m['rate']:,.0f} records/s steady "
             f"(÷ 1: {m['rate'] / one['rate']:.2f}), {m['cpu_us']:.2f} CPU-µs/record "
-            f"(÷ 1: {m['cpu_us'] / one['cpu_us']:.2f}), broker {m['broker_us']:.2f}"
+            f"(÷ 1: {m['cpu_us'] / one['cpu_us']:.2f}), steady "
+            f"{m['steady_cpu_us']:.2f} (÷ 1: {m['steady_cpu_us'] / one['steady_cpu_us']:.2f}), "
+            f"broker {m['broker_us']:.2f}, steady {m['steady_broker_us']:.2f}"
         )
 
 

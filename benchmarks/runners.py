@@ -13,9 +13,12 @@ harness stops it once every prediction is out).
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,20 +51,76 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def thread_cpu() -> dict[str, float]:
-    """CPU seconds per thread name (librdkafka's rdk:* threads, the worker), for profiling."""
-    out: dict[str, float] = {}
-    tick = 100.0
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        name = name.split("/")[0].rstrip("0123456789:")
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return out
+class CpuTrace:
+    """``(epoch seconds, CPU seconds)`` of a process every 50 ms, from a thread of its own.
+
+    The steady CPU per record is read off it over the same span as the steady rate
+    (first to last output), so start-up — clients, the cluster's peers joining — counts
+    in neither.
+    """
+
+    def __init__(self, used: Callable[[], float] = lambda: cpu_seconds()) -> None:
+        self._used = used
+        self.points: list[tuple[float, float]] = [(time.time(), used())]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-trace", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.points.append((time.time(), self._used()))
+
+    def stop(self) -> list[tuple[float, float]]:
+        self._stop.set()
+        self._thread.join()
+        self.points.append((time.time(), self._used()))
+        return self.points
+
+
+def cpu_between(points: list[tuple[float, float]], first: float, last: float) -> float:
+    """CPU seconds a trace used from ``first`` to ``last`` (epoch seconds), interpolated."""
+    stamps = [t for t, _ in points]
+    used = [c for _, c in points]
+    return float(np.interp(last, stamps, used) - np.interp(first, stamps, used))
+
+
+class ThreadCpu:
+    """CPU seconds per thread name (librdkafka's rdk:* threads, the workers), for profiling.
+
+    Sampled every 100 ms from a thread of its own, so the threads that end before the
+    report (a closed client's) still count with what they last used.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="thread-cpu", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            name = name.split("/")[0].rstrip("0123456789:")
+            used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            self._last[int(task.name)] = (name, used)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def report(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        out: dict[str, float] = {}
+        for name, used in self._last.values():
+            out[name] = out.get(name, 0.0) + used
+        return out
 
 
 def session_of(model: str) -> ort.InferenceSession:
@@ -89,14 +148,15 @@ def loop_clients(bootstrap: str, topic: str, group: str) -> tuple[Consumer, Prod
     return consumer, Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
 
 
-def loop(args: dict[str, Any]) -> dict[str, float]:
+def loop(args: dict[str, Any]) -> dict[str, Any]:
     """What a user writes instead: consume → orjson → numpy → onnxruntime → produce."""
     bootstrap, topic, count = args["bootstrap"], args["topic"], args["count"]
     session = session_of(args["model"])
     consumer, producer = loop_clients(bootstrap, topic, "bench")
     out_topic = f"{topic}.out"
     seen, at_end = 0, set[int]()
-    started, cpu = time.time(), cpu_seconds()
+    threads = ThreadCpu() if args.get("threads") else None
+    started, cpu, trace = time.time(), cpu_seconds(), CpuTrace()
     while seen < count and (args.get("follow") or len(at_end) < PARTITIONS):
         msgs = consumer.consume(BATCH, 0.1)
         good = []
@@ -130,8 +190,8 @@ def loop(args: dict[str, Any]) -> dict[str, float]:
         seen += len(good)
     producer.flush(60)
     ended = time.time()
-    if args.get("threads"):
-        print("THREADS", json.dumps(thread_cpu()), file=sys.stderr)
+    if threads:
+        print("THREADS", json.dumps(threads.report()), file=sys.stderr)
     consumer.close()
     return {
         "start": started,
@@ -139,6 +199,7 @@ def loop(args: dict[str, Any]) -> dict[str, float]:
         "records": seen,
         "rss_mb": peak_rss_mb(),
         "cpu": cpu_seconds() - cpu,
+        "cpu_trace": trace.stop(),
     }
 
 
@@ -193,7 +254,7 @@ def site_topology(args: dict[str, Any]) -> Path:
     return path
 
 
-def site(args: dict[str, Any]) -> dict[str, float]:
+def site(args: dict[str, Any]) -> dict[str, Any]:
     """The mlexec site dataflow, one process of ``processes`` (bytewax cluster)."""
     from mlexec.flow import build_flow
     from mlexec.runtime.run import execute, prepare_site
@@ -211,19 +272,21 @@ def site(args: dict[str, Any]) -> dict[str, float]:
         cluster_share=(args.get("process_id", 0), processes) if processes > 1 else (0, 1),
     )
     addresses = args.get("addresses")
-    started, cpu = time.time(), cpu_seconds()
+    threads = ThreadCpu() if args.get("threads") else None
+    started, cpu, trace = time.time(), cpu_seconds(), CpuTrace()
     execute(
         flow,
         process_id=args.get("process_id") if processes > 1 else None,
         addresses=addresses if processes > 1 else None,
     )
-    if args.get("threads"):
-        print("THREADS", json.dumps(thread_cpu()), file=sys.stderr)
+    if threads:
+        print("THREADS", json.dumps(threads.report()), file=sys.stderr)
     return {
         "start": started,
         "end": time.time(),
         "rss_mb": peak_rss_mb(),
         "cpu": cpu_seconds() - cpu,
+        "cpu_trace": trace.stop(),
     }
 
 

@@ -133,7 +133,8 @@ def report(
         print(f"(e) ÷ (g) = {window['rate'] / qw['rate']:.2f}   (target ≥ 5)")
     print(f"(d) 2 processes ÷ 1 process = {two['rate'] / scale_one['rate']:.2f}   (target ≥ 1.3)")
     print(
-        f"(d) CPU per record, 2 processes ÷ 1 = {two['cpu_us'] / scale_one['cpu_us']:.2f}   "
+        f"(d) CPU per record, 2 processes ÷ 1 = {two['cpu_us'] / scale_one['cpu_us']:.2f}, "
+        f"steady span {two['steady_cpu_us'] / scale_one['steady_cpu_us']:.2f}   "
         "(target ≤ 1.10: it would scale on more cores)"
     )
     p99s = ", ".join(f"{p99:.1f}" for _, p99 in site_runs)

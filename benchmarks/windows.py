@@ -34,11 +34,11 @@ from benchmarks.runners import (
     BATCH,
     FIELDS,
     PARTITIONS,
+    ThreadCpu,
     cpu_seconds,
     loop_clients,
     peak_rss_mb,
     session_of,
-    thread_cpu,
 )
 from mlexec.connectors.reading import CONSUMER_TUNING
 
@@ -75,6 +75,7 @@ def window_loop(args: dict[str, Any]) -> dict[str, float]:
     frames: list[pl.DataFrame] = []  # open records, one frame per consumed batch
     at_end: set[int] = set()
     late = 0
+    threads = ThreadCpu() if args.get("threads") else None
     started, cpu = time.time(), cpu_seconds()
 
     earliest = float("inf")  # no open window ends before this
@@ -124,8 +125,8 @@ def window_loop(args: dict[str, Any]) -> dict[str, float]:
     close(float("inf"))  # the end of the input closes every window
     producer.flush(60)
     ended = time.time()
-    if args.get("threads"):
-        print("THREADS", json.dumps(thread_cpu()), file=sys.stderr)
+    if threads:
+        print("THREADS", json.dumps(threads.report()), file=sys.stderr)
     consumer.close()
     return {
         "start": started,
