@@ -30,7 +30,6 @@ with what it holds, so every run starts a broker of its own, and runs are interl
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import os
@@ -52,8 +51,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from benchmarks.runners import FIELDS, PARTITIONS, CpuTrace, cpu_between, ensure_out
 from benchmarks.tables import _median, report
-from benchmarks.windows import LATENESS_MS as WINDOW_LATENESS_MS
-from benchmarks.windows import SIZE_MS as WINDOW_MS
+from benchmarks.windows import Windows
 from mlexec.connectors import reading
 from mlexec.connectors.broker import LocalBroker, free_port
 from mlexec.connectors.kafka import ensure_topics, produce_records
@@ -193,40 +191,6 @@ def _own_broker(run: Callable[..., T]) -> Callable[..., T]:
             return run(self, *args, **kwargs)
 
     return wrapped
-
-
-@dataclasses.dataclass(frozen=True)
-class Windows:
-    """What the 10 s tumbling windows (1 s lateness) of the records hold.
-
-    ``count``: the (key, window) pairs, each one prediction. ``lead``: the records read
-    before the first window can close. Quix Streams closes a window only when a later
-    record passes it, so its last windows stay open: ``quix_closes`` windows close, the
-    last once ``quix_last`` records are read.
-    """
-
-    count: int
-    lead: int
-    quix_closes: int
-    quix_last: int
-
-    @classmethod
-    def of(cls, records: list[tuple[bytes, bytes]]) -> Windows:
-        size, late = WINDOW_MS, WINDOW_LATENESS_MS
-        rows = [orjson.loads(v) for _, v in records]
-        ts = np.array([r["ts"] for r in rows], dtype=np.int64)
-        starts = ts - ts % size
-        pairs = {(r["sensor"], int(s)) for r, s in zip(rows, starts, strict=True)}
-        first_end = int(starts.min()) + size
-        closable = int(ts.max()) - late  # a window closes once its end is at or behind this
-        quix = sum(1 for _, s in pairs if s + size <= closable)
-        last_end = (closable // size) * size
-        return cls(
-            count=len(pairs),
-            lead=int((ts < first_end + late).sum()),
-            quix_closes=quix,
-            quix_last=int((ts < last_end + late).sum()),
-        )
 
 
 class Bench:

@@ -59,7 +59,7 @@ class CpuTrace:
     in neither.
     """
 
-    def __init__(self, used: Callable[[], float] = lambda: cpu_seconds()) -> None:
+    def __init__(self, used: Callable[[], float] = cpu_seconds) -> None:
         self._used = used
         self.points: list[tuple[float, float]] = [(time.time(), used())]
         self._stop = threading.Event()

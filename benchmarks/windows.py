@@ -18,6 +18,7 @@ the 32-input MLP and writes one prediction per window to ``<topic>.out``:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -44,6 +45,42 @@ from mlexec.connectors.reading import CONSUMER_TUNING
 
 SIZE_MS = 10_000
 LATENESS_MS = 1_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """What the 10 s tumbling windows (1 s lateness) of the records hold.
+
+    ``count``: the (key, window) pairs, each one prediction. ``lead``: the records read
+    before the first window can close. Quix Streams closes a window only when a later
+    record passes it, so its last windows stay open: ``quix_closes`` windows close, the
+    last once ``quix_last`` records are read.
+    """
+
+    count: int
+    lead: int
+    quix_closes: int
+    quix_last: int
+
+    @classmethod
+    def of(cls, records: list[tuple[bytes, bytes]]) -> Windows:
+        size, late = SIZE_MS, LATENESS_MS
+        rows = [orjson.loads(v) for _, v in records]
+        ts = np.array([r["ts"] for r in rows], dtype=np.int64)
+        starts = ts - ts % size
+        pairs = {(r["sensor"], int(s)) for r, s in zip(rows, starts, strict=True)}
+        first_end = int(starts.min()) + size
+        closable = int(ts.max()) - late  # a window closes once its end is at or behind this
+        quix = sum(1 for _, s in pairs if s + size <= closable)
+        last_end = (closable // size) * size
+        return cls(
+            count=len(pairs),
+            lead=int((ts < first_end + late).sum()),
+            quix_closes=quix,
+            quix_last=int((ts < last_end + late).sum()),
+        )
+
+
 AGGREGATIONS = [pl.col(f).mean().alias(f"{f}_mean") for f in FIELDS] + [
     pl.col(f).max().alias(f"{f}_max") for f in FIELDS
 ]
