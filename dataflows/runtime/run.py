@@ -10,6 +10,7 @@ store must never stall inference.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -28,7 +29,7 @@ from mlexec.errors import TopologyError
 from mlexec.flow import build_flow
 from mlexec.lifecycle.watcher import RegistryWatcher
 from mlexec.monitoring.profiles import profiles_table
-from mlexec.runtime.cluster import Cluster, PeerWatch
+from mlexec.runtime.cluster import Cluster, PeerWatch, run_beside
 from mlexec.runtime.health import Reporter, RuntimeHealth, serve_metrics
 from mlexec.runtime.lag import recovered_parts
 from mlexec.topologies.plan import Plan
@@ -96,11 +97,13 @@ def execute(
 
     Everything built before the run — modules, the model, the flow — moves out of the
     garbage collector's sight (``gc.freeze``): the hot path allocates a parsed dict per
-    record, and collections would otherwise keep walking those long-lived objects.
+    record, and collections would otherwise keep walking those long-lived objects. One
+    worker runs on this thread; several (or a cluster) run as :func:`run_beside` says.
     """
     gc.collect()
     gc.freeze()
-    cli_main(
+    run = functools.partial(
+        cli_main,
         flow,
         workers_per_process=workers,
         epoch_interval=epoch,
@@ -108,6 +111,10 @@ def execute(
         process_id=process_id,
         addresses=addresses,
     )
+    if addresses is None and workers == 1:
+        run()  # bytewax runs the one worker on this thread
+    else:
+        run_beside(run)
 
 
 def _execute(
