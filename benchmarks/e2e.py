@@ -63,13 +63,18 @@ T = TypeVar("T")
 QUIX_PYTHON = ROOT / ".venv-quix" / "bin" / "python"
 
 
-def make_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
+#: Sensors of the scaling runs: 256 keys fall 128 / 128 on the 2 partitions (the default
+#: partitioner's crc32), 64 keys 34 / 30, and a cluster's rate is its larger share's.
+SCALE_KEYS = 256
+
+
+def make_records(n: int, seed: int = 0, keys: int = 64) -> list[tuple[bytes, bytes]]:
     rng = np.random.default_rng(seed)
     values = rng.normal(size=(n, len(FIELDS))).round(3)
     t0 = int(time.time() * 1000) - n
     out = []
     for i in range(n):
-        key = f"s{i % 64}"
+        key = f"s{i % keys}"
         rec = {"sensor": key, "ts": t0 + i, **dict(zip(FIELDS, values[i].tolist(), strict=True))}
         out.append((key.encode(), orjson.dumps(rec)))
     return out
@@ -196,14 +201,14 @@ def _own_broker(run: Callable[..., T]) -> Callable[..., T]:
 class Bench:
     """One model, the records; a broker of its own and fresh topics for every run."""
 
-    def __init__(self, work: Path, n: int) -> None:
+    def __init__(self, work: Path, n: int, keys: int = 64) -> None:
         self.bootstrap = ""
         self.broker_pid: int | None = None
         self._broker_mark = 0.0
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
         self.n = n
-        self.records = make_records(n)
+        self.records = make_records(n, keys=keys)
         self.model = make_mlp(work / "mlp.onnx", inputs=16, hidden=(64, 64), outputs=1, seed=0)
         self.window_model = make_mlp(
             work / "window.onnx", inputs=len(FIELDS) * 2, hidden=(64, 64), seed=0
@@ -322,7 +327,11 @@ class Bench:
 
     @_own_broker
     def site(
-        self, kind: str = "micro", processes: int = 1, model: Path | None = None
+        self,
+        kind: str = "micro",
+        processes: int = 1,
+        model: Path | None = None,
+        as_cluster: bool = False,
     ) -> dict[str, float]:
         topic = self.fresh(f"site{processes}")
         args = self.site_args(topic, kind, model)
@@ -331,7 +340,14 @@ class Bench:
         broker_trace = CpuTrace(self.broker_cpu)
         procs = [
             _child(
-                "site", {**args, "processes": processes, "process_id": i, "addresses": addresses}
+                "site",
+                {
+                    **args,
+                    "processes": processes,
+                    "process_id": i,
+                    "addresses": addresses,
+                    "as_cluster": as_cluster,
+                },
             )
             for i in range(processes)
         ]
@@ -340,7 +356,7 @@ class Bench:
             broker_trace.stop()
             return self.window_rates(got, out)
         rates = self.rates(got, out, broker_trace)
-        if kind == "micro" and processes == 1 and model is None:
+        if kind == "micro" and processes == 1 and model is None and not as_cluster:
             self.store_runs.append(_result(_child("store", args), "the store phase"))
         return rates
 
@@ -445,15 +461,17 @@ class _Collector:
 
 
 def _scale(bench: Bench, repeat: int) -> None:
-    runs: dict[int, list[dict[str, float]]] = {1: [], 2: [], 3: []}
+    """1, 2 and 3 processes interleaved, and 1 process run as a cluster of one: the control
+    that tells what the cluster's machinery costs from what sharing the cores costs."""
+    runs: dict[str, list[dict[str, float]]] = {"1": [], "1 as a cluster": [], "2": [], "3": []}
     for _ in range(repeat):
-        for processes, got in runs.items():
-            got.append(bench.site(processes=processes))
-    one = _median(runs[1])
-    for processes, got in runs.items():
+        for name, got in runs.items():
+            got.append(bench.site(processes=int(name[0]), as_cluster="cluster" in name))
+    one = _median(runs["1"])
+    for name, got in runs.items():
         m = _median(got)
         print(
-            f"{processes} process(es), {bench.n:,} records: {m['rate']:,.0f} records/s steady "
+            f"{name} process(es), {bench.n:,} records: {m['rate']:,.0f} records/s steady "
             f"(÷ 1: {m['rate'] / one['rate']:.2f}), {m['cpu_us']:.2f} CPU-µs/record "
             f"(÷ 1: {m['cpu_us'] / one['cpu_us']:.2f}), steady "
             f"{m['steady_cpu_us']:.2f} (÷ 1: {m['steady_cpu_us'] / one['steady_cpu_us']:.2f}), "
@@ -467,7 +485,7 @@ def _only(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(Path(tmp), args.records)
         if "scale" in parts:  # 1, 2 and 3 processes interleaved, as make bench runs them
-            _scale(Bench(Path(tmp) / "scale", args.scale_records), args.repeat)
+            _scale(Bench(Path(tmp) / "scale", args.scale_records, SCALE_KEYS), args.repeat)
             parts.remove("scale")
         runs = {
             "loop": bench.loop,
@@ -537,7 +555,7 @@ def main() -> None:
         tree_onnx = onnx_alone(bench.tree_model, n)
         # the process rows read more records: a cluster's start-up (every process's
         # clients, the peers joining) is a fixed cost the CPU per record must not hide
-        scale = Bench(Path(tmp) / "scale", args.scale_records)
+        scale = Bench(Path(tmp) / "scale", args.scale_records, SCALE_KEYS)
         runs: dict[str, list[dict[str, float]]] = {}
         for _ in range(args.repeat):  # interleaved: the broker ages alike for all
             for name, run in (
