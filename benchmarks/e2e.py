@@ -477,6 +477,12 @@ def _scale(bench: Bench, repeat: int) -> None:
             f"{m['steady_cpu_us']:.2f} (÷ 1: {m['steady_cpu_us'] / one['steady_cpu_us']:.2f}), "
             f"broker {m['broker_us']:.2f}, steady {m['steady_broker_us']:.2f}"
         )
+    for name, got in runs.items():  # each round against its own 1-process run: drift cancels
+        rate = statistics.median(g["rate"] / o["rate"] for g, o in zip(got, runs["1"], strict=True))
+        cpu = statistics.median(
+            g["steady_cpu_us"] / o["steady_cpu_us"] for g, o in zip(got, runs["1"], strict=True)
+        )
+        print(f"{name}, paired by round (median): rate ÷ 1 {rate:.2f}, steady CPU ÷ 1 {cpu:.2f}")
 
 
 def _only(args: argparse.Namespace) -> None:

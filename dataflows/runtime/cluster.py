@@ -210,17 +210,22 @@ def run_beside(run: Callable[[], None], *, poll: float = 0.02) -> None:
 
     bytewax waits for its worker threads on the thread that started them, waking every
     millisecond to take the GIL and look for signals: a thousand times a second it takes
-    the GIL from the workers. Measured here, one process run as a cluster of one spent
-    16 % more CPU per record than the same process with its worker on its own thread,
-    and 2 % more with that waiting thread idle. So the execution runs on a thread of
-    its own, set to ``SCHED_IDLE`` once its workers started (a thread inherits the
-    policy of the thread that starts it, so not before): it takes the GIL only when a
-    core has nothing else to do. The thread ends with the run, so nothing started
-    later inherits the policy (an unprivileged thread cannot take it back).
+    the GIL from the workers. Measured here, a 1-process run with such a thread beside
+    its worker spent ~20 % more CPU per record, and a cluster of one process ~20 % more
+    than the same process with its worker on its own thread. So the wait runs on a
+    thread of its own, set to ``SCHED_IDLE`` once the workers started (a thread inherits
+    the policy of the thread that starts it, so not before): on saturated cores it gets
+    the CPU, and so the GIL, only when nothing else wants it. On a core left free it
+    still wakes every millisecond — the loop is bytewax's, in Rust — and the cluster of
+    one still costs ~20 % (``benchmarks/e2e.py --only scale``). The thread ends with the
+    run, so nothing started later inherits the policy (an unprivileged thread cannot
+    take it back).
 
     Signals stay the calling thread's to handle: mlexec stops a dataflow at once in its
     handler (:func:`mlexec.runtime.part.exit_on`), safe because input offsets are only
-    committed in snapshots taken after the sinks flushed. An interrupt with no handler
+    committed in snapshots taken after the sinks flushed — also while a process still
+    waits for its peers to connect, when bytewax's own loop (the only place it looked for
+    signals) has not started. An interrupt with no handler
     (``KeyboardInterrupt``) cannot reach bytewax's workers from here, so it stops the
     process at once as well; the next run resumes from the last snapshot.
     """
