@@ -232,9 +232,14 @@ def test_a_member_follows_the_clouds_topology_and_package_and_keeps_the_last_goo
 
         # the member told the cloud what it applied and what it refused
         cloud_conf = client_config(KafkaSettings(bootstrap=cloud.bootstrap))
-        reports = [orjson.loads(v) for _, v, *_ in read_topic(cloud_conf, "plant-1.mlexec.alerts")]
-        said = [(r["severity"], r["value"]) for r in reports if r.get("statistic") == "desired"]
-        assert said == [("info", 1.0), ("info", 2.0), ("warning", 3.0)]
+
+        def said() -> list[tuple[str, float]]:  # as far as the mirror has carried them
+            topic = "plant-1.mlexec.alerts"
+            reports = [orjson.loads(v) for _, v, *_ in read_topic(cloud_conf, topic)]
+            return [(r["severity"], r["value"]) for r in reports if r.get("statistic") == "desired"]
+
+        wait_for(lambda: len(said()) >= 3, 120, "the member's three reports in the cloud")
+        assert said() == [("info", 1.0), ("info", 2.0), ("warning", 3.0)]
 
         # the cloud files them; fleet status shows each member's last word
         with open_store(plan.topology.sites["cloud"].sample_store) as store:
