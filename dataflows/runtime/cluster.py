@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from mlexec.errors import TopologyError
 
@@ -211,41 +212,36 @@ def run_beside(run: Callable[[], None], *, poll: float = 0.02) -> None:
     bytewax waits for its worker threads on the thread that started them, waking every
     millisecond to take the GIL and look for signals: a thousand times a second it takes
     the GIL from the workers. Measured here, a 1-process run with such a thread beside
-    its worker spent 4–49 % more CPU per record (six pairs of runs), and a cluster of one
-    process ~20 % more than the same process with its worker on its own thread. So the wait runs on a
-    thread of its own, set to ``SCHED_IDLE`` once the workers started (a thread inherits
-    the policy of the thread that starts it, so not before): on saturated cores it gets
-    the CPU, and so the GIL, only when nothing else wants it. On a core left free it
-    still wakes every millisecond — the loop is bytewax's, in Rust — and the cluster of
-    one still costs ~20 % (``benchmarks/e2e.py --only scale``). The thread ends with the
-    run, so nothing started later inherits the policy (an unprivileged thread cannot
-    take it back).
+    its worker spent 4–49 % more CPU per record (six pairs of runs), and a cluster of
+    one process ~20 % more than the same process with its worker on its own thread. So
+    the wait runs on a thread of its own, set to ``SCHED_IDLE`` once the workers started
+    (a thread inherits the policy of the thread that starts it, so not before): on
+    saturated cores it gets the CPU, and so the GIL, only when nothing else wants it.
+    On a core left free it still wakes every millisecond — the loop is bytewax's, in
+    Rust — and the cluster of one still costs ~20 % (``benchmarks/e2e.py --only
+    scale``). The thread ends with the run, so nothing started later inherits the
+    policy (an unprivileged thread cannot take it back).
 
     Signals stay the calling thread's to handle: mlexec stops a dataflow at once in its
     handler (:func:`mlexec.runtime.part.exit_on`), safe because input offsets are only
     committed in snapshots taken after the sinks flushed — also while a process still
-    waits for its peers to connect, when bytewax's own loop (the only place it looked for
-    signals) has not started. An interrupt with no handler
-    (``KeyboardInterrupt``) cannot reach bytewax's workers from here, so it stops the
-    process at once as well; the next run resumes from the last snapshot.
+    waits for its peers to connect, before bytewax's own loop (the only place it looked
+    for signals) starts. An interrupt with no handler (``KeyboardInterrupt``) cannot
+    reach bytewax's workers from here, so it stops the process at once as well; the
+    next run resumes from the last snapshot.
     """
     failed: list[BaseException] = []
-    native: list[int] = []
-    started = threading.Event()
 
     def target() -> None:
-        native.append(threading.get_native_id())
-        started.set()
         try:
             run()
         except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
             failed.append(exc)
 
     runner = threading.Thread(target=target, name="mlexec-bytewax-wait", daemon=True)
-    runner.start()
-    started.wait()
+    runner.start()  # returns once the thread runs: its native_id is known
     try:
-        _idle_once_started(runner, native[0], poll)
+        _idle_once_started(runner, cast(int, runner.native_id), poll)
         while runner.is_alive():
             runner.join(0.25)
     except KeyboardInterrupt:
