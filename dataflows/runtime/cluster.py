@@ -205,6 +205,10 @@ class PeerWatch:
 #: What timely (bytewax's engine) names its worker threads, as ``/proc`` shows them.
 _WORKER_THREAD = "timely:work"
 
+#: How late the kernel may wake bytewax's waiting thread from its 1 ms sleeps (100 ms):
+#: it only looks for signals (the caller's thread handles them) and for the run's end.
+WAIT_SLACK_NS = 100_000_000
+
 
 def run_beside(run: Callable[[], None], *, poll: float = 0.02) -> None:
     """Run a bytewax execution of several workers (or a cluster) on a thread of its own.
@@ -217,10 +221,16 @@ def run_beside(run: Callable[[], None], *, poll: float = 0.02) -> None:
     the wait runs on a thread of its own, set to ``SCHED_IDLE`` once the workers started
     (a thread inherits the policy of the thread that starts it, so not before): on
     saturated cores it gets the CPU, and so the GIL, only when nothing else wants it.
-    On a core left free it still wakes every millisecond — the loop is bytewax's, in
-    Rust — and the cluster of one still costs ~20 % (``benchmarks/e2e.py --only
-    scale``). The thread ends with the run, so nothing started later inherits the
-    policy (an unprivileged thread cannot take it back).
+    On a core left free it would still wake every millisecond — the loop is bytewax's, in
+    Rust — so the thread also gets a timer slack of :data:`WAIT_SLACK_NS`: the kernel may
+    then fold its 1 ms sleeps into the next timer interrupt of its core (every 4 ms on a
+    busy core at HZ=250) or into fewer wakes on a free one: in an idle 2-worker run here it
+    ran ~90 times a second instead of ~880. It did not make a cluster's CPU per record
+    reliably that of one process (``benchmarks/e2e.py --only scale``: 0.86 × in one run,
+    1.20 × in the next); the slack only delays bytewax noticing its workers ended. Setting
+    another thread's slack needs ``CAP_SYS_NICE``; without it the run goes on with the
+    idle policy alone. The thread ends with the run, so nothing started later inherits
+    the policy (an unprivileged thread cannot take it back).
 
     Signals stay the calling thread's to handle: mlexec stops a dataflow at once in its
     handler (:func:`mlexec.runtime.part.exit_on`), safe because input offsets are only
@@ -256,7 +266,7 @@ def run_beside(run: Callable[[], None], *, poll: float = 0.02) -> None:
 
 
 def _idle_once_started(runner: threading.Thread, tid: int, poll: float) -> None:
-    """Set thread ``tid`` to ``SCHED_IDLE`` once bytewax's workers run (Linux only)."""
+    """Make thread ``tid`` idle and slack once bytewax's workers run (Linux only)."""
     tasks = Path("/proc/self/task")
     if not hasattr(os, "SCHED_IDLE") or not tasks.is_dir():
         return
@@ -266,6 +276,10 @@ def _idle_once_started(runner: threading.Thread, tid: int, poll: float) -> None:
                 os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
             except OSError as exc:  # a sandbox may refuse it: the run goes on as before
                 _log.debug("could not make bytewax's waiting thread idle: %s", exc)
+            try:  # /proc/<tid>: the per-thread file sits there, not under task/
+                Path(f"/proc/{tid}/timerslack_ns").write_text(str(WAIT_SLACK_NS))
+            except OSError as exc:  # needs CAP_SYS_NICE, and Linux ≥ 4.6
+                _log.debug("could not give bytewax's waiting thread a timer slack: %s", exc)
             return
         time.sleep(poll)  # the workers start once every peer of a cluster connected
 

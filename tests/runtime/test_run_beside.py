@@ -22,6 +22,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource
 
 from mlexec.connectors.broker import free_port
+from mlexec.runtime.cluster import WAIT_SLACK_NS
 from mlexec.runtime.run import execute
 from tests.waiting import wait_for
 
@@ -83,6 +84,55 @@ def test_the_waiting_thread_is_idle_while_the_workers_run_and_nothing_is_left_id
     wait_for(lambda: idle[0][0] not in _policies(), 30, "the waiting thread to end")
     assert not _idle(_policies())
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def _slack(tid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{tid}/timerslack_ns").read_text())
+    except OSError:  # the thread ended meanwhile
+        return None
+
+
+def _may_set_others_slack() -> bool:
+    """CAP_SYS_NICE (bit 23 of the effective set): what writing another thread's slack needs."""
+    status = Path("/proc/self/status").read_text()
+    eff = next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:"))
+    return bool(int(eff, 16) >> 23 & 1) and Path(f"/proc/{os.getpid()}/timerslack_ns").exists()
+
+
+@pytest.mark.skipif(not _may_set_others_slack(), reason="needs CAP_SYS_NICE and Linux >= 4.6")
+def test_the_waiting_thread_sleeps_with_a_long_timer_slack_and_the_workers_keep_theirs():
+    before = _slack(threading.get_native_id())
+    seen: list[dict[int, tuple[str, int | None]]] = []
+
+    def slacks() -> dict[int, tuple[str, int | None]]:
+        return {tid: (name, _slack(tid)) for tid, (name, _) in _policies().items()}
+
+    def slacked() -> dict[int, tuple[str, int | None]] | None:
+        got = slacks()
+        return got if any(s == WAIT_SLACK_NS for _, s in got.values()) else None
+
+    def look(x: int) -> int:
+        if x == 0:  # while the run is on: once the waiting thread got its slack
+            seen.append(wait_for(slacked, 30, "a thread with the waiting thread's slack"))
+        return x
+
+    flow = Dataflow("slack")
+    out: list[int] = []
+    op.output(
+        "out",
+        op.map("look", op.input("in", flow, TestingSource(range(50))), look),
+        TestingSink(out),
+    )
+    execute(flow, workers=2)
+
+    assert sorted(out) == list(range(50))
+    (during,) = seen
+    slack = [name for name, s in during.values() if s == WAIT_SLACK_NS]
+    assert len(slack) == 1 and not slack[0].startswith("timely:"), slack
+    workers = [s for name, s in during.values() if name.startswith("timely:work")]
+    assert workers == [before, before], f"the workers keep the process's slack: {workers}"
+    assert _slack(threading.get_native_id()) == before
 
 
 def test_an_error_in_a_step_of_a_multi_worker_run_is_raised_to_the_caller():
