@@ -1,8 +1,8 @@
 """A run of several bytewax workers (or a cluster): its waiting thread, its errors, its stops.
 
 bytewax waits for its workers on the thread that started them, taking the GIL every
-millisecond; mlexec runs that wait on a thread of its own set to ``SCHED_IDLE`` once the
-workers started (``mlexec.runtime.cluster.run_beside``). These tests look at the real
+millisecond; mlexec runs that wait on a thread of its own set to ``SCHED_IDLE``, with a
+long timer slack, once the workers started (``mlexec.runtime.cluster.run_beside``). These tests look at the real
 threads of a real run through ``/proc``, and stop real processes with real signals.
 """
 
@@ -105,11 +105,8 @@ def test_the_waiting_thread_sleeps_with_a_long_timer_slack_and_the_workers_keep_
     before = _slack(threading.get_native_id())
     seen: list[dict[int, tuple[str, int | None]]] = []
 
-    def slacks() -> dict[int, tuple[str, int | None]]:
-        return {tid: (name, _slack(tid)) for tid, (name, _) in _policies().items()}
-
     def slacked() -> dict[int, tuple[str, int | None]] | None:
-        got = slacks()
+        got = {tid: (name, _slack(tid)) for tid, (name, _) in _policies().items()}
         return got if any(s == WAIT_SLACK_NS for _, s in got.values()) else None
 
     def look(x: int) -> int:
