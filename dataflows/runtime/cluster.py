@@ -216,10 +216,12 @@ def run_beside(run: Callable[[], None], *, poll: float = 0.02) -> None:
     bytewax waits for its worker threads on the thread that started them, waking every
     millisecond to take the GIL and look for signals: a thousand times a second it takes
     the GIL from the workers. Measured here, a 1-process run with such a thread beside
-    its worker spent 4–49 % more CPU per record (six pairs of runs), and a cluster of
-    one process ~20 % more than the same process with its worker on its own thread. So
-    the wait runs on a thread of its own, set to ``SCHED_IDLE`` once the workers started
-    (a thread inherits the policy of the thread that starts it, so not before): on
+    its worker spent 4–49 % more CPU per record (six pairs of runs). (A cluster of one
+    process spent ~20 % more than the same process run alone; most of that was not this
+    loop but the workers' thread states made and deleted at every activation, which
+    :func:`mlexec.runtime.threadstates.holding_thread_states` ends.) So the wait runs
+    on a thread of its own, set to ``SCHED_IDLE`` once the workers started (a thread
+    inherits the policy of the thread that starts it, so not before): on
     saturated cores it gets the CPU, and so the GIL, only when nothing else wants it.
     On a core left free it would still wake every millisecond — the loop is bytewax's, in
     Rust — so the thread also gets a timer slack of :data:`WAIT_SLACK_NS`: the kernel may

@@ -32,6 +32,7 @@ from mlexec.monitoring.profiles import profiles_table
 from mlexec.runtime.cluster import Cluster, PeerWatch, run_beside
 from mlexec.runtime.health import Reporter, RuntimeHealth, serve_metrics
 from mlexec.runtime.lag import recovered_parts
+from mlexec.runtime.threadstates import holding_thread_states
 from mlexec.topologies.plan import Plan
 from mlexec.usecase import UseCaseRuntime
 
@@ -98,13 +99,13 @@ def execute(
     Everything built before the run — modules, the model, the flow — moves out of the
     garbage collector's sight (``gc.freeze``): the hot path allocates a parsed dict per
     record, and collections would otherwise keep walking those long-lived objects. One
-    worker runs on this thread; several (or a cluster) run as :func:`run_beside` says.
+    worker runs on this thread; several (or a cluster) run as :func:`run_beside` says,
+    their threads keeping their Python state (:func:`holding_thread_states`).
     """
     gc.collect()
     gc.freeze()
     run = functools.partial(
         cli_main,
-        flow,
         workers_per_process=workers,
         epoch_interval=epoch,
         recovery_config=recovery,
@@ -112,9 +113,10 @@ def execute(
         addresses=addresses,
     )
     if addresses is None and workers == 1:
-        run()  # bytewax runs the one worker on this thread
+        run(flow)  # bytewax runs the one worker on this thread
     else:
-        run_beside(run)
+        with holding_thread_states(flow) as held:
+            run_beside(functools.partial(run, held))
 
 
 def _execute(
