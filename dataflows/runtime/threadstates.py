@@ -62,11 +62,6 @@ class ThreadStates:
                 _ensure()
                 self._held[threading.get_ident()] = _current()
 
-    @property
-    def threads(self) -> int:
-        """How many threads' states are held."""
-        return len(self._held)
-
     def release(self) -> None:
         """Delete the held states; only once their threads ended (bytewax joined them)."""
         with self._lock:

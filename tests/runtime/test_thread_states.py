@@ -107,13 +107,9 @@ def test_a_run_that_fails_on_a_worker_raises_and_the_next_run_still_works():
     flow = Dataflow("failing")
     items = op.redistribute("spread", op.input("in", flow, TestingSource(range(ITEMS), 5)))
     op.output("out", op.map("fail", items, fail), TestingSink([]))
-    with pytest.raises(Exception, match='in step "failing.fail') as failed:
+    # the error itself reaches the caller: test_run_beside's multi-worker error test
+    with pytest.raises(Exception, match='in step "failing.fail'):
         execute(flow, workers=2)
-    causes, error = [], failed.value
-    while error is not None:
-        causes.append(error)
-        error = error.__cause__
-    assert any(str(e) == "record 300 is bad" for e in causes), causes
 
     local, kept = threading.local(), []
     again, seen, out = _counting_flow(local, kept)
